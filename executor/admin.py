@@ -1,0 +1,71 @@
+from django.contrib import admin
+
+from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run, StepRun
+
+
+class RpcEndpointInline(admin.TabularInline):
+    model = RpcEndpoint
+    extra = 0
+
+
+@admin.register(Chain)
+class ChainAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "chain_id", "enabled", "head", "processed", "lag", "last_error"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "slug", "chain_id"]
+    inlines = [RpcEndpointInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("cursor")
+
+    def _cursor(self, obj):
+        return getattr(obj, "cursor", None)
+
+    @admin.display(description="Head")
+    def head(self, obj):
+        cursor = self._cursor(obj)
+        return cursor.head_block if cursor else None
+
+    @admin.display(description="Processed")
+    def processed(self, obj):
+        cursor = self._cursor(obj)
+        return cursor.block_number if cursor else None
+
+    @admin.display(description="Lag")
+    def lag(self, obj):
+        cursor = self._cursor(obj)
+        return cursor.lag if cursor else None
+
+    @admin.display(description="Last error")
+    def last_error(self, obj):
+        cursor = self._cursor(obj)
+        return (cursor.last_error[:80] if cursor else "") or "-"
+
+
+@admin.register(ChainCursor)
+class ChainCursorAdmin(admin.ModelAdmin):
+    list_display = ["chain", "block_number", "head_block", "halted", "updated_at"]
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ["chain", "block_number", "log_index", "address", "tx_hash", "retracted_at"]
+    list_filter = ["chain"]
+    search_fields = ["tx_hash", "address", "block_hash"]
+
+
+class StepRunInline(admin.TabularInline):
+    model = StepRun
+    extra = 0
+    fields = ["step_id", "status", "attempt", "error", "started_at", "finished_at"]
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(Run)
+class RunAdmin(admin.ModelAdmin):
+    list_display = ["code", "flow", "status", "dry_run", "created_at", "finished_at"]
+    list_filter = ["status", "dry_run", "team"]
+    search_fields = ["code", "flow__name", "event__tx_hash", "trigger_key"]
+    inlines = [StepRunInline]
+    raw_id_fields = ["event", "version", "flow"]

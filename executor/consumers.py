@@ -1,0 +1,93 @@
+"""Websocket consumers that stream a run's (or a flow's runs') live status."""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from executor.live import event_as_message, flow_group, run_group
+from executor.models import RunEvent
+from flows.permissions import flow_for_user_or_none, run_for_user_or_none
+
+REPLAY_LIMIT = 1000
+
+
+class RunConsumer(AsyncJsonWebsocketConsumer):
+    """ws/runs/<code>/?after=<seq>: the run's log after `seq`, then live events.
+
+    Joins the group before reading the log, so an event committed in between is
+    seen either in the replay or live; the seq drops the copy seen twice.
+    """
+
+    async def connect(self):
+        user = self.scope["user"]
+        code = self.scope["url_route"]["kwargs"]["code"]
+        self.run = await database_sync_to_async(run_for_user_or_none)(user, code)
+        if self.run is None:
+            await self.close(code=4403)
+            return
+        self.last_seq = _after(self.scope)
+        self.group = run_group(self.run.code)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        await self.replay()
+
+    async def disconnect(self, code):
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def replay(self):
+        while True:
+            events = await database_sync_to_async(_events_after)(self.run.pk, self.last_seq)
+            for event in events:
+                await self.send_event(event_as_message(event, self.run.code))
+            if len(events) < REPLAY_LIMIT:
+                return
+
+    async def send_event(self, message: dict):
+        if message["seq"] <= self.last_seq:
+            return
+        self.last_seq = message["seq"]
+        await self.send_json(message)
+
+    async def run_event(self, message: dict):
+        if message["seq"] > self.last_seq + 1:
+            await self.replay()  # a broadcast was lost: fill the gap from the log
+        await self.send_event(message)
+
+
+class FlowRunsConsumer(AsyncJsonWebsocketConsumer):
+    """ws/flows/<code>/runs/: live events of every run of a flow (lists, canvas)."""
+
+    async def connect(self):
+        user = self.scope["user"]
+        code = self.scope["url_route"]["kwargs"]["code"]
+        flow = await database_sync_to_async(flow_for_user_or_none)(user, code)
+        if flow is None:
+            await self.close(code=4403)
+            return
+        self.group = flow_group(flow.code)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def run_event(self, message: dict):
+        await self.send_json(message)
+
+
+def _after(scope) -> int:
+    from urllib.parse import parse_qs
+
+    query = parse_qs(scope.get("query_string", b"").decode())
+    try:
+        return max(int(query.get("after", ["0"])[0]), 0)
+    except ValueError:
+        return 0
+
+
+def _events_after(run_pk: int, seq: int) -> list[RunEvent]:
+    return list(RunEvent.objects.filter(run_id=run_pk, seq__gt=seq).order_by("seq")[:REPLAY_LIMIT])
+

@@ -1,0 +1,193 @@
+"""What runs: chains and their cursors, observed events, runs and their steps."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class Chain(models.Model):
+    slug = models.SlugField(max_length=40, unique=True)
+    name = models.CharField(max_length=80)
+    chain_id = models.PositiveBigIntegerField(unique=True)
+    default_confirmations = models.PositiveIntegerField(default=0)
+    supports_finalized = models.BooleanField(default=False, help_text="The RPC answers the 'finalized' block tag.")
+    explorer_url = models.URLField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["chain_id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.chain_id})"
+
+
+class RpcEndpoint(models.Model):
+    class Kind(models.TextChoices):
+        HTTP = "HTTP", "HTTP"
+        WS = "WS", "WebSocket"
+
+    chain = models.ForeignKey(Chain, models.CASCADE, related_name="endpoints")
+    url = models.CharField(max_length=500)
+    kind = models.CharField(max_length=4, choices=Kind.choices, default=Kind.HTTP)
+    priority = models.PositiveIntegerField(default=0, help_text="Lower is tried first.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["chain", "kind", "priority", "id"]
+        constraints = [models.UniqueConstraint(fields=["chain", "url"], name="rpcendpoint_unique_url")]
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class ChainCursor(models.Model):
+    """Where a chain's listener is, and how healthy the chain looks to it."""
+
+    chain = models.OneToOneField(Chain, models.CASCADE, related_name="cursor")
+    block_number = models.BigIntegerField(null=True, blank=True)
+    block_hash = models.CharField(max_length=66, blank=True)
+    # [[number, hash, parent_hash], ...] of recent unfinalized blocks, oldest first.
+    recent_blocks = models.JSONField(default=list, blank=True)
+    head_block = models.BigIntegerField(null=True, blank=True)
+    head_seen_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    halted = models.BooleanField(default=False, help_text="Stopped on an unrecoverable error; see last_error.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    @property
+    def lag(self) -> int | None:
+        if self.head_block is None or self.block_number is None:
+            return None
+        return max(self.head_block - self.block_number, 0)
+
+    def __str__(self) -> str:
+        return f"{self.chain.slug} @ {self.block_number}"
+
+
+class Event(models.Model):
+    """A log seen on a chain; the (chain, block hash, log index) key makes it unique."""
+
+    chain = models.ForeignKey(Chain, models.CASCADE, related_name="events")
+    block_number = models.BigIntegerField()
+    block_hash = models.CharField(max_length=66)
+    log_index = models.PositiveIntegerField()
+    tx_hash = models.CharField(max_length=66)
+    address = models.CharField(max_length=42)
+    topics = models.JSONField(default=list)
+    data = models.TextField(blank=True)
+    retracted_at = models.DateTimeField(null=True, blank=True, help_text="Set when a reorg orphaned the block.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chain", "block_hash", "log_index"], name="event_unique_key"),
+        ]
+        indexes = [models.Index(fields=["chain", "block_number"]), models.Index(fields=["tx_hash"])]
+
+    def __str__(self) -> str:
+        return f"{self.chain_id}:{self.block_number}:{self.log_index}"
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "QUEUED", "Queued"
+        RUNNING = "RUNNING", "Running"
+        SUCCEEDED = "SUCCEEDED", "Succeeded"
+        FAILED = "FAILED", "Failed"
+        CANCELLED = "CANCELLED", "Cancelled"
+        REORGED = "REORGED", "Reorged"
+
+    FINISHED = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.REORGED}
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="runs")
+    flow = models.ForeignKey("flows.Flow", models.CASCADE, related_name="runs")
+    version = models.ForeignKey("flows.FlowVersion", models.CASCADE, related_name="runs")
+    # What fired it, as a key unique per version: log:<chain>:<block hash>:<log index>,
+    # block:<chain>:<block hash>, schedule:<iso time>, manual:<uuid>, webhook:<id>.
+    trigger_key = models.CharField(max_length=200)
+    trigger = models.JSONField(default=dict)
+    event = models.ForeignKey(Event, models.SET_NULL, null=True, blank=True, related_name="runs")
+    chain = models.ForeignKey(Chain, models.SET_NULL, null=True, blank=True, related_name="runs")
+    block_number = models.BigIntegerField(null=True, blank=True)
+    block_hash = models.CharField(max_length=66, blank=True)
+    dry_run = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    # Last RunEvent.seq handed out; bumped with a row-level UPDATE so seqs never collide.
+    event_seq = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "trigger_key"], name="run_unique_trigger"),
+        ]
+        indexes = [
+            models.Index(fields=["team", "-created_at"]),
+            models.Index(fields=["flow", "-created_at"]),
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["chain", "block_hash"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.code} ({self.status})"
+
+
+class StepRun(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        QUEUED = "QUEUED", "Queued"
+        RUNNING = "RUNNING", "Running"
+        SUCCEEDED = "SUCCEEDED", "Succeeded"
+        FAILED = "FAILED", "Failed"
+        SKIPPED = "SKIPPED", "Skipped"
+        CANCELLED = "CANCELLED", "Cancelled"
+
+    run = models.ForeignKey(Run, models.CASCADE, related_name="steps")
+    step_id = models.CharField(max_length=64)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempt = models.PositiveIntegerField(default=0)
+    input = models.JSONField(null=True, blank=True)
+    output = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    logs = models.JSONField(default=list, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "step_id"], name="steprun_unique_step")]
+        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.step_id} ({self.status})"
+
+
+class RunEvent(models.Model):
+    """The sequence-numbered log of a run's changes, replayed to reconnecting browsers."""
+
+    run = models.ForeignKey(Run, models.CASCADE, related_name="log")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=40)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [models.UniqueConstraint(fields=["run", "seq"], name="runevent_unique_seq")]
+
+
+class WorkerProbe(models.Model):
+    """A round trip through the broker to a worker and back to PostgreSQL (`manage.py check_workers`)."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    answered_at = models.DateTimeField(null=True, blank=True)

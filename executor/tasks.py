@@ -1,0 +1,17 @@
+"""Dramatiq actors: thin wrappers that take ids and call plain code.
+
+Every actor must be safe to run twice: Dramatiq delivers at least once.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from django.utils import timezone
+
+from executor.models import WorkerProbe
+
+
+@dramatiq.actor(queue_name="default", max_retries=3, time_limit=10_000)
+def answer_probe(probe_id: int) -> None:
+    """Mark a probe answered: proves a worker consumes the queue and reaches PostgreSQL."""
+    WorkerProbe.objects.filter(pk=probe_id, answered_at__isnull=True).update(answered_at=timezone.now())

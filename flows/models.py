@@ -1,0 +1,96 @@
+"""What a user edits: teams, flows and their versions."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+def short_code() -> str:
+    """A public id for URLs: random, unguessable, never the database id."""
+    return secrets.token_urlsafe(9)
+
+
+class Team(models.Model):
+    code = models.CharField(max_length=16, unique=True, default=short_code, editable=False)
+    name = models.CharField(max_length=100)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "OWNER", "Owner"
+        ADMIN = "ADMIN", "Admin"
+        EDITOR = "EDITOR", "Editor"
+        VIEWER = "VIEWER", "Viewer"
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "user"], name="membership_unique_team_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} as {self.role}"
+
+
+class Flow(models.Model):
+    code = models.CharField(max_length=16, unique=True, default=short_code, editable=False)
+    team = models.ForeignKey(Team, models.CASCADE, related_name="flows")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    # Per-flow secret that signs outgoing webhooks (Standard Webhooks, whsec_...).
+    signing_secret = models.CharField(max_length=64, default="", blank=True, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FlowVersion(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "DRAFT", "Draft"
+        PUBLISHED = "PUBLISHED", "Published"
+        ARCHIVED = "ARCHIVED", "Archived"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    flow = models.ForeignKey(Flow, models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    graph = models.JSONField(default=dict)
+    dag = models.JSONField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
+    # Bumped on every draft save; a save that names an older revision is refused.
+    revision = models.PositiveIntegerField(default=1)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["flow", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["flow", "number"], name="flowversion_unique_number"),
+            # At most one live version per flow, enforced by PostgreSQL.
+            models.UniqueConstraint(
+                fields=["flow"], condition=Q(status="PUBLISHED"), name="flowversion_one_published"
+            ),
+            models.UniqueConstraint(fields=["flow"], condition=Q(status="DRAFT"), name="flowversion_one_draft"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow} v{self.number} ({self.status})"

@@ -1,0 +1,424 @@
+"""Kwala settings: one file, every knob read from the environment.
+
+A bad value stops start-up with an ImproperlyConfigured message that names the
+variable. With no DATABASE_URL / REDIS_URL the project starts embedded, real
+PostgreSQL and Redis servers under the var directory (see kwala_site.embedded);
+that is also what turns on the development defaults (DEBUG, generated keys).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# pytest (8.2+) exports PYTEST_VERSION, also to the workers the tests start, so
+# the suite gets its own embedded servers and never touches development data.
+TESTING = "PYTEST_VERSION" in os.environ
+
+
+# -- environment helpers ------------------------------------------------------
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = env_str(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false, yes/no), got {value!r}.")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}.")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = env_str(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+VAR_DIR = Path(env_str("KWALA_VAR_DIR") or BASE_DIR / "var" / ("test" if TESTING else "")).resolve()
+
+# -- database and Redis ---------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL")
+REDIS_URL = env_str("REDIS_URL")
+# No DATABASE_URL means a developer's machine: embedded servers and generated
+# keys. Production sets DATABASE_URL and must then set everything else too.
+DEV_DEFAULTS = TESTING or DATABASE_URL is None
+
+if DATABASE_URL is None:
+    from kwala_site import embedded
+
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASE_URL = embedded.ensure_postgres(VAR_DIR / "pg")
+
+if REDIS_URL is None:
+    if not DEV_DEFAULTS:
+        raise ImproperlyConfigured("REDIS_URL must be set when DATABASE_URL is (redis://host:6379/0).")
+    from kwala_site import embedded
+
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    REDIS_URL = embedded.ensure_redis(VAR_DIR / "redis")
+
+
+def _database_from_url(url: str) -> dict:
+    import dj_database_url
+
+    scheme = urlsplit(url).scheme
+    if scheme not in {"postgres", "postgresql", "pgsql"}:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be a PostgreSQL URL (postgresql://user:pass@host:5432/name), got scheme {scheme!r}."
+        )
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if not config.get("NAME"):
+        raise ImproperlyConfigured("DATABASE_URL must name a database (…/dbname).")
+    config["ENGINE"] = "django.db.backends.postgresql"
+    return config
+
+
+def _check_redis_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(
+            f"REDIS_URL must start with redis://, rediss:// or unix://, got {url.split(':', 1)[0]!r}."
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ImproperlyConfigured("REDIS_URL must name a host (redis://host:6379/0).")
+    return url
+
+
+DATABASES = {"default": _database_from_url(DATABASE_URL)}
+REDIS_URL = _check_redis_url(REDIS_URL)
+
+# -- core -----------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", default=DEV_DEFAULTS and not TESTING)
+
+
+def _dev_secret_file(name: str, make) -> str:
+    """A generated value kept under var/, for development only."""
+    path = VAR_DIR / name
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env_str("SECRET_KEY")
+if SECRET_KEY is None:
+    if not DEV_DEFAULTS:
+        raise ImproperlyConfigured("SECRET_KEY must be set in production (a long random string).")
+    SECRET_KEY = _dev_secret_file("secret_key", lambda: secrets.token_urlsafe(50))
+elif len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long.")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEV_DEFAULTS else [])
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must list the host names Kwala is served on (comma-separated).")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+for origin in CSRF_TRUSTED_ORIGINS:
+    if urlsplit(origin).scheme not in {"http", "https"}:
+        raise ImproperlyConfigured(f"CSRF_TRUSTED_ORIGINS entries must start with http:// or https://, got {origin!r}.")
+
+
+def _encryption_keys(raw: str) -> list[bytes]:
+    """KWALA_ENCRYPTION_KEYS: comma-separated url-safe base64 32-byte keys, newest first.
+
+    The first key wraps new data keys; the others only unwrap, so a key can be
+    rotated by prepending a new one and running `manage.py rotate_encryption_keys`.
+    """
+    keys = []
+    for index, item in enumerate(raw.split(",")):
+        item = item.strip()
+        try:
+            key = base64.urlsafe_b64decode(item + "=" * (-len(item) % 4))
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise ImproperlyConfigured(
+                f"KWALA_ENCRYPTION_KEYS entry {index + 1} is not a url-safe base64 32-byte key "
+                "(make one with: python -c \"import os,base64;print(base64.urlsafe_b64encode(os.urandom(32)).decode())\")."
+            )
+        keys.append(key)
+    return keys
+
+
+_keys_raw = env_str("KWALA_ENCRYPTION_KEYS")
+if _keys_raw is None:
+    if not DEV_DEFAULTS:
+        raise ImproperlyConfigured("KWALA_ENCRYPTION_KEYS must be set in production.")
+    _keys_raw = _dev_secret_file("encryption_keys", lambda: base64.urlsafe_b64encode(os.urandom(32)).decode())
+KWALA_ENCRYPTION_KEYS = _encryption_keys(_keys_raw)
+
+# -- chains -------------------------------------------------------------------------
+
+DEV_CHAINS = [
+    {
+        "slug": "anvil-a",
+        "name": "Anvil A (local)",
+        "chain_id": 31337,
+        "rpc_urls": ["http://127.0.0.1:8545"],
+        "ws_urls": ["ws://127.0.0.1:8545"],
+        "confirmations": 0,
+        "finalized_tag": False,
+        "explorer_url": "",
+    },
+    {
+        "slug": "anvil-b",
+        "name": "Anvil B (local)",
+        "chain_id": 31338,
+        "rpc_urls": ["http://127.0.0.1:8546"],
+        "ws_urls": ["ws://127.0.0.1:8546"],
+        "confirmations": 0,
+        "finalized_tag": False,
+        "explorer_url": "",
+    },
+]
+
+
+def _chains(raw: str | None) -> list[dict]:
+    """KWALA_CHAINS: a JSON list of chains, or @path to a JSON file (see README)."""
+    if raw is None:
+        return DEV_CHAINS if DEV_DEFAULTS else []
+    try:
+        if raw.startswith("@"):
+            raw = Path(raw[1:]).read_text()
+        chains = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise ImproperlyConfigured(f"KWALA_CHAINS must be a JSON list of chains or @/path/to/file.json: {exc}") from None
+    if not isinstance(chains, list):
+        raise ImproperlyConfigured("KWALA_CHAINS must be a JSON list of chains.")
+    seen_ids, seen_slugs = set(), set()
+    for index, chain in enumerate(chains):
+        where = f"KWALA_CHAINS[{index}]"
+        if not isinstance(chain, dict):
+            raise ImproperlyConfigured(f"{where} must be an object.")
+        for key in ("slug", "name", "chain_id", "rpc_urls"):
+            if key not in chain:
+                raise ImproperlyConfigured(f"{where} is missing {key!r}.")
+        if not isinstance(chain["chain_id"], int) or chain["chain_id"] <= 0:
+            raise ImproperlyConfigured(f"{where}.chain_id must be a positive integer.")
+        urls = chain["rpc_urls"]
+        if not isinstance(urls, list) or not urls:
+            raise ImproperlyConfigured(f"{where}.rpc_urls must be a non-empty list of http(s) URLs.")
+        for url in urls:
+            if urlsplit(str(url)).scheme not in {"http", "https"}:
+                raise ImproperlyConfigured(f"{where}.rpc_urls has a non-http(s) URL: {url!r}.")
+        for url in chain.setdefault("ws_urls", []):
+            if urlsplit(str(url)).scheme not in {"ws", "wss"}:
+                raise ImproperlyConfigured(f"{where}.ws_urls has a non-ws(s) URL: {url!r}.")
+        if chain["chain_id"] in seen_ids or chain["slug"] in seen_slugs:
+            raise ImproperlyConfigured(f"{where} repeats chain id {chain['chain_id']} or slug {chain['slug']!r}.")
+        seen_ids.add(chain["chain_id"])
+        seen_slugs.add(chain["slug"])
+        confirmations = chain.setdefault("confirmations", 0)
+        if not isinstance(confirmations, int) or confirmations < 0:
+            raise ImproperlyConfigured(f"{where}.confirmations must be a whole number >= 0.")
+        chain.setdefault("finalized_tag", False)
+        chain.setdefault("explorer_url", "")
+    return chains
+
+
+KWALA_CHAINS = _chains(env_str("KWALA_CHAINS"))
+
+
+def _networks(name: str, default: list[str]) -> list:
+    nets = []
+    for item in env_list(name, default):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be a comma-separated list of CIDR networks, got {item!r}.") from None
+    return nets
+
+
+# Outgoing HTTP from flows refuses internal addresses; these networks are let
+# through anyway. Loopback is opened for local development only.
+KWALA_OUTBOUND_ALLOW = _networks(
+    "KWALA_OUTBOUND_ALLOW", ["127.0.0.0/8", "::1/128"] if DEV_DEFAULTS else []
+)
+
+# -- Django -------------------------------------------------------------------------
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "template_partials",
+    "django_htmx",
+    "channels",
+    "django_dramatiq",
+    "flows",
+    "executor",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "kwala_site.urls"
+WSGI_APPLICATION = "kwala_site.wsgi.application"
+ASGI_APPLICATION = "kwala_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+if TESTING:
+    # Hashing dominates test set-up time; production keeps the default hasher.
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG or TESTING
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+# Serve straight from the app and static dirs when no collectstatic has run (dev, tests).
+WHITENOISE_USE_FINDERS = DEBUG or TESTING
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+if not DEBUG and not TESTING:
+    SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# -- email --------------------------------------------------------------------------
+
+EMAIL_HOST = env_str("EMAIL_HOST")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+    EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+    EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", EMAIL_PORT == 587)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Kwala <kwala@localhost>")
+
+# -- Channels and Dramatiq -------------------------------------------------------
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+    }
+}
+
+# A killed worker's unacked messages are taken back by the survivors once its
+# heartbeat is older than heartbeat_timeout; the default (60 s) plus the 1-in-1000
+# chance of running maintenance per fetch would leave work stranded for minutes.
+DRAMATIQ_HEARTBEAT_TIMEOUT_MS = env_int("DRAMATIQ_HEARTBEAT_TIMEOUT_MS", 5_000, minimum=1_000)
+DRAMATIQ_BROKER = {
+    "BROKER": "dramatiq.brokers.redis.RedisBroker",
+    "OPTIONS": {
+        "url": REDIS_URL,
+        "heartbeat_timeout": DRAMATIQ_HEARTBEAT_TIMEOUT_MS,
+        "maintenance_chance": 50,
+        "dead_message_ttl": 7 * 24 * 3600 * 1000,
+    },
+    "MIDDLEWARE": [
+        "dramatiq.middleware.AgeLimit",
+        "dramatiq.middleware.TimeLimit",
+        "dramatiq.middleware.Callbacks",
+        "dramatiq.middleware.Retries",
+        "django_dramatiq.middleware.DbConnectionsMiddleware",
+    ],
+}
+DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
+
+# -- logging --------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "httpx": {"level": "WARNING"},
+        "pgserver": {"level": "WARNING"},
+    },
+}

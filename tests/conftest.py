@@ -1,0 +1,226 @@
+"""Fixtures shared by the whole suite.
+
+Real services only: the embedded PostgreSQL and Redis (or those named by
+DATABASE_URL / REDIS_URL), Dramatiq workers, an ASGI server and Chromium are
+started here, once per session, and talk to the test database.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+from flows.models import Membership, Team
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+# -- people -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def team(db):
+    return Team.objects.create(name="Acme DAO")
+
+
+@pytest.fixture
+def alice(db, team, django_user_model):
+    """Owns the team."""
+    user = django_user_model.objects.create_user("alice", "alice@example.com", "alice-password-1")
+    Membership.objects.create(team=team, user=user, role=Membership.Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def bob(db, team, django_user_model):
+    """An editor in alice's team."""
+    user = django_user_model.objects.create_user("bob", "bob@example.com", "bob-password-1")
+    Membership.objects.create(team=team, user=user, role=Membership.Role.EDITOR)
+    return user
+
+
+@pytest.fixture
+def charlie(db, django_user_model):
+    """An outsider with a team of his own."""
+    user = django_user_model.objects.create_user("charlie", "charlie@example.com", "charlie-password-1")
+    Membership.objects.create(team=Team.objects.create(name="Other DAO"), user=user, role=Membership.Role.OWNER)
+    return user
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url_for(settings_dict: dict) -> str:
+    """A DATABASE_URL for child processes that points at the test database."""
+    host = settings_dict.get("HOST") or ""
+    port = settings_dict.get("PORT") or ""
+    user = quote(settings_dict.get("USER") or "")
+    password = settings_dict.get("PASSWORD") or ""
+    auth = f"{user}:{quote(password)}@" if password else f"{user}@"
+    location = quote(host, safe="") if host.startswith("/") else host + (f":{port}" if port else "")
+    return f"postgresql://{auth}{location}/{settings_dict['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def child_env(django_db_setup, django_db_blocker) -> dict:
+    """Environment for processes that must share the test database and Redis."""
+    from django.db import connection
+
+    env = dict(os.environ)
+    env["DATABASE_URL"] = database_url_for(connection.settings_dict)
+    env["REDIS_URL"] = settings.REDIS_URL
+    env["KWALA_VAR_DIR"] = str(settings.VAR_DIR)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Service:
+    """A child process with its output in a log file, stopped at teardown."""
+
+    def __init__(self, name: str, args: list[str], env: dict, log_dir: Path):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_output(self, text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not say {text!r}:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self, sig_timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(sig_timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def service_logs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+def start_worker(child_env: dict, log_dir: Path, name: str = "worker", threads: int = 4) -> Service:
+    worker = Service(
+        name,
+        [sys.executable, "manage.py", "rundramatiq", "--processes", "1", "--threads", str(threads)],
+        child_env,
+        log_dir,
+    )
+    worker.wait_for_output("Worker process is ready for action", timeout=30)
+    return worker
+
+
+@pytest.fixture(scope="session")
+def dramatiq_worker(child_env, service_logs):
+    """A real Dramatiq worker process consuming the test Redis broker."""
+    worker = start_worker(child_env, service_logs)
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def asgi_server(child_env, service_logs):
+    """The real ASGI app under uvicorn, on a free port, against the test database."""
+    port = free_port()
+    server = Service(
+        "uvicorn",
+        [sys.executable, "-m", "uvicorn", "kwala_site.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log"],
+        child_env,
+        service_logs,
+    )
+    server.wait_for_output("Uvicorn running on", timeout=30)
+    server.url = f"http://127.0.0.1:{port}"
+    yield server
+    server.stop()
+
+
+# -- browser ------------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("KWALA_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (no browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium package (make test does).")
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the
+    # tests make in between are still plain synchronous code.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser context; saves a screenshot to test-artifacts/ when the test fails."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: console_errors.append(str(exc)))
+    page.console_errors = console_errors
+    yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def login(page, base_url: str, username: str, password: str) -> None:
+    page.goto(f"{base_url}/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(f"{base_url}/")
