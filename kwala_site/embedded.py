@@ -52,6 +52,9 @@ def ensure_postgres(pgdata: Path, database: str = DATABASE_NAME) -> str:
         import pgserver  # imported lazily: production never needs the wheel
 
         server = pgserver.get_server(pgdata, cleanup_mode=None)
+        # get_server caches handles per process; a server stopped since then must be started again.
+        with server._lock:
+            server.ensure_postgres_running()
         with psycopg.connect(postgres_url(pgdata, "postgres"), autocommit=True) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", [database]
