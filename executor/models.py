@@ -58,14 +58,14 @@ class ChainCursor(models.Model):
     halted = models.BooleanField(default=False, help_text="Stopped on an unrecoverable error; see last_error.")
     updated_at = models.DateTimeField(auto_now=True)
 
+    def __str__(self) -> str:
+        return f"{self.chain.slug} @ {self.block_number}"
+
     @property
     def lag(self) -> int | None:
         if self.head_block is None or self.block_number is None:
             return None
         return max(self.head_block - self.block_number, 0)
-
-    def __str__(self) -> str:
-        return f"{self.chain.slug} @ {self.block_number}"
 
 
 class Event(models.Model):
@@ -185,9 +185,15 @@ class RunEvent(models.Model):
         ordering = ["run", "seq"]
         constraints = [models.UniqueConstraint(fields=["run", "seq"], name="runevent_unique_seq")]
 
+    def __str__(self) -> str:
+        return f"{self.run_id}#{self.seq} {self.kind}"
+
 
 class WorkerProbe(models.Model):
     """A round trip through the broker to a worker and back to PostgreSQL (`manage.py check_workers`)."""
 
     created_at = models.DateTimeField(auto_now_add=True)
     answered_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"probe {self.pk}"

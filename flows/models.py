@@ -94,3 +94,75 @@ class FlowVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.flow} v{self.number} ({self.status})"
+
+
+class Secret(models.Model):
+    """A team secret, used in expressions as {{ secrets.NAME }}; the value is never shown back."""
+
+    team = models.ForeignKey(Team, models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=64)
+    value_encrypted = models.TextField(editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="secret_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def encryption_context(self) -> str:
+        return f"secret:{self.team_id}:{self.name}"
+
+    def set_value(self, value: str) -> None:
+        from flows import crypto
+
+        self.value_encrypted = crypto.encrypt(value, self.encryption_context)
+
+    def reveal(self) -> str:
+        """The plaintext, for the executor only; never render or log it."""
+        from flows import crypto
+
+        return crypto.decrypt(self.value_encrypted, self.encryption_context)
+
+
+class SignerKey(models.Model):
+    """A team's transaction signing key (created in the app or imported); the key is never shown back."""
+
+    code = models.CharField(max_length=16, unique=True, default=short_code, editable=False)
+    team = models.ForeignKey(Team, models.CASCADE, related_name="signer_keys")
+    name = models.CharField(max_length=64)
+    address = models.CharField(max_length=42)
+    key_encrypted = models.TextField(editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["team", "name"], name="signerkey_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.address})"
+
+    @property
+    def encryption_context(self) -> str:
+        return f"signer:{self.team_id}:{self.code}"
+
+    def set_private_key(self, private_key: str) -> None:
+        """Store the key encrypted and derive its address; raises ValueError for a bad key."""
+        from eth_account import Account
+
+        from flows import crypto
+
+        account = Account.from_key(private_key)
+        self.address = account.address
+        self.key_encrypted = crypto.encrypt(account.key.hex(), self.encryption_context)
+
+    def private_key(self) -> str:
+        """The key, for signing in the executor only; never render, log or store it elsewhere."""
+        from flows import crypto
+
+        return crypto.decrypt(self.key_encrypted, self.encryption_context)
