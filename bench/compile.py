@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flows.graph import compile_graph  # noqa: E402
+from flows.graph import compile_graph
 
 TOKEN = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
 
@@ -93,7 +93,7 @@ def main() -> None:
         compile_graph(graph, chains=chains, secret_names=secrets)
         timings.append((time.perf_counter() - start) * 1000)
     timings.sort()
-    p95 = timings[min(len(timings) - 1, int(round(0.95 * (len(timings) - 1))))]
+    p95 = timings[min(len(timings) - 1, round(0.95 * (len(timings) - 1)))]
     print(f"first compile (cold expression caches): {cold_ms:.1f} ms")
     print(f"{args.runs} runs: median {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms")
     print(

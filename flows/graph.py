@@ -334,9 +334,9 @@ def compile_graph(
                 if succ not in reached:
                     reached.add(succ)
                     frontier.append(succ)
-        for nid in nodes:
+        for nid, node in nodes.items():
             if nid not in reached and not isinstance(types[nid], TriggerType):
-                problems.append(Problem(nid, None, f"{_display(nodes[nid])} is not connected to the trigger"))
+                problems.append(Problem(nid, None, f"{_display(node)} is not connected to the trigger"))
     bit = {nid: 1 << i for i, nid in enumerate(order)}
     ancestors: dict[str, int] = {}
     for nid in order:
