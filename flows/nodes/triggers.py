@@ -1,0 +1,363 @@
+"""Trigger node types: what starts a run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flows import abi as abi_lib
+from flows.nodes.base import (
+    FieldSpec,
+    Problems,
+    TriggerType,
+    ValidationContext,
+    parse_datetime,
+)
+
+FILTER_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
+_ORDERED_OPS = ("gt", "gte", "lt", "lte")
+
+CHAIN = FieldSpec("chain", "Chain", "chain", required=True)
+CONFIRMATIONS = FieldSpec(
+    "confirmations", "Confirmations", "int", default=0, min=0, max=1000,
+    help="Blocks to wait after the one that holds the event before the run starts.",
+)
+EVERY_BLOCKS = FieldSpec("every", "Every N blocks", "int", default=1, min=1, max=100_000)
+
+
+def _abi_shape(params: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        (p.get("name") or str(i)): {"type": abi_lib.canonical_type(p), "description": ""}
+        for i, p in enumerate(params)
+    }
+
+
+def _check_abi_value(param: dict[str, Any], value: Any) -> str | None:
+    type_str = abi_lib.canonical_type(param)
+    try:
+        if type_str.startswith(("uint", "int", "bytes")) or type_str in ("address", "bool"):
+            abi_lib.coerce_value(type_str, value)
+        elif type_str == "string" and not isinstance(value, str):
+            return "must be text"
+    except abi_lib.AbiError as exc:
+        return str(exc)
+    return None
+
+
+class ChainEvent(TriggerType):
+    key = "chain.event"
+    label = "Contract event"
+    description = "Runs when a contract emits an event, optionally filtered by its arguments."
+    fields = (
+        CHAIN,
+        FieldSpec(
+            "addresses", "Contract addresses", "addresses", default=[],
+            help="Leave empty to match the event from any contract.",
+        ),
+        FieldSpec(
+            "event", "Event", "abi_event", required=True,
+            help="A Solidity signature, e.g. Transfer(address indexed from, address indexed to, "
+            "uint256 value), or a pasted ABI and the event name.",
+        ),
+        FieldSpec(
+            "filters", "Argument filters", "list", default=[],
+            item_fields=(
+                FieldSpec("arg", "Argument", "text", required=True),
+                FieldSpec("op", "Operator", "choice", default="eq", choices=FILTER_OPS),
+                FieldSpec("value", "Value", "json", required=True),
+            ),
+        ),
+        FieldSpec("condition", "Condition", "expression", help="Only run when this is true."),
+        CONFIRMATIONS,
+        FieldSpec("expire_at", "Stop listening at", "datetime"),
+    )
+
+    def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
+        problems: Problems = []
+        event = abi_lib.resolve_event(config["event"])
+        inputs = {p["name"]: p for p in event["inputs"] if p["name"]}
+        for index, flt in enumerate(config["filters"]):
+            path = f"filters.{index}"
+            param = inputs.get(flt["arg"])
+            if param is None:
+                names = ", ".join(inputs) or "none are named"
+                problems.append((f"{path}.arg", f"The event has no argument '{flt['arg']}' ({names})"))
+                continue
+            type_str = abi_lib.canonical_type(param)
+            values = flt["value"] if flt["op"] == "in" else [flt["value"]]
+            if flt["op"] == "in" and (not isinstance(flt["value"], list) or not flt["value"]):
+                problems.append((f"{path}.value", "'in' needs a non-empty list of values"))
+                continue
+            if flt["op"] in _ORDERED_OPS and not type_str.startswith(("uint", "int")):
+                problems.append((f"{path}.op", f"'{flt['op']}' only works on numbers, not {type_str}"))
+                continue
+            for value in values:
+                message = _check_abi_value(param, value)
+                if message:
+                    problems.append((f"{path}.value", f"Filter on '{flt['arg']}': {message}"))
+            if param.get("indexed") and flt["op"] in ("eq", "in"):
+                try:
+                    abi_lib.encode_topic(param, values[0])
+                except abi_lib.AbiError as exc:
+                    problems.append((f"{path}.arg", str(exc)))
+        return problems
+
+    def normalize(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().normalize(config)
+        if out.get("addresses"):
+            out["addresses"] = sorted(out["addresses"], key=str.lower)
+        return out
+
+    def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        event = abi_lib.resolve_event(config["event"])
+        params = {p["name"]: p for p in event["inputs"] if p["name"]}
+        indexed = [p for p in event["inputs"] if p.get("indexed")]
+        topic_filters: list[list[str] | None] = [None, None, None]
+        arg_filters = []
+        for flt in config["filters"]:
+            param = params[flt["arg"]]
+            type_str = abi_lib.canonical_type(param)
+            values = flt["value"] if flt["op"] == "in" else [flt["value"]]
+            if param.get("indexed") and flt["op"] in ("eq", "in") and indexed.index(param) < 3:
+                topics = sorted({abi_lib.encode_topic(param, v) for v in values})
+                slot = indexed.index(param)
+                # Two filters on one indexed arg must both hold: intersect.
+                current = topic_filters[slot]
+                topic_filters[slot] = topics if current is None else sorted(set(current) & set(topics))
+                continue
+            coerced = [_normalize_filter_value(type_str, v) for v in values]
+            arg_filters.append(
+                {
+                    "arg": flt["arg"],
+                    "type": type_str,
+                    "op": flt["op"],
+                    "value": coerced if flt["op"] == "in" else coerced[0],
+                }
+            )
+        return {
+            "type": self.key,
+            "node_id": node_id,
+            "chain_id": config["chain"],
+            "addresses": list(config["addresses"] or []),
+            "topic0": abi_lib.event_topic0(event),
+            "topic_filters": topic_filters,
+            "arg_filters": arg_filters,
+            "condition": config["condition"],
+            "confirmations": config["confirmations"],
+            "expire_at": config["expire_at"],
+            "event_abi": event,
+        }
+
+    def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        shape: dict[str, dict[str, Any]] = {
+            "args": {"type": "object", "description": "Decoded event arguments by name", "fields": {}},
+            "args_list": {"type": "list", "description": "Decoded event arguments in order"},
+            "event": {"type": "string", "description": "Event name"},
+            "contract": {"type": "address", "description": "Contract that emitted the event"},
+            "chain_id": {"type": "int", "description": "Chain id"},
+            "tx_hash": {"type": "bytes32", "description": "Transaction hash"},
+            "block_number": {"type": "int", "description": "Block number"},
+            "block_hash": {"type": "bytes32", "description": "Block hash"},
+            "log_index": {"type": "int", "description": "Position of the log in the block"},
+        }
+        try:
+            event = abi_lib.resolve_event(config.get("event"))
+        except abi_lib.AbiError:
+            return shape
+        shape["args"]["fields"] = _abi_shape(event["inputs"])
+        return shape
+
+
+def _normalize_filter_value(type_str: str, value: Any) -> Any:
+    coerced = abi_lib.coerce_value(type_str, value) if type_str != "string" else value
+    if isinstance(coerced, bytes):
+        return "0x" + coerced.hex()
+    if isinstance(coerced, int) and not isinstance(coerced, bool) and coerced.bit_length() > 53:
+        # Big ints travel as decimal strings so JSON consumers in other languages stay exact.
+        return str(coerced)
+    return coerced
+
+
+class ChainBlock(TriggerType):
+    key = "chain.block"
+    label = "New block"
+    description = "Runs every N blocks on a chain."
+    fields = (CHAIN, EVERY_BLOCKS, CONFIRMATIONS)
+
+    def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "type": self.key,
+            "node_id": node_id,
+            "chain_id": config["chain"],
+            "every": config["every"],
+            "confirmations": config["confirmations"],
+        }
+
+    def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            "chain_id": {"type": "int", "description": "Chain id"},
+            "block_number": {"type": "int", "description": "Block number"},
+            "block_hash": {"type": "bytes32", "description": "Block hash"},
+            "timestamp": {"type": "int", "description": "Block timestamp (unix seconds)"},
+        }
+
+
+class ChainState(TriggerType):
+    key = "chain.state"
+    label = "Contract state"
+    description = (
+        "Reads a view function every N blocks and runs when the condition on the result "
+        "turns from false to true."
+    )
+    fields = (
+        CHAIN,
+        FieldSpec("address", "Contract address", "address", required=True),
+        FieldSpec("function", "Function", "abi_function", required=True),
+        FieldSpec("args", "Arguments", "json", default=[], help="Fixed argument values, in order."),
+        EVERY_BLOCKS,
+        FieldSpec(
+            "condition", "Condition", "expression", required=True,
+            help="Uses `result`, e.g. result < 10**18. Fires when it turns true.",
+        ),
+        CONFIRMATIONS,
+    )
+
+    def local_names(self, field_path: str) -> frozenset[str]:
+        return frozenset({"result"}) if field_path == "condition" else frozenset()
+
+    def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
+        function = abi_lib.resolve_function(config["function"])
+        args = config["args"]
+        if not isinstance(args, list):
+            return [("args", "Arguments must be a list")]
+        if len(args) != len(function["inputs"]):
+            return [("args", f"{function['name']} takes {len(function['inputs'])} arguments, got {len(args)}")]
+        if not function["outputs"]:
+            return [("function", f"{function['name']} returns nothing to check")]
+        problems: Problems = []
+        for index, (param, value) in enumerate(zip(function["inputs"], args, strict=True)):
+            message = _check_abi_value(param, value)
+            if message:
+                problems.append((f"args.{index}", f"Argument {index + 1}: {message}"))
+        return problems
+
+    def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        function = abi_lib.resolve_function(config["function"])
+        return {
+            "type": self.key,
+            "node_id": node_id,
+            "chain_id": config["chain"],
+            "address": config["address"],
+            "function_abi": function,
+            "selector": abi_lib.function_selector(function),
+            "args": config["args"],
+            "every": config["every"],
+            "condition": config["condition"],
+            "confirmations": config["confirmations"],
+        }
+
+    def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        shape: dict[str, dict[str, Any]] = {
+            "result": {"type": "any", "description": "Return value (a list when it returns several)"},
+            "block_number": {"type": "int", "description": "Block the state was read at"},
+            "chain_id": {"type": "int", "description": "Chain id"},
+        }
+        try:
+            function = abi_lib.resolve_function(config.get("function"))
+        except abi_lib.AbiError:
+            return shape
+        shape["outputs"] = {"type": "object", "description": "Return values by name", "fields": _abi_shape(function["outputs"])}
+        return shape
+
+
+class Schedule(TriggerType):
+    key = "schedule"
+    label = "Schedule"
+    description = "Runs on a cron schedule, at a fixed interval, or once at a given time."
+    fields = (
+        FieldSpec("cron", "Cron expression", "cron", help="e.g. 0 9 * * 1-5 for 9:00 on weekdays"),
+        FieldSpec("timezone", "Time zone", "timezone", default="UTC"),
+        FieldSpec("interval", "Every", "duration", min=10, help="Seconds, or 30s, 5m, 1h ..."),
+        FieldSpec("start_at", "Start at", "datetime"),
+        FieldSpec("expire_at", "Stop at", "datetime"),
+    )
+
+    def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
+        if config["cron"] and config["interval"]:
+            return [("interval", "Choose a cron expression or an interval, not both")]
+        if not config["cron"] and not config["interval"] and not config["start_at"]:
+            return [("cron", "Set a cron expression, an interval, or a start time for a single run")]
+        if (
+            config["start_at"]
+            and config["expire_at"]
+            and parse_datetime(config["expire_at"]) <= parse_datetime(config["start_at"])
+        ):
+            return [("expire_at", "Stop time must be after the start time")]
+        return []
+
+    def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "type": self.key,
+            "node_id": node_id,
+            "cron": config["cron"],
+            "timezone": config["timezone"],
+            "interval_seconds": config["interval"],
+            "start_at": config["start_at"],
+            "expire_at": config["expire_at"],
+        }
+
+    def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            "scheduled_at": {"type": "datetime", "description": "When the run was due"},
+            "fired_at": {"type": "datetime", "description": "When it actually started"},
+        }
+
+
+class Webhook(TriggerType):
+    key = "webhook"
+    label = "Webhook"
+    description = "Runs when an HTTP request arrives at the flow's webhook URL."
+    fields = (
+        FieldSpec(
+            "verification", "Signature check", "choice", default="none",
+            choices=("none", "standard-webhooks", "hmac-sha256"),
+        ),
+        FieldSpec("secret", "Signing secret", "secret_ref"),
+        FieldSpec("signature_header", "Signature header", "text", default="X-Signature-256",
+                  help="Only for hmac-sha256: the header holding the hex digest."),
+    )
+
+    def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
+        if config["verification"] != "none" and not config["secret"]:
+            return [("secret", "Choose the secret that signs the requests")]
+        return []
+
+    def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "type": self.key,
+            "node_id": node_id,
+            "verification": config["verification"],
+            "secret": config["secret"],
+            "signature_header": config["signature_header"] if config["verification"] == "hmac-sha256" else None,
+        }
+
+    def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            "body": {"type": "any", "description": "Parsed JSON body (or text)"},
+            "headers": {"type": "object", "description": "Request headers, lower-case names"},
+            "query": {"type": "object", "description": "Query string parameters"},
+            "method": {"type": "string", "description": "HTTP method"},
+        }
+
+
+class Manual(TriggerType):
+    key = "manual"
+    label = "Manual"
+    description = "Runs when someone presses Run, with an optional sample payload."
+    fields = (FieldSpec("sample_payload", "Sample payload", "json", default={}),)
+
+    def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"type": self.key, "node_id": node_id, "sample_payload": config["sample_payload"]}
+
+    def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        return {"payload": {"type": "any", "description": "The payload given when the run started"}}
