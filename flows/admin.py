@@ -29,7 +29,7 @@ class MembershipAdmin(admin.ModelAdmin):
 class FlowVersionInline(admin.TabularInline):
     model = FlowVersion
     extra = 0
-    fields = ["number", "status", "revision", "created_at", "published_at"]
+    fields = ["number", "status", "created_at", "published_at"]
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -37,7 +37,7 @@ class FlowVersionInline(admin.TabularInline):
 
 @admin.register(Flow)
 class FlowAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "code", "updated_at"]
+    list_display = ["name", "team", "code", "paused", "updated_at"]
     search_fields = ["name", "code"]
     list_filter = ["team"]
     inlines = [FlowVersionInline]

@@ -51,6 +51,10 @@ class Flow(models.Model):
     description = models.TextField(blank=True)
     # Per-flow secret that signs outgoing webhooks (Standard Webhooks, whsec_...).
     signing_secret = models.CharField(max_length=64, default="", blank=True, editable=False)
+    # The editor's concurrency token: bumped by every change to the flow's graph
+    # or versions; a save that names an older revision is refused, never merged.
+    revision = models.PositiveIntegerField(default=1)
+    paused = models.BooleanField(default=False, help_text="A paused flow's trigger does not fire.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -74,8 +78,6 @@ class FlowVersion(models.Model):
     graph = models.JSONField(default=dict)
     dag = models.JSONField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DRAFT)
-    # Bumped on every draft save; a save that names an older revision is refused.
-    revision = models.PositiveIntegerField(default=1)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -1,0 +1,175 @@
+"""Drafts, publishing and rollback: the versioning rules the editor and API rely on."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from executor.models import Chain
+from flows import actions
+from flows.graph import CompileError
+from flows.models import FlowVersion
+
+TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+
+
+def transfer_graph(threshold: int = 10) -> dict:
+    return {
+        "nodes": [
+            {
+                "id": "transfer",
+                "type": "chain.event",
+                "name": "Big transfer",
+                "position": {"x": 0, "y": 0},
+                "config": {
+                    "chain": 31337,
+                    "addresses": [TOKEN],
+                    "event": "Transfer(address indexed from, address indexed to, uint256 value)",
+                },
+            },
+            {
+                "id": "big",
+                "type": "condition",
+                "name": "Is it big?",
+                "position": {"x": 250, "y": 0},
+                "config": {"expression": f"trigger.args.value > {threshold}"},
+            },
+            {
+                "id": "hook",
+                "type": "http.request",
+                "name": "Tell the sink",
+                "position": {"x": 500, "y": 0},
+                "config": {"method": "POST", "url": "https://example.com/hook", "body": {"v": "{{ trigger.args.value }}"}},
+            },
+        ],
+        "edges": [
+            {"source": "transfer", "source_port": "out", "target": "big"},
+            {"source": "big", "source_port": "true", "target": "hook"},
+        ],
+    }
+
+
+@pytest.fixture
+def chain(db):
+    return Chain.objects.create(slug="anvil-a", name="Anvil A", chain_id=31337)
+
+
+@pytest.fixture
+def flow(team, alice, chain):
+    return actions.create_flow(team, alice, "Whale alert", graph=transfer_graph())
+
+
+def test_a_new_flow_has_one_draft(flow):
+    assert list(flow.versions.values_list("number", "status")) == [(1, "DRAFT")]
+
+
+def test_saving_over_a_stale_revision_is_refused_and_writes_nothing(flow, alice, bob):
+    opened_at = flow.revision
+    actions.save_draft(flow, alice, transfer_graph(20), revision=opened_at)
+
+    with pytest.raises(actions.ConflictError) as caught:
+        actions.save_draft(flow, bob, transfer_graph(30), revision=opened_at)
+    assert caught.value.current_revision == opened_at + 1
+    assert "changed elsewhere" in str(caught.value)
+    draft = flow.versions.get(status=FlowVersion.Status.DRAFT)
+    assert draft.graph["nodes"][1]["config"]["expression"] == "trigger.args.value > 20"
+
+
+def test_publishing_compiles_the_draft_and_makes_it_live(flow, alice):
+    version = actions.publish_version(flow, alice)
+    assert version.status == FlowVersion.Status.PUBLISHED
+    assert version.published_at is not None
+    assert version.dag["trigger"]["chain_id"] == 31337
+    assert [step["id"] for step in version.dag["steps"]] == ["big", "hook"]
+
+
+def test_publishing_the_next_version_retires_the_previous_one(flow, alice):
+    first = actions.publish_version(flow, alice)
+    actions.save_draft(flow, alice, transfer_graph(99), revision=flow.revision)
+    second = actions.publish_version(flow, alice)
+    first.refresh_from_db()
+    assert (first.number, first.status) == (1, FlowVersion.Status.ARCHIVED)
+    assert (second.number, second.status) == (2, FlowVersion.Status.PUBLISHED)
+    assert flow.versions.filter(status=FlowVersion.Status.PUBLISHED).count() == 1
+
+
+def test_a_published_version_is_never_edited_by_a_save(flow, alice):
+    live = actions.publish_version(flow, alice)
+    published_graph = copy.deepcopy(live.graph)
+    draft = actions.save_draft(flow, alice, transfer_graph(5), revision=flow.revision)
+    live.refresh_from_db()
+    assert draft.pk != live.pk and draft.number == 2
+    assert live.graph == published_graph
+
+
+def test_a_draft_that_does_not_compile_is_saved_but_not_published(flow, alice):
+    broken = transfer_graph()
+    broken["nodes"][2]["config"]["url"] = ""
+    actions.save_draft(flow, alice, broken, revision=flow.revision)
+    with pytest.raises(CompileError) as caught:
+        actions.publish_version(flow, alice)
+    assert any(problem.node_id == "hook" for problem in caught.value.problems)
+    assert not flow.versions.filter(status=FlowVersion.Status.PUBLISHED).exists()
+
+
+def test_publishing_with_nothing_new_is_a_clear_error(flow, alice):
+    actions.publish_version(flow, alice)
+    with pytest.raises(actions.NothingToPublish):
+        actions.publish_version(flow, alice)
+
+
+def test_unpublish_archives_the_live_version(flow, alice):
+    actions.publish_version(flow, alice)
+    archived = actions.unpublish_flow(flow, alice)
+    assert archived.status == FlowVersion.Status.ARCHIVED
+    assert actions.live_version(flow) is None
+    assert actions.unpublish_flow(flow, alice) is None
+
+
+def test_rollback_makes_a_draft_of_an_old_version(flow, alice):
+    first = actions.publish_version(flow, alice)
+    actions.save_draft(flow, alice, transfer_graph(77), revision=flow.revision)
+    actions.publish_version(flow, alice)
+    draft = actions.rollback_to(flow, alice, first)
+    assert draft.status == FlowVersion.Status.DRAFT
+    assert draft.graph == first.graph
+    assert actions.publish_version(flow, alice).number == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publish_is_announced_to_listeners_only_when_it_commits(team, alice, chain):
+    flow = actions.create_flow(team, alice, "Announced", graph=transfer_graph())
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as listener:
+        listener.execute(f"LISTEN {actions.TRIGGERS_CHANNEL}")
+        actions.publish_version(flow, alice)
+        notices = list(listener.notifies(timeout=2, stop_after=1))
+    assert [n.payload for n in notices] == [flow.code]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_publishes_leave_exactly_one_live_version(team, alice, chain):
+    flow = actions.create_flow(team, alice, "Raced", graph=transfer_graph())
+    errors = []
+
+    def publish():
+        try:
+            actions.publish_version(flow, alice)
+        except actions.NothingToPublish as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=publish) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 1
+    assert flow.versions.filter(status=FlowVersion.Status.PUBLISHED).count() == 1
+    assert settings.DATABASES["default"]["NAME"].startswith("test_")
