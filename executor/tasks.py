@@ -15,3 +15,11 @@ from executor.models import WorkerProbe
 def answer_probe(probe_id: int) -> None:
     """Mark a probe answered: proves a worker consumes the queue and reaches PostgreSQL."""
     WorkerProbe.objects.filter(pk=probe_id, answered_at__isnull=True).update(answered_at=timezone.now())
+
+
+@dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=60_000)
+def start_run(run_id: int) -> None:
+    """Begin a QUEUED run: claim it and enqueue its entry steps (safe to deliver twice)."""
+    from executor import runner
+
+    runner.start_run(run_id)
