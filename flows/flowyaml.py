@@ -194,6 +194,9 @@ def _int_field(value: Any, field: str) -> int:
 
 
 def _address_field(value: Any, field: str) -> str:
+    # YAML 1.1 reads an unquoted 0x... address as a hexadecimal integer: take it back.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**160:
+        value = "0x" + format(value, "040x")
     if not isinstance(value, str) or not is_address(value.strip()):
         raise FlowYamlError(f"{field}: {value!r} is not an Ethereum address")
     return to_checksum_address(value.strip())

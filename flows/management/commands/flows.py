@@ -1,0 +1,90 @@
+"""`manage.py flows export|import`: flows as code from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from executor.models import Chain
+from flows import actions
+from flows.flowyaml import FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
+from flows.models import Flow, Team
+
+
+class Command(BaseCommand):
+    help = "Export a flow to YAML, or import a flow (or a Kwala workflow) from YAML."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        export = sub.add_parser("export", help="Write a flow's current graph as YAML.")
+        export.add_argument("flow", help="The flow's code.")
+        export.add_argument("-o", "--output", help="File to write (default: standard output).")
+        export.add_argument("--version", type=int, help="Export this version number instead of the current graph.")
+
+        imp = sub.add_parser("import", help="Create a flow (or a new draft of one) from YAML.")
+        imp.add_argument("file", help="A YAML file, or - for standard input.")
+        imp.add_argument("--team", help="The team's code (required when creating a flow).")
+        imp.add_argument("--flow", help="Save as the new draft of this flow instead of creating one.")
+        imp.add_argument("--kwala", action="store_true", help="The file is a Kwala workflow YAML.")
+        imp.add_argument("--publish", action="store_true", help="Publish the imported draft at once.")
+
+    def handle(self, *args, action: str, **options):
+        if action == "export":
+            self.export(options)
+        else:
+            self.import_(options)
+
+    def export(self, options) -> None:
+        flow = Flow.objects.filter(code=options["flow"]).first()
+        if flow is None:
+            raise CommandError(f"No flow with code {options['flow']!r}.")
+        if options["version"] is not None:
+            version = flow.versions.filter(number=options["version"]).first()
+            if version is None:
+                raise CommandError(f"Flow {flow.code} has no version {options['version']}.")
+            graph = version.graph
+        else:
+            graph = actions.current_graph(flow)[1]
+        text = export_yaml({"name": flow.name, "description": flow.description}, graph)
+        if options["output"]:
+            Path(options["output"]).write_text(text)
+            self.stderr.write(f"wrote {options['output']}")
+        else:
+            self.stdout.write(text, ending="")
+
+    def import_(self, options) -> None:
+        try:
+            text = sys.stdin.read() if options["file"] == "-" else Path(options["file"]).read_text()
+        except OSError as exc:
+            raise CommandError(f"Cannot read {options['file']}: {exc.strerror}.") from None
+        try:
+            if options["kwala"]:
+                chains = dict(Chain.objects.values_list("chain_id", "slug"))
+                meta, graph = import_kwala_yaml(text, chains=chains)
+            else:
+                meta, graph = import_yaml(text)
+        except FlowYamlError as exc:
+            raise CommandError(f"{options['file']}: {exc}") from None
+
+        if options["flow"]:
+            flow = Flow.objects.filter(code=options["flow"]).first()
+            if flow is None:
+                raise CommandError(f"No flow with code {options['flow']!r}.")
+            actions.save_draft(flow, None, graph, revision=flow.revision)
+        else:
+            if not options["team"]:
+                raise CommandError("--team is required when creating a flow (or give --flow to update one).")
+            team = Team.objects.filter(code=options["team"]).first()
+            if team is None:
+                raise CommandError(f"No team with code {options['team']!r}.")
+            flow = actions.create_flow(team, None, meta.get("name") or "Imported flow", meta.get("description", ""), graph)
+        self.stdout.write(f"flow {flow.code}: draft saved")
+        if options["publish"]:
+            try:
+                version = actions.publish_version(flow, None)
+            except actions.CompileError as exc:
+                lines = "\n".join(f"  {p.node_id or '-'} {p.field or ''}: {p.message}" for p in exc.problems)
+                raise CommandError(f"The draft was saved but does not compile:\n{lines}") from None
+            self.stdout.write(f"flow {flow.code}: version {version.number} published")
