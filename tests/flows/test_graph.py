@@ -378,6 +378,7 @@ def test_a_join_needs_two_branches():
         (0, "confirmations", -1, "confirmations", "Confirmations must be at least 0"),
         (0, "chain", 137, "chain", "Chain 137 is not configured on this server"),
         (0, "event", "Transfer(address indexed from, uint7 value)", "event", "Event: 'uint7' is not a valid Solidity type"),
+        (0, "event", "event Ping(uint256 a) anonymous", "event", "Ping is anonymous"),
         (0, "filters", [{"arg": "amount", "value": 1}], "filters.0.arg", "The event has no argument 'amount' (from, to, value)"),
         (0, "filters", [{"arg": "to", "op": "gt", "value": 1}], "filters.0.op", "'gt' only works on numbers, not address"),
         (0, "filters", [{"arg": "value", "op": "in", "value": 5}], "filters.0.value", "'in' needs a non-empty list"),
