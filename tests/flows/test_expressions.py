@@ -153,6 +153,12 @@ def test_it_refuses_huge_repetition(src):
         "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
         "{% set s = 'x' * 90000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
         "{{ ('x' * 90000)|replace('x', 'yyyy') }}",
+        "{% set s = 'x' * 100000 %}{{ ([s] * 1000)|join }}",
+        "{% set s = 'x' * 100000 %}{{ [s] * 1000 }}",
+        "{% set s = 'x' * 60000 %}{{ [s, s] }}",
+        "{% set s = 'x' * 100000 %}{% set l = [] %}{% for i in range(1000) %}{{ l.append(s) or '' }}{% endfor %}{{ '-'.join(l) }}",
+        "{% set s = 'x' * 100000 %}{% set l = [] %}{% for i in range(1000) %}{{ l.append(s) or '' }}{% endfor %}{{ l|tojson }}",
+        "{{ '%999999999d' % 1 }}",
     ],
 )
 def test_it_refuses_runaway_templates(src):
