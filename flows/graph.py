@@ -145,6 +145,15 @@ def _schema_problems(graph: Any) -> list[Problem]:
     return problems
 
 
+_TYPE_WORDS = {
+    "object": "an object ({...})",
+    "array": "a list ([...])",
+    "string": "text",
+    "number": "a number",
+    "integer": "a whole number",
+}
+
+
 def _human_schema_message(error: Any) -> str:
     path = list(error.path)
     key = path[-1] if path else None
@@ -160,9 +169,9 @@ def _human_schema_message(error: Any) -> str:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         return f"unexpected key {', '.join(map(repr, extra))}"
     if error.validator == "type":
-        wanted = error.validator_value
-        article = "an" if str(wanted)[0] in "aeiou" else "a"
-        return f"{key or 'value'} must be {article} {wanted}"
+        wanted = _TYPE_WORDS.get(str(error.validator_value), str(error.validator_value))
+        subject = key if isinstance(key, str) else "it"
+        return f"{subject} must be {wanted}"
     return error.message
 
 

@@ -261,9 +261,10 @@ def test_it_does_not_modify_its_input():
 
 
 def test_it_rejects_a_graph_that_is_not_an_object():
-    problems = problems_of([])
-    assert problems[0].node_id is None
-    assert "must be a object" in problems[0].message or "must be an object" in problems[0].message
+    assert problems_of([]) == [Problem(None, None, "The graph: it must be an object ({...})")]
+    assert problems_of({"nodes": "x", "edges": []}) == [
+        Problem(None, "nodes", "The graph: nodes must be a list ([...])")
+    ]
 
 
 def test_it_reports_schema_problems_in_plain_words():
@@ -277,7 +278,7 @@ def test_it_reports_schema_problems_in_plain_words():
     assert "Node 2: 'big-1' is not a valid node id (start with a letter or _, then letters, digits or _, at most 64)" in messages
     assert "Node 3: 'type' is missing" in messages
     assert "Node 4: unexpected key 'colour'" in messages
-    assert "Edge 1: source_port must be a string" in messages
+    assert "Edge 1: source_port must be text" in messages
     assert any(p.node_id == "log" and p.message == "Node 4: unexpected key 'colour'" for p in problems)
 
 
