@@ -181,3 +181,11 @@ def test_runtime_errors_become_expression_errors():
 def test_redact_hides_every_secret_longest_first():
     text = "key=s3cr3t and s3cr3t-long"
     assert redact(text, ["s3cr3t", "s3cr3t-long", ""]) == "key=[redacted] and [redacted]"
+
+
+def test_now_and_flow_variables_are_available():
+    from datetime import UTC, datetime
+
+    ctx = {**CTX, "now": datetime(2030, 1, 2, 3, 4, tzinfo=UTC)}
+    assert render_template("{{ flow.name }} at {{ now.year }}", ctx) == "Whale alert at 2030"
+    assert evaluate("10 % 3", ctx) == 1

@@ -505,3 +505,38 @@ def test_it_collects_every_problem_at_once():
         ("orphan", None),
     }
     assert all(set(p.as_dict()) == {"node_id", "field", "message"} for p in problems)
+
+
+# -- the node catalogue ------------------------------------------------------------
+
+
+def test_the_catalogue_lists_every_type_as_json():
+    import json
+
+    from flows.nodes import NODE_TYPES, catalogue
+
+    entries = json.loads(json.dumps(catalogue()))
+    assert [e["key"] for e in entries] == list(NODE_TYPES)
+    by_key = {e["key"]: e for e in entries}
+    assert by_key["chain.event"]["category"] == "trigger"
+    assert by_key["chain.event"]["input_ports"] == []
+    assert by_key["http.request"]["output_ports"] == ["out", "error"]
+    assert by_key["condition"]["output_ports"] == ["true", "false"]
+    ops = next(f for f in by_key["chain.event"]["fields"] if f["name"] == "filters")["item_fields"][1]
+    assert ops["choices"] == ["eq", "ne", "gt", "gte", "lt", "lte", "in"]
+
+
+def test_output_shapes_follow_the_config():
+    from flows.nodes import NODE_TYPES
+
+    shape = NODE_TYPES["chain.event"].output_shape({"event": TRANSFER})
+    assert shape["args"]["fields"] == {
+        "from": {"type": "address", "description": ""},
+        "to": {"type": "address", "description": ""},
+        "value": {"type": "uint256", "description": ""},
+    }
+    assert NODE_TYPES["chain.event"].output_shape({"event": "broken("})["args"]["fields"] == {}
+    assert NODE_TYPES["switch"].output_ports({"cases": [{"name": "a"}, {"name": "b"}]}) == ["a", "b", "default"]
+    assert set(NODE_TYPES["transform"].output_shape({"fields": [{"name": "v", "expression": "1"}]})) == {"v"}
+    read = NODE_TYPES["contract.read"].output_shape({"function": "getReserves() view returns (uint112 r0, uint112 r1, uint32 ts)"})
+    assert set(read["outputs"]["fields"]) == {"r0", "r1", "ts"}
