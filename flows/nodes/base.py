@@ -350,15 +350,25 @@ class NodeType:
         raise KeyError(name)
 
     def validate(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
+        """Every problem with ``config`` as (field path, message) pairs."""
+        return self.check_config(config, ctx)[0]
+
+    def check_config(
+        self, config: Mapping[str, Any], ctx: ValidationContext
+    ) -> tuple[Problems, dict[str, Any] | None]:
+        """Problems, and the normalized config when there are none (the compiler
+        keeps it rather than normalizing twice)."""
         problems: Problems = []
         known = {spec.name for spec in self.fields}
         for extra in sorted(set(config) - known):
             problems.append((extra, f"Unknown setting '{extra}'"))
         for spec in self.fields:
             problems.extend(check_field(spec, config.get(spec.name), ctx, spec.name))
-        if not problems:
-            problems.extend(self.check(self.normalize(config), ctx))
-        return problems
+        if problems:
+            return problems, None
+        normalized = self.normalize(config)
+        problems = self.check(normalized, ctx)
+        return problems, None if problems else normalized
 
     def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
         """Cross-field rules, run on the normalized config once every field is valid."""
