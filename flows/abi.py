@@ -225,12 +225,17 @@ def signature_of(fragment: Mapping[str, Any]) -> str:
     return f"{fragment['name']}({','.join(canonical_type(p) for p in inputs)})"
 
 
+@lru_cache(maxsize=4096)
+def _keccak_hex(text: str) -> str:
+    return "0x" + keccak(text=text).hex()
+
+
 def event_topic0(fragment: Mapping[str, Any]) -> str:
-    return "0x" + keccak(text=signature_of(fragment)).hex()
+    return _keccak_hex(signature_of(fragment))
 
 
 def function_selector(fragment: Mapping[str, Any]) -> str:
-    return "0x" + keccak(text=signature_of(fragment)).hex()[:8]
+    return _keccak_hex(signature_of(fragment))[:10]
 
 
 def _check_fragment(fragment: Any) -> dict[str, Any]:

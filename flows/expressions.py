@@ -115,6 +115,30 @@ def _short(value: Any) -> str:
     return text if len(text) <= 24 else f"{text[:10]}…({len(text)} digits)"
 
 
+def _weight(value: Any, limit: int = MAX_SEQUENCE_LEN) -> int:
+    """Roughly how many characters/items ``value`` turns into when rendered.
+
+    Stops counting once past ``limit``: a list of 100,000 references to one
+    100,000-character string is small in memory but huge once joined or printed.
+    """
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, (list, tuple, dict)):
+        total = len(value)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if total > limit:
+                break
+            total += _weight(item, limit - total) + (_weight(key) if isinstance(value, dict) else 0)
+        return total
+    return 1
+
+
+def _check_weight(value: Any, what: str = "Value") -> None:
+    if _weight(value) > MAX_SEQUENCE_LEN:
+        raise ExpressionError(f"{what} is over the size limit of {MAX_SEQUENCE_LEN:,}")
+
+
 def _check_size(value: Any) -> Any:
     if isinstance(value, (str, bytes, list, tuple)) and len(value) > MAX_SEQUENCE_LEN:
         raise ExpressionError(
@@ -218,6 +242,12 @@ WEB3_FILTERS = {
 # the environment
 
 
+def _finalize(value: Any) -> Any:
+    # Runs on every {{ ... }} before it is turned into text.
+    _check_weight(value, "Printed value")
+    return value
+
+
 def _safe_range(*args: Any) -> range:
     _tick()
     for arg in args:
@@ -247,6 +277,10 @@ def _loop_guard(iterable: Any) -> Iterator[Any]:
 def _guarded_filter(func: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tick()
+        # The first argument is the filtered value, unless the filter takes the
+        # context/environment first (jinja_pass_arg).
+        value = args[1] if hasattr(func, "jinja_pass_arg") and len(args) > 1 else args[0] if args else None
+        _check_weight(value, "The filtered value")
         return _check_size(func(*args, **kwargs))
 
     for attr in ("jinja_pass_arg",):
@@ -277,10 +311,11 @@ class _KwalaCodeGenerator(CodeGenerator):
 
 class KwalaEnvironment(SandboxedEnvironment):
     code_generator_class = _KwalaCodeGenerator
-    intercepted_binops = frozenset({"**", "*", "+"})
+    intercepted_binops = frozenset({"**", "*", "+", "%"})
 
     def __init__(self) -> None:
         super().__init__(
+            finalize=_finalize,
             undefined=StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
@@ -296,6 +331,8 @@ class KwalaEnvironment(SandboxedEnvironment):
 
     def kwala_concat(self, parts: Iterable[Any]) -> str:
         _tick()
+        parts = list(parts)
+        _check_weight(parts, "Joined text")
         return _check_size("".join(str(p) for p in parts))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -327,7 +364,7 @@ class KwalaEnvironment(SandboxedEnvironment):
                 if (
                     isinstance(seq, (str, list, tuple))
                     and isinstance(times, int)
-                    and len(seq) * max(times, 0) > MAX_SEQUENCE_LEN
+                    and max(_weight(seq), 1) * max(times, 0) > MAX_SEQUENCE_LEN
                 ):
                     raise ExpressionError(
                         f"Repeating a value {times:,} times is over the size limit"
@@ -340,7 +377,12 @@ class KwalaEnvironment(SandboxedEnvironment):
                 raise ExpressionError("Multiplication result is too large")
             return left * right
         if operator == "+":
+            if not isinstance(left, (int, float)):
+                _check_weight([left, right], "The sum")
             return _check_size(left + right)
+        if operator == "%" and isinstance(left, str):
+            # printf-style formatting can pad to any width ('%999999999d').
+            raise ExpressionError("String formatting with % is not allowed; use ~ or filters")
         return super().call_binop(context, operator, left, right)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -357,6 +399,8 @@ class KwalaEnvironment(SandboxedEnvironment):
                 raise ExpressionError(f"The string method {name}() is not allowed")
             if name == "replace":
                 return _safe_replace(owner, *args, **kwargs)
+            if name == "join" and args:
+                _check_weight(args[0], "Joined text")
         return _check_size(super().call(context, obj, *args, **kwargs))
 
 

@@ -145,6 +145,15 @@ def _schema_problems(graph: Any) -> list[Problem]:
     return problems
 
 
+_TYPE_WORDS = {
+    "object": "an object ({...})",
+    "array": "a list ([...])",
+    "string": "text",
+    "number": "a number",
+    "integer": "a whole number",
+}
+
+
 def _human_schema_message(error: Any) -> str:
     path = list(error.path)
     key = path[-1] if path else None
@@ -160,9 +169,9 @@ def _human_schema_message(error: Any) -> str:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         return f"unexpected key {', '.join(map(repr, extra))}"
     if error.validator == "type":
-        wanted = error.validator_value
-        article = "an" if str(wanted)[0] in "aeiou" else "a"
-        return f"{key or 'value'} must be {article} {wanted}"
+        wanted = _TYPE_WORDS.get(str(error.validator_value), str(error.validator_value))
+        subject = key if isinstance(key, str) else "it"
+        return f"{subject} must be {wanted}"
     return error.message
 
 
@@ -255,13 +264,12 @@ def compile_graph(
 
     # -- configs -------------------------------------------------------------
     configs: dict[str, dict[str, Any]] = {}
-    config_ok: dict[str, bool] = {}
+    normalized: dict[str, dict[str, Any] | None] = {}
     for node_id, node_type in types.items():
         config = nodes[node_id].get("config")
         config = config if isinstance(config, dict) else {}
         configs[node_id] = config
-        found = node_type.validate(config, ctx)
-        config_ok[node_id] = not found
+        found, normalized[node_id] = node_type.check_config(config, ctx)
         problems.extend(Problem(node_id, field, message) for field, message in found)
 
     # -- edges -----------------------------------------------------------------
@@ -351,7 +359,7 @@ def compile_graph(
 
     # -- expression references -------------------------------------------------
     for nid in order:
-        if not config_ok[nid]:
+        if normalized[nid] is None:
             continue
         for use in types[nid].expressions(configs[nid]):
             problems.extend(
@@ -361,7 +369,7 @@ def compile_graph(
     if problems:
         raise CompileError(problems)
     assert trigger_id is not None
-    return _build_dag(trigger_id, order, nodes, types, configs, inputs, by_port)
+    return _build_dag(trigger_id, order, nodes, types, normalized, inputs, by_port)
 
 
 def _reference_problems(
@@ -416,13 +424,15 @@ def _build_dag(
     order: list[str],
     nodes: Mapping[str, Mapping[str, Any]],
     types: Mapping[str, NodeType],
-    configs: Mapping[str, Mapping[str, Any]],
+    configs: Mapping[str, Mapping[str, Any] | None],
     inputs: Mapping[str, list[dict[str, str]]],
     by_port: Mapping[str, Mapping[str, list[str]]],
 ) -> dict[str, Any]:
+    """Called only once there are no problems, so every config is normalized."""
     trigger_type = types[trigger_id]
     assert isinstance(trigger_type, TriggerType)
-    trigger_config = trigger_type.normalize(configs[trigger_id])
+    trigger_config = configs[trigger_id]
+    assert trigger_config is not None
     position = {nid: i for i, nid in enumerate(order)}
 
     def ordered(ids: list[str]) -> list[str]:
@@ -433,13 +443,15 @@ def _build_dag(
         if nid == trigger_id:
             continue
         node_type = types[nid]
-        ports = node_type.output_ports(configs[nid])
+        config = configs[nid]
+        assert config is not None
+        ports = node_type.output_ports(config)
         steps.append(
             {
                 "id": nid,
                 "type": node_type.key,
                 "name": nodes[nid].get("name") or node_type.label,
-                "config": node_type.normalize(configs[nid]),
+                "config": config,
                 "inputs": sorted(inputs[nid], key=lambda i: (position[i["step"]], i["port"])),
                 "join": node_type.join,
                 "side_effect": node_type.side_effect,

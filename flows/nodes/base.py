@@ -11,11 +11,12 @@ import re
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from eth_utils import is_address, is_checksum_address, to_checksum_address
+from eth_utils import is_address, to_checksum_address
 
 from flows import abi as abi_lib
 from flows.expressions import (
@@ -131,15 +132,19 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+@lru_cache(maxsize=8192)
+def _checksummed(value: str) -> str | None:
+    # keccak per address is the compiler's hottest call; flows reuse few addresses.
+    return to_checksum_address(value) if is_address(value) else None
+
+
 def check_address(label: str, value: Any) -> str | None:
     """The message for a bad address, or None. Only EIP-55 checksummed text passes."""
-    if not isinstance(value, str) or not is_address(value):
+    checksummed = _checksummed(value) if isinstance(value, str) else None
+    if checksummed is None:
         return f"{label}: {value!r} is not an Ethereum address"
-    if not is_checksum_address(value):
-        return (
-            f"{label}: {value} is not checksummed (EIP-55); "
-            f"did you mean {to_checksum_address(value)}?"
-        )
+    if checksummed != value:
+        return f"{label}: {value} is not checksummed (EIP-55); did you mean {checksummed}?"
     return None
 
 
@@ -345,15 +350,25 @@ class NodeType:
         raise KeyError(name)
 
     def validate(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
+        """Every problem with ``config`` as (field path, message) pairs."""
+        return self.check_config(config, ctx)[0]
+
+    def check_config(
+        self, config: Mapping[str, Any], ctx: ValidationContext
+    ) -> tuple[Problems, dict[str, Any] | None]:
+        """Problems, and the normalized config when there are none (the compiler
+        keeps it rather than normalizing twice)."""
         problems: Problems = []
         known = {spec.name for spec in self.fields}
         for extra in sorted(set(config) - known):
             problems.append((extra, f"Unknown setting '{extra}'"))
         for spec in self.fields:
             problems.extend(check_field(spec, config.get(spec.name), ctx, spec.name))
-        if not problems:
-            problems.extend(self.check(self.normalize(config), ctx))
-        return problems
+        if problems:
+            return problems, None
+        normalized = self.normalize(config)
+        problems = self.check(normalized, ctx)
+        return problems, None if problems else normalized
 
     def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
         """Cross-field rules, run on the normalized config once every field is valid."""

@@ -75,6 +75,9 @@ class ChainEvent(TriggerType):
     def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
         problems: Problems = []
         event = abi_lib.resolve_event(config["event"])
+        if event.get("anonymous"):
+            # Anonymous events have no topic0, so the listener has nothing to index them by.
+            return [("event", f"{event['name']} is anonymous; Kwala can only match events by topic")]
         inputs = {p["name"]: p for p in event["inputs"] if p["name"]}
         for index, flt in enumerate(config["filters"]):
             path = f"filters.{index}"

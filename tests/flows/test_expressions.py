@@ -153,6 +153,12 @@ def test_it_refuses_huge_repetition(src):
         "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
         "{% set s = 'x' * 90000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
         "{{ ('x' * 90000)|replace('x', 'yyyy') }}",
+        "{% set s = 'x' * 100000 %}{{ ([s] * 1000)|join }}",
+        "{% set s = 'x' * 100000 %}{{ [s] * 1000 }}",
+        "{% set s = 'x' * 60000 %}{{ [s, s] }}",
+        "{% set s = 'x' * 100000 %}{% set l = [] %}{% for i in range(1000) %}{{ l.append(s) or '' }}{% endfor %}{{ '-'.join(l) }}",
+        "{% set s = 'x' * 100000 %}{% set l = [] %}{% for i in range(1000) %}{{ l.append(s) or '' }}{% endfor %}{{ l|tojson }}",
+        "{{ '%999999999d' % 1 }}",
     ],
 )
 def test_it_refuses_runaway_templates(src):
@@ -175,3 +181,11 @@ def test_runtime_errors_become_expression_errors():
 def test_redact_hides_every_secret_longest_first():
     text = "key=s3cr3t and s3cr3t-long"
     assert redact(text, ["s3cr3t", "s3cr3t-long", ""]) == "key=[redacted] and [redacted]"
+
+
+def test_now_and_flow_variables_are_available():
+    from datetime import UTC, datetime
+
+    ctx = {**CTX, "now": datetime(2030, 1, 2, 3, 4, tzinfo=UTC)}
+    assert render_template("{{ flow.name }} at {{ now.year }}", ctx) == "Whale alert at 2030"
+    assert evaluate("10 % 3", ctx) == 1

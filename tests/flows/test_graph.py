@@ -261,9 +261,10 @@ def test_it_does_not_modify_its_input():
 
 
 def test_it_rejects_a_graph_that_is_not_an_object():
-    problems = problems_of([])
-    assert problems[0].node_id is None
-    assert "must be a object" in problems[0].message or "must be an object" in problems[0].message
+    assert problems_of([]) == [Problem(None, None, "The graph: it must be an object ({...})")]
+    assert problems_of({"nodes": "x", "edges": []}) == [
+        Problem(None, "nodes", "The graph: nodes must be a list ([...])")
+    ]
 
 
 def test_it_reports_schema_problems_in_plain_words():
@@ -277,7 +278,7 @@ def test_it_reports_schema_problems_in_plain_words():
     assert "Node 2: 'big-1' is not a valid node id (start with a letter or _, then letters, digits or _, at most 64)" in messages
     assert "Node 3: 'type' is missing" in messages
     assert "Node 4: unexpected key 'colour'" in messages
-    assert "Edge 1: source_port must be a string" in messages
+    assert "Edge 1: source_port must be text" in messages
     assert any(p.node_id == "log" and p.message == "Node 4: unexpected key 'colour'" for p in problems)
 
 
@@ -378,6 +379,7 @@ def test_a_join_needs_two_branches():
         (0, "confirmations", -1, "confirmations", "Confirmations must be at least 0"),
         (0, "chain", 137, "chain", "Chain 137 is not configured on this server"),
         (0, "event", "Transfer(address indexed from, uint7 value)", "event", "Event: 'uint7' is not a valid Solidity type"),
+        (0, "event", "event Ping(uint256 a) anonymous", "event", "Ping is anonymous"),
         (0, "filters", [{"arg": "amount", "value": 1}], "filters.0.arg", "The event has no argument 'amount' (from, to, value)"),
         (0, "filters", [{"arg": "to", "op": "gt", "value": 1}], "filters.0.op", "'gt' only works on numbers, not address"),
         (0, "filters", [{"arg": "value", "op": "in", "value": 5}], "filters.0.value", "'in' needs a non-empty list"),
@@ -503,3 +505,38 @@ def test_it_collects_every_problem_at_once():
         ("orphan", None),
     }
     assert all(set(p.as_dict()) == {"node_id", "field", "message"} for p in problems)
+
+
+# -- the node catalogue ------------------------------------------------------------
+
+
+def test_the_catalogue_lists_every_type_as_json():
+    import json
+
+    from flows.nodes import NODE_TYPES, catalogue
+
+    entries = json.loads(json.dumps(catalogue()))
+    assert [e["key"] for e in entries] == list(NODE_TYPES)
+    by_key = {e["key"]: e for e in entries}
+    assert by_key["chain.event"]["category"] == "trigger"
+    assert by_key["chain.event"]["input_ports"] == []
+    assert by_key["http.request"]["output_ports"] == ["out", "error"]
+    assert by_key["condition"]["output_ports"] == ["true", "false"]
+    ops = next(f for f in by_key["chain.event"]["fields"] if f["name"] == "filters")["item_fields"][1]
+    assert ops["choices"] == ["eq", "ne", "gt", "gte", "lt", "lte", "in"]
+
+
+def test_output_shapes_follow_the_config():
+    from flows.nodes import NODE_TYPES
+
+    shape = NODE_TYPES["chain.event"].output_shape({"event": TRANSFER})
+    assert shape["args"]["fields"] == {
+        "from": {"type": "address", "description": ""},
+        "to": {"type": "address", "description": ""},
+        "value": {"type": "uint256", "description": ""},
+    }
+    assert NODE_TYPES["chain.event"].output_shape({"event": "broken("})["args"]["fields"] == {}
+    assert NODE_TYPES["switch"].output_ports({"cases": [{"name": "a"}, {"name": "b"}]}) == ["a", "b", "default"]
+    assert set(NODE_TYPES["transform"].output_shape({"fields": [{"name": "v", "expression": "1"}]})) == {"v"}
+    read = NODE_TYPES["contract.read"].output_shape({"function": "getReserves() view returns (uint112 r0, uint112 r1, uint32 ts)"})
+    assert set(read["outputs"]["fields"]) == {"r0", "r1", "ts"}
