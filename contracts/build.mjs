@@ -1,6 +1,9 @@
 // Compiles contracts/*.sol with the pinned npm `solc` into contracts/artifacts/<Name>.json.
 //
-// Usage: node contracts/build.mjs [--force]
+// Usage: node contracts/build.mjs [--force] [--out DIR]
+//
+// --out writes the artifacts somewhere else (the tests use it to check that a forced
+// rebuild reproduces the committed artifacts byte for byte).
 //
 // Each source must define a contract named like its file and import nothing, so files
 // compile independently and only changed ones are recompiled. An artifact is up to date
@@ -11,12 +14,14 @@
 import { createHash } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const artifactsDir = join(here, "artifacts");
-const force = process.argv.includes("--force");
+const args = process.argv.slice(2);
+const force = args.includes("--force");
+const outIndex = args.indexOf("--out");
+const artifactsDir = outIndex >= 0 ? resolve(args[outIndex + 1]) : join(here, "artifacts");
 
 // Cancun, not solc's newer default: the bytecode then runs on anvil's default hardfork and
 // on every chain a Kwala user is likely to point a flow at.
@@ -75,7 +80,7 @@ function main() {
   for (const f of readdirSync(artifactsDir)) {
     if (f.endsWith(".json") && !expected.has(f)) {
       rmSync(join(artifactsDir, f));
-      console.log(`removed stale artifacts/${f}`);
+      console.log(`removed stale ${relative(process.cwd(), join(artifactsDir, f))}`);
     }
   }
 
@@ -124,7 +129,7 @@ function main() {
     };
     const path = join(artifactsDir, `${s.name}.json`);
     writeFileSync(path, `${JSON.stringify(artifact, null, 2)}\n`);
-    console.log(`compiled ${s.file} -> artifacts/${s.name}.json`);
+    console.log(`compiled ${s.file} -> ${relative(process.cwd(), path)}`);
   }
   return failed ? 1 : 0;
 }

@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 from web3 import Web3
+from web3.types import RPCEndpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIR = REPO_ROOT / "contracts" / "artifacts"
@@ -378,3 +380,48 @@ def deploy_demo_contracts(w3: Web3) -> dict[str, str]:
         if receipt["status"] != 1:
             raise DevchainError(f"minting KWL to {account.address} failed: {receipt!r}")
     return addresses
+
+
+# Chain control for listener tests. These are anvil-only RPCs; the formats below are the
+# ones anvil 1.7.1 accepts (checked by tests/executor/test_devchain.py).
+
+
+def _anvil_call(w3: Web3, method: str, params: list[Any]) -> Any:
+    return w3.manager.request_blocking(RPCEndpoint(method), params)
+
+
+def mine(w3: Web3, blocks: int = 1) -> None:
+    """Mine `blocks` empty blocks at once (`anvil_mine [hex count]`)."""
+    _anvil_call(w3, "anvil_mine", [hex(blocks)])
+
+
+def snapshot(w3: Web3) -> str:
+    """`evm_snapshot`; the id can be reverted to once (anvil forgets it after use)."""
+    return _anvil_call(w3, "evm_snapshot", [])
+
+
+def revert(w3: Web3, snapshot_id: str) -> bool:
+    """`evm_revert`: the chain goes back to the snapshot's height, as if later blocks
+    were never mined. Returns False for an unknown or already used id."""
+    return bool(_anvil_call(w3, "evm_revert", [snapshot_id]))
+
+
+def reorg(w3: Web3, depth: int, txs: Sequence[tuple[dict[str, Any], int]] = ()) -> None:
+    """Replace the last `depth` blocks with new ones at the same heights (`anvil_reorg`).
+
+    Transactions in the replaced blocks are dropped (their receipts disappear); `txs`
+    are (transaction request, block offset within the new blocks) pairs to include
+    instead, e.g. `[({"from": a, "to": b, "value": 1}, 0)]`. Log filters created with
+    eth_newFilter do not report the dropped logs as `removed`: a listener must notice the
+    changed block hashes itself.
+    """
+    pairs = [[_rpc_transaction(tx), offset] for tx, offset in txs]
+    _anvil_call(w3, "anvil_reorg", [depth, pairs])
+
+
+def _rpc_transaction(tx: dict[str, Any]) -> dict[str, Any]:
+    # anvil_reorg takes the raw JSON-RPC form, which wants hex quantities.
+    return {
+        key: hex(value) if isinstance(value, int) else value
+        for key, value in tx.items()
+    }
