@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from executor import devchain
 from executor.devchain import (
     DEV_ACCOUNTS,
     AnvilProcess,
+    DevchainError,
     deploy_demo_contracts,
     load_artifact,
 )
@@ -291,3 +293,33 @@ def test_artifacts_are_up_to_date_and_reproducible(tmp_path: Path) -> None:
     rebuilt = run_build("--force", "--out", str(tmp_path))
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.json")} == before
+
+
+def test_it_retries_when_the_picked_port_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real_free_port = devchain._free_port
+        monkeypatch.setattr(
+            devchain,
+            "_free_port",
+            lambda host: next(ports, None) or real_free_port(host),
+        )
+
+        with AnvilProcess(chain_id=31340) as anvil:
+            assert anvil.port != taken
+            assert Web3(Web3.HTTPProvider(anvil.http_url)).eth.chain_id == 31340
+
+
+def test_it_reports_why_anvil_would_not_start() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        anvil = AnvilProcess(port=squatter.getsockname()[1])
+        with pytest.raises(DevchainError, match="Address already in use"), anvil:
+            pass
+        assert not anvil.running
