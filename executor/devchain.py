@@ -94,6 +94,18 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR so a port left in TIME_WAIT by the anvil we just stopped counts
+        # as free (anvil can bind it too); a live listener still makes bind() fail.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 class AnvilProcess:
     """One anvil node on `host:port`.
 
@@ -176,6 +188,10 @@ class AnvilProcess:
             # Racy in theory (another process may grab the port before anvil binds it);
             # wait_ready() notices anvil exiting and retries with a fresh port.
             self.port = _free_port(self.host)
+        elif not _port_is_free(self.host, self.port):
+            # Checked up front because a node already listening there (say, a second
+            # `manage.py dev`) would answer wait_ready() before our anvil fails to bind.
+            raise DevchainError(f"{self.host}:{self.port} is already in use")
         if self.state_path is not None:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
         if self.log_path is not None:

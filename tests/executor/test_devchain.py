@@ -169,6 +169,29 @@ def test_emit_batch_emits_n_big_events_in_one_transaction(
     assert [e["logIndex"] for e in events] == list(range(25))
 
 
+def test_nft_mint_emits_transfer_with_indexed_token_id(
+    w3_a: Web3, demo_contracts_a: dict[str, str]
+) -> None:
+    nft = contract(w3_a, demo_contracts_a, "KwalaNFT")
+
+    receipt = transact(w3_a, nft.functions.mint(BOB), CAROL)
+
+    [event] = nft.events.Transfer().process_receipt(receipt)
+    token_id = event["args"]["tokenId"]
+    assert event["args"]["from"] == "0x" + "0" * 40
+    assert event["args"]["to"] == BOB
+    # ERC-721 Transfer indexes the token id, so it shares topic0 with ERC-20 Transfer
+    # but has four topics and no data: listeners must tell them apart by topic count.
+    assert len(receipt["logs"][0]["topics"]) == 4
+    assert receipt["logs"][0]["data"] == b""
+    assert nft.functions.ownerOf(token_id).call() == BOB
+    assert nft.functions.tokenURI(token_id).call() == (
+        f"{devchain.DEMO_NFT_BASE_URI}{token_id}"
+    )
+    transact(w3_a, nft.functions.transferFrom(BOB, CAROL, token_id), BOB)
+    assert nft.functions.ownerOf(token_id).call() == CAROL
+
+
 def test_receiver_stores_the_last_mirror_call(
     w3_b: Web3, demo_contracts_b: dict[str, str]
 ) -> None:
@@ -315,11 +338,26 @@ def test_it_retries_when_the_picked_port_is_taken(
             assert Web3(Web3.HTTPProvider(anvil.http_url)).eth.chain_id == 31340
 
 
-def test_it_reports_why_anvil_would_not_start() -> None:
+def test_it_refuses_a_port_that_is_already_taken() -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         anvil = AnvilProcess(port=squatter.getsockname()[1])
-        with pytest.raises(DevchainError, match="Address already in use"), anvil:
+        with pytest.raises(DevchainError, match="already in use"), anvil:
             pass
         assert not anvil.running
+
+
+def test_it_reports_why_anvil_would_not_start() -> None:
+    anvil = AnvilProcess(extra_args=("--no-such-flag",))
+    with pytest.raises(DevchainError, match="no-such-flag"), anvil:
+        pass
+    assert not anvil.running
+
+
+def test_it_restarts_on_the_same_fixed_port(tmp_path: Path) -> None:
+    with AnvilProcess(state_path=tmp_path / "state.json") as anvil:
+        port = anvil.port
+        devchain.mine(Web3(Web3.HTTPProvider(anvil.http_url)), 3)
+    with AnvilProcess(port=port, state_path=tmp_path / "state.json") as anvil:
+        assert Web3(Web3.HTTPProvider(anvil.http_url)).eth.block_number == 3
