@@ -113,8 +113,10 @@ class AnvilProcess:
     it on SIGTERM/SIGINT, so blocks, receipts, logs, contracts and balances survive a
     restart and the block number carries on where it stopped. A SIGKILL (or a crash)
     loses everything since the last dump; `state_interval` dumps every N seconds to bound
-    that loss. Historical state (eth_call/eth_getBalance at an old block) is not restored
-    unless anvil is given `--preserve-historical-states` via `extra_args`.
+    that loss. Historical state (eth_call/eth_getBalance at a block before the restart)
+    is only restored with `preserve_history=True`; without it anvil answers
+    "BlockOutOfRangeError" for those blocks, although their headers, receipts and logs
+    are still there. It makes the state file grow with every block.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class AnvilProcess:
         chain_id: int = 31337,
         state_path: str | os.PathLike[str] | None = None,
         state_interval: float | None = None,
+        preserve_history: bool = False,
         block_time: float | None = None,
         log_path: str | os.PathLike[str] | None = None,
         host: str = "127.0.0.1",
@@ -135,6 +138,7 @@ class AnvilProcess:
         self.chain_id = chain_id
         self.state_path = Path(state_path) if state_path is not None else None
         self.state_interval = state_interval
+        self.preserve_history = preserve_history
         self.block_time = block_time
         self.log_path = Path(log_path) if log_path is not None else None
         self.host = host
@@ -165,6 +169,8 @@ class AnvilProcess:
         ]  # fmt: skip
         if self.state_path is not None:
             cmd += ["--state", str(self.state_path)]
+        if self.preserve_history:
+            cmd.append("--preserve-historical-states")
         if self.state_interval is not None:
             cmd += ["--state-interval", _seconds(self.state_interval)]
         if self.block_time is not None:

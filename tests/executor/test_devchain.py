@@ -361,3 +361,22 @@ def test_it_restarts_on_the_same_fixed_port(tmp_path: Path) -> None:
         devchain.mine(Web3(Web3.HTTPProvider(anvil.http_url)), 3)
     with AnvilProcess(port=port, state_path=tmp_path / "state.json") as anvil:
         assert Web3(Web3.HTTPProvider(anvil.http_url)).eth.block_number == 3
+
+
+def test_preserve_history_keeps_old_state_readable_after_restart(
+    tmp_path: Path,
+) -> None:
+    state_path = tmp_path / "state.json"
+    with AnvilProcess(state_path=state_path, preserve_history=True) as anvil:
+        w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+        addresses = deploy_demo_contracts(w3)
+        token = contract(w3, addresses, "KwalaToken")
+        minted_at = w3.eth.block_number
+        transact(w3, token.functions.transfer(BOB, 5))
+
+    with AnvilProcess(state_path=state_path, preserve_history=True) as anvil:
+        w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+        token = contract(w3, addresses, "KwalaToken")
+        balance_then = token.functions.balanceOf(BOB).call(block_identifier=minted_at)
+        assert balance_then == devchain.DEMO_TOKEN_AMOUNT
+        assert token.functions.balanceOf(BOB).call() == devchain.DEMO_TOKEN_AMOUNT + 5
