@@ -88,6 +88,8 @@ class Command(BaseCommand):
         return password
 
     def start_chains(self, say) -> list:
+        from web3 import Web3
+
         from executor import devchain
 
         chain_dir = settings.VAR_DIR / "chains"
@@ -100,10 +102,12 @@ class Command(BaseCommand):
             anvil = devchain.AnvilProcess(
                 chain_id=spec["chain_id"], port=port, state_path=chain_dir / f"{spec['slug']}.json",
                 log_path=chain_dir / f"{spec['slug']}.log",
+                state_interval=10,  # a crash loses at most ten seconds of chain history
             )
             anvil.start()
             anvils.append(anvil)
-            w3 = anvil.web3()
+            anvil.wait_ready(timeout=20)
+            w3 = Web3(Web3.HTTPProvider(anvil.http_url))
             known = deployments.get(str(spec["chain_id"]), {})
             if not known or any(w3.eth.get_code(address) in (b"", b"\x00") for address in known.values()):
                 known = devchain.deploy_demo_contracts(w3)
