@@ -244,7 +244,7 @@ class AnvilProcess:
                     self.stop()
                     raise DevchainError(
                         f"anvil did not answer on {self.http_url} in {timeout}s"
-                    )
+                    ) from None
                 time.sleep(0.01)
                 continue
             if chain_id != self.chain_id:
@@ -316,10 +316,12 @@ def _rpc(
     body = json.dumps(
         {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}
     )
-    request = urllib.request.Request(
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) RPC URL: {url!r}")
+    request = urllib.request.Request(  # noqa: S310 (scheme checked above)
         url, data=body.encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
         reply = json.loads(response.read())
     if "error" in reply:
         raise ValueError(f"{method}: {reply['error']}")
