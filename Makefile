@@ -23,8 +23,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	@touch $@
 
+# `npm install` (not `npm ci`): npm 11 writes lock files that list anvil's other-platform
+# binaries without versions, which `npm ci` then refuses; install honours the lock as is.
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
 contracts/artifacts/.built: node_modules/.installed $(wildcard contracts/*.sol) contracts/build.mjs
