@@ -49,8 +49,8 @@ from django.utils import timezone
 
 from executor.chain import Block, ChainClient, ChainError
 from executor.matching import (
-    ChainTriggers,
     Candidate,
+    ChainTriggers,
     LogTrigger,
     build_chain_triggers,
     condition_holds,
@@ -115,7 +115,8 @@ def claim_runs(claims: Sequence[RunClaim], *, send: bool = True) -> list[int]:
             c.event_id, c.chain_id, c.block_number, c.block_hash, c.dry_run, now,
         ]
     sql = (
-        f"INSERT INTO executor_run ({_RUN_COLUMNS}) VALUES {', '.join(values)} "
+        # Only placeholders are joined in; every value is a parameter.
+        f"INSERT INTO executor_run ({_RUN_COLUMNS}) VALUES {', '.join(values)} "  # noqa: S608
         "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id, dry_run"
     )
     with transaction.atomic():
@@ -310,12 +311,13 @@ def _store_events(chain: Chain, block: Block, logs: list[dict]) -> dict[int, int
         values.append("(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
         params += [chain.pk, block.number, block.hash, log["log_index"], log["tx_hash"], log["address"],
                    json.dumps(log["topics"]), log["data"], now]
+    # Only placeholders are joined in; every value is a parameter.
+    insert = (
+        "INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, topics, "  # noqa: S608
+        f"data, created_at) VALUES {', '.join(values)} ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, topics, "
-            f"data, created_at) VALUES {', '.join(values)} ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING",
-            params,
-        )
+        cursor.execute(insert, params)
         # The block is canonical again if it had been orphaned and came back.
         cursor.execute(
             "UPDATE executor_event SET retracted_at = NULL WHERE chain_id = %s AND block_hash = %s "
