@@ -373,19 +373,22 @@ def _state_claim(chain: Chain, trigger, target: list, client: ChainClient | None
         logger.warning("flow %s: state trigger read failed at block %s: %s", trigger.flow_code, number, exc)
         return None
     with connection.cursor() as cursor:
-        # Insert or advance, returning the value it had before; nothing when another
-        # listener already recorded this block or a later one.
         cursor.execute(
-            "WITH old AS (SELECT value FROM executor_triggerstate WHERE version_id = %s FOR UPDATE) "
-            "INSERT INTO executor_triggerstate (version_id, chain_id, block_number, value, updated_at) "
-            "VALUES (%s, %s, %s, %s, %s) "
-            "ON CONFLICT (version_id) DO UPDATE SET block_number = EXCLUDED.block_number, value = EXCLUDED.value, "
-            "updated_at = EXCLUDED.updated_at WHERE executor_triggerstate.block_number < EXCLUDED.block_number "
-            "RETURNING (SELECT value FROM old)",
-            [trigger.version_id, trigger.version_id, chain.pk, number, value, now],
+            "SELECT value, block_number FROM executor_triggerstate WHERE version_id = %s FOR UPDATE",
+            [trigger.version_id],
         )
         row = cursor.fetchone()
-    if row is None or not value or row[0] is True:
+        if row is not None and row[1] >= number:
+            return None  # another listener already read this block (or a later one)
+        cursor.execute(
+            "INSERT INTO executor_triggerstate (version_id, chain_id, block_number, value, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version_id) DO UPDATE SET block_number = EXCLUDED.block_number, "
+            "value = EXCLUDED.value, updated_at = EXCLUDED.updated_at "
+            "WHERE executor_triggerstate.block_number < EXCLUDED.block_number",
+            [trigger.version_id, chain.pk, number, value, now],
+        )
+    # Never seen counts as false: a condition already true when published fires once.
+    if not value or (row is not None and row[0]):
         return None
     return RunClaim(
         version_id=trigger.version_id, flow_id=trigger.flow_id, team_id=trigger.team_id,
