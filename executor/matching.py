@@ -182,12 +182,14 @@ class LogTrigger:
     expire_at: datetime | None
     decoder: EventDecoder
 
-    def structural_match(self, log: Mapping[str, Any], decoded: tuple[dict, list] | None) -> bool:
-        """Everything but the condition; `decoded` is this trigger's decoding of the log."""
-        topics = log["topics"]
+    def topics_match(self, topics: list[str]) -> bool:
         for slot, allowed in enumerate(self.topic_filters):
             if allowed is not None and (len(topics) <= slot + 1 or topics[slot + 1] not in allowed):
                 return False
+        return True
+
+    def args_match(self, decoded: tuple[dict, list] | None) -> bool:
+        """The argument filters, given this trigger's decoding of the log (None: not its shape)."""
         if decoded is None:
             return False
         args = decoded[0]
@@ -360,11 +362,14 @@ class TriggerIndex:
             for trigger in group:
                 if trigger.expire_at is not None and now is not None and now >= trigger.expire_at:
                     continue
+                # Topic filters first: they reject most logs without decoding anything.
+                if not trigger.topics_match(topics):
+                    continue
                 key = id(trigger.decoder)
                 if key not in decoded_by:
                     decoded_by[key] = trigger.decoder.decode(log)
                 decoded = decoded_by[key]
-                if trigger.structural_match(log, decoded):
+                if trigger.args_match(decoded):
                     assert decoded is not None
                     found.append(Candidate(trigger, decoded[0], decoded[1]))
         return found
