@@ -301,3 +301,22 @@ def test_two_listeners_on_one_chain_create_each_run_once(anvil, team, alice, chi
     assert ids == list(range(30))
     assert Event.objects.count() == 30
     connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_trigger_index_follows_publish_and_unpublish_through_notify(team, alice):
+    from flows import actions
+
+    registry = TriggerRegistry(refresh_seconds=3600)  # only NOTIFY can explain a reload
+    stop = threading.Event()
+    watcher = threading.Thread(target=registry.watch, args=(stop,), daemon=True)
+    watcher.start()
+    try:
+        wait_for(lambda: registry.generation >= 1, timeout=10)
+        version = publish(team, alice, event_graph(31337, BIG))
+        wait_for(lambda: len(registry.get(31337).logs) == 1, timeout=5)
+        actions.unpublish_flow(version.flow, alice)
+        wait_for(lambda: len(registry.get(31337).logs) == 0, timeout=5)
+    finally:
+        stop.set()
+        watcher.join(5)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from eth_abi import encode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,7 +79,7 @@ def test_the_payload_keeps_uint256_exact_and_decodes_every_argument():
     assert payload["args"] == {"id": 2**255, "value": 2**256 - 1}
     assert payload["args_list"] == [2**255, 2**256 - 1]
     assert payload["event"] == "Big"
-    assert payload["contract"] == "0x" + "aB" * 20 or payload["contract"].lower() == ZOO
+    assert payload["contract"] == to_checksum_address(ZOO)
 
 
 def test_it_decodes_bytes32_arrays_and_strings():
