@@ -305,8 +305,10 @@ def test_two_listeners_on_one_chain_create_each_run_once(anvil, team, alice, chi
 
 @pytest.mark.django_db(transaction=True)
 def test_the_trigger_index_follows_publish_and_unpublish_through_notify(team, alice):
+    from executor.models import Chain
     from flows import actions
 
+    Chain.objects.create(slug="anvil-a", name="Anvil A", chain_id=31337)
     registry = TriggerRegistry(refresh_seconds=3600)  # only NOTIFY can explain a reload
     stop = threading.Event()
     watcher = threading.Thread(target=registry.watch, args=(stop,), daemon=True)
