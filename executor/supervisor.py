@@ -87,9 +87,11 @@ class Supervisor:
         return 0
 
     def stop_all(self, timeout: float = 15) -> None:
+        # SIGTERM to each leader only: Dramatiq and uvicorn stop their own children
+        # gracefully; the whole group is killed only if that takes too long.
         for _, process in reversed(self.children):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
+                process.terminate()
         deadline = time.monotonic() + timeout
         for program, process in reversed(self.children):
             try:

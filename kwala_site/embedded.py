@@ -13,6 +13,7 @@ on Ctrl-C and by the tests that check start/stop.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import shutil
 import subprocess
@@ -50,6 +51,9 @@ def ensure_postgres(pgdata: Path, database: str = DATABASE_NAME) -> str:
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless.
         warnings.simplefilter("ignore")
         import pgserver  # imported lazily: production never needs the wheel
+
+        # It logs every handle it opens at INFO, in every process (web, each worker...).
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
 
         server = pgserver.get_server(pgdata, cleanup_mode=None)
         # get_server caches handles per process; a server stopped since then must be started again.

@@ -8,6 +8,7 @@ scheduler with prefixed logs. A second run reuses everything that is there.
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import sys
@@ -44,12 +45,12 @@ class Command(BaseCommand):
         anvils = []
         if not no_chains and settings.KWALA_CHAINS == settings.DEV_CHAINS:
             anvils = self.start_chains(say)
-        call_command("sync_chains", verbosity=0)
+        call_command("sync_chains", stdout=io.StringIO())
 
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         supervisor.start(Program("web", [python, "-m", "uvicorn", "kwala_site.asgi:application",
-                                          "--host", "127.0.0.1", "--port", str(port)]))
+                                          "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]))
         supervisor.start(Program("worker", [python, manage, "rundramatiq", "--processes", str(workers),
                                              "--threads", "8"]))
         supervisor.start(Program("listener", [python, manage, "listen_chains"]))
