@@ -38,7 +38,7 @@ from flows.permissions import ROLE_RANK, has_role
 Role = Membership.Role
 INVITATION_TTL = timedelta(days=7)
 INVITATION_SALT = "kwala.invitation"
-TOKEN_PREFIX = "kwl_"
+TOKEN_PREFIX = "kwl_"  # noqa: S105 - a marker, not a credential
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 MAX_SECRET_BYTES = 64 * 1024
 
