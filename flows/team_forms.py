@@ -31,8 +31,8 @@ class SignUpForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        if data.get("password") and data.get("username"):
-            user = get_user_model()(username=data["username"], email=data.get("email", ""))
+        if data.get("password"):
+            user = get_user_model()(username=data.get("username", ""), email=data.get("email", ""))
             try:
                 password_validation.validate_password(data["password"], user)
             except forms.ValidationError as exc:

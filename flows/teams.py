@@ -367,7 +367,7 @@ def do_share_flow(actor: Membership, flow: Flow, team_code: str) -> FlowShare:
     with transaction.atomic():
         share, created = FlowShare.objects.get_or_create(flow=flow, team=team, defaults={"created_by": actor.user})
         if created:
-            audit.record(actor.team, actor.user, "flow.shared", flow.name, flow=flow.code, team=team.name)
+            audit.record(actor.team, actor.user, "flow.shared", flow.name, flow=flow.code, shared_with=team.name)
     return share
 
 
