@@ -7,10 +7,8 @@ register the module in pyproject's addopts with `-p tests.team_fixtures`.
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
-from flows.models import Membership
-from flows.teams import do_create_token
+# Imported by -p before Django is set up: model imports stay inside the functions.
 
 ROLES = ["OWNER", "ADMIN", "EDITOR", "VIEWER"]
 
@@ -28,6 +26,8 @@ def chains(db):
 @pytest.fixture
 def make_member(db, team, django_user_model):
     """make_member(role) -> a new user with that role in alice's team."""
+
+    from flows.models import Membership
 
     def make(role: str, username: str | None = None):
         username = username or f"{role.lower()}-user"
@@ -51,15 +51,22 @@ def users_by_role(alice, charlie, make_member):
 
 
 def token_for(user) -> str:
+    from flows.models import Membership
+    from flows.teams import do_create_token
+
     membership = Membership.objects.filter(user=user).select_related("team", "user").order_by("created_at").first()
     return do_create_token(membership, "tests")[1]
 
 
-def api_client(user) -> Client:
+def api_client(user):
+    from django.test import Client
+
     return Client(HTTP_AUTHORIZATION=f"Bearer {token_for(user)}")
 
 
-def logged_in(user) -> Client:
+def logged_in(user):
+    from django.test import Client
+
     client = Client()
     client.force_login(user)
     return client
