@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
-from ninja import Body, Field, NinjaAPI, Query, Router, Schema
+from ninja import Field, NinjaAPI, Query, Router, Schema
+from ninja.responses import Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.security import HttpBearer
@@ -140,7 +141,7 @@ class RedisRateLimit(BaseThrottle):
         limit = getattr(settings, "KWALA_API_RATE_LIMIT", 600)
         window = getattr(settings, "KWALA_API_RATE_WINDOW", 60)
         token = getattr(request, "api_token", None)
-        who = f"t{token.pk}" if token is not None else f"u{getattr(request.user, 'pk', None) or 'anon'}"
+        who = f"t{token.token_hash[:24]}" if token is not None else f"u{getattr(request.user, 'pk', None) or 'anon'}"
         now = int(time.time())
         bucket = now // window
         key = f"kwala:ratelimit:{who}:{bucket}"
@@ -201,7 +202,7 @@ def _auth_error(request, exc):
 
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
-    codes = {403: "forbidden", 404: "not_found", 405: "method_not_allowed", 429: "rate_limited"}
+    codes = {400: "invalid_body", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 429: "rate_limited"}
     return error_response(request, exc.status_code, codes.get(exc.status_code, "bad_request"), str(exc))
 
 
@@ -292,10 +293,6 @@ class DraftIn(Schema):
     revision: int = Field(ge=1, description="The flow revision the change is based on (409 if stale)")
 
 
-class PublishIn(Schema):
-    revision: int | None = Field(None, ge=1)
-
-
 class VersionOut(Schema):
     code: str
     number: int
@@ -370,7 +367,7 @@ def create(request, payload: FlowIn):
     membership = _membership(request, Role.EDITOR)
     graph = payload.graph.dict() if payload.graph else None
     flow = create_flow(membership.team, request.user, payload.name, payload.description, graph=graph)
-    return 201, _flow_out(flow, detail=True)
+    return Status(201, _flow_out(flow, detail=True))
 
 
 @flows_router.post("/import", response={201: FlowDetailOut, **COMMON_ERRORS})
@@ -380,7 +377,7 @@ def import_flow(request, payload: YamlIn):
     meta, graph = import_yaml(payload.yaml)
     name = str(meta.get("name") or "Imported flow")[:120]
     flow = create_flow(membership.team, request.user, name, str(meta.get("description") or "")[:5000], graph=graph)
-    return 201, _flow_out(flow, detail=True)
+    return Status(201, _flow_out(flow, detail=True))
 
 
 @flows_router.get("/{code}", response={200: FlowDetailOut, **COMMON_ERRORS})
@@ -406,7 +403,7 @@ def delete_flow(request, code: str):
     if live_version(flow) is not None:
         raise ApiError(409, "flow_is_live", "Unpublish the flow before deleting it.")
     flow.delete()
-    return 204, None
+    return Status(204, None)
 
 
 @flows_router.put("/{code}/draft", response={200: VersionOut, **COMMON_ERRORS})
@@ -428,10 +425,11 @@ def check_flow(request, code: str):
 
 
 @flows_router.post("/{code}/publish", response={200: VersionOut, **COMMON_ERRORS})
-def publish(request, code: str, payload: PublishIn = Body(None)):
+def publish(request, code: str, revision: int | None = Query(None, ge=1, le=2**31 - 1,
+                                                            description="409 if the flow moved past it")):
     flow, membership = _flow(request, code, Role.EDITOR)
     with transaction.atomic():
-        version = publish_version(flow, request.user, revision=payload.revision if payload else None)
+        version = publish_version(flow, request.user, revision=revision)
         audit.record(membership.team, request.user, "flow.published", flow.name, flow=flow.code,
                      version=version.number, via="api")
     return _version_out(version)
@@ -690,7 +688,7 @@ def use_template(request, slug: str, payload: UseTemplateIn):
                        [{"input": k, "message": v} for k, v in exc.errors.items()]) from None
     flow = create_flow(membership.team, request.user, payload.name or template.title, template.description,
                        graph=gallery.instantiate(template, values))
-    return 201, _flow_out(flow, detail=True)
+    return Status(201, _flow_out(flow, detail=True))
 
 
 # -- secrets and signer keys ---------------------------------------------------------------------
@@ -729,7 +727,7 @@ def put_secret(request, name: str, payload: SecretIn):
     """Create or replace a secret. The value is encrypted and never returned by any endpoint."""
     membership = _membership(request, Role.ADMIN)
     secret, created = do_set_secret(membership, name, payload.value)
-    return (201 if created else 200), secret
+    return Status(201 if created else 200, secret)
 
 
 @misc_router.delete("/secrets/{name}", response={204: None, **COMMON_ERRORS}, tags=["secrets"])
@@ -739,7 +737,7 @@ def delete_secret(request, name: str):
     if secret is None:
         raise not_found("secret")
     do_delete_secret(membership, secret)
-    return 204, None
+    return Status(204, None)
 
 
 @misc_router.get("/signers", response={200: list[SignerOut], **COMMON_ERRORS}, tags=["secrets"])
@@ -751,7 +749,7 @@ def list_signers(request):
 @misc_router.post("/signers", response={201: SignerOut, **COMMON_ERRORS}, tags=["secrets"])
 def create_signer(request, payload: SignerIn):
     membership = _membership(request, Role.ADMIN)
-    return 201, do_create_signer(membership, payload.name, payload.private_key)
+    return Status(201, do_create_signer(membership, payload.name, payload.private_key))
 
 
 @misc_router.delete("/signers/{code}", response={204: None, **COMMON_ERRORS}, tags=["secrets"])
@@ -761,7 +759,7 @@ def delete_signer(request, code: str):
     if signer is None:
         raise not_found("signer")
     do_delete_signer(membership, signer)
-    return 204, None
+    return Status(204, None)
 
 
 # -- team members, invitations, tokens, audit ---------------------------------------------------
@@ -821,7 +819,7 @@ def remove_member(request, username: str):
     if target.pk != request.auth.pk:
         _membership(request, Role.ADMIN)
     do_remove_member(request.auth, target)
-    return 204, None
+    return Status(204, None)
 
 
 @misc_router.post("/invitations", response={201: InviteOut, **COMMON_ERRORS}, tags=["team"])
@@ -838,7 +836,7 @@ def invite(request, payload: InviteIn):
         f"{request.user.get_username()} invited you to {membership.team.name} on Kwala. Accept (once, within 7 days):\n{link}\n",
         settings.DEFAULT_FROM_EMAIL, [invitation.email],
     )
-    return 201, invitation
+    return Status(201, invitation)
 
 
 class TokenOut(Schema):
@@ -871,7 +869,7 @@ def list_tokens(request):
 @misc_router.post("/tokens", response={201: TokenCreatedOut, **COMMON_ERRORS}, tags=["tokens"])
 def create_token(request, payload: TokenIn):
     token, plaintext = do_create_token(request.auth, payload.name)
-    return 201, {**_token_out(token), "token": plaintext}
+    return Status(201, {**_token_out(token), "token": plaintext})
 
 
 @misc_router.delete("/tokens/{prefix}", response={204: None, **COMMON_ERRORS}, tags=["tokens"])
@@ -880,7 +878,7 @@ def revoke_token(request, prefix: str):
     if token is None:
         raise not_found("token")
     do_revoke_token(request.user, token)
-    return 204, None
+    return Status(204, None)
 
 
 class AuditOut(Schema):
