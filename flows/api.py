@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import redis
 from django.conf import settings
@@ -20,12 +20,13 @@ from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja import Field, NinjaAPI, Query, Router, Schema
-from ninja.responses import Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.responses import Status
 from ninja.security import HttpBearer
 from ninja.security.session import SessionAuth
 from ninja.throttling import BaseThrottle
+from pydantic import AfterValidator
 
 from flows import audit, gallery
 from flows.actions import (
@@ -255,9 +256,30 @@ def _flow(request: HttpRequest, code: str, role: str = Role.VIEWER) -> tuple[Flo
 # -- schemas ----------------------------------------------------------------------------------
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _no_nul(value: Any) -> Any:
+    # PostgreSQL text and jsonb cannot hold NUL; refuse it here rather than fail in the database.
+    if _has_nul(value):
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_no_nul)]
+
+
 class Graph(Schema):
-    nodes: list[dict[str, Any]] = []
-    edges: list[dict[str, Any]] = []
+    nodes: list[JsonObject] = []
+    edges: list[JsonObject] = []
 
 
 class FlowOut(Schema):
@@ -277,14 +299,14 @@ class FlowDetailOut(FlowOut):
 
 
 class FlowIn(Schema):
-    name: str = Field(min_length=1, max_length=120)
-    description: str = Field("", max_length=5000)
+    name: Text = Field(min_length=1, max_length=120)
+    description: Text = Field("", max_length=5000)
     graph: Graph | None = None
 
 
 class FlowPatch(Schema):
-    name: str | None = Field(None, min_length=1, max_length=120)
-    description: str | None = Field(None, max_length=5000)
+    name: Text | None = Field(None, min_length=1, max_length=120)
+    description: Text | None = Field(None, max_length=5000)
     paused: bool | None = None
 
 
@@ -318,7 +340,7 @@ class CompileOut(Schema):
 
 
 class YamlIn(Schema):
-    yaml: str = Field(min_length=1, max_length=1_000_000)
+    yaml: Text = Field(min_length=1, max_length=1_000_000)
 
 
 class YamlOut(Schema):
@@ -644,8 +666,8 @@ class TemplateDetailOut(TemplateOut):
 
 
 class UseTemplateIn(Schema):
-    name: str | None = Field(None, min_length=1, max_length=120)
-    inputs: dict[str, str | int] = {}
+    name: Text | None = Field(None, min_length=1, max_length=120)
+    inputs: dict[str, Text | int] = {}
 
 
 def _template_out(t: gallery.Template, detail: bool = False) -> dict:
@@ -701,7 +723,7 @@ class SecretOut(Schema):
 
 
 class SecretIn(Schema):
-    value: str = Field(min_length=1, max_length=65536, description="Write-only: never returned")
+    value: Text = Field(min_length=1, max_length=65536, description="Write-only: never returned")
 
 
 class SignerOut(Schema):
@@ -777,7 +799,7 @@ class RoleIn(Schema):
 
 
 class InviteIn(Schema):
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    email: str = Field(min_length=3, max_length=254, pattern=r"^[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,63}$")
     role: Literal["OWNER", "ADMIN", "EDITOR", "VIEWER"] = "VIEWER"
 
 
@@ -853,7 +875,7 @@ class TokenCreatedOut(TokenOut):
 
 
 class TokenIn(Schema):
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
 
 
 def _token_out(t: ApiToken) -> dict:

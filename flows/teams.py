@@ -17,6 +17,8 @@ from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core import signing
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -164,6 +166,10 @@ def do_invite(actor: Membership, email: str, role: str) -> tuple[Invitation, str
         raise TeamError("invalid", f"Unknown role {role!r}.", status=400)
     _check_manages(actor, role)
     email = email.strip().lower()
+    try:
+        validate_email(email)
+    except ValidationError:
+        raise TeamError("invalid", "That is not a valid email address.", 400) from None
     if Membership.objects.filter(team=actor.team, user__email__iexact=email).exists():
         raise TeamError("already_member", f"{email} is already in the team.")
     with transaction.atomic():
