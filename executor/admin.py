@@ -69,3 +69,49 @@ class RunAdmin(admin.ModelAdmin):
     search_fields = ["code", "flow__name", "event__tx_hash", "trigger_key"]
     inlines = [StepRunInline]
     raw_id_fields = ["event", "version", "flow"]
+
+
+# -- operator actions ---------------------------------------------------------------------------
+
+from django import forms  # noqa: E402
+from django.contrib import messages  # noqa: E402
+from django.contrib.admin.helpers import ActionForm  # noqa: E402
+
+from flows.admin import scope_team_admin  # noqa: E402
+
+
+class CursorActionForm(ActionForm):
+    block_number = forms.IntegerField(required=False, min_value=0, label="Block")
+
+
+@admin.action(description="Reset the cursor to the block given (the listener resumes after it)")
+def reset_cursor(modeladmin, request, queryset):
+    raw = request.POST.get("block_number", "")
+    try:
+        block = int(raw)
+        if block < 0:
+            raise ValueError(raw)
+    except ValueError:
+        messages.error(request, "Give the block number to reset to.")
+        return
+    # The listener re-reads the cursor row; clearing the recent blocks makes it
+    # fetch the hash of the new position instead of trusting the old window.
+    updated = queryset.update(block_number=block, block_hash="", recent_blocks=[], halted=False, last_error="")
+    messages.success(request, f"Reset {updated} cursor(s) to block {block}.")
+
+
+ChainCursorAdmin.action_form = CursorActionForm
+ChainCursorAdmin.actions = [reset_cursor]
+ChainCursorAdmin.list_display = ["chain", "block_number", "head_block", "lag_blocks", "halted", "updated_at"]
+
+
+@admin.display(description="Lag")
+def lag_blocks(obj):
+    return obj.lag
+
+
+ChainCursorAdmin.lag_blocks = staticmethod(lag_blocks)
+RunAdmin.search_fields = ["code", "flow__name", "flow__code", "event__tx_hash", "trigger_key", "block_hash"]
+RunAdmin.list_filter = ["status", "dry_run", "chain", "team"]
+RunAdmin.date_hierarchy = "created_at"
+scope_team_admin(RunAdmin, "team")

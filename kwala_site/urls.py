@@ -11,6 +11,10 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("runs/", include("executor.urls")),
+    path("api/v1/", include("flows.api_urls")),
+    path("", include("flows.account_urls")),
+    path("", include("flows.team_urls")),
+    path("", include("flows.gallery_urls")),
     path("", include("flows.urls")),
 ]
 

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from flows import audit
+from flows.actions import create_flow
+from flows.models import Flow, Membership, Secret
+from tests.team_fixtures import logged_in
+
+
+def make_staff(user, *models):
+    user.is_staff = True
+    user.save()
+    for codename in models:
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+
+
+def test_staff_who_are_not_superusers_see_only_their_teams_objects(alice, charlie, team):
+    create_flow(team, alice, "Acme flow")
+    create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
+    make_staff(alice, "view_flow", "change_flow", "view_auditevent", "view_secret")
+    page = logged_in(alice).get(reverse("admin:flows_flow_changelist")).content
+    assert b"Acme flow" in page and b"Other flow" not in page
+    other = Flow.objects.get(name="Other flow")
+    assert logged_in(alice).get(reverse("admin:flows_flow_change", args=[other.pk])).status_code == 302
+
+
+def test_a_superuser_sees_every_team(alice, charlie, team, django_user_model):
+    create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+    assert b"Other flow" in logged_in(root).get(reverse("admin:flows_flow_changelist")).content
+
+
+def test_the_audit_log_is_read_only_in_the_admin(alice, team, django_user_model):
+    event = audit.record(team, alice, "team.created", "Acme DAO")
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+    client = logged_in(root)
+    page = client.get(reverse("admin:flows_auditevent_change", args=[event.pk]))
+    assert page.status_code == 200 and b'name="_save"' not in page.content
+    client.post(reverse("admin:flows_auditevent_delete", args=[event.pk]), {"post": "yes"})
+    assert audit.events_for(team).count() == 1
+
+
+def test_secret_values_are_never_shown_in_the_admin(alice, team, django_user_model):
+    secret = Secret(team=team, name="SLACK_URL")
+    secret.set_value("canary-admin-value")
+    secret.save()
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+    page = logged_in(root).get(reverse("admin:flows_secret_change", args=[secret.pk])).content
+    assert b"SLACK_URL" in page
+    assert b"canary-admin-value" not in page and secret.value_encrypted.encode() not in page
+
+
+def test_the_pause_action_pauses_flows(alice, team, django_user_model):
+    flow = create_flow(team, alice, "To pause")
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+    logged_in(root).post(
+        reverse("admin:flows_flow_changelist"), {"action": "pause_flows", "_selected_action": [flow.pk]}
+    )
+    flow.refresh_from_db()
+    assert flow.paused
+
+
+def test_a_chain_cursor_can_be_reset_to_a_block(chains, django_user_model):
+    from executor.models import ChainCursor
+
+    cursor = ChainCursor.objects.create(chain=chains[0], block_number=500, block_hash="0xabc", halted=True,
+                                        recent_blocks=[[500, "0xabc", "0xdef"]])
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+    logged_in(root).post(
+        reverse("admin:executor_chaincursor_changelist"),
+        {"action": "reset_cursor", "_selected_action": [cursor.pk], "block_number": "120"},
+    )
+    cursor.refresh_from_db()
+    assert (cursor.block_number, cursor.recent_blocks, cursor.halted) == (120, [], False)
+
+
+def test_the_admin_finds_runs_by_tx_hash(alice, team, django_user_model, chains):
+    from executor.models import Event, Run
+
+    flow = create_flow(team, alice, "Runs")
+    event = Event.objects.create(chain=chains[0], block_number=1, block_hash="0x" + "1" * 64, log_index=0,
+                                 tx_hash="0x" + "ab" * 32, address="0x" + "0" * 40)
+    Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key="log:1", event=event)
+    Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key="log:2")
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+    page = logged_in(root).get(reverse("admin:executor_run_changelist"), {"q": "0x" + "ab" * 32})
+    assert page.context["cl"].result_count == 1

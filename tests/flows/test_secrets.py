@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import logging
+
+from django.db import connection
+from django.urls import reverse
+
+from flows.models import AuditEvent, Secret, SignerKey
+from tests.team_fixtures import api_client, logged_in
+
+CANARY = "canary-7f3a9c-DO-NOT-LEAK"
+KEY = "0x" + "4c" * 32
+
+
+def all_text_columns_except_encrypted() -> list[str]:
+    """Every text/json value in the database, except the two encrypted columns."""
+    values = []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND data_type IN ('text', 'character varying', 'jsonb')"
+        )
+        for table, column in cursor.fetchall():
+            if (table, column) in {("flows_secret", "value_encrypted"), ("flows_signerkey", "key_encrypted")}:
+                continue
+            cursor.execute(f'SELECT "{column}"::text FROM "{table}"')  # noqa: S608 - names from the catalog
+            values.extend(row[0] for row in cursor.fetchall() if row[0])
+    return values
+
+
+def test_a_secret_value_never_comes_back_from_pages_api_logs_or_other_rows(alice, team, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = logged_in(alice)
+    response = client.post(reverse("secrets"), {"name": "SLACK_URL", "value": CANARY})
+    assert response.status_code == 302
+    client.post(reverse("signers"), {"name": "RELAYER", "private_key": KEY})
+    api = api_client(alice)
+    api.put("/api/v1/secrets/OTHER", {"value": CANARY}, content_type="application/json")
+    bodies = [
+        client.get(reverse("secrets")).content,
+        client.get(reverse("signers")).content,
+        client.get(reverse("audit_log")).content,
+        client.get(reverse("team")).content,
+        api.get("/api/v1/secrets").content,
+        api.get("/api/v1/signers").content,
+        api.get("/api/v1/audit").content,
+    ]
+    for body in bodies:
+        assert CANARY.encode() not in body and KEY[2:].encode() not in body
+    assert CANARY not in caplog.text and KEY[2:] not in caplog.text
+    for value in all_text_columns_except_encrypted():
+        assert CANARY not in value and KEY[2:] not in value
+    assert Secret.objects.get(team=team, name="SLACK_URL").reveal() == CANARY
+    assert SignerKey.objects.get(team=team, name="RELAYER").private_key().removeprefix("0x") == KEY[2:]
+
+
+def test_a_rejected_secret_form_does_not_echo_the_value(alice):
+    response = logged_in(alice).post(reverse("secrets"), {"name": "bad name!", "value": CANARY})
+    assert response.status_code == 400 and CANARY.encode() not in response.content
+
+
+def test_changing_and_deleting_secrets_and_keys_is_audited(alice, team):
+    client = logged_in(alice)
+    client.post(reverse("secrets"), {"name": "S", "value": "one"})
+    client.post(reverse("secrets"), {"name": "S", "value": "two"})
+    client.post(reverse("delete_secret", args=["S"]))
+    client.post(reverse("signers"), {"name": "K", "private_key": ""})
+    key = SignerKey.objects.get(team=team)
+    client.post(reverse("delete_signer", args=[key.code]))
+    actions = list(AuditEvent.objects.filter(team=team).order_by("id").values_list("action", flat=True))
+    assert actions == ["secret.created", "secret.rotated", "secret.deleted", "signer.created", "signer.deleted"]
+
+
+def test_an_editor_sees_secret_names_but_cannot_change_them(alice, bob, team):
+    logged_in(alice).post(reverse("secrets"), {"name": "S", "value": "one"})
+    client = logged_in(bob)
+    assert b">S<" in client.get(reverse("secrets")).content
+    assert client.post(reverse("secrets"), {"name": "S", "value": "evil"}).status_code == 404
+    assert client.post(reverse("delete_secret", args=["S"])).status_code == 404
+    assert Secret.objects.get(team=team, name="S").reveal() == "one"
+
+
+def test_an_outsider_cannot_touch_another_teams_secret_or_key(alice, charlie, team):
+    client = logged_in(alice)
+    client.post(reverse("secrets"), {"name": "S", "value": "one"})
+    client.post(reverse("signers"), {"name": "K", "private_key": ""})
+    key = SignerKey.objects.get(team=team)
+    outsider = logged_in(charlie)
+    assert b">S<" not in outsider.get(reverse("secrets")).content
+    assert outsider.post(reverse("delete_secret", args=["S"])).status_code == 404
+    assert outsider.post(reverse("delete_signer", args=[key.code])).status_code == 404
+    assert Secret.objects.filter(team=team).exists() and SignerKey.objects.filter(team=team).exists()
