@@ -151,7 +151,7 @@ def advance(run: Run) -> None:
         elif verdict == "skip" and StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(
             status=S.SKIPPED, finished_at=now
         ):
-                row.status = S.SKIPPED
+            row.status = S.SKIPPED
             _step_event(run, row)
     if not any(row.status in ACTIVE for row in rows.values()):
         _finish_run(run, Run.Status.SUCCEEDED, "")
