@@ -146,13 +146,13 @@ def edge(source: str, target: str, port: str = "out") -> dict:
 
 def make_version(team, user, nodes: list[dict], edges: list[dict]) -> FlowVersion:
     """A published version compiled by the real compiler (secret names unchecked: signer keys are not secrets)."""
-    import secrets as pysecrets
+    from flows.actions import new_signing_secret
 
     graph = {"nodes": nodes, "edges": edges}
     chain_ids = dict(Chain.objects.values_list("chain_id", "slug"))
     dag = compile_graph(graph, chains=chain_ids, secret_names=None)
     flow = Flow.objects.create(team=team, name="Test flow", created_by=user,
-                               signing_secret="whsec_" + pysecrets.token_urlsafe(24))
+                               signing_secret=new_signing_secret())
     return FlowVersion.objects.create(flow=flow, number=1, graph=graph, dag=dag, status=FlowVersion.Status.PUBLISHED,
                                       created_by=user)
 
