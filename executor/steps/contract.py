@@ -198,7 +198,8 @@ def run_write(ctx: StepContext) -> StepResult | Reschedule:
             gas = ctx.config.get("gas_limit")
             if not gas:
                 try:
-                    gas = int(w3.eth.estimate_gas({"from": signer.address, "to": to, "data": data, "value": value}) * 1.2)
+                    estimate = w3.eth.estimate_gas({"from": signer.address, "to": to, "data": data, "value": value})
+                    gas = _gas_limit(estimate)
                 except ContractLogicError as exc:
                     raise StepError(f"the transaction would revert: {exc.message or exc}", permanent=True) from None
             max_fee, priority = _fees(w3)
@@ -247,6 +248,13 @@ def run_write(ctx: StepContext) -> StepResult | Reschedule:
     if not ok:
         raise StepError(f"transaction {record.tx_hash} reverted in block {mined}", permanent=True)
     return StepResult(output={"tx_hash": record.tx_hash, "nonce": record.nonce, "from": signer.address, **summary})
+
+
+def _gas_limit(estimate: int) -> int:
+    """Headroom over the estimate: it is made against today's state, and queued writes to the same
+    contract change storage costs (a zero slot costs 20k gas to set) before this one is mined.
+    Unused gas is not charged, so headroom only costs when the call would fail anyway."""
+    return int(estimate * 1.25) + 100_000
 
 
 def _nonce_taken_by_other(w3, latest: Transaction) -> bool:
