@@ -58,11 +58,11 @@ class Anvil:
                     raise
                 time.sleep(0.1)
 
-    def deploy(self, name: str, key: str = DEV_KEYS[1]) -> str:
+    def deploy(self, name: str, key: str = DEV_KEYS[1], *args) -> str:
         artifact = json.loads((ROOT / "contracts" / "artifacts" / f"{name}.json").read_text())
         account = self.w3.eth.account.from_key(key)
         contract = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        tx = contract.constructor().build_transaction(
+        tx = contract.constructor(*args).build_transaction(
             {"from": account.address, "nonce": self.w3.eth.get_transaction_count(account.address, "pending")}
         )
         tx_hash = self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
