@@ -39,7 +39,7 @@ from django.db import transaction
 from web3 import Web3
 
 from executor import runner
-from executor.models import Chain, Run, RpcEndpoint
+from executor.models import Chain, RpcEndpoint, Run
 from flows.actions import new_signing_secret
 from flows.graph import compile_graph
 from flows.models import Flow, FlowVersion, Team
