@@ -6,20 +6,17 @@ The anvil fixtures here are minimal stand-ins for tests/chain_fixtures.py
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from web3 import Web3
 
+from executor.devchain import AnvilProcess, load_artifact
 from executor.models import Chain, RpcEndpoint, Run
 from flows.graph import compile_graph
 from flows.models import Flow, FlowVersion
-from tests.conftest import ROOT, Service, free_port, start_worker
+from tests.conftest import Service, start_worker
 
 # anvil's first dev accounts (public test keys, funded on every anvil chain).
 DEV_KEYS = [
@@ -28,74 +25,44 @@ DEV_KEYS = [
 ]
 
 
-def anvil_binary() -> str:
-    for candidate in (ROOT / "node_modules/.bin/anvil", Path("/work/main/node_modules/.bin/anvil")):
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which("anvil")
-    if found is None:
-        raise RuntimeError("anvil is missing: run npm ci")
-    return found
+class ChainHandle:
+    """A session anvil chain (tests/chain_fixtures.py) with the helpers these tests use."""
 
-
-class Anvil:
-    def __init__(self, chain_id: int):
-        self.chain_id = chain_id
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [anvil_binary(), "--port", str(self.port), "--chain-id", str(chain_id), "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.w3 = Web3(Web3.HTTPProvider(self.url))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if self.w3.eth.chain_id == chain_id:
-                    break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    def __init__(self, process: AnvilProcess, w3: Web3):
+        self.process = process
+        self.w3 = w3
+        self.chain_id = process.chain_id
+        self.url = process.http_url
 
     def deploy(self, name: str, key: str = DEV_KEYS[1], *args) -> str:
-        artifact = json.loads((ROOT / "contracts" / "artifacts" / f"{name}.json").read_text())
+        artifact = load_artifact(name)
         account = self.w3.eth.account.from_key(key)
         contract = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
         tx = contract.constructor(*args).build_transaction(
             {"from": account.address, "nonce": self.w3.eth.get_transaction_count(account.address, "pending")}
         )
         tx_hash = self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=20)["contractAddress"]
+        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=20, poll_latency=0.01)["contractAddress"]
 
     def contract(self, name: str, address: str):
-        artifact = json.loads((ROOT / "contracts" / "artifacts" / f"{name}.json").read_text())
-        return self.w3.eth.contract(address=address, abi=artifact["abi"])
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(10)
+        return self.w3.eth.contract(address=address, abi=load_artifact(name)["abi"])
 
 
 @pytest.fixture(scope="session")
-def anvil_a():
-    chain = Anvil(31337)
-    yield chain
-    chain.stop()
+def chain_a(anvil_a, w3_a) -> ChainHandle:
+    return ChainHandle(anvil_a, w3_a)
 
 
 @pytest.fixture(scope="session")
-def anvil_b():
-    chain = Anvil(31338)
-    yield chain
-    chain.stop()
+def chain_b(anvil_b, w3_b) -> ChainHandle:
+    return ChainHandle(anvil_b, w3_b)
 
 
 @pytest.fixture
-def chains(db, anvil_a, anvil_b):
+def chains(db, chain_a, chain_b):
     """Chain rows (with their RPC endpoints) for both anvils, in the test database."""
     rows = {}
-    for slug, anvil in (("anvil-a", anvil_a), ("anvil-b", anvil_b)):
+    for slug, anvil in (("anvil-a", chain_a), ("anvil-b", chain_b)):
         chain, _ = Chain.objects.get_or_create(chain_id=anvil.chain_id, defaults={"slug": slug, "name": slug})
         RpcEndpoint.objects.get_or_create(chain=chain, url=anvil.url)
         rows[slug] = chain

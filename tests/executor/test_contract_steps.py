@@ -25,8 +25,8 @@ def signer(team, alice):
 
 
 @pytest.fixture
-def receivers(anvil_a, anvil_b):
-    return {"a": anvil_a.deploy("Receiver"), "b": anvil_b.deploy("Receiver")}
+def receivers(chain_a, chain_b):
+    return {"a": chain_a.deploy("Receiver"), "b": chain_b.deploy("Receiver")}
 
 
 def write_flow(team, alice, chain_id: int, address: str):
@@ -42,35 +42,35 @@ def write_flow(team, alice, chain_id: int, address: str):
 
 
 def test_a_write_lands_on_the_other_chain_with_the_right_arguments(
-    executor_worker, chains, signer, receivers, anvil_b, team, alice
+    executor_worker, chains, signer, receivers, chain_b, team, alice
 ):
     version = write_flow(team, alice, 31338, receivers["b"])
     run = wait_for_run(start_manual_run(version, {"source": SOURCE, "value": 10**30}, user=alice), timeout=60)
 
     assert run.status == Run.Status.SUCCEEDED, run.error
-    last = anvil_b.contract("Receiver", receivers["b"]).functions.last().call()
+    last = chain_b.contract("Receiver", receivers["b"]).functions.last().call()
     assert ("0x" + last[0].hex(), last[1], last[2], last[3], last[4]) == (SOURCE, ALICE, BOB, 10**30, signer.address)
     steps = steps_of(run)
     assert steps["read"].output["result"] == 1
     tx = Transaction.objects.get(step_run=steps["write"])
     assert (tx.chain.chain_id, tx.status, tx.tx_hash) == (31338, Transaction.Status.MINED, steps["write"].output["tx_hash"])
-    assert anvil_b.w3.eth.get_transaction(tx.tx_hash)["nonce"] == tx.nonce
+    assert chain_b.w3.eth.get_transaction(tx.tx_hash)["nonce"] == tx.nonce
 
 
 def test_ten_concurrent_runs_with_one_key_get_consecutive_nonces_and_all_land(
-    executor_worker, chains, signer, receivers, anvil_a, team, alice
+    executor_worker, chains, signer, receivers, chain_a, team, alice
 ):
     version = write_flow(team, alice, 31337, receivers["a"])
-    start = anvil_a.w3.eth.get_transaction_count(signer.address, "pending")
+    start = chain_a.w3.eth.get_transaction_count(signer.address, "pending")
     runs = [start_manual_run(version, {"source": SOURCE, "value": n}, user=alice) for n in range(10)]
     runs = [wait_for_run(run, timeout=90) for run in runs]
 
     assert [run.status for run in runs] == [Run.Status.SUCCEEDED] * 10, [run.error for run in runs]
     nonces = sorted(Transaction.objects.filter(run__in=runs).values_list("nonce", flat=True))
     assert nonces == list(range(start, start + 10))
-    assert anvil_a.contract("Receiver", receivers["a"]).functions.mirrorCount().call() >= 10
+    assert chain_a.contract("Receiver", receivers["a"]).functions.mirrorCount().call() >= 10
     for tx in Transaction.objects.filter(run__in=runs):
-        assert anvil_a.w3.eth.get_transaction_receipt(tx.tx_hash)["status"] == 1
+        assert chain_a.w3.eth.get_transaction_receipt(tx.tx_hash)["status"] == 1
 
 
 def test_the_private_key_never_appears_in_run_records_or_logs(
