@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.utils import timezone
 
@@ -12,7 +14,16 @@ STALE_AFTER_SECONDS = getattr(settings, "KWALA_CHAIN_STALE_SECONDS", 120)
 MAX_LAG_BLOCKS = getattr(settings, "KWALA_CHAIN_MAX_LAG", 50)
 
 
-def chain_health() -> dict:
+_URL = re.compile(r"\b((?:https?|wss?)://)([^/\s@]+@)?([^/\s?#:]+)(:\d+)?[^\s,)]*", re.IGNORECASE)
+
+
+def scrub_urls(text: str) -> str:
+    """Keep only scheme://host of every URL: RPC URLs carry provider API keys in
+    their path or query, and error text is shown beyond the operators."""
+    return _URL.sub(lambda m: f"{m.group(1)}{m.group(3)}{m.group(4) or ''}/…", text)
+
+
+def chain_health(*, detail: bool = True) -> dict:
     """{"ok": bool, "chains": {slug: {...}}}; a chain never seen yet is not an error."""
     now = timezone.now()
     chains = {}
@@ -32,6 +43,6 @@ def chain_health() -> dict:
             "processed": cursor.block_number,
             "lag": lag,
             "halted": cursor.halted,
-            "last_error": cursor.last_error[:300],
+            "last_error": scrub_urls(cursor.last_error)[:300] if detail else bool(cursor.last_error),
         }
     return {"ok": ok, "chains": chains}

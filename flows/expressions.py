@@ -20,6 +20,7 @@ Decimal, never float.
 from __future__ import annotations
 
 import contextvars
+import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from eth_utils import is_address, to_checksum_address
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
@@ -34,7 +36,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.parser import Parser
 from jinja2.runtime import Undefined
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, modifies_known_mutable
 
 __all__ = [
     "ExpressionError",
@@ -186,7 +188,8 @@ def _to_int(value: Any) -> int:
             pass
     if isinstance(value, Decimal) and value == value.to_integral_value():
         return int(value)
-    raise ExpressionError(f"Expected an integer amount, got {value!r}")
+    # Never echo the value: it may be a secret, and error text ends up in run records.
+    raise ExpressionError(f"Expected an integer amount, got {type(value).__name__}")
 
 
 def format_units(value: Any, decimals: int = 18) -> Amount:
@@ -207,7 +210,7 @@ def from_wei(value: Any, unit: str = "ether") -> Amount:
 
 def to_checksum(value: Any) -> str:
     if not isinstance(value, str) or not is_address(value):
-        raise ExpressionError(f"to_checksum: {value!r} is not an address")
+        raise ExpressionError(f"to_checksum: the {type(value).__name__} value is not an address")
     return to_checksum_address(value)
 
 
@@ -226,7 +229,7 @@ def explorer_url(value: Any, base: str) -> str:
         return f"{base}/tx/{text}"
     if is_address(text):
         return f"{base}/address/{to_checksum_address(text)}"
-    raise ExpressionError(f"explorer_url: {text!r} is not a tx hash, address or block")
+    raise ExpressionError("explorer_url: the value is not a tx hash, address or block number")
 
 
 WEB3_FILTERS = {
@@ -385,10 +388,26 @@ class KwalaEnvironment(SandboxedEnvironment):
             raise ExpressionError("String formatting with % is not allowed; use ~ or filters")
         return super().call_binop(context, operator, left, right)
 
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # In-place mutators (list.extend, dict.update, ...) return None, so no size
+        # check would ever see what they build: refuse them, as the immutable sandbox does.
+        if modifies_known_mutable(obj, attr):
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, str) and attribute in _FORBIDDEN_STR_METHODS:
             raise ExpressionError(f"The string method {attribute}() is not allowed")
         return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        # 'x'['format'] reaches the same methods as 'x'.format: apply the same rules.
+        if isinstance(argument, str):
+            if argument.startswith("_"):
+                raise ExpressionError(f"Access to '{argument}' is not allowed")
+            if isinstance(obj, str) and argument in _FORBIDDEN_STR_METHODS:
+                raise ExpressionError(f"The string method {argument}() is not allowed")
+        return super().getitem(obj, argument)
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _tick()
@@ -597,7 +616,8 @@ def _run(func: Any, timeout: float) -> Any:
     except ZeroDivisionError:
         raise ExpressionError("Division by zero") from None
     except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
-        raise ExpressionError(f"{type(exc).__name__}: {exc}") from None
+        # Python's messages quote the values involved (int('...')); say only what failed.
+        raise ExpressionError(f"{type(exc).__name__} while evaluating the expression") from None
     except (MemoryError, RecursionError):
         raise ExpressionError("Expression used too many resources") from None
     finally:
@@ -685,6 +705,13 @@ def redact(text: str, secret_values: Iterable[str]) -> str:
 
     Longest values first, so a secret that contains another is hidden whole.
     """
-    for secret in sorted({s for s in secret_values if s}, key=len, reverse=True):
-        text = text.replace(secret, "[redacted]")
+    forms: set[str] = set()
+    for secret in secret_values:
+        if not secret:
+            continue
+        # The plain value and the ways it is escaped when it ends up in an error
+        # message (repr), a JSON document or a URL.
+        forms.update({secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)})
+    for form in sorted((f for f in forms if f), key=len, reverse=True):
+        text = text.replace(form, "[redacted]")
     return text

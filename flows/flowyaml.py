@@ -105,11 +105,30 @@ def export_yaml(meta: Mapping[str, Any], graph: Mapping[str, Any]) -> str:
 # import
 
 
+# A flow file is small; anything bigger is a mistake or an attack.
+MAX_YAML_CHARS = 2_000_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: a few hundred bytes of nested *aliases expand to
+    gigabytes ("billion laughs"), and flow files never need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in flow files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
 def _load(text: str) -> Any:
     if not isinstance(text, str):
         raise FlowYamlError("Expected YAML text")
+    if len(text) > MAX_YAML_CHARS:
+        raise FlowYamlError(f"The file is larger than {MAX_YAML_CHARS:,} characters")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or "invalid YAML"
@@ -161,6 +180,11 @@ def import_yaml(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
         where = ".".join(str(p) for p in path) or "graph"
         raise FlowYamlError(f"{where}: {error.message}", line=_line_of(text, path))
     meta = {key: value for key, value in doc.items() if key not in _RESERVED}
+    for key in ("name", "description"):
+        if key in meta and not isinstance(meta[key], str):
+            raise FlowYamlError(f"{key} must be text", line=_line_of(text, [key]))
+    if len(meta.get("name") or "") > 120:
+        raise FlowYamlError("name must be at most 120 characters", line=_line_of(text, ["name"]))
     return meta, graph
 
 

@@ -410,6 +410,11 @@ def do_duplicate_flow(user, flow: Flow, target: Membership) -> Flow:
     if target.user_id != user.pk or not has_role(target, Role.EDITOR):
         raise _forbid("You need to be an editor in the team you copy the flow into.")
     _, graph = current_graph(flow)
+    if not Membership.objects.filter(user=user, team_id=flow.team_id).exists():
+        # Someone outside the flow's team sees only its redacted graph; a copy must not reveal more.
+        from flows.sharing import redacted_graph
+
+        graph = redacted_graph(graph)
     with transaction.atomic():
         copy = create_flow(target.team, user, f"{flow.name} (copy)"[:120], flow.description, graph=graph)
         audit.record(target.team, user, "flow.duplicated", copy.name, source=flow.code, flow=copy.code)

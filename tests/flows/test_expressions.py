@@ -189,3 +189,34 @@ def test_now_and_flow_variables_are_available():
     ctx = {**CTX, "now": datetime(2030, 1, 2, 3, 4, tzinfo=UTC)}
     assert render_template("{{ flow.name }} at {{ now.year }}", ctx) == "Whale alert at 2030"
     assert evaluate("10 % 3", ctx) == 1
+
+
+def test_str_format_reached_by_subscript_is_refused():
+    with pytest.raises(ExpressionError, match="format"):
+        evaluate("'{0:>900000000}'['format']('a')", {})
+
+
+def test_in_place_list_growth_is_refused():
+    template = "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{{ ns.l.extend(ns.l) }}{% endfor %}"
+    with pytest.raises(ExpressionError, match="unsafe"):
+        render_template(template, {})
+
+
+def test_filter_errors_never_echo_the_value():
+    secret = "-----BEGIN KEY-----\nMIIE\"quoted'"
+    with pytest.raises(ExpressionError) as caught:
+        render_template("{{ secrets.K|to_checksum }}", {"secrets": {"K": secret}})
+    assert "MIIE" not in str(caught.value)
+    with pytest.raises(ExpressionError) as caught:
+        evaluate("secrets.K|int + 1 > 'x'", {"secrets": {"K": secret}})
+    assert "MIIE" not in str(caught.value)
+
+
+def test_redact_hides_escaped_forms_of_a_secret():
+    secret = 'line1\nline2 "q" & more'
+    import json
+    from urllib.parse import quote
+
+    text = f"repr={secret!r} json={json.dumps(secret)} url={quote(secret, safe='')} raw={secret}"
+    redacted = redact(text, [secret])
+    assert "line1" not in redacted and "line2" not in redacted

@@ -255,3 +255,15 @@ def test_kwala_import_uses_safe_load_only():
     with pytest.raises(FlowYamlError):
         import_kwala_yaml("!!python/object/apply:os.system ['true']")
     assert yaml.safe_load(KWALA)["Name"] == "governance_proposal_mirror"
+
+
+def test_yaml_aliases_are_refused_so_a_billion_laughs_file_cannot_expand():
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nnodes: [*b]\n'
+    with pytest.raises(FlowYamlError, match="aliases") as caught:
+        import_yaml(bomb)
+    assert caught.value.line == 2
+
+
+def test_flow_name_must_be_text():
+    with pytest.raises(FlowYamlError, match="name must be text"):
+        import_yaml("name: [1, 2]\nnodes: []\nedges: []\n")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+import json
 from datetime import timedelta
 
 import pytest
@@ -8,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from flows import audit
-from flows.actions import create_flow
+from flows.actions import create_flow, current_graph
 from flows.models import ApiToken, AuditEvent, Flow, Invitation, Membership, Team
 from flows.permissions import SESSION_TEAM_KEY
 from flows.teams import (
@@ -326,6 +328,26 @@ def test_a_flow_shared_with_another_team_is_readable_there_without_credentials(a
     assert b"SECRETPATH" not in page.content and b"TREASURY_SIGNER" not in page.content
     # Read-only: sharing gives no way into the editor's write paths.
     assert logged_in(charlie).get(reverse("flow_sharing", args=[flow.code])).status_code == 404
+
+
+def test_duplicating_a_shared_flow_into_another_team_copies_no_credentials(alice, charlie, team):
+    graph = copy.deepcopy(SHARED_GRAPH)
+    graph["nodes"].append(
+        {"id": "h", "type": "http.request", "position": {"x": 0, "y": 300},
+         "config": {"url": "https://api.example.com/hook?apikey=QUERYKEY", "headers": {"Authorization": "Bearer HDRTOKEN"},
+                    "body": {"token": "BODYTOKEN"}}}
+    )
+    flow = create_flow(team, alice, "Shared alert", graph=graph)
+    other = Membership.objects.get(user=charlie).team
+    logged_in(alice).post(reverse("flow_sharing", args=[flow.code]), {"team_code": other.code})
+    response = logged_in(charlie).post(reverse("duplicate_flow", args=[flow.code]), {"team": other.code})
+    assert response.status_code == 302
+    copied = Flow.objects.get(team=other)
+    stored = json.dumps(current_graph(copied)[1])
+    for leaked in ("SECRETPATH", "TREASURY_SIGNER", "QUERYKEY", "HDRTOKEN", "BODYTOKEN"):
+        assert leaked not in stored
+    hook = next(node for node in current_graph(copied)[1]["nodes"] if node["id"] == "h")
+    assert hook["config"]["url"] == "https://api.example.com/…"
 
 
 def test_an_unshared_flow_is_404_for_an_outsider_guessing_its_code(alice, charlie, team):
