@@ -20,8 +20,7 @@ const DERIVED_KEYS = new Set(["attrs", "size", "ports", "zIndex", "tools", "view
 const container = $("#canvas");
 const graph = createGraph(container, { readonly: !canEdit, minimap: $("#minimap") });
 graph.use(new X6.Snapline({ enabled: canEdit }));
-graph.use(
-  new X6.Selection({
+const selection = new X6.Selection({
     enabled: true,
     multiple: true,
     rubberband: canEdit,
@@ -29,18 +28,17 @@ graph.use(
     movable: canEdit,
     showNodeSelectionBox: true,
     pointerEvents: "none",
-  }),
-);
-graph.use(
-  new X6.History({
+});
+graph.use(selection);
+const undoStack = new X6.History({
     enabled: canEdit,
     beforeAddCommand(event, args) {
       if (args?.options?.ignoreHistory) return false;
       if (event === "cell:change:*" && DERIVED_KEYS.has(args.key)) return false;
       return true;
     },
-  }),
-);
+});
+graph.use(undoStack);
 
 let revision = state.revision;
 let problems = state.problems;
@@ -53,7 +51,7 @@ let activeRun = null;
 let runSocket = null;
 
 loadGraph(graph, state.graph, catalogue);
-graph.cleanHistory();
+undoStack.clean();
 loading = false;
 showProblems();
 showStatus(state);
@@ -167,22 +165,23 @@ graph.on("history:change", updateHistoryButtons);
 function updateHistoryButtons() {
   const undo = $('[data-cmd="undo"]');
   const redo = $('[data-cmd="redo"]');
-  if (undo) undo.disabled = !graph.canUndo();
-  if (redo) redo.disabled = !graph.canRedo();
+  if (undo) undo.disabled = !undoStack.canUndo();
+  if (redo) redo.disabled = !undoStack.canRedo();
 }
 updateHistoryButtons();
 
-graph.on("node:click", ({ node }) => { container.focus({ preventScroll: true }); selectOnly(node); });
+graph.on("node:click", ({ node }) => { container.focus({ preventScroll: true }); selectOnly(node); openInspector(node, false); });
 graph.on("blank:click", () => { container.focus({ preventScroll: true }); });
 graph.on("node:dblclick", ({ node }) => openInspector(node, true));
 graph.on("selection:changed", ({ selected }) => {
   const nodes = selected.filter((c) => c.isNode());
   if (nodes.length === 1) openInspector(nodes[0], false);
+  else if (!nodes.length) inspectedId = null;
 });
 
 function selectOnly(node) {
-  graph.cleanSelection();
-  graph.select(node);
+  selection.clean();
+  selection.select(node);
 }
 
 // -- problems ---------------------------------------------------------------------------
@@ -219,18 +218,24 @@ function showProblems() {
 // -- inspector ------------------------------------------------------------------------------
 
 let inspectedId = null;
+let inspectorLoad = null;
 
 async function openInspector(node, focus) {
   showTab("inspector");
   if (activeRun) loadStep(node.id);
-  if (inspectedId === node.id && $("#inspector-form")) {
-    if (focus) focusFirstField();
-    return;
+  if (inspectedId !== node.id || !$("#inspector-form")) {
+    if (inspectedId !== node.id || !inspectorLoad) {
+      inspectedId = node.id;
+      inspectorLoad = (async () => {
+        await flush();
+        if (conflict) return;
+        await htmx.ajax("GET", urls.node.replace("NODE", encodeURIComponent(node.id)), { target: "#inspector", swap: "innerHTML" });
+      })();
+      const mine = inspectorLoad;
+      mine.finally(() => { if (inspectorLoad === mine) inspectorLoad = null; });
+    }
+    await inspectorLoad;
   }
-  inspectedId = node.id;
-  await flush();
-  if (conflict) return;
-  await htmx.ajax("GET", urls.node.replace("NODE", encodeURIComponent(node.id)), { target: "#inspector", swap: "innerHTML" });
   if (focus) focusFirstField();
 }
 
@@ -386,7 +391,7 @@ function addNode(type, position, select) {
 // -- commands ----------------------------------------------------------------------------------
 
 function deleteSelection() {
-  const cells = graph.getSelectedCells();
+  const cells = selection.getSelectedCells();
   if (!cells.length) return;
   graph.startBatch("delete");
   graph.removeCells(cells);
@@ -396,7 +401,7 @@ function deleteSelection() {
 }
 
 function copySelection() {
-  const nodes = graph.getSelectedCells().filter((c) => c.isNode());
+  const nodes = selection.getSelectedCells().filter((c) => c.isNode());
   if (!nodes.length) return;
   const ids = new Set(nodes.map((n) => n.id));
   const data = serialize(graph);
@@ -425,8 +430,8 @@ function paste() {
     graph.addEdge(edgeCell({ ...edge, id: `e_${mapping[edge.source]}_${edge.source_port}_${mapping[edge.target]}`, source: mapping[edge.source], target: mapping[edge.target] }));
   }
   graph.stopBatch("paste");
-  graph.cleanSelection();
-  graph.select(added);
+  selection.clean();
+  selection.select(added);
   // Shift the clipboard so pasting twice does not stack copies on top of each other.
   for (const node of clip.nodes) node.position = { x: (node.position?.x ?? 0) + 40, y: (node.position?.y ?? 0) + 40 };
   localStorage.setItem(CLIPBOARD_KEY, JSON.stringify(clip));
@@ -480,7 +485,7 @@ function orderedNodes() {
 function moveSelection(step) {
   const nodes = orderedNodes();
   if (!nodes.length) return false;
-  const current = graph.getSelectedCells().find((c) => c.isNode());
+  const current = selection.getSelectedCells().find((c) => c.isNode());
   let index = current ? nodes.indexOf(current) + step : step > 0 ? 0 : nodes.length - 1;
   if (index < 0 || index >= nodes.length) return false;
   const node = nodes[index];
@@ -490,7 +495,7 @@ function moveSelection(step) {
 }
 
 function nudgeSelection(dx, dy) {
-  const nodes = graph.getSelectedCells().filter((c) => c.isNode());
+  const nodes = selection.getSelectedCells().filter((c) => c.isNode());
   if (!nodes.length) return;
   graph.startBatch("nudge");
   for (const n of nodes) n.translate(dx, dy);
@@ -506,19 +511,19 @@ document.addEventListener("keydown", (e) => {
   const mod = e.ctrlKey || e.metaKey;
   const inCanvas = container.contains(document.activeElement) || document.activeElement === container;
   const key = e.key.toLowerCase();
-  if (mod && key === "z" && canEdit) { e.preventDefault(); e.shiftKey ? graph.redo() : graph.undo(); return; }
-  if (mod && key === "y" && canEdit) { e.preventDefault(); graph.redo(); return; }
+  if (mod && key === "z" && canEdit) { e.preventDefault(); e.shiftKey ? undoStack.redo() : undoStack.undo(); return; }
+  if (mod && key === "y" && canEdit) { e.preventDefault(); undoStack.redo(); return; }
   if (!inCanvas) return;
   if (mod && key === "c") { e.preventDefault(); copySelection(); return; }
   if (mod && key === "v" && canEdit) { e.preventDefault(); paste(); return; }
-  if (mod && key === "a") { e.preventDefault(); graph.select(graph.getNodes()); return; }
+  if (mod && key === "a") { e.preventDefault(); selection.select(graph.getNodes()); return; }
   if ((e.key === "Delete" || e.key === "Backspace") && canEdit) { e.preventDefault(); deleteSelection(); return; }
   if (e.key === "Enter") {
-    const node = graph.getSelectedCells().find((c) => c.isNode());
+    const node = selection.getSelectedCells().find((c) => c.isNode());
     if (node) { e.preventDefault(); openInspector(node, true); }
     return;
   }
-  if (e.key === "Escape") { graph.cleanSelection(); return; }
+  if (e.key === "Escape") { selection.clean(); return; }
   if (e.key === "Tab") {
     // Tab walks the nodes, then lets focus leave the canvas at either end.
     if (moveSelection(e.shiftKey ? -1 : 1)) e.preventDefault();
@@ -536,8 +541,8 @@ document.addEventListener("keydown", (e) => {
 // -- toolbar --------------------------------------------------------------------------------------
 
 const commands = {
-  undo: () => graph.undo(),
-  redo: () => graph.redo(),
+  undo: () => undoStack.undo(),
+  redo: () => undoStack.redo(),
   layout: autoLayout,
   "zoom-in": () => graph.zoom(0.1),
   "zoom-out": () => graph.zoom(-0.1),
@@ -641,7 +646,7 @@ async function refreshRun(code) {
   label.className = "run-status";
   label.textContent = ` ${run.status.toLowerCase()}${run.dry_run ? " (dry run)" : ""}`;
   $("#test-status").append(label);
-  const selected = graph.getSelectedCells().find((c) => c.isNode());
+  const selected = selection.getSelectedCells().find((c) => c.isNode());
   if (selected) loadStep(selected.id);
 }
 
