@@ -168,19 +168,24 @@ def flow_graph(request, code):
 def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_edit: bool, saved: bool,
                   problems: list[tuple[str, str]]) -> dict:
     node_type = NODE_TYPES[node["type"]]
-    loose = [message for path, message in problems if form.field_for_problem(path) is None]
+    loose = []
+    field_problems: dict[str, list[str]] = {}
     for path, message in problems:
         field = form.field_for_problem(path)
-        if field is not None and field in form.fields and not form.has_error(field):
-            form.add_error(field, message)
+        if field is None or field not in form.fields:
+            loose.append(message)
+        else:
+            field_problems.setdefault(field, []).append(message)
     abi_fields = [s.name for s in node_type.fields if s.kind in ("abi_event", "abi_function")]
     return {
         "flow": flow,
         "node": node,
         "node_type": node_type,
         "form": form,
+        "fields": [(bound, field_problems.get(bound.name, [])) for bound in form],
         "can_edit": can_edit,
         "saved": saved,
+        "has_problems": bool(problems),
         "loose_problems": loose,
         "picker": editor.picker_entries(graph, node["id"], _secret_names(flow)),
         "abi_fields": [(name, node_type.field(name).kind.removeprefix("abi_")) for name in abi_fields],

@@ -100,7 +100,7 @@ async function saveNow() {
       revision = body.revision;
       problems = body.problems;
       showProblems();
-      setSaveState("Saved");
+      if (!dirty) setSaveState("Saved");
       showStatus({ draft: true, live: state.live });
     } catch (err) {
       dirty = true;
@@ -229,7 +229,12 @@ async function openInspector(node, focus) {
       inspectorLoad = (async () => {
         await flush();
         if (conflict) return;
-        await htmx.ajax("GET", urls.node.replace("NODE", encodeURIComponent(node.id)), { target: "#inspector", swap: "innerHTML" });
+        const res = await fetch(urls.node.replace("NODE", encodeURIComponent(node.id)), { credentials: "same-origin" });
+        const html = await res.text();
+        if (inspectedId !== node.id) return; // another node was chosen meanwhile
+        const panel = $("#inspector");
+        panel.innerHTML = res.ok ? html : '<p class="form-error" role="alert">This node\'s settings could not be loaded.</p>';
+        htmx.process(panel);
       })();
       const mine = inspectorLoad;
       mine.finally(() => { if (inspectorLoad === mine) inspectorLoad = null; });
