@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 
 from executor.models import Run, StepRun
 from flows import actions
-from flows.models import Flow, FlowVersion, Membership
+from flows.models import Membership
 from tests.e2e.editor_helpers import local_chain, sample_graph
 
 pytestmark = pytest.mark.django_db
