@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 
@@ -120,7 +121,10 @@ class Run(models.Model):
     error = models.TextField(blank=True)
     # Last RunEvent.seq handed out; bumped with a row-level UPDATE so seqs never collide.
     event_seq = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Last time start_run was sent; the sweeper re-sends it when a QUEUED run sits past this.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -158,6 +162,12 @@ class StepRun(models.Model):
     output = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     logs = models.JSONField(default=list, blank=True)
+    # The output port taken ("out", "true", a switch case, "error"); successors on other ports are skipped.
+    port = models.CharField(max_length=64, blank=True)
+    # Whether a failure was routed to the step's error port (so it does not fail the run).
+    handled = models.BooleanField(default=False)
+    # Private working state of a step that spans several messages (a delay's deadline, a transaction's progress).
+    state = models.JSONField(default=dict, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -197,3 +207,87 @@ class WorkerProbe(models.Model):
 
     def __str__(self) -> str:
         return f"probe {self.pk}"
+
+
+class Transaction(models.Model):
+    """A signed transaction, stored before it is broadcast so a retry re-sends the same bytes.
+
+    A stuck transaction is replaced by a new row with the same nonce and a higher
+    fee (``replaces`` counts up); whichever lands is the step's result.
+    """
+
+    class Status(models.TextChoices):
+        SIGNED = "SIGNED", "Signed"
+        BROADCAST = "BROADCAST", "Broadcast"
+        MINED = "MINED", "Mined"
+        REVERTED = "REVERTED", "Reverted"
+        DROPPED = "DROPPED", "Dropped"
+
+    run = models.ForeignKey(Run, models.CASCADE, related_name="transactions")
+    step_run = models.ForeignKey(StepRun, models.CASCADE, related_name="transactions")
+    chain = models.ForeignKey(Chain, models.PROTECT, related_name="transactions")
+    from_address = models.CharField(max_length=42)
+    to_address = models.CharField(max_length=42)
+    nonce = models.PositiveBigIntegerField()
+    replaces = models.PositiveIntegerField(default=0, help_text="0 for the first, 1+ for fee-bumped replacements.")
+    value = models.DecimalField(max_digits=78, decimal_places=0, default=0)
+    data = models.TextField(blank=True)
+    gas = models.PositiveBigIntegerField()
+    max_fee_per_gas = models.DecimalField(max_digits=78, decimal_places=0)
+    max_priority_fee_per_gas = models.DecimalField(max_digits=78, decimal_places=0)
+    raw = models.TextField()
+    tx_hash = models.CharField(max_length=66, unique=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.SIGNED)
+    attempts = models.PositiveIntegerField(default=0, help_text="How many times the raw bytes were broadcast.")
+    block_number = models.BigIntegerField(null=True, blank=True)
+    receipt = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    broadcast_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["step_run", "replaces"], name="transaction_unique_replacement"),
+            models.UniqueConstraint(
+                fields=["chain", "from_address", "nonce", "replaces"], name="transaction_unique_nonce_replacement"
+            ),
+        ]
+        indexes = [models.Index(fields=["chain", "from_address", "nonce"])]
+
+    def __str__(self) -> str:
+        return f"{self.tx_hash} (nonce {self.nonce}, {self.status})"
+
+
+class NonceCursor(models.Model):
+    """The next nonce Kwala hands out for an address on a chain; the row is locked FOR UPDATE to allocate."""
+
+    chain = models.ForeignKey(Chain, models.CASCADE, related_name="nonce_cursors")
+    address = models.CharField(max_length=42)
+    next_nonce = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chain", "address"], name="noncecursor_unique_address")]
+
+    def __str__(self) -> str:
+        return f"{self.address}@{self.chain_id}: {self.next_nonce}"
+
+
+class Notification(models.Model):
+    """An in-app notice for a team, e.g. a failed run; one per (run, kind)."""
+
+    class Kind(models.TextChoices):
+        RUN_FAILED = "RUN_FAILED", "Run failed"
+
+    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="notifications")
+    run = models.ForeignKey(Run, models.CASCADE, null=True, blank=True, related_name="notifications")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["run", "kind"], name="notification_unique_run_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message[:40]}"

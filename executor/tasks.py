@@ -1,6 +1,9 @@
 """Dramatiq actors: thin wrappers that take ids and call plain code.
 
 Every actor must be safe to run twice: Dramatiq delivers at least once.
+Actors do not retry through Dramatiq for step failures (the runner owns step
+retries in PostgreSQL); their own retries only cover a database that is briefly
+unreachable, and the sweeper covers anything still lost.
 """
 
 from __future__ import annotations
@@ -23,3 +26,28 @@ def start_run(run_id: int) -> None:
     from executor import runner
 
     runner.start_run(run_id)
+
+
+# A step's own timeout is far below this; the limit only stops a wedged thread.
+@dramatiq.actor(queue_name="runs", max_retries=5, min_backoff=500, max_backoff=10_000, time_limit=300_000)
+def run_step(step_run_id: int) -> None:
+    """Claim one step, run it, record it and queue its successors (safe to deliver twice)."""
+    from executor import runner
+
+    runner.run_step(step_run_id)
+
+
+@dramatiq.actor(queue_name="default", max_retries=0, time_limit=120_000)
+def sweep() -> None:
+    """Re-send lost work: expired leases, QUEUED steps and runs nobody picked up."""
+    from executor import sweeper
+
+    sweeper.sweep()
+
+
+def enqueue_step(step_run_id: int, *, delay_ms: int = 0) -> None:
+    run_step.send_with_options(args=(step_run_id,), delay=delay_ms or None)
+
+
+def enqueue_run(run_id: int) -> None:
+    start_run.send(run_id)

@@ -70,17 +70,23 @@ def _next_number(flow: Flow) -> int:
     return (flow.versions.aggregate(n=Max("number"))["n"] or 0) + 1
 
 
+def new_signing_secret() -> str:
+    """A Standard Webhooks secret: "whsec_" + standard base64 (url-safe base64 does not decode)."""
+    import base64
+    import os
+
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
 def create_flow(team: Team, user, name: str, description: str = "", graph: dict | None = None) -> Flow:
     """A new flow with a first draft version."""
-    import secrets
-
     with transaction.atomic():
         flow = Flow.objects.create(
             team=team,
             name=name,
             description=description,
             created_by=user,
-            signing_secret="whsec_" + secrets.token_urlsafe(24),
+            signing_secret=new_signing_secret(),
         )
         FlowVersion.objects.create(flow=flow, number=1, graph=graph or EMPTY_GRAPH, created_by=user)
     return flow

@@ -387,15 +387,17 @@ CHANNEL_LAYERS = {
 }
 
 # A killed worker's unacked messages are taken back by the survivors once its
-# heartbeat is older than heartbeat_timeout; the default (60 s) plus the 1-in-1000
-# chance of running maintenance per fetch would leave work stranded for minutes.
+# heartbeat is older than heartbeat_timeout, during "maintenance", which runs on
+# maintenance_chance commands out of a MILLION (dramatiq's scale; default 1,000).
+# Idle workers issue a few commands a second, so 100,000 (10%) runs it about
+# every second: with the default 60 s timeout and 0.1% chance work sat for minutes.
 DRAMATIQ_HEARTBEAT_TIMEOUT_MS = env_int("DRAMATIQ_HEARTBEAT_TIMEOUT_MS", 5_000, minimum=1_000)
 DRAMATIQ_BROKER = {
     "BROKER": "dramatiq.brokers.redis.RedisBroker",
     "OPTIONS": {
         "url": REDIS_URL,
         "heartbeat_timeout": DRAMATIQ_HEARTBEAT_TIMEOUT_MS,
-        "maintenance_chance": 50,
+        "maintenance_chance": env_int("DRAMATIQ_MAINTENANCE_CHANCE", 100_000, minimum=1),
         "dead_message_ttl": 7 * 24 * 3600 * 1000,
     },
     "MIDDLEWARE": [
@@ -422,3 +424,17 @@ LOGGING = {
         "pgserver": {"level": "WARNING"},
     },
 }
+
+# -- executor ---------------------------------------------------------------------------
+
+# Where notify.telegram sends (tests point it at a local sink).
+KWALA_TELEGRAM_API_URL = env_str("KWALA_TELEGRAM_API_URL", "https://api.telegram.org")
+# Optional Slack-compatible webhook told once about every failed run (besides the in-app notice).
+KWALA_FAILURE_WEBHOOK_URL = env_str("KWALA_FAILURE_WEBHOOK_URL", "")
+# The sweeper re-sends work that sat QUEUED this long without being picked up (lost messages).
+KWALA_SWEEP_GRACE_SECONDS = env_int("KWALA_SWEEP_GRACE_SECONDS", 30, minimum=1)
+# How long a claimed step may run before the sweeper hands it to another worker.
+KWALA_STEP_LEASE_SECONDS = env_int("KWALA_STEP_LEASE_SECONDS", 30, minimum=2)
+# contract.write: poll for a receipt this often; replace a transaction unmined after this long.
+KWALA_TX_POLL_SECONDS = env_int("KWALA_TX_POLL_SECONDS", 2, minimum=1)
+KWALA_TX_REPLACE_AFTER_SECONDS = env_int("KWALA_TX_REPLACE_AFTER_SECONDS", 60, minimum=5)

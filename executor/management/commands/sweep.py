@@ -1,0 +1,44 @@
+"""`manage.py sweep`: re-send lost work every few seconds (or once with --once)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+from executor import sweeper
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Re-queue steps whose lease expired and runs/steps stuck in QUEUED (lost messages)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--interval", type=float, default=2.0, help="Seconds between passes.")
+        parser.add_argument("--grace", type=float, default=None,
+                            help="Re-send QUEUED work older than this (default KWALA_SWEEP_GRACE_SECONDS).")
+        parser.add_argument("--once", action="store_true", help="One pass, then exit.")
+
+    def handle(self, *args, interval: float, grace: float | None, once: bool, **options):
+        if interval <= 0:
+            self.stderr.write("--interval must be positive")
+            return
+        self.stdout.write("sweeper started", ending="\n")
+        self.stdout.flush()
+        while True:
+            try:
+                counts = sweeper.sweep(grace)
+            except Exception:
+                if once:
+                    raise
+                # A database blip must not end the loop; the next pass retries.
+                logger.exception("sweep failed")
+                counts = {}
+            if once:
+                self.stdout.write(str(counts))
+                return
+            close_old_connections()
+            time.sleep(interval)

@@ -1,0 +1,358 @@
+"""Running a flow's DAG, one step per message, exactly once per step result.
+
+Plain synchronous code; executor.tasks holds the thin Dramatiq actors that call
+it. The queue delivers at least once, so every transition here is a conditional
+UPDATE on the StepRun row that checks the row count:
+
+    PENDING --(all needed inputs resolved)--> QUEUED --(claim with a lease)--> RUNNING
+    RUNNING --> SUCCEEDED | FAILED | QUEUED (retry / reschedule)      PENDING --> SKIPPED
+
+A step's result is written only by the holder of its current claim (same
+attempt, still RUNNING), and successors are decided under a lock on the run row,
+so two branches finishing together cannot both miss (or both start) a join.
+Messages are sent only after the transaction commits; if one is lost (a killed
+worker, a flushed Redis) the sweeper finds the row and sends it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import traceback
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from executor.live import record_run_event
+from executor.models import Notification, Run, StepRun
+from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
+from executor.steps.base import redact_value, to_jsonable
+from flows.expressions import redact
+from flows.models import Secret
+
+logger = logging.getLogger(__name__)
+
+S = StepRun.Status
+ACTIVE = {S.PENDING, S.QUEUED, S.RUNNING}
+MAX_BACKOFF_SECONDS = 3600
+_SECRET_REF = re.compile(r"secrets\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['\"]([A-Za-z_]\w*)['\"]\s*\])")
+_SECRET_FIELDS = ("webhook_secret", "bot_token_secret")
+
+
+def _send_step(step_run_id: int, delay_seconds: float = 0) -> None:
+    from executor import tasks
+
+    tasks.enqueue_step(step_run_id, delay_ms=int(delay_seconds * 1000))
+
+
+def _send_run(run_id: int) -> None:
+    from executor import tasks
+
+    tasks.enqueue_run(run_id)
+
+
+def dispatch_run(run: Run) -> None:
+    """Send start_run for a QUEUED run once the current transaction commits."""
+    Run.objects.filter(pk=run.pk).update(dispatched_at=timezone.now())
+    run_id = run.pk
+    transaction.on_commit(lambda: _send_run(run_id))
+
+
+# -- starting ------------------------------------------------------------------------
+
+
+def start_run(run_id: int) -> None:
+    """Move a QUEUED run to RUNNING, create its step rows and queue its entry steps.
+
+    Safe to call twice: a run that is already RUNNING is only re-advanced.
+    """
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("flow", "version").filter(pk=run_id).first()
+        if run is None:
+            logger.warning("start_run: run %s does not exist", run_id)
+            return
+        if run.status == Run.Status.RUNNING:
+            advance(run)
+            return
+        if run.status != Run.Status.QUEUED:
+            return
+        dag = run.version.dag
+        if not dag or not isinstance(dag.get("steps"), list):
+            _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG")
+            return
+        StepRun.objects.bulk_create(
+            [StepRun(run=run, step_id=step["id"]) for step in dag["steps"]], ignore_conflicts=True
+        )
+        run.status = Run.Status.RUNNING
+        run.started_at = timezone.now()
+        run.save(update_fields=["status", "started_at"])
+        record_run_event(run, "run.status", {"status": run.status})
+        advance(run)
+
+
+# -- deciding what runs next ------------------------------------------------------------
+
+
+def _edge_state(inp: dict, rows: dict[str, StepRun]) -> str:
+    """'taken', 'dead' or 'waiting' for one inbound edge."""
+    source = rows.get(inp["step"])
+    if source is None:
+        return "taken"  # fed by the trigger
+    if source.status in (S.SUCCEEDED, S.FAILED):
+        return "taken" if source.port == inp["port"] else "dead"
+    if source.status in (S.SKIPPED, S.CANCELLED):
+        return "dead"
+    return "waiting"
+
+
+def readiness(step: dict, rows: dict[str, StepRun]) -> str:
+    """'ready', 'skip' or 'wait' for a PENDING step.
+
+    A join ("all") waits until every inbound branch has finished or been skipped,
+    then runs if at least one reached it. Any other step runs as soon as one
+    inbound edge is taken. Either is skipped when every inbound edge is dead.
+    """
+    states = [_edge_state(inp, rows) for inp in step["inputs"]] or ["taken"]
+    if step.get("join") == "all":
+        if "waiting" in states:
+            return "wait"
+        return "ready" if "taken" in states else "skip"
+    if "taken" in states:
+        return "ready"
+    return "wait" if "waiting" in states else "skip"
+
+
+def advance(run: Run) -> None:
+    """Queue every PENDING step whose inputs allow it, skip the unreachable, finish the run when done.
+
+    Call inside a transaction that holds the run row (select_for_update).
+    """
+    if run.status != Run.Status.RUNNING:
+        return
+    rows = {row.step_id: row for row in StepRun.objects.filter(run=run)}
+    now = timezone.now()
+    for step in run.version.dag["steps"]:  # topological order: a skip cascades in one pass
+        row = rows.get(step["id"])
+        if row is None or row.status != S.PENDING:
+            continue
+        verdict = readiness(step, rows)
+        if verdict == "ready":
+            if StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(status=S.QUEUED, queued_at=now):
+                row.status = S.QUEUED
+                _step_event(run, row)
+                row_id = row.pk
+                transaction.on_commit(lambda row_id=row_id: _send_step(row_id))
+        elif verdict == "skip" and StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(
+            status=S.SKIPPED, finished_at=now
+        ):
+            row.status = S.SKIPPED
+            _step_event(run, row)
+    if not any(row.status in ACTIVE for row in rows.values()):
+        _finish_run(run, Run.Status.SUCCEEDED, "")
+
+
+def _finish_run(run: Run, status: str, error: str) -> None:
+    """End the run: cancel what has not started, record it, tell the team about a failure (once)."""
+    now = timezone.now()
+    StepRun.objects.filter(run=run, status__in=[S.PENDING, S.QUEUED]).update(status=S.CANCELLED, finished_at=now)
+    updated = Run.objects.filter(pk=run.pk, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).update(
+        status=status, error=error, finished_at=now
+    )
+    if not updated:
+        return
+    run.status, run.error, run.finished_at = status, error, now
+    record_run_event(run, "run.status", {"status": status, "error": error})
+    if status == Run.Status.FAILED:
+        notify_run_failed(run)
+
+
+def notify_run_failed(run: Run) -> None:
+    """An in-app notification, and the configured failure webhook; once per run."""
+    message = f"Run of “{run.flow.name}” failed: {run.error}"[:2000]
+    _, created = Notification.objects.get_or_create(
+        run=run, kind=Notification.Kind.RUN_FAILED, defaults={"team_id": run.team_id, "message": message}
+    )
+    if created and settings.KWALA_FAILURE_WEBHOOK_URL:
+        url = settings.KWALA_FAILURE_WEBHOOK_URL
+        transaction.on_commit(lambda: _post_failure(url, message, str(run.code)))
+
+
+def _post_failure(url: str, message: str, run_code: str) -> None:
+    import httpx
+
+    try:
+        httpx.post(url, json={"text": message, "run": run_code}, timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        logger.warning("could not post the failure of run %s: %s", run_code, exc)
+
+
+def _step_event(run: Run, row: StepRun, **extra: Any) -> None:
+    data = {"step": row.step_id, "status": row.status, "attempt": row.attempt, **extra}
+    if row.port:
+        data["port"] = row.port
+    record_run_event(run, "step.status", data)
+
+
+# -- running one step -----------------------------------------------------------------
+
+
+def _lease_seconds(step: dict) -> float:
+    timeout = step["config"].get("timeout") if step["type"] == "http.request" else 0
+    return settings.KWALA_STEP_LEASE_SECONDS + float(timeout or 0)
+
+
+def claim_step(step_run_id: int, lease_seconds: float) -> StepRun | None:
+    """Take the step for this worker, or None if it is not due, taken, or finished.
+
+    A RUNNING step whose lease expired (its worker died) can be taken over.
+    """
+    now = timezone.now()
+    due = Q(status=S.QUEUED) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+    expired = Q(status=S.RUNNING, lease_expires_at__lt=now)
+    claimed = (
+        StepRun.objects.filter(due | expired, pk=step_run_id, run__status=Run.Status.RUNNING)
+        .update(
+            status=S.RUNNING,
+            attempt=F("attempt") + 1,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            next_attempt_at=None,
+        )
+    )
+    if not claimed:
+        return None
+    return StepRun.objects.select_related("run__flow", "run__version", "run__team").get(pk=step_run_id)
+
+
+def run_step(step_run_id: int) -> None:
+    """Claim, execute and record one step; queue what follows. Safe to deliver twice."""
+    row = StepRun.objects.select_related("run__version").filter(pk=step_run_id).first()
+    if row is None or row.status not in (S.QUEUED, S.RUNNING):
+        return
+    step = _dag_step(row.run, row.step_id)
+    row = claim_step(step_run_id, _lease_seconds(step))
+    if row is None:
+        return
+    run = row.run
+    record_run_event(run, "step.status", {"step": row.step_id, "status": S.RUNNING, "attempt": row.attempt})
+
+    ctx = _context(run, row, step)
+    try:
+        kind = STEP_KINDS.get(step["type"])
+        if kind is None:
+            raise StepError(f"unknown step type {step['type']!r}", permanent=True)
+        outcome: StepResult | Reschedule | StepError = kind(ctx)
+    except StepError as exc:
+        outcome = StepError(ctx.redact(exc.message), permanent=exc.permanent)
+    except Exception:
+        # A bug or an unexpected library error: log it (redacted) and retry like a transient failure.
+        logger.error("step %s of run %s crashed:\n%s", row.step_id, run.code, ctx.redact(traceback.format_exc()))
+        outcome = StepError("internal error while running the step (see the worker log)")
+    _record(run, row, step, ctx, outcome)
+
+
+def _dag_step(run: Run, step_id: str) -> dict:
+    for step in run.version.dag["steps"]:
+        if step["id"] == step_id:
+            return step
+    raise LookupError(f"step {step_id} is not in the DAG of run {run.code}")
+
+
+def _context(run: Run, row: StepRun, step: dict) -> StepContext:
+    finished = StepRun.objects.filter(run=run, status__in=[S.SUCCEEDED, S.FAILED]).values_list(
+        "step_id", "status", "output", "error"
+    )
+    steps = {sid: {"output": output, "status": status, "error": error} for sid, status, output, error in finished}
+    names = set(_secret_names(step["config"]))
+    secrets = {}
+    if names:
+        for secret in Secret.objects.filter(team_id=run.team_id, name__in=names):
+            secrets[secret.name] = secret.reveal()
+    values = {
+        "trigger": run.trigger,
+        "steps": steps,
+        "secrets": secrets,
+        "flow": {"code": run.flow.code, "name": run.flow.name, "version": run.version.number},
+        "run": {"code": str(run.code), "dry_run": run.dry_run},
+        "now": timezone.now(),
+    }
+    return StepContext(run=run, step_run=row, step=step, values=values, secret_values=list(secrets.values()))
+
+
+def _secret_names(config: dict) -> set[str]:
+    """The secrets a step's config refers to: only these are revealed for it."""
+    text = json.dumps(config)
+    names = {a or b for a, b in _SECRET_REF.findall(text)}
+    names.update(str(config[f]) for f in _SECRET_FIELDS if config.get(f))
+    return names
+
+
+def backoff_seconds(retry: dict, attempt: int) -> float:
+    """Exponential backoff with full jitter: a random wait in [base * 2^(n-1) / 2, base * 2^(n-1)]."""
+    base = float(retry.get("backoff_seconds", 10))
+    ceiling = min(base * 2 ** max(attempt - 1, 0), MAX_BACKOFF_SECONDS)
+    return ceiling / 2 + random.random() * ceiling / 2
+
+
+def _record(run: Run, row: StepRun, step: dict, ctx: StepContext, outcome) -> None:
+    now = timezone.now()
+    secrets = ctx.secret_values
+    sent = redact_value(ctx.sent, secrets) if ctx.sent is not None else None
+    logs = (row.logs or []) + [redact(line, secrets) for line in ctx.logs]
+    mine = StepRun.objects.filter(pk=row.pk, status=S.RUNNING, attempt=row.attempt)
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("flow", "version").get(pk=run.pk)
+        if isinstance(outcome, Reschedule):
+            when = now + timedelta(seconds=outcome.delay_seconds)
+            if mine.update(status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
+                           state=outcome.state, logs=logs, input=sent, attempt=F("attempt") - 1):
+                row.status, row.attempt = S.QUEUED, row.attempt - 1
+                _step_event(run, row, waiting_until=when.isoformat())
+                row_id, delay = row.pk, outcome.delay_seconds
+                transaction.on_commit(lambda: _send_step(row_id, delay))
+            return
+
+        if isinstance(outcome, StepResult):
+            output = redact_value(to_jsonable(outcome.output), secrets)
+            if not mine.update(status=S.SUCCEEDED, output=output, port=outcome.port, error="", finished_at=now,
+                               lease_expires_at=None, logs=logs, input=sent):
+                return  # our claim was taken over; the new holder records the result
+            row.status, row.port = S.SUCCEEDED, outcome.port
+            _step_event(run, row)
+            if outcome.stop:
+                status = Run.Status.FAILED if outcome.stop == "failed" else Run.Status.SUCCEEDED
+                _finish_run(run, status, outcome.stop_message if status == Run.Status.FAILED else "")
+            else:
+                advance(run)
+            return
+
+        error = outcome.message
+        retry = step["config"].get("retry") or {"max_attempts": 1, "backoff_seconds": 10}
+        if not outcome.permanent and row.attempt < int(retry.get("max_attempts", 1)):
+            wait = backoff_seconds(retry, row.attempt)
+            when = now + timedelta(seconds=wait)
+            if mine.update(status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
+                           error=error, logs=logs + [f"attempt {row.attempt} failed: {error}"], input=sent):
+                row.status = S.QUEUED
+                _step_event(run, row, error=error, retry_at=when.isoformat())
+                row_id = row.pk
+                transaction.on_commit(lambda: _send_step(row_id, wait))
+            return
+
+        handled = bool(step["successors"].get("error"))
+        if not mine.update(status=S.FAILED, error=error, port="error" if handled else "", handled=handled,
+                           output={"error": error}, finished_at=now, lease_expires_at=None, logs=logs,
+                           input=sent):
+            return
+        row.status, row.port = S.FAILED, "error" if handled else ""
+        _step_event(run, row, error=error)
+        if handled:
+            advance(run)
+        else:
+            _finish_run(run, Run.Status.FAILED, f"step “{step['name']}” failed: {error}")

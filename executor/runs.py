@@ -1,0 +1,127 @@
+"""Starting runs by hand and running them again: the functions views, the API and the CLI call."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from executor import runner
+from executor.live import record_run_event
+from executor.models import Run, StepRun
+from flows.models import FlowVersion
+
+S = StepRun.Status
+
+
+class RunError(Exception):
+    """The run cannot be started or changed as asked; the message says why."""
+
+
+def _check_version(version: FlowVersion) -> None:
+    if not version.dag or not isinstance(version.dag.get("steps"), list):
+        raise RunError("This version has not been compiled; publish it or compile it first.")
+
+
+def start_manual_run(version: FlowVersion, payload: Any, *, user, dry_run: bool = False) -> Run:
+    """Create a run of `version` with `payload` as its trigger and queue it.
+
+    A dry run executes the logic but records what side-effecting steps would
+    send instead of sending it. The caller has checked that `user` may run the flow.
+    """
+    _check_version(version)
+    flow = version.flow
+    with transaction.atomic():
+        run = Run.objects.create(
+            team_id=flow.team_id,
+            flow=flow,
+            version=version,
+            trigger_key=f"manual:{uuid.uuid4()}",
+            trigger={"type": "manual", "payload": payload, "by": getattr(user, "username", None)},
+            dry_run=dry_run,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+        run.flow = flow
+        record_run_event(run, "run.status", {"status": Run.Status.QUEUED, "dry_run": dry_run})
+        runner.dispatch_run(run)
+    return run
+
+
+def retry_run(run: Run) -> Run:
+    """Run a FAILED run's failed and cancelled steps again; finished steps keep their results."""
+    with transaction.atomic():
+        run = Run.objects.select_for_update().select_related("flow", "version").get(pk=run.pk)
+        if run.status != Run.Status.FAILED:
+            raise RunError("Only a failed run can be retried.")
+        if not run.steps.exists():
+            # It failed before it started (e.g. no DAG): start it over.
+            run.status, run.error, run.finished_at = Run.Status.QUEUED, "", None
+            run.save(update_fields=["status", "error", "finished_at"])
+            record_run_event(run, "run.status", {"status": run.status, "retry": True})
+            runner.dispatch_run(run)
+            return run
+        again = run.steps.filter(status__in=[S.FAILED, S.CANCELLED]).exclude(handled=True)
+        for row in again:
+            record_run_event(run, "step.status", {"step": row.step_id, "status": S.PENDING, "attempt": 0})
+        again.update(status=S.PENDING, attempt=0, error="", output=None, port="", state={}, logs=[],
+                     started_at=None, finished_at=None, next_attempt_at=None, lease_expires_at=None)
+        run.status, run.error, run.finished_at = Run.Status.RUNNING, "", None
+        run.save(update_fields=["status", "error", "finished_at"])
+        record_run_event(run, "run.status", {"status": run.status, "retry": True})
+        runner.advance(run)
+    return run
+
+
+def _descendants(dag: dict, step_id: str) -> set[str]:
+    successors = {s["id"]: [t for targets in s["successors"].values() for t in targets] for s in dag["steps"]}
+    seen, todo = set(), [step_id]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        todo.extend(successors.get(current, []))
+    return seen
+
+
+def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
+    """A new run of the same version and trigger that reuses every result not downstream of `step_id`.
+
+    Steps from `step_id` on run again (with their side effects, under new idempotency keys).
+    """
+    dag = run.version.dag or {}
+    _check_version(run.version)
+    if step_id not in {s["id"] for s in dag["steps"]}:
+        raise RunError(f"This flow version has no step {step_id!r}.")
+    again = _descendants(dag, step_id)
+    old = {row.step_id: row for row in run.steps.all()}
+    for sid in {s["id"] for s in dag["steps"]} - again:
+        if sid not in old or old[sid].status in (S.PENDING, S.QUEUED, S.RUNNING):
+            raise RunError(f"Step {sid!r} has not finished in the original run, so its result cannot be reused.")
+    now = timezone.now()
+    with transaction.atomic():
+        new = Run.objects.create(
+            team_id=run.team_id, flow_id=run.flow_id, version_id=run.version_id,
+            trigger_key=f"rerun:{uuid.uuid4()}", trigger=run.trigger, event_id=run.event_id, chain_id=run.chain_id,
+            block_number=run.block_number, block_hash=run.block_hash, dry_run=run.dry_run,
+            status=Run.Status.RUNNING, started_at=now, created_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+        new.flow, new.version = run.flow, run.version
+        rows = []
+        for step in dag["steps"]:
+            sid = step["id"]
+            if sid in again:
+                rows.append(StepRun(run=new, step_id=sid))
+            else:
+                prev = old[sid]
+                status = prev.status if prev.status != S.CANCELLED else S.SKIPPED
+                rows.append(StepRun(run=new, step_id=sid, status=status, output=prev.output, port=prev.port,
+                                    handled=prev.handled, error=prev.error, input=prev.input, attempt=prev.attempt,
+                                    logs=[f"reused from run {run.code}"], finished_at=now))
+        StepRun.objects.bulk_create(rows)
+        record_run_event(new, "run.status", {"status": new.status, "rerun_of": str(run.code), "from_step": step_id})
+        new = Run.objects.select_for_update().select_related("flow", "version").get(pk=new.pk)
+        runner.advance(new)
+    return new

@@ -1,0 +1,162 @@
+"""The SSRF guard for every outgoing HTTP request a flow makes.
+
+A flow author chooses the URL, so a request could aim at the machine Kwala runs
+on, its private network or a cloud metadata service. The guard resolves the
+host once, refuses every address that is not plainly public, and pins the
+connection to the address it checked: the request goes to the IP, with the
+Host header and TLS SNI set to the name, so a second DNS answer (rebinding)
+is never consulted. Redirects are never followed.
+
+``settings.KWALA_OUTBOUND_ALLOW`` (a list of networks) lets chosen ranges
+through, e.g. loopback in development and tests; it is empty in production.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from django.conf import settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Ranges that ipaddress does not already call private/reserved/etc. in every
+# Python version, listed so the rule does not depend on the interpreter.
+_BLOCKED_NETWORKS = [
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8",  # "this network"
+        "100.64.0.0/10",  # carrier-grade NAT
+        "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "198.18.0.0/15",  # benchmarking
+        "64:ff9b::/96",  # NAT64: embeds an IPv4 address
+        "64:ff9b:1::/48",
+        "2002::/16",  # 6to4: embeds an IPv4 address
+        "2001::/32",  # Teredo
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+    )
+]
+
+
+class OutboundBlocked(Exception):
+    """The URL may not be fetched; the message says why, without internals."""
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str  # the original URL
+    scheme: str
+    host: str  # the name as written (lower case, no brackets)
+    port: int
+    address: IPAddress  # the checked address the connection is pinned to
+
+    @property
+    def pinned_url(self) -> str:
+        """The URL with the host replaced by the checked address."""
+        parts = urlsplit(self.url)
+        ip = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return urlunsplit((parts.scheme, f"{ip}:{self.port}", parts.path or "/", parts.query, ""))
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _allowed_by_settings(address: IPAddress) -> bool:
+    return any(address in net for net in settings.KWALA_OUTBOUND_ALLOW if net.version == address.version)
+
+
+def why_blocked(address: IPAddress) -> str | None:
+    """Why `address` may not be contacted, or None if it may."""
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            # ::ffff:127.0.0.1 reaches 127.0.0.1: judge the IPv4 address, and refuse
+            # the mapped form unless that IPv4 address is itself allowed.
+            return None if _allowed_by_settings(mapped) else "an IPv4-mapped IPv6 address"
+    if _allowed_by_settings(address):
+        return None
+    checks = (
+        ("is_unspecified", "an unspecified address"),
+        ("is_loopback", "a loopback address"),
+        ("is_link_local", "a link-local address"),
+        ("is_multicast", "a multicast address"),
+        ("is_private", "a private address"),
+        ("is_reserved", "a reserved address"),
+    )
+    for attribute, reason in checks:
+        if getattr(address, attribute):
+            return reason
+    for net in _BLOCKED_NETWORKS:
+        if address.version == net.version and address in net:
+            return "a special-purpose address"
+    if not address.is_global:
+        return "a non-public address"
+    return None
+
+
+def resolve(url: str) -> Target:
+    """Check `url` and resolve its host once; raise OutboundBlocked if it may not be fetched.
+
+    Every address the name resolves to must be allowed (a name that answers with
+    one public and one private address is refused), and the first is used.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise OutboundBlocked("the URL is not valid") from None
+    if parts.scheme not in ("http", "https"):
+        raise OutboundBlocked("only http and https URLs can be called")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise OutboundBlocked("the URL has no host")
+    if parts.username or parts.password:
+        raise OutboundBlocked("credentials in the URL are not allowed; use a header")
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        # getaddrinfo also understands the odd IPv4 spellings (2130706433,
+        # 0177.0.0.1, 127.1) exactly as a connecting client would.
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise OutboundBlocked(f"the host {host!r} could not be resolved") from None
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise OutboundBlocked(f"the host {host!r} could not be resolved")
+    for address in addresses:
+        reason = why_blocked(address)
+        if reason is not None:
+            raise OutboundBlocked(f"{host} resolves to {reason}, which flows may not call")
+    return Target(url=url, scheme=parts.scheme, host=host, port=port, address=addresses[0])
+
+
+def build_request(client: httpx.Client, target: Target, method: str, *, headers: dict[str, str],
+                  content: bytes | None) -> httpx.Request:
+    """A request to the pinned address that still presents the name (Host header, TLS SNI and certificate)."""
+    request = client.build_request(
+        method,
+        target.pinned_url,
+        headers={**headers, "Host": target.host_header},
+        content=content,
+    )
+    if target.scheme == "https":
+        # httpcore verifies the certificate against sni_hostname, not the IP.
+        request.extensions["sni_hostname"] = target.host
+    return request
+
+
+def client(timeout: float) -> httpx.Client:
+    """An httpx client for pinned requests: no redirects, no proxies from the environment."""
+    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)

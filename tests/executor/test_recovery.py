@@ -1,0 +1,101 @@
+"""Nothing is lost when a worker dies mid-step or Redis forgets its queues."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+from executor.models import Run, RunEvent, StepRun
+from executor.runs import start_manual_run
+from tests.conftest import start_worker
+from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
+from tests.sinks import Reply
+
+S = StepRun.Status
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and all its descendants: rundramatiq execs dramatiq, which forks the worker processes."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    for member in tree(pid):
+        try:
+            os.kill(member, sig)
+        except ProcessLookupError:
+            pass
+
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_worker_killed_mid_step_is_taken_over_and_each_result_is_recorded_once(
+    executor_worker, executor_env, service_logs, http_sink, team, alice
+):
+    # The first delivery hangs long enough for the worker to be killed while it waits.
+    http_sink.script("/slow", Reply(delay=30))
+    victim = start_worker(executor_env, service_logs, "victim-worker", threads=2)
+    signal_tree(executor_worker.process.pid, signal.SIGSTOP)  # let the victim take the step
+    try:
+        version = make_version(
+            team, alice,
+            [manual(), node("call", "http.request", {"url": f"{http_sink.url}/slow", "body": {"n": 1}, "timeout": 40}),
+             node("after", "transform", {"fields": [{"name": "code", "expression": "steps.call.output.status_code"}]})],
+            [edge("start", "call"), edge("call", "after")],
+        )
+        run = start_manual_run(version, {}, user=alice)
+        http_sink.wait_for("/slow", 1)
+    finally:
+        signal_tree(victim.process.pid, signal.SIGKILL)
+        victim.process.wait()
+        signal_tree(executor_worker.process.pid, signal.SIGCONT)
+
+    run = wait_for_run(run, timeout=90)
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    deliveries = http_sink.to("/slow")
+    assert len(deliveries) == 2
+    assert {d.headers["Idempotency-Key"] for d in deliveries} == {f"{run.code}:call"}
+    steps = steps_of(run)
+    assert steps["after"].output == {"code": 200}
+    assert steps["call"].attempt == 2
+    finished = [e for e in RunEvent.objects.filter(run=run, kind="step.status") if e.data["status"] == "SUCCEEDED"]
+    assert sorted(e.data["step"] for e in finished) == ["after", "call"]
+
+
+def test_a_flushed_redis_loses_no_run_the_sweeper_sends_it_again(executor_worker, http_sink, team, alice):
+    version = make_version(
+        team, alice,
+        [manual(), node("call", "http.request", {"url": f"{http_sink.url}/after-flush", "body": {}})],
+        [edge("start", "call")],
+    )
+    signal_tree(executor_worker.process.pid, signal.SIGSTOP)  # hold the queue still while it is flushed
+    try:
+        run = start_manual_run(version, {}, user=alice)
+        redis.Redis.from_url(settings.REDIS_URL).flushall()
+    finally:
+        signal_tree(executor_worker.process.pid, signal.SIGCONT)
+
+    run = wait_for_run(run, timeout=60)
+
+    assert run.status == Run.Status.SUCCEEDED
+    assert len(http_sink.to("/after-flush")) == 1
