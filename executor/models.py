@@ -35,6 +35,11 @@ class RpcEndpoint(models.Model):
     kind = models.CharField(max_length=4, choices=Kind.choices, default=Kind.HTTP)
     priority = models.PositiveIntegerField(default=0, help_text="Lower is tried first.")
     enabled = models.BooleanField(default=True)
+    # Health, written by executor.chain when an endpoint fails or recovers (not on every call).
+    last_ok_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(default=0, help_text="Consecutive failed requests.")
 
     class Meta:
         ordering = ["chain", "kind", "priority", "id"]
@@ -57,6 +62,7 @@ class ChainCursor(models.Model):
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     halted = models.BooleanField(default=False, help_text="Stopped on an unrecoverable error; see last_error.")
+    processed_at = models.DateTimeField(null=True, blank=True, help_text="When block_number was processed.")
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -67,6 +73,20 @@ class ChainCursor(models.Model):
         if self.head_block is None or self.block_number is None:
             return None
         return max(self.head_block - self.block_number, 0)
+
+
+class TriggerState(models.Model):
+    """The last value of a contract-state trigger's condition, so that it fires on the
+    false-to-true edge only, across restarts and several listeners."""
+
+    version = models.OneToOneField("flows.FlowVersion", models.CASCADE, related_name="trigger_state")
+    chain = models.ForeignKey(Chain, models.CASCADE, related_name="trigger_states")
+    block_number = models.BigIntegerField()
+    value = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.version_id} @ {self.block_number}: {self.value}"
 
 
 class Event(models.Model):

@@ -1,0 +1,714 @@
+"""Chain listeners: the block stream, reorgs, confirmations and claiming runs.
+
+The model is one idea: a chain's cursor in PostgreSQL names the last processed
+block (number and hash) and keeps the hashes of the recent, unfinalized ones.
+Every block, whether it arrives live, while filling a gap after downtime or
+while recovering from a reorg, goes through `process_block`, which in one
+transaction, holding the cursor row lock:
+
+* checks the block extends the cursor (the next number, parent hash = cursor
+  hash), else answers GAP or REORG and changes nothing;
+* stores the block's matching logs as Events (unique chain+block hash+log index);
+* fires triggers whose confirmation depth is reached: depth 0 on this block's
+  logs, depth c on the stored events of the block c below (its hash is taken
+  from the cursor's recent blocks, so it is the canonical one);
+* fires block triggers and state triggers (false-to-true edge, kept in
+  TriggerState) for the block their depth points at;
+* inserts the runs with ON CONFLICT DO NOTHING on (version, trigger_key) and
+  sends `start_run` for the newly inserted ones after commit;
+* advances the cursor.
+
+The lock serialises listeners on a chain and the unique keys make a repeated
+block harmless, so two listeners, a crash between commit and anything else, or
+a replayed range all yield each run exactly once.
+
+A websocket `newHeads` subscription only wakes the loop; it polls when the
+socket is down. A reorg is found when a block's parent is not the cursor's hash
+(or the head at the cursor's height has another hash); the listener walks back
+through the recent blocks to the common ancestor and `rewind`s: the orphaned
+blocks' events are retracted, their runs cancelled (not started) or marked
+REORGED, and the cursor moves back, after which the new branch is processed
+like any other block. A reorg deeper than the kept window halts the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from executor.chain import Block, ChainClient, ChainError
+from executor.matching import (
+    Candidate,
+    ChainTriggers,
+    LogTrigger,
+    build_chain_triggers,
+    condition_holds,
+    log_payload,
+)
+from executor.models import Chain, ChainCursor, Event, Run, TriggerState
+from flows.expressions import ExpressionError
+
+logger = logging.getLogger(__name__)
+
+# Blocks whose hashes the cursor keeps to find a common ancestor after a reorg.
+REORG_WINDOW = getattr(settings, "KWALA_REORG_WINDOW", 128)
+POLL_SECONDS = getattr(settings, "KWALA_LISTENER_POLL_SECONDS", 2.0)
+# Largest eth_getLogs range asked for while filling a gap; halved when a provider refuses.
+MAX_LOG_RANGE = getattr(settings, "KWALA_LOG_RANGE", 2000)
+CHAIN_TRIGGER_TYPES = ("chain.event", "chain.block", "chain.state")
+
+PROCESSED, ALREADY_DONE, GAP, REORG = "processed", "already done", "gap", "reorg"
+
+
+# -- claiming runs ------------------------------------------------------------------------
+
+
+@dataclass
+class RunClaim:
+    """A run to create unless its (version, trigger_key) already exists."""
+
+    version_id: int
+    flow_id: int
+    team_id: int
+    trigger_key: str
+    trigger: dict[str, Any]
+    chain_id: int | None = None  # Chain row id
+    event_id: int | None = None
+    block_number: int | None = None
+    block_hash: str = ""
+    dry_run: bool = False
+
+
+_RUN_COLUMNS = (
+    "code, team_id, flow_id, version_id, trigger_key, trigger, event_id, chain_id, "
+    "block_number, block_hash, dry_run, status, error, event_seq, created_at"
+)
+
+
+def claim_runs(claims: Sequence[RunClaim], *, send: bool = True) -> list[int]:
+    """Insert the runs that do not exist yet, in one statement; return the new ids.
+
+    Call inside a transaction (opens one if there is none). Each new run's
+    `start_run` message is sent after commit, carrying only its id; dry runs and
+    `send=False` are not enqueued. Safe to call any number of times with the
+    same claims: the unique (version, trigger_key) makes the later calls no-ops.
+    """
+    if not claims:
+        return []
+    now = timezone.now()
+    values, params = [], []
+    for c in claims:
+        values.append("(%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, 'QUEUED', '', 0, %s)")
+        params += [
+            uuid.uuid4(), c.team_id, c.flow_id, c.version_id, c.trigger_key, json.dumps(c.trigger),
+            c.event_id, c.chain_id, c.block_number, c.block_hash, c.dry_run, now,
+        ]
+    sql = (
+        # Only placeholders are joined in; every value is a parameter.
+        f"INSERT INTO executor_run ({_RUN_COLUMNS}) VALUES {', '.join(values)} "  # noqa: S608
+        "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id, dry_run"
+    )
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+        if send:
+            for run_id, dry_run in rows:
+                if not dry_run:
+                    transaction.on_commit(lambda run_id=run_id: _send_start(run_id), robust=True)
+    return [run_id for run_id, _ in rows]
+
+
+def _send_start(run_id: int) -> None:
+    from executor.tasks import start_run
+
+    # If the broker is down the run stays QUEUED; the executor's sweeper re-sends it.
+    start_run.send(run_id)
+
+
+# -- triggers -------------------------------------------------------------------------------
+
+
+def load_triggers() -> dict[int, ChainTriggers]:
+    """Compile the chain triggers of every published version of an unpaused flow, by chain id."""
+    from flows.models import FlowVersion
+
+    rows = [
+        {"version_id": vid, "flow_id": fid, "team_id": tid, "flow_code": code, "spec": dag["trigger"]}
+        for vid, fid, tid, code, dag in FlowVersion.objects.filter(
+            status=FlowVersion.Status.PUBLISHED,
+            flow__paused=False,
+            dag__trigger__type__in=CHAIN_TRIGGER_TYPES,
+        ).values_list("id", "flow_id", "flow__team_id", "flow__code", "dag")
+    ]
+    by_chain, problems = build_chain_triggers(rows)
+    for version_id, problem in problems:
+        logger.error("skipping the trigger of flow version %s: %s", version_id, problem)
+    return by_chain
+
+
+def paused_flow_ids(flow_ids: Iterable[int]) -> set[int]:
+    """Flows paused since the index was built (pausing need not announce itself)."""
+    from flows.models import Flow
+
+    ids = set(flow_ids)
+    return set(Flow.objects.filter(pk__in=ids, paused=True).values_list("pk", flat=True)) if ids else set()
+
+
+# -- the core -------------------------------------------------------------------------------
+
+
+def _recent(cursor: ChainCursor) -> dict[int, list]:
+    return {entry[0]: entry for entry in cursor.recent_blocks}
+
+
+def get_cursor(chain: Chain) -> ChainCursor:
+    cursor, _ = ChainCursor.objects.get_or_create(chain=chain)
+    return cursor
+
+
+def start_cursor_at(chain: Chain, block: Block) -> None:
+    """Begin a chain that has never been listened to at `block` (treated as processed)."""
+    with transaction.atomic():
+        cursor = ChainCursor.objects.select_for_update().get(pk=get_cursor(chain).pk)
+        if cursor.block_number is not None:
+            return
+        cursor.block_number = block.number
+        cursor.block_hash = block.hash
+        cursor.recent_blocks = [[block.number, block.hash, block.parent_hash, block.timestamp]]
+        cursor.processed_at = timezone.now()
+        cursor.save(update_fields=["block_number", "block_hash", "recent_blocks", "processed_at", "updated_at"])
+
+
+def process_block(
+    chain: Chain,
+    block: Block,
+    logs: list[dict[str, Any]],
+    triggers: ChainTriggers,
+    client: ChainClient | None = None,
+    *,
+    window: int = REORG_WINDOW,
+) -> str:
+    """Process one block that may extend the chain's cursor; see the module docstring.
+
+    `logs` are the block's logs (at least those matching `triggers.logs`'s
+    filter), all with this block's hash. `client` is needed for state triggers.
+    Returns PROCESSED, ALREADY_DONE (another listener or an earlier attempt
+    did it), GAP (blocks between the cursor and this one are missing) or REORG
+    (the block does not extend the cursor's hash): nothing is written then.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        cursor = ChainCursor.objects.select_for_update().get(pk=get_cursor(chain).pk)
+        if cursor.halted:
+            raise ChainHalted(cursor.last_error)
+        if cursor.block_number is not None:
+            if block.number <= cursor.block_number:
+                known = _recent(cursor).get(block.number)
+                return REORG if known is not None and known[1] != block.hash else ALREADY_DONE
+            if block.number > cursor.block_number + 1:
+                return GAP
+            if block.parent_hash != cursor.block_hash:
+                return REORG
+
+        recent = _recent(cursor)
+        recent[block.number] = [block.number, block.hash, block.parent_hash, block.timestamp]
+        claims: list[RunClaim] = []
+        log_triggers = triggers.logs
+
+        # Events: this block's logs that some trigger matches, stored at once.
+        matched: list[tuple[dict, list[Candidate]]] = []
+        for log in logs:
+            found = log_triggers.candidates(log, now)
+            if found:
+                matched.append((log, found))
+        event_ids = _store_events(chain, block, [log for log, _ in matched]) if matched else {}
+
+        for log, found in matched:
+            _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], event_ids, block.timestamp, now, claims)
+
+        # Deeper confirmations: the block `depth` below is now confirmed enough.
+        for depth in sorted(triggers.confirmation_depths() - {0}):
+            target = recent.get(block.number - depth)
+            if target is None:
+                continue
+            _, target_hash, _, target_ts = target
+            if any(t.confirmations == depth for t in log_triggers.triggers):
+                events = list(Event.objects.filter(chain=chain, block_hash=target_hash, retracted_at__isnull=True))
+                ids = {e.log_index: e.pk for e in events}
+                for event in events:
+                    log = _event_log(event)
+                    found = [c for c in log_triggers.candidates(log, now) if c.trigger.confirmations == depth]
+                    _log_claims(chain, log, found, ids, target_ts, now, claims)
+
+        for trigger in triggers.blocks:
+            target = recent.get(block.number - trigger.confirmations)
+            if target is None or target[0] % trigger.every:
+                continue
+            claims.append(
+                RunClaim(
+                    version_id=trigger.version_id, flow_id=trigger.flow_id, team_id=trigger.team_id,
+                    trigger_key=f"block:{chain.chain_id}:{target[1]}",
+                    trigger={"type": "chain.block", "chain_id": chain.chain_id, "block_number": target[0],
+                             "block_hash": target[1], "timestamp": target[3]},
+                    chain_id=chain.pk, block_number=target[0], block_hash=target[1],
+                )
+            )
+
+        for trigger in triggers.states:
+            target = recent.get(block.number - trigger.confirmations)
+            if target is None or target[0] % trigger.every:
+                continue
+            claim = _state_claim(chain, trigger, target, client, now)
+            if claim is not None:
+                claims.append(claim)
+
+        if claims:
+            paused = paused_flow_ids(c.flow_id for c in claims)
+            claim_runs([c for c in claims if c.flow_id not in paused])
+
+        keep = sorted(recent)[-max(window, triggers.max_confirmations() + 1):]
+        cursor.recent_blocks = [recent[n] for n in keep]
+        cursor.block_number = block.number
+        cursor.block_hash = block.hash
+        cursor.processed_at = now
+        cursor.save(update_fields=["block_number", "block_hash", "recent_blocks", "processed_at", "updated_at"])
+    return PROCESSED
+
+
+class ChainHalted(Exception):
+    """The chain's listener is halted (a reorg deeper than the window); an operator must act."""
+
+
+def _event_log(event: Event) -> dict[str, Any]:
+    return {
+        "address": event.address,
+        "topics": event.topics,
+        "data": event.data,
+        "block_number": event.block_number,
+        "block_hash": event.block_hash,
+        "log_index": event.log_index,
+        "tx_hash": event.tx_hash,
+    }
+
+
+def _store_events(chain: Chain, block: Block, logs: list[dict]) -> dict[int, int]:
+    """Insert the logs as Events (existing ones kept); return {log_index: event id}."""
+    now = timezone.now()
+    values, params = [], []
+    for log in logs:
+        values.append("(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
+        params += [chain.pk, block.number, block.hash, log["log_index"], log["tx_hash"], log["address"],
+                   json.dumps(log["topics"]), log["data"], now]
+    # Only placeholders are joined in; every value is a parameter.
+    insert = (
+        "INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, topics, "  # noqa: S608
+        f"data, created_at) VALUES {', '.join(values)} ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(insert, params)
+        # The block is canonical again if it had been orphaned and came back.
+        cursor.execute(
+            "UPDATE executor_event SET retracted_at = NULL WHERE chain_id = %s AND block_hash = %s "
+            "AND retracted_at IS NOT NULL",
+            [chain.pk, block.hash],
+        )
+        cursor.execute(
+            "SELECT log_index, id FROM executor_event WHERE chain_id = %s AND block_hash = %s", [chain.pk, block.hash]
+        )
+        return dict(cursor.fetchall())
+
+
+def _log_claims(chain: Chain, log: dict, found: list[Candidate], event_ids: dict[int, int], timestamp: int,
+                now, claims: list[RunClaim]) -> None:
+    for candidate in found:
+        trigger: LogTrigger = candidate.trigger
+        payload = log_payload(candidate, log, chain_id=chain.chain_id, timestamp=timestamp)
+        try:
+            if not condition_holds(trigger.condition, payload, flow_code=trigger.flow_code, now=now):
+                continue
+        except ExpressionError as exc:
+            logger.warning("flow %s: trigger condition failed on %s#%s: %s",
+                           trigger.flow_code, log["block_hash"], log["log_index"], exc)
+            continue
+        claims.append(
+            RunClaim(
+                version_id=trigger.version_id, flow_id=trigger.flow_id, team_id=trigger.team_id,
+                trigger_key=f"log:{chain.chain_id}:{log['block_hash']}:{log['log_index']}",
+                trigger=payload, chain_id=chain.pk, event_id=event_ids.get(log["log_index"]),
+                block_number=log["block_number"], block_hash=log["block_hash"],
+            )
+        )
+
+
+def _state_claim(chain: Chain, trigger, target: list, client: ChainClient | None, now) -> RunClaim | None:
+    """Read the state at the target block and claim a run on a false-to-true edge.
+
+    The edge is decided by a conditional update of TriggerState that only the
+    first listener to reach this block wins, so restarts and several listeners agree.
+    """
+    number, block_hash, _, timestamp = target
+    if client is None:
+        raise ValueError("state triggers need a chain client")
+    try:
+        raw = client.call(trigger.address, trigger.call_data, block_hash)
+        result, outputs = trigger.decode_result(raw)
+        payload = {"type": "chain.state", "chain_id": chain.chain_id, "block_number": number,
+                   "block_hash": block_hash, "timestamp": timestamp, "result": result, "outputs": outputs}
+        value = condition_holds(trigger.condition, payload, flow_code=trigger.flow_code, now=now,
+                                extra={"result": result})
+    except (ChainError, ExpressionError, ValueError) as exc:
+        # A failed read says nothing about the edge: keep the last value.
+        logger.warning("flow %s: state trigger read failed at block %s: %s", trigger.flow_code, number, exc)
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT value, block_number FROM executor_triggerstate WHERE version_id = %s FOR UPDATE",
+            [trigger.version_id],
+        )
+        row = cursor.fetchone()
+        if row is not None and row[1] >= number:
+            return None  # another listener already read this block (or a later one)
+        cursor.execute(
+            "INSERT INTO executor_triggerstate (version_id, chain_id, block_number, value, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (version_id) DO UPDATE SET block_number = EXCLUDED.block_number, "
+            "value = EXCLUDED.value, updated_at = EXCLUDED.updated_at "
+            "WHERE executor_triggerstate.block_number < EXCLUDED.block_number",
+            [trigger.version_id, chain.pk, number, value, now],
+        )
+    # Never seen counts as false: a condition already true when published fires once.
+    if not value or (row is not None and row[0]):
+        return None
+    return RunClaim(
+        version_id=trigger.version_id, flow_id=trigger.flow_id, team_id=trigger.team_id,
+        trigger_key=f"block:{chain.chain_id}:{block_hash}", trigger=payload, chain_id=chain.pk,
+        block_number=number, block_hash=block_hash,
+    )
+
+
+# -- reorgs ---------------------------------------------------------------------------------
+
+
+def find_common_ancestor(chain: Chain, client: ChainClient) -> list | None:
+    """The newest recent block the node still has at the same height, or None if none is."""
+    cursor = get_cursor(chain)
+    for entry in reversed(cursor.recent_blocks):
+        canonical = client.get_block(entry[0])
+        if canonical is not None and canonical.hash == entry[1]:
+            return entry
+    return None
+
+
+def halt(chain: Chain, message: str) -> None:
+    logger.critical("LISTENER HALTED for chain %s (%s): %s", chain.slug, chain.chain_id, message)
+    ChainCursor.objects.filter(chain=chain).update(
+        halted=True, last_error=message, last_error_at=timezone.now(), updated_at=timezone.now()
+    )
+
+
+def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
+    """Move the cursor back to `ancestor` ([number, hash, ...]) and retract what came after.
+
+    Events of the orphaned blocks get `retracted_at`; their runs that have not
+    started are CANCELLED, the others REORGED, each with a run event for the UI.
+    Returns the orphaned block hashes (empty if another listener rewound first).
+    """
+    from executor.live import record_run_event
+
+    number, block_hash = ancestor[0], ancestor[1]
+    now = timezone.now()
+    with transaction.atomic():
+        cursor = ChainCursor.objects.select_for_update().get(pk=get_cursor(chain).pk)
+        recent = _recent(cursor)
+        if recent.get(number, [None, None])[1] != block_hash:
+            return []
+        orphaned = [recent[n][1] for n in sorted(recent) if n > number]
+        if not orphaned:
+            return []
+        logger.warning("chain %s: reorg, rewinding from %s to %s (%d block(s) orphaned)",
+                       chain.slug, cursor.block_number, number, len(orphaned))
+        Event.objects.filter(chain=chain, block_hash__in=orphaned, retracted_at__isnull=True).update(retracted_at=now)
+        runs = Run.objects.filter(chain=chain, block_hash__in=orphaned, dry_run=False).select_related("flow")
+        reason = f"Block reorganised away (chain {chain.slug} reorg back to block {number})"
+        for run in runs.exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED]):
+            cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True).update(
+                status=Run.Status.CANCELLED, error=reason, finished_at=now
+            )
+            if cancelled:
+                record_run_event(run, "run.cancelled", {"status": Run.Status.CANCELLED, "reason": reason,
+                                                        "block_hash": run.block_hash})
+                continue
+            reorged = Run.objects.filter(pk=run.pk).exclude(
+                status__in=[Run.Status.CANCELLED, Run.Status.REORGED]
+            ).update(status=Run.Status.REORGED, error=reason, finished_at=now)
+            if reorged:
+                record_run_event(run, "run.reorged", {"status": Run.Status.REORGED, "reason": reason,
+                                                      "block_hash": run.block_hash})
+        # State triggers re-read the new branch; their last value stays as it was.
+        TriggerState.objects.filter(chain=chain, block_number__gt=number).update(block_number=number)
+        cursor.recent_blocks = [recent[n] for n in sorted(recent) if n <= number]
+        cursor.block_number = number
+        cursor.block_hash = block_hash
+        cursor.save(update_fields=["recent_blocks", "block_number", "block_hash", "updated_at"])
+    return orphaned
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+class TriggerRegistry:
+    """The compiled triggers of every chain, reloaded when a flow is published or unpublished.
+
+    `watch()` LISTENs on `kwala_triggers` with its own psycopg connection and
+    reloads within the notification's round trip; a periodic reload is the
+    safety net for a lost connection.
+    """
+
+    def __init__(self, refresh_seconds: float = 30.0):
+        self.refresh_seconds = refresh_seconds
+        self._by_chain: dict[int, ChainTriggers] = {}
+        self._lock = threading.Lock()
+        self.generation = 0
+        self.listeners: list[threading.Event] = []
+
+    def reload(self) -> None:
+        by_chain = load_triggers()
+        with self._lock:
+            self._by_chain = by_chain
+            self.generation += 1
+        for wake in self.listeners:
+            wake.set()
+
+    def get(self, chain_id: int) -> ChainTriggers:
+        with self._lock:
+            return self._by_chain.get(chain_id) or ChainTriggers(chain_id)
+
+    def watch(self, stop: threading.Event) -> None:
+        import psycopg
+
+        from flows.actions import TRIGGERS_CHANNEL
+
+        while not stop.is_set():
+            try:
+                params = connection.get_connection_params()
+                params = {k: v for k, v in params.items() if k not in ("cursor_factory", "context")}
+                with psycopg.connect(**params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {TRIGGERS_CHANNEL}")
+                    self.reload()  # anything published while we were not listening
+                    last = time.monotonic()
+                    while not stop.is_set():
+                        changed = False
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            changed = True
+                        if changed or time.monotonic() - last > self.refresh_seconds:
+                            self.reload()
+                            last = time.monotonic()
+            except Exception:
+                logger.exception("trigger notifications: connection lost, reconnecting")
+                stop.wait(2)
+            finally:
+                connection.close()
+
+
+@dataclass
+class ChainListener:
+    """Follows one chain: wakes on new heads (or polls), processes blocks in order."""
+
+    chain: Chain
+    registry: TriggerRegistry
+    stop: threading.Event
+    poll_seconds: float = POLL_SECONDS
+    window: int = REORG_WINDOW
+    max_range: int = MAX_LOG_RANGE
+    wake: threading.Event = field(default_factory=threading.Event)
+    client: ChainClient | None = None
+    ws_connected: bool = False
+
+    def __post_init__(self) -> None:
+        if self.client is None:
+            self.client = ChainClient.for_chain(self.chain)
+        self.range_size = self.max_range
+        self.registry.listeners.append(self.wake)
+
+    # one pass: catch up to the head ----------------------------------------------------
+
+    def step(self) -> None:
+        client = self.client
+        head = client.get_block("latest")
+        if head is None:
+            return
+        ChainCursor.objects.filter(chain=self.chain).update(head_block=head.number, head_seen_at=timezone.now())
+        cursor = get_cursor(self.chain)
+        if cursor.halted:
+            raise ChainHalted(cursor.last_error)
+        if cursor.block_number is None:
+            start = client.get_block(max(head.number - 1, 0))
+            start_cursor_at(self.chain, start)
+            logger.info("chain %s: starting at block %s", self.chain.slug, start.number)
+            cursor = get_cursor(self.chain)
+        if head.number < cursor.block_number or (
+            head.number == cursor.block_number and head.hash != cursor.block_hash
+        ):
+            # The node's chain is shorter, or has another block at our height.
+            self.recover_from_reorg()
+            return
+        if head.number > cursor.block_number:
+            self.catch_up(cursor.block_number + 1, head.number)
+
+    def catch_up(self, first: int, last: int) -> None:
+        """Process blocks first..last in order; ranges of logs when behind, one block's logs when live."""
+        number = first
+        while number <= last and not self.stop.is_set():
+            triggers = self.registry.get(self.chain.chain_id)
+            addresses, topics = triggers.logs.log_filter()
+            want_logs = len(triggers.logs) > 0
+            if last - number < 2 or not want_logs:
+                block = self.client.get_block(number)
+                if block is None:
+                    return  # the node's head moved back; the next pass sees it
+                logs = self.client.get_logs_by_hash(block.hash, addresses, topics) if want_logs else []
+                if not self.process(block, logs, triggers):
+                    return
+                number += 1
+                continue
+            end = min(last, number + self.range_size - 1)
+            try:
+                range_logs = self.client.get_logs_range(number, end, addresses, topics)
+            except ChainError as exc:
+                if not exc.range_too_large or end == number:
+                    raise
+                self.range_size = max(1, (end - number + 1) // 2)
+                logger.info("chain %s: provider refused %s blocks of logs, trying %s",
+                            self.chain.slug, end - number + 1, self.range_size)
+                continue
+            by_block: dict[int, list[dict]] = {}
+            for log in range_logs:
+                by_block.setdefault(log["block_number"], []).append(log)
+            for n in range(number, end + 1):
+                block = self.client.get_block(n)
+                if block is None:
+                    return
+                logs = by_block.get(n, [])
+                if any(log["block_hash"] != block.hash for log in logs):
+                    # The range answer straddled a reorg: ask for this block's own logs.
+                    logs = self.client.get_logs_by_hash(block.hash, addresses, topics)
+                if not self.process(block, logs, triggers):
+                    return
+            number = end + 1
+            self.range_size = min(self.max_range, self.range_size * 2)
+
+    def process(self, block: Block, logs: list[dict], triggers: ChainTriggers) -> bool:
+        """Process a block; False when the caller must stop and look again (reorg or gap)."""
+        result = process_block(self.chain, block, logs, triggers, self.client, window=self.window)
+        if result == REORG:
+            self.recover_from_reorg()
+            return False
+        return result != GAP
+
+    def recover_from_reorg(self) -> None:
+        ancestor = find_common_ancestor(self.chain, self.client)
+        if ancestor is None:
+            cursor = get_cursor(self.chain)
+            oldest = cursor.recent_blocks[0][0] if cursor.recent_blocks else cursor.block_number
+            halt(self.chain, (
+                f"Reorg deeper than the {len(cursor.recent_blocks)} kept blocks: none of blocks "
+                f"{oldest}..{cursor.block_number} is on the node's chain any more. Events after block "
+                f"{oldest} may be wrong. Check the RPC endpoints, then clear 'halted' on the chain "
+                "cursor (and reset its block) to resume."
+            ))
+            raise ChainHalted(f"chain {self.chain.slug} halted")
+        rewind(self.chain, ancestor)
+
+    # the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        logger.info("chain %s: listening", self.chain.slug)
+        failures = 0
+        while not self.stop.is_set():
+            self.wake.clear()
+            try:
+                self.step()
+                failures = 0
+                if self.ws_connected:
+                    # The socket wakes us; polling is only a safety net.
+                    self.wake.wait(self.poll_seconds * 5)
+                else:
+                    self.wake.wait(self.poll_seconds)
+            except ChainHalted:
+                logger.critical("chain %s: listener halted, see its cursor's last_error", self.chain.slug)
+                return
+            except Exception as exc:
+                failures += 1
+                message = f"{type(exc).__name__}: {exc}"
+                logger.warning("chain %s: %s", self.chain.slug, message, exc_info=not isinstance(exc, ChainError))
+                try:
+                    ChainCursor.objects.filter(chain=self.chain).update(
+                        last_error=message[:2000], last_error_at=timezone.now()
+                    )
+                except Exception:
+                    connection.close()
+                self.stop.wait(min(0.5 * 2 ** min(failures, 7), 60))
+        connection.close()
+
+    def watch_heads(self, ws_urls: list[str]) -> None:
+        """Wake the loop on every newHeads notification; reconnect with backoff."""
+        asyncio.run(self._watch_heads(ws_urls))
+
+    async def _watch_heads(self, ws_urls: list[str]) -> None:
+        from web3 import AsyncWeb3, WebSocketProvider
+
+        delay = 0.5
+        while not self.stop.is_set():
+            for url in ws_urls:
+                try:
+                    async with AsyncWeb3(WebSocketProvider(url)) as w3:
+                        await w3.eth.subscribe("newHeads")
+                        self.ws_connected = True
+                        delay = 0.5
+                        logger.info("chain %s: subscribed to new heads at %s", self.chain.slug, url)
+                        async for _ in w3.socket.process_subscriptions():
+                            self.wake.set()
+                            if self.stop.is_set():
+                                return
+                except Exception as exc:
+                    logger.warning("chain %s: websocket %s failed (%s); polling", self.chain.slug, url,
+                                   f"{type(exc).__name__}: {exc}")
+                finally:
+                    self.ws_connected = False
+                if self.stop.is_set():
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30)
+
+
+def listen(chains: list[Chain], stop: threading.Event, *, poll_seconds: float = POLL_SECONDS,
+           use_websocket: bool = True) -> list[threading.Thread]:
+    """Start the trigger watcher and one listener thread (plus a websocket thread) per chain."""
+    from executor.models import RpcEndpoint
+
+    registry = TriggerRegistry()
+    registry.reload()
+    threads = [threading.Thread(target=registry.watch, args=(stop,), name="triggers", daemon=True)]
+    for chain in chains:
+        listener = ChainListener(chain, registry, stop, poll_seconds=poll_seconds)
+        threads.append(threading.Thread(target=listener.run, name=f"chain-{chain.slug}", daemon=True))
+        ws_urls = list(
+            chain.endpoints.filter(kind=RpcEndpoint.Kind.WS, enabled=True).order_by("priority").values_list("url", flat=True)
+        )
+        if use_websocket and ws_urls:
+            threads.append(threading.Thread(target=listener.watch_heads, args=(ws_urls,),
+                                            name=f"heads-{chain.slug}", daemon=True))
+    for thread in threads:
+        thread.start()
+    return threads

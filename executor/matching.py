@@ -1,0 +1,446 @@
+"""Which active triggers does a log (or a block) fire? Pure Python: no ORM, no I/O.
+
+The listener compiles the published versions' trigger specs (flows.nodes.triggers
+trigger_spec) into a TriggerIndex per chain. A log is looked up by
+(address, topic0) and by topic0 alone for any-address triggers, so the cost per
+log depends on the triggers that could match it, not on how many exist. Only
+those candidates decode the log (once per event ABI), check topic filters,
+argument filters (exact big ints) and finally their condition expression.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_abi.exceptions import DecodingError
+from eth_utils import to_checksum_address
+
+from flows.abi import canonical_type
+from flows.expressions import evaluate
+
+
+class MatchError(Exception):
+    """A trigger spec that cannot be compiled (the version is skipped, with a log line)."""
+
+
+# -- values ----------------------------------------------------------------------------
+
+
+def to_json_value(type_str: str, value: Any) -> Any:
+    """A decoded ABI value as JSON: ints stay exact ints, bytes become 0x-hex,
+    addresses are checksummed, tuples and arrays become lists."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, (tuple, list)):
+        inner = _array_item_type(type_str)
+        if inner is not None:
+            return [to_json_value(inner, v) for v in value]
+        members = _tuple_member_types(type_str)
+        return [to_json_value(t, v) for t, v in zip(members, value, strict=False)]
+    if type_str == "address" and isinstance(value, str):
+        return to_checksum_address(value)
+    return value
+
+
+def _array_item_type(type_str: str) -> str | None:
+    if type_str.endswith("]"):
+        return type_str[: type_str.rindex("[")]
+    return None
+
+
+def _tuple_member_types(type_str: str) -> list[str]:
+    if not (type_str.startswith("(") and type_str.endswith(")")):
+        return []
+    inner, depth, parts, start = type_str[1:-1], 0, [], 0
+    for i, ch in enumerate(inner):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+    parts.append(inner[start:])
+    return [p for p in parts if p]
+
+
+def comparable(value: Any) -> Any:
+    """A value in the form filters compare: ints exact, text and hex lower-case, lists as tuples."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, str):
+        return value.lower() if value.startswith("0x") else value
+    if isinstance(value, (list, tuple)):
+        return tuple(comparable(v) for v in value)
+    return value
+
+
+def _filter_value(type_str: str, value: Any) -> Any:
+    """A filter value from the spec (big ints arrive as decimal strings) in comparable form."""
+    if type_str.startswith(("uint", "int")) and not _array_item_type(type_str):
+        if isinstance(value, bool):
+            raise MatchError(f"{value!r} is not a number")
+        if isinstance(value, str):
+            return int(value.replace("_", ""), 0)
+        return int(value)
+    return comparable(value)
+
+
+_OPS = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+@dataclass(frozen=True)
+class ArgFilter:
+    arg: str
+    op: str
+    value: Any  # comparable form; a frozenset for "in"
+
+    def holds(self, actual: Any) -> bool:
+        actual = comparable(actual)
+        if self.op == "in":
+            return actual in self.value
+        try:
+            return _OPS[self.op](actual, self.value)
+        except TypeError:  # e.g. gt between a number and text
+            return False
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+_DYNAMIC_INDEXED = ("string", "bytes")
+
+
+class EventDecoder:
+    """Decodes one event ABI's logs into (args by name, args in order)."""
+
+    def __init__(self, event_abi: Mapping[str, Any]):
+        self.name = event_abi["name"]
+        self.params = [(p.get("name") or str(i), canonical_type(p), bool(p.get("indexed"))) for i, p in enumerate(event_abi["inputs"])]
+        self.indexed = [(n, t) for n, t, idx in self.params if idx]
+        self.data_types = [t for _, t, idx in self.params if not idx]
+        self.topic_count = 1 + len(self.indexed)
+
+    def decode(self, log: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]] | None:
+        """None when the log does not have this event's shape (same topic0, other indexing)."""
+        topics = log["topics"]
+        if len(topics) != self.topic_count:
+            return None
+        try:
+            data = bytes.fromhex(log["data"][2:])
+            data_values = iter(abi_decode(self.data_types, data, strict=False)) if self.data_types else iter(())
+            topic_values = iter(topics[1:])
+            args: dict[str, Any] = {}
+            ordered: list[Any] = []
+            for name, type_str, indexed in self.params:
+                if indexed:
+                    raw_topic = next(topic_values)
+                    if type_str in _DYNAMIC_INDEXED or type_str.endswith(("]", ")")):
+                        # Only the hash of the value is on chain.
+                        value = raw_topic
+                    else:
+                        value = to_json_value(type_str, abi_decode([type_str], bytes.fromhex(raw_topic[2:]))[0])
+                else:
+                    value = to_json_value(type_str, next(data_values))
+                args[name] = value
+                ordered.append(value)
+        except (DecodingError, ValueError, OverflowError, StopIteration):
+            return None
+        return args, ordered
+
+
+@dataclass
+class LogTrigger:
+    version_id: int
+    flow_id: int
+    team_id: int
+    flow_code: str
+    chain_id: int
+    addresses: frozenset[str]  # lower-case; empty = any contract
+    topic0: str
+    topic_filters: tuple[frozenset[str] | None, ...]
+    arg_filters: tuple[ArgFilter, ...]
+    condition: str | None
+    confirmations: int
+    expire_at: datetime | None
+    decoder: EventDecoder
+
+    def topics_match(self, topics: list[str]) -> bool:
+        for slot, allowed in enumerate(self.topic_filters):
+            if allowed is not None and (len(topics) <= slot + 1 or topics[slot + 1] not in allowed):
+                return False
+        return True
+
+    def args_match(self, decoded: tuple[dict, list] | None) -> bool:
+        """The argument filters, given this trigger's decoding of the log (None: not its shape)."""
+        if decoded is None:
+            return False
+        args = decoded[0]
+        return all(f.holds(args.get(f.arg)) for f in self.arg_filters)
+
+
+@dataclass
+class BlockTrigger:
+    version_id: int
+    flow_id: int
+    team_id: int
+    flow_code: str
+    chain_id: int
+    every: int
+    confirmations: int
+
+
+@dataclass
+class StateTrigger:
+    version_id: int
+    flow_id: int
+    team_id: int
+    flow_code: str
+    chain_id: int
+    address: str
+    call_data: str
+    output_types: list[str]
+    output_names: list[str]
+    every: int
+    condition: str
+    confirmations: int
+
+    def decode_result(self, raw_hex: str) -> tuple[Any, dict[str, Any]]:
+        values = abi_decode(self.output_types, bytes.fromhex(raw_hex[2:]), strict=False)
+        values = [to_json_value(t, v) for t, v in zip(self.output_types, values, strict=True)]
+        result = values[0] if len(values) == 1 else values
+        return result, {name: v for name, v in zip(self.output_names, values, strict=True)}
+
+
+@dataclass
+class Candidate:
+    trigger: LogTrigger
+    args: dict[str, Any]
+    args_list: list[Any]
+
+
+def _lower_hex(value: str) -> str:
+    return value.lower()
+
+
+def compile_trigger(spec: Mapping[str, Any], *, version_id: int, flow_id: int, team_id: int, flow_code: str,
+                    decoders: dict[str, EventDecoder] | None = None) -> LogTrigger | BlockTrigger | StateTrigger | None:
+    """A DAG trigger spec -> a matcher, or None for triggers that do not ride a chain."""
+    kind = spec.get("type")
+    common = {
+        "version_id": version_id,
+        "flow_id": flow_id,
+        "team_id": team_id,
+        "flow_code": flow_code,
+        "chain_id": int(spec.get("chain_id") or 0),
+    }
+    try:
+        if kind == "chain.event":
+            topic0 = spec["topic0"].lower()
+            decoders = decoders if decoders is not None else {}
+            decoder = decoders.get(topic0 + repr(spec["event_abi"]["inputs"]))
+            if decoder is None:
+                decoder = decoders[topic0 + repr(spec["event_abi"]["inputs"])] = EventDecoder(spec["event_abi"])
+            params = {name: type_str for name, type_str, _ in decoder.params}
+            filters = []
+            for flt in spec.get("arg_filters") or []:
+                type_str = flt.get("type") or params[flt["arg"]]
+                if flt["op"] == "in":
+                    value: Any = frozenset(_filter_value(type_str, v) for v in flt["value"])
+                else:
+                    value = _filter_value(type_str, flt["value"])
+                if flt["op"] not in _OPS and flt["op"] != "in":
+                    raise MatchError(f"unknown filter operator {flt['op']!r}")
+                filters.append(ArgFilter(flt["arg"], flt["op"], value))
+            topic_filters = tuple(
+                None if slot is None else frozenset(map(_lower_hex, slot))
+                for slot in (list(spec.get("topic_filters") or []) + [None, None, None])[:3]
+            )
+            expire_at = spec.get("expire_at")
+            return LogTrigger(
+                **common,
+                addresses=frozenset(a.lower() for a in spec.get("addresses") or []),
+                topic0=topic0,
+                topic_filters=topic_filters,
+                arg_filters=tuple(filters),
+                condition=spec.get("condition") or None,
+                confirmations=int(spec.get("confirmations") or 0),
+                expire_at=datetime.fromisoformat(expire_at) if isinstance(expire_at, str) else expire_at,
+                decoder=decoder,
+            )
+        if kind == "chain.block":
+            return BlockTrigger(**common, every=max(int(spec.get("every") or 1), 1),
+                                confirmations=int(spec.get("confirmations") or 0))
+        if kind == "chain.state":
+            function = spec["function_abi"]
+            input_types = [canonical_type(p) for p in function["inputs"]]
+            args = [_abi_arg(t, v) for t, v in zip(input_types, spec.get("args") or [], strict=True)]
+            call_data = spec["selector"] + abi_encode(input_types, args).hex()
+            return StateTrigger(
+                **common,
+                address=spec["address"].lower(),
+                call_data=call_data if call_data.startswith("0x") else "0x" + call_data,
+                output_types=[canonical_type(p) for p in function["outputs"]],
+                output_names=[p.get("name") or str(i) for i, p in enumerate(function["outputs"])],
+                every=max(int(spec.get("every") or 1), 1),
+                condition=spec["condition"],
+                confirmations=int(spec.get("confirmations") or 0),
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MatchError(f"bad {kind} trigger spec: {type(exc).__name__}: {exc}") from None
+    return None
+
+
+def _abi_arg(type_str: str, value: Any) -> Any:
+    from flows.abi import coerce_value
+
+    if _array_item_type(type_str):
+        return [_abi_arg(_array_item_type(type_str), v) for v in value]
+    return coerce_value(type_str, value)
+
+
+class TriggerIndex:
+    """The log triggers of one chain, indexed for lookup by (address, topic0)."""
+
+    def __init__(self, triggers: Iterable[LogTrigger] = ()):
+        self.by_address: dict[tuple[str, str], list[LogTrigger]] = {}
+        self.any_address: dict[str, list[LogTrigger]] = {}
+        self.triggers: list[LogTrigger] = []
+        for trigger in triggers:
+            self.add(trigger)
+
+    def add(self, trigger: LogTrigger) -> None:
+        self.triggers.append(trigger)
+        if trigger.addresses:
+            for address in trigger.addresses:
+                self.by_address.setdefault((address, trigger.topic0), []).append(trigger)
+        else:
+            self.any_address.setdefault(trigger.topic0, []).append(trigger)
+
+    def __len__(self) -> int:
+        return len(self.triggers)
+
+    def log_filter(self) -> tuple[list[str] | None, list[Any]]:
+        """(addresses or None for any, topics) for eth_getLogs covering every trigger."""
+        topics = sorted({t.topic0 for t in self.triggers})
+        addresses = None if self.any_address else sorted({a for a, _ in self.by_address})
+        return addresses, [topics]
+
+    def candidates(self, log: Mapping[str, Any], now: datetime | None = None) -> list[Candidate]:
+        """The triggers whose address, topics and argument filters the log satisfies
+        (conditions are checked separately, with the run's context)."""
+        topics = log["topics"]
+        if not topics or log.get("removed"):
+            return []
+        topic0 = topics[0]
+        pool = self.by_address.get((log["address"], topic0))
+        wild = self.any_address.get(topic0)
+        if pool is None and wild is None:
+            return []
+        found: list[Candidate] = []
+        decoded_by: dict[int, tuple[dict, list] | None] = {}
+        for group in (pool, wild):
+            if not group:
+                continue
+            for trigger in group:
+                if trigger.expire_at is not None and now is not None and now >= trigger.expire_at:
+                    continue
+                # Topic filters first: they reject most logs without decoding anything.
+                if not trigger.topics_match(topics):
+                    continue
+                key = id(trigger.decoder)
+                if key not in decoded_by:
+                    decoded_by[key] = trigger.decoder.decode(log)
+                decoded = decoded_by[key]
+                if trigger.args_match(decoded):
+                    assert decoded is not None
+                    found.append(Candidate(trigger, decoded[0], decoded[1]))
+        return found
+
+
+def log_payload(candidate: Candidate, log: Mapping[str, Any], *, chain_id: int, timestamp: int | None) -> dict[str, Any]:
+    """The run's `trigger` value for a log (what expressions see as trigger.*)."""
+    return {
+        "type": "chain.event",
+        "event": candidate.trigger.decoder.name,
+        "args": candidate.args,
+        "args_list": candidate.args_list,
+        "contract": to_checksum_address(log["address"]),
+        "chain_id": chain_id,
+        "tx_hash": log["tx_hash"],
+        "block_number": log["block_number"],
+        "block_hash": log["block_hash"],
+        "log_index": log["log_index"],
+        "timestamp": timestamp,
+    }
+
+
+def condition_holds(condition: str | None, payload: Mapping[str, Any], *, flow_code: str, now: datetime,
+                    extra: Mapping[str, Any] | None = None) -> bool:
+    """Evaluate a trigger condition; raises flows.expressions.ExpressionError on a broken one."""
+    if not condition:
+        return True
+    context = {"trigger": payload, "flow": {"code": flow_code}, "now": now, **(extra or {})}
+    return bool(evaluate(condition, context))
+
+
+@dataclass
+class ChainTriggers:
+    """Everything that fires on one chain's blocks."""
+
+    chain_id: int
+    logs: TriggerIndex = field(default_factory=TriggerIndex)
+    blocks: list[BlockTrigger] = field(default_factory=list)
+    states: list[StateTrigger] = field(default_factory=list)
+
+    def confirmation_depths(self) -> set[int]:
+        depths = {t.confirmations for t in self.logs.triggers}
+        depths.update(t.confirmations for t in self.blocks)
+        depths.update(t.confirmations for t in self.states)
+        return depths
+
+    def max_confirmations(self) -> int:
+        return max(self.confirmation_depths(), default=0)
+
+
+def build_chain_triggers(rows: Iterable[Mapping[str, Any]]) -> tuple[dict[int, ChainTriggers], list[tuple[int, str]]]:
+    """rows: {version_id, flow_id, team_id, flow_code, spec} -> (triggers by chain id, [(version_id, problem)])."""
+    by_chain: dict[int, ChainTriggers] = {}
+    problems: list[tuple[int, str]] = []
+    decoders: dict[str, EventDecoder] = {}
+    for row in rows:
+        try:
+            trigger = compile_trigger(
+                row["spec"], version_id=row["version_id"], flow_id=row["flow_id"], team_id=row["team_id"],
+                flow_code=row["flow_code"], decoders=decoders,
+            )
+        except MatchError as exc:
+            problems.append((row["version_id"], str(exc)))
+            continue
+        if trigger is None:
+            continue
+        group = by_chain.setdefault(trigger.chain_id, ChainTriggers(trigger.chain_id))
+        if isinstance(trigger, LogTrigger):
+            group.logs.add(trigger)
+        elif isinstance(trigger, BlockTrigger):
+            group.blocks.append(trigger)
+        else:
+            group.states.append(trigger)
+    return by_chain, problems
