@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from executor.models import Run, StepRun
+from executor.runs import RunError, rerun_from, retry_run
 from flows.editor import palette
 from flows.models import Flow
 from flows.nodes import NODE_TYPES
@@ -142,9 +143,11 @@ def run_retry(request, code):
     if run.status != Run.Status.FAILED:
         messages.error(request, "Only a failed run can be retried.")
         return redirect("run_detail", code=run.code)
-    from executor.runs import retry_run
-
-    new_run = retry_run(run)
+    try:
+        new_run = retry_run(run)
+    except RunError as exc:
+        messages.error(request, str(exc))
+        return redirect("run_detail", code=run.code)
     messages.success(request, "Retrying the failed steps.")
     return redirect("run_detail", code=getattr(new_run, "code", run.code))
 
@@ -161,8 +164,10 @@ def run_rerun(request, code):
     if run.status not in Run.FINISHED:
         messages.error(request, "Wait for the run to finish before re-running part of it.")
         return redirect("run_detail", code=run.code)
-    from executor.runs import rerun_from
-
-    new_run = rerun_from(run, step_id)
+    try:
+        new_run = rerun_from(run, step_id, user=request.user)
+    except RunError as exc:
+        messages.error(request, str(exc))
+        return redirect("run_detail", code=run.code)
     messages.success(request, f"Re-running from {step_id}.")
     return redirect("run_detail", code=getattr(new_run, "code", run.code))

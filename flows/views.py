@@ -15,6 +15,7 @@ from django_htmx.http import trigger_client_event
 
 from executor.listener_health import chain_health
 from executor.models import Chain, Run
+from executor.runs import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
 from flows.flowyaml import FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
@@ -490,16 +491,14 @@ def flow_test_run(request, code):
     except CompileError as exc:
         return JsonResponse({"error": "Fix the flow's problems to test it.", "problems": exc.as_list()},
                             status=422)
-    try:
-        from executor.runs import start_manual_run
-    except ImportError:
-        return JsonResponse({"error": "This server cannot start runs yet (the executor is not installed)."},
-                            status=503)
     if version.status == FlowVersion.Status.DRAFT:
         # The draft runs as compiled now; publishing compiles it again.
         version.dag = dag
         version.save(update_fields=["dag", "updated_at"])
-    run = start_manual_run(version, payload, user=request.user, dry_run=dry_run)
+    try:
+        run = start_manual_run(version, payload, user=request.user, dry_run=dry_run)
+    except RunError as exc:
+        return JsonResponse({"error": str(exc)}, status=409)
     return JsonResponse({"run": str(run.code), "url": reverse("run_detail", args=[run.code])}, status=201)
 
 
