@@ -132,6 +132,7 @@ def flow_editor(request, code):
                 "unpublish": reverse("flow_unpublish", args=[flow.code]),
                 "test_run": reverse("flow_test_run", args=[flow.code]),
                 "run_state": reverse("run_state", args=["00000000-0000-0000-0000-000000000000"]),
+                "run_page": reverse("run_detail", args=["00000000-0000-0000-0000-000000000000"]),
                 "step": reverse("run_step", args=["00000000-0000-0000-0000-000000000000", "STEP"]),
                 "ws_flow": f"/ws/flows/{flow.code}/runs/",
             },

@@ -48,7 +48,6 @@ let saving = null; // the in-flight save promise
 let dirty = false;
 let loading = true;
 let activeRun = null;
-let runSocket = null;
 
 loadGraph(graph, state.graph, catalogue);
 undoStack.clean();
@@ -625,20 +624,32 @@ async function startTest() {
 }
 $("#test-start")?.addEventListener("click", startTest);
 
-function watchRun(code, url) {
+const refreshActive = debounce(() => { if (activeRun) refreshRun(activeRun); }, 80);
+
+function watchRun(code, url, label = "Run started.") {
   activeRun = code;
-  runSocket?.close();
   for (const node of graph.getNodes()) setStatus(node, "PENDING");
-  const status = $("#test-status");
-  status.innerHTML = "";
-  const link = document.createElement("a");
-  link.href = url;
-  link.textContent = "Open the run";
-  status.append("Run started. ", link);
-  const refresh = debounce(() => refreshRun(code), 80);
-  runSocket = liveSocket(urls.ws_flow, (msg) => { if (msg.run === code) refresh(); });
+  const status = $("#test-status") || $("#live-run");
+  if (status) {
+    status.innerHTML = "";
+    const link = document.createElement("a");
+    link.href = url;
+    link.textContent = "Open the run";
+    status.append(`${label} `, link);
+  }
   refreshRun(code);
 }
+
+// Every run of this flow lights the canvas up live; the newest one wins.
+liveSocket(urls.ws_flow, (msg) => {
+  if (!msg.run) return;
+  if (msg.run !== activeRun) {
+    if (msg.kind !== "run.status" || msg.data?.status !== "QUEUED") return;
+    watchRun(msg.run, urls.run_page.replace("00000000-0000-0000-0000-000000000000", msg.run), "A run started.");
+    return;
+  }
+  refreshActive();
+});
 
 async function refreshRun(code) {
   const res = await fetch(urls.run_state.replace("00000000-0000-0000-0000-000000000000", code), { credentials: "same-origin" });
@@ -646,11 +657,12 @@ async function refreshRun(code) {
   const run = await res.json();
   if (code !== activeRun) return;
   for (const node of graph.getNodes()) setStatus(node, run.steps[node.id]?.status || (catalogue[node.getData().type]?.category === "trigger" ? "SUCCEEDED" : "PENDING"));
-  $("#test-status").dataset.status = run.status;
-  const label = $("#test-status").querySelector(".run-status") || document.createElement("strong");
+  const box = $("#test-status") || $("#live-run");
+  box.dataset.status = run.status;
+  const label = box.querySelector(".run-status") || document.createElement("strong");
   label.className = "run-status";
-  label.textContent = ` ${run.status.toLowerCase()}${run.dry_run ? " (dry run)" : ""}`;
-  $("#test-status").append(label);
+  label.textContent = ` ${run.status.toLowerCase()}${run.dry_run ? " (dry run)" : ""}${run.reorged ? " — reorged" : ""}`;
+  box.append(label);
   const selected = selection.getSelectedCells().find((c) => c.isNode());
   if (selected) loadStep(selected.id);
 }
