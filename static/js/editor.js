@@ -175,7 +175,6 @@ graph.on("node:dblclick", ({ node }) => openInspector(node, true));
 graph.on("selection:changed", ({ selected }) => {
   const nodes = selected.filter((c) => c.isNode());
   if (nodes.length === 1) openInspector(nodes[0], false);
-  else if (!nodes.length) inspectedId = null;
 });
 
 function selectOnly(node) {
@@ -218,28 +217,28 @@ function showProblems() {
 
 let inspectedId = null;
 let inspectorLoad = null;
+let loadToken = 0;
 
 async function openInspector(node, focus) {
   showTab("inspector");
   if (activeRun) loadStep(node.id);
-  if (inspectedId !== node.id || !$("#inspector-form")) {
-    if (inspectedId !== node.id || !inspectorLoad) {
-      inspectedId = node.id;
-      inspectorLoad = (async () => {
-        await flush();
-        if (conflict) return;
-        const res = await fetch(urls.node.replace("NODE", encodeURIComponent(node.id)), { credentials: "same-origin" });
-        const html = await res.text();
-        if (inspectedId !== node.id) return; // another node was chosen meanwhile
-        const panel = $("#inspector");
-        panel.innerHTML = res.ok ? html : '<p class="form-error" role="alert">This node\'s settings could not be loaded.</p>';
-        htmx.process(panel);
-      })();
-      const mine = inspectorLoad;
-      mine.finally(() => { if (inspectorLoad === mine) inspectorLoad = null; });
-    }
-    await inspectorLoad;
+  const loaded = $("#inspector-form")?.dataset.node === node.id;
+  if (!(loaded && !inspectorLoad) && !(inspectedId === node.id && inspectorLoad)) {
+    inspectedId = node.id;
+    const token = ++loadToken;
+    inspectorLoad = (async () => {
+      await flush();
+      if (conflict || token !== loadToken) return;
+      const res = await fetch(urls.node.replace("NODE", encodeURIComponent(node.id)), { credentials: "same-origin" });
+      const html = await res.text();
+      if (token !== loadToken) return; // another node was chosen meanwhile
+      const panel = $("#inspector");
+      panel.innerHTML = res.ok ? html : '<p class="form-error" role="alert">This node\'s settings could not be loaded.</p>';
+      htmx.process(panel);
+    })();
+    inspectorLoad.finally(() => { if (token === loadToken) inspectorLoad = null; });
   }
+  if (inspectorLoad) await inspectorLoad;
   if (focus) focusFirstField();
 }
 
@@ -626,8 +625,11 @@ $("#test-start")?.addEventListener("click", startTest);
 
 const refreshActive = debounce(() => { if (activeRun) refreshRun(activeRun); }, 80);
 
+const seenRuns = new Set();
+
 function watchRun(code, url, label = "Run started.") {
   activeRun = code;
+  seenRuns.add(code);
   for (const node of graph.getNodes()) setStatus(node, "PENDING");
   const status = $("#test-status") || $("#live-run");
   if (status) {
@@ -644,7 +646,8 @@ function watchRun(code, url, label = "Run started.") {
 liveSocket(urls.ws_flow, (msg) => {
   if (!msg.run) return;
   if (msg.run !== activeRun) {
-    if (msg.kind !== "run.status" || msg.data?.status !== "QUEUED") return;
+    if (seenRuns.has(msg.run)) return; // an older run still finishing
+    seenRuns.add(msg.run);
     watchRun(msg.run, urls.run_page.replace("00000000-0000-0000-0000-000000000000", msg.run), "A run started.");
     return;
   }

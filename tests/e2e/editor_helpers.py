@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from executor.models import Chain, RpcEndpoint
 from flows import actions
 
@@ -56,11 +58,8 @@ def edge_keys(page) -> list[tuple[str, str, str]]:
 
 def drag_from_palette(page, label: str, x: float, y: float) -> None:
     """Drag a palette item onto the canvas at (x, y) relative to the canvas' top-left."""
-    box = page.locator("#canvas").bounding_box()
-    page.locator(".palette-item", has_text=label).first.drag_to(
-        page.locator("#canvas"), target_position={"x": x, "y": y}
-    )
-    assert box is not None
+    item = page.locator(".palette-item").filter(has=page.locator("strong", has_text=re.compile(f"^{re.escape(label)}$")))
+    item.drag_to(page.locator("#canvas"), target_position={"x": x, "y": y})
 
 
 def connect(page, source: str, port: str, target: str) -> None:
@@ -76,3 +75,15 @@ def connect(page, source: str, port: str, target: str) -> None:
 
 def wait_saved(page) -> None:
     page.wait_for_function("document.querySelector('#save-state').textContent === 'Saved'")
+
+
+def inspect(page, node_id: str) -> None:
+    """Click a node and wait for its settings to be in the side panel."""
+    node(page, node_id).click()
+    page.wait_for_selector(f"#inspector-form[data-node='{node_id}']")
+    page.wait_for_load_state("networkidle")
+
+
+def apply_settings(page) -> None:
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_function("document.querySelector('.saved-note')?.textContent.trim() === 'Saved.'")

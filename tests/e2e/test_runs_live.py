@@ -9,7 +9,7 @@ import pytest
 from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
 from executor.models import Run
 from tests.conftest import Service, login
-from tests.e2e.editor_helpers import connect, drag_from_palette, local_chain, make_flow, node, open_editor, sample_graph
+from tests.e2e.editor_helpers import apply_settings, connect, inspect, drag_from_palette, local_chain, make_flow, node, open_editor, sample_graph
 from tests.executor.chainkit import anvil, make_chain, transact, web3_for  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -49,7 +49,7 @@ def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
 ):
     w3 = web3_for(anvil)
     make_chain(anvil)
-    token_address = deploy(w3, "KwalaToken")
+    token_address = deploy(w3, "KwalaToken", "Kwala Token", "KWL")
     token = w3.eth.contract(address=token_address, abi=load_artifact("KwalaToken")["abi"])
     login(page, asgi_server.url, "alice", "alice-password-1")
 
@@ -57,31 +57,28 @@ def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
     page.get_by_role("button", name="Create and open").click()
     page.wait_for_selector("html[data-editor-ready='1']", state="attached")
 
-    drag_from_palette(page, "Contract event", 120, 200)
-    drag_from_palette(page, "Condition", 400, 200)
-    drag_from_palette(page, "HTTP request", 680, 200)
+    drag_from_palette(page, "Contract event", 110, 160)
+    drag_from_palette(page, "Condition", 340, 300)
+    drag_from_palette(page, "HTTP request", 570, 440)
     connect(page, "chain_event_1", "out", "condition_1")
     connect(page, "condition_1", "true", "http_request_1")
 
-    node(page, "chain_event_1").click()
+    inspect(page, "chain_event_1")
     page.get_by_label("Chain", exact=True).select_option(label="anvil-a (31337)")
     page.get_by_label("Contract addresses").fill(token_address)
     page.get_by_text("Pick from an ABI").click()
     page.get_by_label("Demo contract").select_option("KwalaToken")
     page.get_by_role("button", name="Transfer(address indexed from, address indexed to, uint256 value)").click()
-    page.get_by_role("button", name="Apply").click()
-    page.wait_for_function("document.querySelector('.saved-note')?.textContent.trim() === 'Saved.'")
+    apply_settings(page)
 
-    node(page, "condition_1").click()
+    inspect(page, "condition_1")
     page.get_by_label("Condition", exact=True).fill("trigger.args.value > 0")
-    page.get_by_role("button", name="Apply").click()
-    page.wait_for_function("document.querySelector('.saved-note')?.textContent.trim() === 'Saved.'")
+    apply_settings(page)
 
-    node(page, "http_request_1").click()
+    inspect(page, "http_request_1")
     page.get_by_label("URL").fill(f"{http_sink.url}/transfers")
     page.get_by_label("Body").fill('{"value": "{{ trigger.args.value }}", "to": "{{ trigger.args.to }}"}')
-    page.get_by_role("button", name="Apply").click()
-    page.wait_for_function("document.querySelector('.saved-note')?.textContent.trim() === 'Saved.'")
+    apply_settings(page)
     page.wait_for_function("document.querySelector('#problem-count').textContent === '0'")
 
     page.get_by_role("button", name="Publish").click()
@@ -95,7 +92,11 @@ def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
         transact(w3, token.functions.mint(DEV_ACCOUNTS[0].address, 10**18))
         transact(w3, token.functions.transfer(receiver, 5 * 10**17))
         # the canvas follows the newest run of the flow and turns green without a reload
-        page.wait_for_selector("#test-status[data-status='SUCCEEDED']", timeout=60_000)
+        try:
+            page.wait_for_selector("#test-status[data-status='SUCCEEDED']", timeout=60_000)
+        except Exception:
+            runs = list(Run.objects.values_list("status", "error"))
+            raise AssertionError(f"runs: {runs}\nlistener:\n{listener.output()[-3000:]}") from None
         assert "status-succeeded" in node(page, "http_request_1").locator(".node-body").get_attribute("class")
     finally:
         listener.stop()
