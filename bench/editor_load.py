@@ -64,7 +64,6 @@ def main() -> None:
     import django
 
     django.setup()
-    from django.conf import settings
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from playwright.sync_api import sync_playwright
@@ -86,16 +85,8 @@ def main() -> None:
     Flow.objects.filter(team=team).delete()
     flow = actions.create_flow(team, user, "editor bench", graph=generate_graph(args.nodes))
 
-    from django.db import connection
-
+    # The child finds the same embedded PostgreSQL and Redis through KWALA_VAR_DIR.
     env = dict(os.environ)
-    db = connection.settings_dict
-    env["DATABASE_URL"] = (
-        f"postgresql://{db['USER']}@{db['HOST'].replace('/', '%2F')}/{db['NAME']}"
-        if str(db.get("HOST", "")).startswith("/")
-        else f"postgresql://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    )
-    env["REDIS_URL"] = settings.REDIS_URL
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "kwala_site.asgi:application", "--host", "127.0.0.1", "--port",

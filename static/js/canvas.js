@@ -150,7 +150,10 @@ export function createGraph(container, { readonly = false, minimap = null } = {}
     },
   });
   if (minimap) {
-    graph.use(new X6.MiniMap({ container: minimap, width: 180, height: 120, padding: 8, scalable: false }));
+    // The minimap draws a second copy of the graph: do it once the canvas is usable.
+    const addMinimap = () => graph.use(new X6.MiniMap({ container: minimap, width: 180, height: 120, padding: 8, scalable: false }));
+    if (window.requestIdleCallback) window.requestIdleCallback(addMinimap, { timeout: 1500 });
+    else setTimeout(addMinimap, 200);
   }
   return graph;
 }

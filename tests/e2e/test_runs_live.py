@@ -9,7 +9,17 @@ import pytest
 from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
 from executor.models import Run
 from tests.conftest import Service, login
-from tests.e2e.editor_helpers import apply_settings, connect, inspect, drag_from_palette, local_chain, make_flow, node, open_editor, sample_graph
+from tests.e2e.editor_helpers import (
+    apply_settings,
+    connect,
+    drag_from_palette,
+    inspect,
+    local_chain,
+    make_flow,
+    node,
+    open_editor,
+    sample_graph,
+)
 from tests.executor.chainkit import anvil, make_chain, transact, web3_for  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
