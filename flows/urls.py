@@ -4,4 +4,17 @@ from flows import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("flows/new/", views.flow_create, name="flow_create"),
+    path("flows/<str:code>/", views.flow_editor, name="flow_editor"),
+    path("flows/<str:code>/graph/", views.flow_graph, name="flow_graph"),
+    path("flows/<str:code>/nodes/<str:node_id>/", views.node_inspector, name="node_inspector"),
+    path("flows/<str:code>/abi/", views.abi_helper, name="abi_helper"),
+    path("flows/<str:code>/publish/", views.flow_publish, name="flow_publish"),
+    path("flows/<str:code>/unpublish/", views.flow_unpublish, name="flow_unpublish"),
+    path("flows/<str:code>/versions/", views.flow_versions, name="flow_versions"),
+    path("flows/<str:code>/versions/<int:number>/rollback/", views.version_rollback, name="version_rollback"),
+    path("flows/<str:code>/export.yaml", views.flow_export, name="flow_export"),
+    path("flows/<str:code>/import/", views.flow_import, name="flow_import"),
+    path("flows/<str:code>/samples/", views.flow_samples, name="flow_samples"),
+    path("flows/<str:code>/test-run/", views.flow_test_run, name="flow_test_run"),
 ]

@@ -1,33 +1,506 @@
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch
-from django.shortcuts import render
+from django.db.models import Count, Max, Q
+from django.http import Http404, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import trigger_client_event
 
 from executor.listener_health import chain_health
-from flows.models import Flow, FlowVersion
-from flows.permissions import require_membership
+from executor.models import Chain, Run
+from executor.runs import RunError, start_manual_run
+from flows import actions, editor
+from flows.diff import diff_graphs, is_empty
+from flows.flowyaml import FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
+from flows.forms import ImportForm, NewFlowForm, NodeForm
+from flows.graph import CompileError, graph_validator
+from flows.models import Flow, FlowVersion, Secret
+from flows.nodes import NODE_TYPES, ValidationContext
+from flows.permissions import Role, get_flow_for_user, has_role, require_membership
+
+MAX_GRAPH_BYTES = 5_000_000
+STATS_WINDOW = timedelta(days=7)
 
 
 @login_required
 def home(request):
     membership = require_membership(request)
+    since = timezone.now() - STATS_WINDOW
     flows = (
         Flow.objects.filter(team=membership.team)
-        .prefetch_related(
-            Prefetch(
-                "versions",
-                queryset=FlowVersion.objects.filter(status=FlowVersion.Status.PUBLISHED),
-                to_attr="published",
-            )
+        .annotate(
+            last_run_at=Max("runs__created_at"),
+            runs_finished=Count(
+                "runs", filter=Q(runs__created_at__gte=since, runs__status__in=["SUCCEEDED", "FAILED"])
+            ),
+            runs_succeeded=Count("runs", filter=Q(runs__created_at__gte=since, runs__status="SUCCEEDED")),
         )
         .order_by("name")
     )
+    live = dict(
+        FlowVersion.objects.filter(flow__team=membership.team, status=FlowVersion.Status.PUBLISHED).values_list(
+            "flow_id", "number"
+        )
+    )
+    last_status = {}
+    for run in Run.objects.filter(team=membership.team).order_by("flow_id", "-created_at").distinct("flow_id"):
+        last_status[run.flow_id] = run
+    rows = []
+    for flow in flows:
+        rate = round(100 * flow.runs_succeeded / flow.runs_finished) if flow.runs_finished else None
+        rows.append({"flow": flow, "live": live.get(flow.pk), "last_run": last_status.get(flow.pk), "rate": rate})
     return render(
         request,
         "flows/home.html",
-        {"membership": membership, "flows": flows, "health": chain_health()},
+        {
+            "membership": membership,
+            "rows": rows,
+            "health": chain_health(),
+            "can_edit": has_role(membership, Role.EDITOR),
+            "form": NewFlowForm(),
+        },
     )
+
+
+@login_required
+@require_POST
+def flow_create(request):
+    membership = require_membership(request, Role.EDITOR)
+    form = NewFlowForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give the flow a name (up to 120 characters).")
+        return redirect("home")
+    flow = actions.create_flow(membership.team, request.user, form.cleaned_data["name"])
+    return redirect("flow_editor", code=flow.code)
+
+
+def _chains() -> list[tuple[int, str]]:
+    return list(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "slug"))
+
+
+def _secret_names(flow: Flow) -> list[str]:
+    return list(Secret.objects.filter(team=flow.team).order_by("name").values_list("name", flat=True))
+
+
+def _problems(flow: Flow, graph: dict) -> list[dict]:
+    try:
+        actions.compile_for(flow, graph)
+    except CompileError as exc:
+        return exc.as_list()
+    return []
+
+
+def _state(flow: Flow) -> dict:
+    """What the canvas shows: the graph, the revision it edits, and what is wrong with it."""
+    version, graph = actions.current_graph(flow)
+    live = actions.live_version(flow)
+    return {
+        "revision": flow.revision,
+        "graph": graph,
+        "problems": _problems(flow, graph),
+        "version": version.number if version else None,
+        "draft": bool(version and version.status == FlowVersion.Status.DRAFT),
+        "live": live.number if live else None,
+    }
+
+
+@login_required
+@require_GET
+def flow_editor(request, code):
+    flow, membership = get_flow_for_user(request.user, code)
+    state = _state(flow)
+    return render(
+        request,
+        "flows/editor.html",
+        {
+            "flow": flow,
+            "membership": membership,
+            "can_edit": has_role(membership, Role.EDITOR),
+            "state": state,
+            "catalogue": editor.palette(),
+            "urls": {
+                "graph": reverse("flow_graph", args=[flow.code]),
+                "node": reverse("node_inspector", args=[flow.code, "NODE"]),
+                "publish": reverse("flow_publish", args=[flow.code]),
+                "unpublish": reverse("flow_unpublish", args=[flow.code]),
+                "test_run": reverse("flow_test_run", args=[flow.code]),
+                "run_state": reverse("run_state", args=["00000000-0000-0000-0000-000000000000"]),
+                "run_page": reverse("run_detail", args=["00000000-0000-0000-0000-000000000000"]),
+                "step": reverse("run_step", args=["00000000-0000-0000-0000-000000000000", "STEP"]),
+                "ws_flow": f"/ws/flows/{flow.code}/runs/",
+            },
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def flow_graph(request, code):
+    """GET: the editor state. POST {graph, revision}: save the draft, answer the new state.
+
+    A stale revision is refused with 409 and nothing is written."""
+    role = Role.VIEWER if request.method == "GET" else Role.EDITOR
+    flow, _ = get_flow_for_user(request.user, code, role)
+    if request.method == "GET":
+        return JsonResponse(_state(flow))
+    if len(request.body) > MAX_GRAPH_BYTES:
+        return JsonResponse({"error": "This flow is too large to save."}, status=413)
+    try:
+        body = json.loads(request.body)
+        graph, revision = body["graph"], int(body["revision"])
+    except (ValueError, KeyError, TypeError):
+        return JsonResponse({"error": "Expected JSON with a graph and a revision."}, status=400)
+    errors = list(graph_validator().iter_errors(graph))
+    if errors:
+        return JsonResponse({"error": f"The graph is malformed: {errors[0].message}"}, status=400)
+    try:
+        actions.save_draft(flow, request.user, graph, revision=revision)
+    except actions.ConflictError as exc:
+        return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
+    return JsonResponse({"revision": flow.revision, "problems": _problems(flow, graph)})
+
+
+def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_edit: bool, saved: bool,
+                  problems: list[tuple[str, str]]) -> dict:
+    node_type = NODE_TYPES[node["type"]]
+    loose = []
+    field_problems: dict[str, list[str]] = {}
+    for path, message in problems:
+        field = form.field_for_problem(path)
+        if field is None or field not in form.fields:
+            loose.append(message)
+        else:
+            field_problems.setdefault(field, []).append(message)
+    abi_fields = [s.name for s in node_type.fields if s.kind in ("abi_event", "abi_function")]
+    return {
+        "flow": flow,
+        "node": node,
+        "node_type": node_type,
+        "form": form,
+        "fields": [(bound, field_problems.get(bound.name, [])) for bound in form],
+        "can_edit": can_edit,
+        "saved": saved,
+        "has_problems": bool(problems),
+        "loose_problems": loose,
+        "picker": editor.picker_entries(graph, node["id"], _secret_names(flow)),
+        "abi_fields": [(name, node_type.field(name).kind.removeprefix("abi_")) for name in abi_fields],
+        "demo_contracts": sorted(editor.demo_contracts()),
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def node_inspector(request, code, node_id):
+    """The settings form of one node (a fragment for the side panel).
+
+    POST saves the node's name and config into the draft when the form parses,
+    even if the node type's checks find problems: drafts may be incomplete, and
+    the problems are shown inline on the fields they concern."""
+    flow, membership = get_flow_for_user(request.user, code)
+    can_edit = has_role(membership, Role.EDITOR)
+    if request.method == "POST" and not can_edit:
+        raise Http404("No such flow")
+    _, graph = actions.current_graph(flow)
+    node = editor.find_node(graph, node_id)
+    if node is None or node.get("type") not in NODE_TYPES:
+        raise Http404("No such node")
+    node_type = NODE_TYPES[node["type"]]
+    ctx = actions.compile_context(flow.team)
+    vctx = ValidationContext(chains=ctx["chains"], secret_names=ctx["secret_names"])
+    form_kwargs = {"chains": _chains(), "secret_names": _secret_names(flow)}
+    template = "flows/inspector.html#inspector"
+    if request.method == "GET":
+        form = NodeForm(node_type, node, **form_kwargs)
+        problems = node_type.validate(node.get("config") or {}, vctx)
+        return render(request, template, _node_context(flow, graph, node, form, can_edit=can_edit,
+                                                       saved=False, problems=problems))
+    form = NodeForm(node_type, node, request.POST, **form_kwargs)
+    if not form.is_valid():
+        context = _node_context(flow, graph, node, form, can_edit=True, saved=False, problems=[])
+        return render(request, template, context, status=422)
+    try:
+        revision = int(request.headers.get("X-Kwala-Revision", ""))
+    except ValueError:
+        return HttpResponse("The editor did not say which revision it edits; reload the page.", status=400)
+    node["config"] = form.config()
+    name = form.node_name()
+    if name:
+        node["name"] = name
+    else:
+        node.pop("name", None)
+    try:
+        actions.save_draft(flow, request.user, graph, revision=revision)
+    except actions.ConflictError as exc:
+        response = render(request, "flows/inspector.html#conflict", {"message": str(exc)}, status=409)
+        return trigger_client_event(response, "kwala:conflict", {"message": str(exc)})
+    problems = node_type.validate(node["config"], vctx)
+    response = render(request, template, _node_context(flow, graph, node, form, can_edit=True,
+                                                       saved=True, problems=problems))
+    return trigger_client_event(
+        response,
+        "kwala:node-saved",
+        {
+            "revision": flow.revision,
+            "problems": _problems(flow, graph),
+            "node": {"id": node["id"], "name": node.get("name", ""), "config": node["config"],
+                     "ports": editor.output_ports(node)},
+        },
+    )
+
+
+@login_required
+@require_POST
+def abi_helper(request, code):
+    """The events or functions of a pasted ABI or a demo contract, to pick from."""
+    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
+    kind = "event" if request.POST.get("kind") == "event" else "function"
+    target = request.POST.get("target", "")
+    contract = request.POST.get("contract", "")
+    text = request.POST.get("abi", "").strip()
+    error = None
+    choices: list[dict] = []
+    if contract:
+        abi = editor.demo_contracts().get(contract)
+        if abi is None:
+            error = "No such demo contract."
+    elif text:
+        try:
+            abi = json.loads(text)
+            if isinstance(abi, dict) and "abi" in abi:
+                abi = abi["abi"]  # a whole artifact was pasted
+        except ValueError as exc:
+            abi, error = None, f"This is not valid JSON: {exc}"
+    else:
+        abi, error = None, "Paste an ABI or choose a demo contract."
+    if abi is not None and error is None:
+        try:
+            choices = editor.abi_choices(abi, kind)
+        except ValueError as exc:
+            error = str(exc)
+        if not choices and error is None:
+            error = f"This ABI has no {kind}s."
+    return render(
+        request,
+        "flows/inspector.html#abi-choices",
+        {"choices": choices, "error": error, "kind": kind, "target": target, "flow": flow},
+    )
+
+
+def _json_body(request) -> dict:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+@login_required
+@require_POST
+def flow_publish(request, code):
+    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
+    body = _json_body(request)
+    revision = body.get("revision")
+    try:
+        version = actions.publish_version(flow, request.user, revision=int(revision) if revision else None)
+    except actions.ConflictError as exc:
+        return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
+    except CompileError as exc:
+        return JsonResponse(
+            {"error": "The flow has problems; fix them to publish.", "problems": exc.as_list()}, status=422
+        )
+    except actions.NothingToPublish as exc:
+        return JsonResponse({"error": str(exc)}, status=409)
+    flow.refresh_from_db(fields=["revision"])
+    return JsonResponse({"message": f"Version {version.number} is live.", **_state(flow)})
+
+
+@login_required
+@require_POST
+def flow_unpublish(request, code):
+    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
+    version = actions.unpublish_flow(flow, request.user)
+    flow.refresh_from_db(fields=["revision"])
+    message = f"Version {version.number} is no longer live." if version else "The flow was not live."
+    return JsonResponse({"message": message, **_state(flow)})
+
+
+@login_required
+@require_GET
+def flow_versions(request, code):
+    flow, membership = get_flow_for_user(request.user, code)
+    versions = list(flow.versions.select_related("created_by").order_by("-number"))
+    numbers = [v.number for v in versions]
+    diff = None
+    old = new = None
+    if len(versions) >= 2:
+        try:
+            new_n = int(request.GET.get("new", numbers[0]))
+            old_n = int(request.GET.get("old", numbers[1]))
+        except ValueError:
+            new_n, old_n = numbers[0], numbers[1]
+        by_number = {v.number: v for v in versions}
+        old, new = by_number.get(old_n), by_number.get(new_n)
+        if old and new:
+            diff = diff_graphs(old.graph, new.graph)
+    context = {
+        "flow": flow,
+        "membership": membership,
+        "can_edit": has_role(membership, Role.EDITOR),
+        "versions": versions,
+        "old": old,
+        "new": new,
+        "diff": diff,
+        "unchanged": diff is not None and is_empty(diff),
+        "diff_svg": _diff_picture(old.graph, new.graph, diff) if diff else None,
+    }
+    template = "flows/versions.html#diff" if request.htmx else "flows/versions.html"
+    return render(request, template, context)
+
+
+def _diff_picture(old: dict, new: dict, diff: dict) -> dict:
+    """Boxes and lines for an SVG of the newer graph with the removed nodes ghosted in."""
+    added = {n["id"] for n in diff["nodes"]["added"]}
+    changed = {c["id"] for c in diff["nodes"]["changed"]} | {r["id"] for r in diff["nodes"]["renamed"]}
+    moved = {m["id"] for m in diff["nodes"]["moved"]}
+    boxes = {}
+    for node in new.get("nodes", []):
+        nid = node["id"]
+        state = "added" if nid in added else "changed" if nid in changed else "moved" if nid in moved else "same"
+        boxes[nid] = (node, state)
+    for node in diff["nodes"]["removed"]:
+        boxes[node["id"]] = (node, "removed")
+    pos = {}
+    for index, (nid, (node, _)) in enumerate(boxes.items()):
+        p = node.get("position") or {"x": 40 + 240 * (index % 4), "y": 40 + 120 * (index // 4)}
+        pos[nid] = (p["x"], p["y"])
+    if not pos:
+        return {"width": 200, "height": 80, "nodes": [], "edges": []}
+    min_x = min(x for x, _ in pos.values()) - 20
+    min_y = min(y for _, y in pos.values()) - 20
+    w, h = 180, 56
+    nodes = [
+        {"x": pos[nid][0] - min_x, "y": pos[nid][1] - min_y, "w": w, "h": h, "state": state,
+         "label": node.get("name") or NODE_TYPES.get(node.get("type"), None).label
+         if node.get("type") in NODE_TYPES else node.get("type", "?"), "id": nid}
+        for nid, (node, state) in boxes.items()
+    ]
+    added_edges = {(e["source"], e["source_port"], e["target"]) for e in diff["edges"]["added"]}
+    edges = []
+    for edge, state in [(e, "same") for e in new.get("edges", [])] + [(e, "removed") for e in diff["edges"]["removed"]]:
+        key = (edge["source"], edge["source_port"], edge["target"])
+        if edge["source"] not in pos or edge["target"] not in pos:
+            continue
+        sx, sy = pos[edge["source"]]
+        tx, ty = pos[edge["target"]]
+        edges.append({
+            "x1": sx - min_x + w, "y1": sy - min_y + h / 2, "x2": tx - min_x, "y2": ty - min_y + h / 2,
+            "state": "added" if key in added_edges else state, "port": edge["source_port"],
+        })
+    width = max(n["x"] for n in nodes) + w + 20
+    height = max(n["y"] for n in nodes) + h + 20
+    return {"width": width, "height": height, "nodes": nodes, "edges": edges}
+
+
+@login_required
+@require_POST
+def version_rollback(request, code, number):
+    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
+    version = get_object_or_404(FlowVersion, flow=flow, number=number)
+    draft = actions.rollback_to(flow, request.user, version)
+    messages.success(request, f"Version {version.number}'s graph is now the draft (v{draft.number}); "
+                              "publish it to make it live.")
+    return redirect("flow_editor", code=flow.code)
+
+
+@login_required
+@require_GET
+def flow_export(request, code):
+    flow, _ = get_flow_for_user(request.user, code)
+    _, graph = actions.current_graph(flow)
+    text = export_yaml({"name": flow.name, "description": flow.description}, graph)
+    response = HttpResponse(text, content_type="application/yaml; charset=utf-8")
+    slug = "".join(c if c.isalnum() else "-" for c in flow.name.lower()).strip("-") or "flow"
+    response["Content-Disposition"] = f'attachment; filename="{slug}.kwala.yaml"'
+    return response
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def flow_import(request, code):
+    """Replace the draft's graph with an imported YAML file (revision-checked)."""
+    flow, membership = get_flow_for_user(request.user, code, Role.EDITOR)
+    form = ImportForm(request.POST or None, initial={"revision": flow.revision})
+    if request.method == "POST" and form.is_valid():
+        text = form.cleaned_data["text"]
+        try:
+            if form.cleaned_data["format"] == "kwala":
+                _, graph = import_kwala_yaml(text, chains=actions.compile_context(flow.team)["chains"])
+            else:
+                _, graph = import_yaml(text)
+        except FlowYamlError as exc:
+            form.add_error("text", str(exc))
+        else:
+            try:
+                actions.save_draft(flow, request.user, graph, revision=form.cleaned_data["revision"])
+            except actions.ConflictError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, "Imported into the draft.")
+                return redirect("flow_editor", code=flow.code)
+    return render(request, "flows/import.html", {"flow": flow, "membership": membership, "form": form},
+                  status=422 if form.errors else 200)
+
+
+@login_required
+@require_GET
+def flow_samples(request, code):
+    """Recent real events of the trigger's contract, to test the flow with (a fragment)."""
+    from executor.samples import SampleError, recent_trigger_samples
+
+    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
+    _, graph = actions.current_graph(flow)
+    try:
+        samples = [{"sample": s, "json": json.dumps(s, indent=2)} for s in recent_trigger_samples(graph)]
+        error = None
+    except SampleError as exc:
+        samples, error = [], str(exc)
+    return render(request, "flows/editor.html#samples", {"samples": samples, "error": error})
+
+
+@login_required
+@require_POST
+def flow_test_run(request, code):
+    """Run the current graph now with a sample payload, as a dry run or for real."""
+    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
+    body = _json_body(request)
+    payload = body.get("payload", {})
+    if not isinstance(payload, dict):
+        return JsonResponse({"error": "The sample trigger must be a JSON object."}, status=400)
+    dry_run = bool(body.get("dry_run", True))
+    version, graph = actions.current_graph(flow)
+    if version is None:
+        return JsonResponse({"error": "This flow has no version yet."}, status=409)
+    try:
+        dag = actions.compile_for(flow, graph)
+    except CompileError as exc:
+        return JsonResponse({"error": "Fix the flow's problems to test it.", "problems": exc.as_list()},
+                            status=422)
+    if version.status == FlowVersion.Status.DRAFT:
+        # The draft runs as compiled now; publishing compiles it again.
+        version.dag = dag
+        version.save(update_fields=["dag", "updated_at"])
+    try:
+        run = start_manual_run(version, payload, user=request.user, dry_run=dry_run)
+    except RunError as exc:
+        return JsonResponse({"error": str(exc)}, status=409)
+    return JsonResponse({"run": str(run.code), "url": reverse("run_detail", args=[run.code])}, status=201)
 
 
 def page_not_found(request, exception=None):

@@ -1,0 +1,257 @@
+// The flow canvas shared by the editor and the run page: an X6 graph whose nodes
+// are the flow's nodes, converted to and from the graph JSON the server stores.
+/* global X6 */
+
+export const NODE_WIDTH = 210;
+const HEADER = 44;
+const PORT_ROW = 20;
+
+const CATEGORY_COLOURS = { trigger: "#7c3aed", logic: "#0369a1", action: "#047857" };
+
+let registered = false;
+
+function registerShapes() {
+  if (registered) return;
+  registered = true;
+  X6.Graph.registerNode(
+    "kwala-node",
+    {
+      inherit: "rect",
+      width: NODE_WIDTH,
+      height: HEADER,
+      markup: [
+        { tagName: "rect", selector: "body" },
+        { tagName: "rect", selector: "stripe" },
+        { tagName: "text", selector: "title" },
+        { tagName: "text", selector: "subtitle" },
+        { tagName: "circle", selector: "badge" },
+        { tagName: "text", selector: "badgeText" },
+        { tagName: "title", selector: "tip" },
+      ],
+      attrs: {
+        body: { refWidth: "100%", refHeight: "100%", rx: 8, ry: 8, fill: "#fff", stroke: "#94a3b8", strokeWidth: 1.5, class: "node-body" },
+        stripe: { width: 6, refHeight: "100%", rx: 3, fill: "#64748b" },
+        title: { refX: 16, refY: 16, fontSize: 13, fontWeight: 600, fill: "#0f172a", textAnchor: "start", textVerticalAnchor: "middle" },
+        subtitle: { refX: 16, refY: 33, fontSize: 11, fill: "#475569", textAnchor: "start", textVerticalAnchor: "middle" },
+        badge: { refX: "100%", refX2: -4, refY: 4, r: 10, fill: "#dc2626", stroke: "#fff", strokeWidth: 2, visibility: "hidden", class: "node-badge" },
+        badgeText: { refX: "100%", refX2: -4, refY: 4, fontSize: 11, fontWeight: 700, fill: "#fff", textAnchor: "middle", textVerticalAnchor: "middle", visibility: "hidden" },
+      },
+      ports: {
+        groups: {
+          in: {
+            position: { name: "left" },
+            attrs: { circle: { r: 6, magnet: "passive", stroke: "#475569", strokeWidth: 1.5, fill: "#fff" } },
+          },
+          out: {
+            position: { name: "right" },
+            label: { position: { name: "left", args: { x: -10 } } },
+            attrs: {
+              circle: { r: 6, magnet: true, stroke: "#475569", strokeWidth: 1.5, fill: "#fff" },
+              text: { fontSize: 10, fill: "#475569" },
+            },
+          },
+        },
+      },
+    },
+    true,
+  );
+}
+
+export function outputPorts(type, config, catalogue) {
+  if (type === "switch") {
+    const cases = Array.isArray(config?.cases) ? config.cases : [];
+    const names = cases.map((c) => c && c.name).filter((n) => typeof n === "string" && n);
+    return [...names, "default"];
+  }
+  return catalogue[type]?.output_ports ?? ["out"];
+}
+
+export function nodeMeta(node, catalogue) {
+  const entry = catalogue[node.type];
+  const outs = outputPorts(node.type, node.config, catalogue);
+  const ins = entry ? entry.input_ports : ["in"];
+  const rows = Math.max(outs.length, 1);
+  const height = HEADER + (outs.length > 1 ? (rows - 1) * PORT_ROW + 8 : 0);
+  const items = [
+    ...ins.map((p) => ({ id: p, group: "in" })),
+    ...outs.map((p) => ({ id: `out:${p}`, group: "out", attrs: { text: { text: outs.length > 1 || p !== "out" ? p : "" } } })),
+  ];
+  return { entry, height, items };
+}
+
+export function nodeCell(node, catalogue) {
+  const { entry, height, items } = nodeMeta(node, catalogue);
+  const label = node.name || entry?.label || node.type;
+  return {
+    id: node.id,
+    shape: "kwala-node",
+    x: node.position?.x ?? 0,
+    y: node.position?.y ?? 0,
+    width: NODE_WIDTH,
+    height,
+    data: { type: node.type, name: node.name || "", config: node.config || {} },
+    attrs: {
+      title: { text: clip(label, 26) },
+      subtitle: { text: entry ? `${entry.label} · ${node.id}` : `Unknown type ${node.type}` },
+      stripe: { fill: CATEGORY_COLOURS[entry?.category] ?? "#64748b" },
+      tip: { text: label },
+    },
+    ports: { items },
+  };
+}
+
+export function edgeCell(edge) {
+  return {
+    id: edge.id,
+    shape: "edge",
+    source: { cell: edge.source, port: `out:${edge.source_port}` },
+    target: { cell: edge.target, port: "in" },
+    connector: { name: "smooth" },
+    attrs: { line: { stroke: "#64748b", strokeWidth: 1.5, targetMarker: { name: "block", width: 8, height: 6 } } },
+    zIndex: 0,
+  };
+}
+
+function clip(text, n) {
+  return text.length > n ? text.slice(0, n - 1) + "…" : text;
+}
+
+export function createGraph(container, { readonly = false, minimap = null } = {}) {
+  registerShapes();
+  const graph = new X6.Graph({
+    container,
+    autoResize: true,
+    grid: { size: 10, visible: true, type: "dot", args: { color: "#cbd5e1" } },
+    background: { color: "#f8fafc" },
+    panning: { enabled: true, eventTypes: ["leftMouseDown"] },
+    mousewheel: { enabled: true, modifiers: ["ctrl", "meta"], minScale: 0.2, maxScale: 2 },
+    interacting: readonly ? { nodeMovable: false, edgeMovable: false, magnetConnectable: false } : true,
+    connecting: {
+      snap: { radius: 24 },
+      allowBlank: false,
+      allowLoop: false,
+      allowNode: false,
+      allowEdge: false,
+      allowMulti: false,
+      highlight: true,
+      connector: { name: "smooth" },
+      validateMagnet({ magnet }) {
+        return !readonly && magnet.getAttribute("port-group") === "out";
+      },
+      validateConnection({ sourcePort, targetPort, targetMagnet }) {
+        return Boolean(sourcePort && sourcePort.startsWith("out:") && targetPort === "in" && targetMagnet);
+      },
+      createEdge() {
+        return this.createEdge(edgeCell({ source: "", source_port: "", target: "" }));
+      },
+    },
+    highlighting: {
+      magnetAvailable: { name: "stroke", args: { padding: 4, attrs: { stroke: "#2563eb", strokeWidth: 2 } } },
+    },
+  });
+  if (minimap) {
+    // The minimap draws a second copy of the graph: do it once the canvas is usable.
+    const addMinimap = () => graph.use(new X6.MiniMap({ container: minimap, width: 180, height: 120, padding: 8, scalable: false }));
+    if (window.requestIdleCallback) window.requestIdleCallback(addMinimap, { timeout: 1500 });
+    else setTimeout(addMinimap, 200);
+  }
+  return graph;
+}
+
+export function loadGraph(graph, data, catalogue) {
+  const cells = [
+    ...data.nodes.map((n) => nodeCell(n, catalogue)),
+    ...data.edges.map((e, i) => edgeCell({ ...e, id: e.id || `e_${i}_${e.source}_${e.target}` })),
+  ];
+  graph.fromJSON({ cells });
+}
+
+export function serialize(graph) {
+  const nodes = graph.getNodes().map((node) => {
+    const data = node.getData() || {};
+    const pos = node.getPosition();
+    const out = { id: node.id, type: data.type, config: data.config || {}, position: { x: Math.round(pos.x), y: Math.round(pos.y) } };
+    if (data.name) out.name = data.name;
+    return out;
+  });
+  const edges = [];
+  for (const edge of graph.getEdges()) {
+    const source = edge.getSourceCellId();
+    const target = edge.getTargetCellId();
+    const port = edge.getSourcePortId();
+    if (!source || !target || !port) continue;
+    edges.push({ id: String(edge.id), source, source_port: port.replace(/^out:/, ""), target });
+  }
+  nodes.sort((a, b) => (a.id < b.id ? -1 : 1));
+  return { nodes, edges };
+}
+
+const STATUS_COLOURS = {
+  PENDING: ["#f1f5f9", "#94a3b8"],
+  QUEUED: ["#eff6ff", "#60a5fa"],
+  RUNNING: ["#fef9c3", "#ca8a04"],
+  SUCCEEDED: ["#dcfce7", "#16a34a"],
+  FAILED: ["#fee2e2", "#dc2626"],
+  SKIPPED: ["#f1f5f9", "#cbd5e1"],
+  CANCELLED: ["#f1f5f9", "#64748b"],
+};
+
+export function setStatus(node, status) {
+  const [fill, stroke] = STATUS_COLOURS[status] ?? ["#fff", "#94a3b8"];
+  node.attr("body", { fill, stroke, class: status ? `node-body status-${status.toLowerCase()}` : "node-body" }, { silent: false, history: false });
+}
+
+export function setProblems(node, problems) {
+  const count = problems.length;
+  node.attr(
+    {
+      badge: { visibility: count ? "visible" : "hidden", class: count ? "node-badge has-problems" : "node-badge" },
+      badgeText: { visibility: count ? "visible" : "hidden", text: count ? String(count) : "" },
+      tip: { text: count ? problems.map((p) => p.message).join("\n") : node.getData()?.name || node.id },
+    },
+    { history: false },
+  );
+}
+
+export function refreshNode(node, catalogue) {
+  const data = node.getData();
+  const cell = nodeCell({ id: node.id, ...data, position: node.getPosition() }, catalogue);
+  node.attr(cell.attrs, { history: false });
+  node.resize(NODE_WIDTH, cell.height, { history: false });
+  const wanted = cell.ports.items.map((p) => p.id).join("|");
+  const have = node.getPorts().map((p) => p.id).join("|");
+  if (wanted !== have) {
+    node.removePorts({ history: false });
+    node.addPorts(cell.ports.items, { history: false });
+  }
+}
+
+export function wsUrl(path) {
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${window.location.host}${path}`;
+}
+
+// A websocket that reconnects with backoff and calls onMessage for every message.
+export function liveSocket(path, onMessage) {
+  let socket = null;
+  let delay = 500;
+  let closed = false;
+  const open = () => {
+    socket = new WebSocket(wsUrl(path));
+    socket.onmessage = (e) => {
+      delay = 500;
+      try {
+        onMessage(JSON.parse(e.data));
+      } catch (err) {
+        console.warn("bad live message", err);
+      }
+    };
+    socket.onclose = (e) => {
+      if (closed || e.code === 4403) return;
+      setTimeout(open, delay);
+      delay = Math.min(delay * 2, 10000);
+    };
+  };
+  open();
+  return { close() { closed = true; socket?.close(); } };
+}

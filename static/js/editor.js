@@ -1,0 +1,690 @@
+// The flow editor: palette, canvas, autosave with a revision check, inspector,
+// problems, publish and test runs. The server holds the truth: every save answers
+// with the new revision and the compile problems, which the canvas then shows.
+/* global X6, htmx */
+import {
+  createGraph, edgeCell, liveSocket, loadGraph, nodeCell, refreshNode, serialize, setProblems, setStatus,
+} from "./canvas.js";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const state = JSON.parse($("#flow-state").textContent);
+const catalogueList = JSON.parse($("#flow-catalogue").textContent);
+const urls = JSON.parse($("#flow-urls").textContent);
+const catalogue = Object.fromEntries(catalogueList.map((e) => [e.key, e]));
+const canEdit = $("#editor").dataset.canEdit === "1";
+const csrf = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRFToken"];
+const CLIPBOARD_KEY = "kwala.clipboard";
+const SAVE_DELAY_MS = 500;
+const DERIVED_KEYS = new Set(["attrs", "size", "ports", "zIndex", "tools", "view"]);
+
+const container = $("#canvas");
+const graph = createGraph(container, { readonly: !canEdit, minimap: $("#minimap") });
+graph.use(new X6.Snapline({ enabled: canEdit }));
+const selection = new X6.Selection({
+    enabled: true,
+    multiple: true,
+    rubberband: canEdit,
+    modifiers: ["shift"],
+    movable: canEdit,
+    showNodeSelectionBox: true,
+    pointerEvents: "none",
+});
+graph.use(selection);
+const undoStack = new X6.History({
+    enabled: canEdit,
+    beforeAddCommand(event, args) {
+      if (args?.options?.ignoreHistory) return false;
+      if (event === "cell:change:*" && DERIVED_KEYS.has(args.key)) return false;
+      return true;
+    },
+});
+graph.use(undoStack);
+
+let revision = state.revision;
+let problems = state.problems;
+let conflict = false;
+let saveTimer = null;
+let saving = null; // the in-flight save promise
+let dirty = false;
+let loading = true;
+let activeRun = null;
+
+loadGraph(graph, state.graph, catalogue);
+undoStack.clean();
+loading = false;
+showProblems();
+showStatus(state);
+requestAnimationFrame(() => {
+  if (graph.getNodes().length) graph.zoomToFit({ padding: 40, maxScale: 1 });
+  else graph.centerContent();
+  document.documentElement.dataset.editorReady = "1";
+});
+
+// -- saving ---------------------------------------------------------------------------
+
+function setSaveState(text) {
+  $("#save-state").textContent = text;
+}
+
+function scheduleSave() {
+  if (loading || !canEdit || conflict) return;
+  dirty = true;
+  setSaveState("Unsaved changes…");
+  clearTimeout(saveTimer);
+  saveTimer = setTimeout(() => { saveNow(); }, SAVE_DELAY_MS);
+}
+
+async function saveNow() {
+  clearTimeout(saveTimer);
+  if (saving) {
+    await saving;
+  }
+  if (!dirty || conflict) return;
+  dirty = false;
+  setSaveState("Saving…");
+  saving = (async () => {
+    try {
+      const res = await post(urls.graph, { graph: serialize(graph), revision });
+      const body = await res.json();
+      if (res.status === 409) {
+        showConflict(body.error);
+        return;
+      }
+      if (!res.ok) {
+        dirty = true;
+        setSaveState("Not saved");
+        notice(body.error || "The flow could not be saved.", true);
+        return;
+      }
+      revision = body.revision;
+      problems = body.problems;
+      showProblems();
+      if (!dirty) setSaveState("Saved");
+      showStatus({ draft: true, live: state.live });
+    } catch (err) {
+      dirty = true;
+      setSaveState("Offline — will retry");
+      saveTimer = setTimeout(() => { saveNow(); }, 3000);
+    }
+  })();
+  try { await saving; } finally { saving = null; }
+}
+
+// Before anything that reads the draft on the server (inspector, publish, test).
+export async function flush() {
+  if (dirty) await saveNow();
+  else if (saving) await saving;
+}
+
+function post(url, data) {
+  return fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
+    body: JSON.stringify(data),
+    credentials: "same-origin",
+  });
+}
+
+function showConflict(message) {
+  conflict = true;
+  const banner = $("#conflict-banner");
+  if (message) $("#conflict-message").textContent = message.replace("Reload", "— reload").replace("— — ", "— ");
+  banner.hidden = false;
+  setSaveState("Not saved: changed elsewhere");
+}
+
+function notice(text, isError = false) {
+  const box = $("#notice");
+  box.textContent = text;
+  box.classList.toggle("banner-error", isError);
+  box.hidden = !text;
+}
+
+function showStatus(s) {
+  const badge = $("#flow-status");
+  if (s.live && !s.draft) { badge.textContent = `Live v${s.live}`; badge.className = "badge badge-ok"; }
+  else if (s.live) { badge.textContent = `Live v${s.live} · draft changes`; badge.className = "badge badge-warn"; }
+  else { badge.textContent = "Draft"; badge.className = "badge"; }
+  state.live = s.live;
+  const unpublish = $("#unpublish-button");
+  if (unpublish) unpublish.hidden = !s.live;
+}
+
+// -- graph events -----------------------------------------------------------------------
+
+graph.on("cell:added", scheduleSave);
+graph.on("cell:removed", scheduleSave);
+graph.on("node:change:position", scheduleSave);
+graph.on("node:change:data", ({ node }) => { refreshNode(node, catalogue); scheduleSave(); });
+graph.on("edge:connected", scheduleSave);
+graph.on("edge:change:source", scheduleSave);
+graph.on("edge:change:target", scheduleSave);
+graph.on("history:change", updateHistoryButtons);
+
+function updateHistoryButtons() {
+  const undo = $('[data-cmd="undo"]');
+  const redo = $('[data-cmd="redo"]');
+  if (undo) undo.disabled = !undoStack.canUndo();
+  if (redo) redo.disabled = !undoStack.canRedo();
+}
+updateHistoryButtons();
+
+graph.on("node:click", ({ node }) => { container.focus({ preventScroll: true }); selectOnly(node); openInspector(node, false); });
+graph.on("blank:click", () => { container.focus({ preventScroll: true }); });
+graph.on("node:dblclick", ({ node }) => openInspector(node, true));
+graph.on("selection:changed", ({ selected }) => {
+  const nodes = selected.filter((c) => c.isNode());
+  if (nodes.length === 1) openInspector(nodes[0], false);
+});
+
+function selectOnly(node) {
+  selection.clean();
+  selection.select(node);
+}
+
+// -- problems ---------------------------------------------------------------------------
+
+function showProblems() {
+  const byNode = {};
+  for (const p of problems) if (p.node_id) (byNode[p.node_id] ||= []).push(p);
+  for (const node of graph.getNodes()) setProblems(node, byNode[node.id] || []);
+  const list = $("#problems");
+  list.replaceChildren();
+  for (const p of problems) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "problem";
+    const node = p.node_id && graph.getCellById(p.node_id);
+    const where = node ? (node.getData().name || catalogue[node.getData().type]?.label || p.node_id) : "Flow";
+    button.textContent = `${where}${p.field ? ` (${p.field})` : ""}: ${p.message}`;
+    button.dataset.node = p.node_id || "";
+    button.addEventListener("click", () => {
+      if (!node) return;
+      selectOnly(node);
+      graph.centerCell(node);
+      openInspector(node, true);
+    });
+    li.append(button);
+    list.append(li);
+  }
+  if (!problems.length) list.innerHTML = '<li class="empty">No problems: the flow compiles.</li>';
+  $("#problem-count").textContent = String(problems.length);
+  $("#problem-count").classList.toggle("count-bad", problems.length > 0);
+}
+
+// -- inspector ------------------------------------------------------------------------------
+
+let inspectedId = null;
+let inspectorLoad = null;
+let loadToken = 0;
+
+async function openInspector(node, focus) {
+  showTab("inspector");
+  if (activeRun) loadStep(node.id);
+  const loaded = $("#inspector-form")?.dataset.node === node.id;
+  if (!(loaded && !inspectorLoad) && !(inspectedId === node.id && inspectorLoad)) {
+    inspectedId = node.id;
+    const token = ++loadToken;
+    inspectorLoad = (async () => {
+      await flush();
+      if (conflict || token !== loadToken) return;
+      const res = await fetch(urls.node.replace("NODE", encodeURIComponent(node.id)), { credentials: "same-origin" });
+      const html = await res.text();
+      if (token !== loadToken) return; // another node was chosen meanwhile
+      const panel = $("#inspector");
+      panel.innerHTML = res.ok ? html : '<p class="form-error" role="alert">This node\'s settings could not be loaded.</p>';
+      htmx.process(panel);
+    })();
+    inspectorLoad.finally(() => { if (token === loadToken) inspectorLoad = null; });
+  }
+  if (inspectorLoad) await inspectorLoad;
+  if (focus) focusFirstField();
+}
+
+function focusFirstField() {
+  const field = $("#inspector-form input:not([type=hidden]), #inspector-form textarea, #inspector-form select");
+  field?.focus();
+}
+
+document.body.addEventListener("htmx:configRequest", (e) => {
+  e.detail.headers["X-Kwala-Revision"] = String(revision);
+});
+
+// Inspector submits wait for a pending canvas save so they name the latest revision.
+document.body.addEventListener("htmx:confirm", (e) => {
+  if (!(e.target instanceof HTMLFormElement) || e.target.id !== "inspector-form") return;
+  if (!dirty && !saving) return;
+  e.preventDefault();
+  flush().then(() => { if (!conflict) e.detail.issueRequest(); });
+});
+
+document.body.addEventListener("kwala:node-saved", (e) => {
+  const detail = e.detail;
+  revision = detail.revision;
+  problems = detail.problems;
+  const node = graph.getCellById(detail.node.id);
+  if (node) {
+    const data = { ...node.getData(), name: detail.node.name, config: detail.node.config };
+    // Not an undoable change of the canvas: the server already holds it.
+    node.setData(data, { overwrite: true, ignoreHistory: true, silent: true });
+    refreshNode(node, catalogue);
+  }
+  showProblems();
+  showStatus({ draft: true, live: state.live });
+  setSaveState("Saved");
+});
+
+document.body.addEventListener("kwala:conflict", (e) => showConflict(e.detail?.message));
+
+// The data picker inserts into the expression field last focused.
+let lastExpressionField = null;
+document.addEventListener("focusin", (e) => {
+  if (e.target.matches?.("#inspector-form [data-expression]")) lastExpressionField = e.target;
+});
+document.addEventListener("click", (e) => {
+  const pick = e.target.closest?.(".pick");
+  if (pick) {
+    const field = lastExpressionField && document.contains(lastExpressionField) ? lastExpressionField : $("#inspector-form [data-expression]");
+    if (!field) return;
+    const expr = pick.dataset.expr;
+    const text = field.dataset.kind === "expression" ? expr : `{{ ${expr} }}`;
+    const start = field.selectionStart ?? field.value.length;
+    const end = field.selectionEnd ?? field.value.length;
+    field.value = field.value.slice(0, start) + text + field.value.slice(end);
+    field.focus();
+    field.selectionStart = field.selectionEnd = start + text.length;
+    return;
+  }
+  const choose = e.target.closest?.(".abi-choose");
+  if (choose) {
+    const target = document.getElementById(choose.dataset.target);
+    if (target) target.value = choose.dataset.signature;
+    const args = choose.parentElement.querySelectorAll(".abi-arg");
+    const argsField = $("#inspector-form #id_args");
+    if (argsField && choose.dataset.inputs !== undefined) {
+      argsField.value = JSON.stringify([...args].map((a) => a.value), null, 2);
+    }
+    target?.focus();
+  }
+});
+
+// -- palette and drop -----------------------------------------------------------------------
+
+const CATEGORY_LABELS = { trigger: "Triggers", logic: "Logic", action: "Actions" };
+
+function buildPalette() {
+  const list = $("#palette-list");
+  if (!list) return;
+  for (const category of ["trigger", "logic", "action"]) {
+    const section = document.createElement("section");
+    section.className = "palette-group";
+    section.innerHTML = `<h2>${CATEGORY_LABELS[category]}</h2>`;
+    const ul = document.createElement("ul");
+    for (const entry of catalogueList.filter((e) => e.category === category)) {
+      const li = document.createElement("li");
+      const item = document.createElement("button");
+      item.type = "button";
+      item.className = `palette-item cat-${category}`;
+      item.draggable = true;
+      item.dataset.type = entry.key;
+      item.dataset.search = `${entry.label} ${entry.description} ${entry.key}`.toLowerCase();
+      item.title = `${entry.description} (drag onto the canvas, or press Enter to add)`;
+      item.innerHTML = `<strong></strong><small></small>`;
+      item.querySelector("strong").textContent = entry.label;
+      item.querySelector("small").textContent = entry.description;
+      item.addEventListener("dragstart", (e) => {
+        e.dataTransfer.setData("application/x-kwala-node", entry.key);
+        e.dataTransfer.effectAllowed = "copy";
+      });
+      item.addEventListener("click", () => {
+        const center = graph.graphToLocal(graph.getGraphArea().center);
+        const area = graph.getGraphArea();
+        addNode(entry.key, { x: area.center.x - 100, y: area.center.y - 22 }, true);
+        void center;
+      });
+      li.append(item);
+      ul.append(li);
+    }
+    section.append(ul);
+    list.append(section);
+  }
+  $("#palette-search").addEventListener("input", (e) => {
+    const q = e.target.value.trim().toLowerCase();
+    for (const item of list.querySelectorAll(".palette-item")) item.parentElement.hidden = q && !item.dataset.search.includes(q);
+    for (const group of list.querySelectorAll(".palette-group")) group.hidden = !group.querySelector("li:not([hidden])");
+  });
+}
+
+container.addEventListener("dragover", (e) => {
+  if (e.dataTransfer.types.includes("application/x-kwala-node")) {
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+  }
+});
+container.addEventListener("drop", (e) => {
+  const type = e.dataTransfer.getData("application/x-kwala-node");
+  if (!type || !canEdit) return;
+  e.preventDefault();
+  const p = graph.clientToLocal(e.clientX, e.clientY);
+  addNode(type, { x: Math.round(p.x - 105), y: Math.round(p.y - 22) }, true);
+});
+
+function newNodeId(type) {
+  const base = type.replace(/[^A-Za-z0-9_]/g, "_");
+  let n = 1;
+  while (graph.getCellById(`${base}_${n}`)) n += 1;
+  return `${base}_${n}`;
+}
+
+function addNode(type, position, select) {
+  if (!catalogue[type]) return null;
+  if (catalogue[type].category === "trigger" && graph.getNodes().some((n) => catalogue[n.getData().type]?.category === "trigger")) {
+    notice("A flow has exactly one trigger; this one will show as a problem until you remove one.");
+  }
+  const node = graph.addNode(nodeCell({ id: newNodeId(type), type, config: {}, position }, catalogue));
+  setProblems(node, []);
+  if (select) {
+    selectOnly(node);
+    container.focus({ preventScroll: true });
+  }
+  return node;
+}
+
+// -- commands ----------------------------------------------------------------------------------
+
+function deleteSelection() {
+  const cells = selection.getSelectedCells();
+  if (!cells.length) return;
+  graph.startBatch("delete");
+  graph.removeCells(cells);
+  graph.stopBatch("delete");
+  inspectedId = null;
+  $("#inspector").innerHTML = '<p class="empty">Select a node to see its settings.</p>';
+}
+
+function copySelection() {
+  const nodes = selection.getSelectedCells().filter((c) => c.isNode());
+  if (!nodes.length) return;
+  const ids = new Set(nodes.map((n) => n.id));
+  const data = serialize(graph);
+  const clip = {
+    nodes: data.nodes.filter((n) => ids.has(n.id)),
+    edges: data.edges.filter((e) => ids.has(e.source) && ids.has(e.target)),
+  };
+  localStorage.setItem(CLIPBOARD_KEY, JSON.stringify(clip));
+  notice(`Copied ${clip.nodes.length} node${clip.nodes.length === 1 ? "" : "s"}.`);
+}
+
+function paste() {
+  let clip;
+  try { clip = JSON.parse(localStorage.getItem(CLIPBOARD_KEY) || "null"); } catch { clip = null; }
+  if (!clip?.nodes?.length) return;
+  const mapping = {};
+  graph.startBatch("paste");
+  const added = [];
+  for (const node of clip.nodes) {
+    const id = newNodeId(node.type);
+    mapping[node.id] = id;
+    const pos = { x: (node.position?.x ?? 0) + 40, y: (node.position?.y ?? 0) + 40 };
+    added.push(graph.addNode(nodeCell({ ...node, id, position: pos }, catalogue)));
+  }
+  for (const edge of clip.edges) {
+    graph.addEdge(edgeCell({ ...edge, id: `e_${mapping[edge.source]}_${edge.source_port}_${mapping[edge.target]}`, source: mapping[edge.source], target: mapping[edge.target] }));
+  }
+  graph.stopBatch("paste");
+  selection.clean();
+  selection.select(added);
+  // Shift the clipboard so pasting twice does not stack copies on top of each other.
+  for (const node of clip.nodes) node.position = { x: (node.position?.x ?? 0) + 40, y: (node.position?.y ?? 0) + 40 };
+  localStorage.setItem(CLIPBOARD_KEY, JSON.stringify(clip));
+}
+
+function autoLayout() {
+  const data = serialize(graph);
+  const children = {};
+  const indegree = {};
+  for (const n of data.nodes) { children[n.id] = []; indegree[n.id] = 0; }
+  for (const e of data.edges) {
+    if (!(e.source in children) || !(e.target in indegree)) continue;
+    children[e.source].push(e.target);
+    indegree[e.target] += 1;
+  }
+  // Longest path from a source: each node sits one column right of its deepest parent.
+  const depth = {};
+  const queue = data.nodes.filter((n) => indegree[n.id] === 0).map((n) => n.id);
+  for (const id of queue) depth[id] = 0;
+  const remaining = { ...indegree };
+  while (queue.length) {
+    const id = queue.shift();
+    for (const child of children[id]) {
+      depth[child] = Math.max(depth[child] ?? 0, depth[id] + 1);
+      remaining[child] -= 1;
+      if (remaining[child] === 0) queue.push(child);
+    }
+  }
+  const columns = {};
+  for (const n of data.nodes) (columns[depth[n.id] ?? 0] ||= []).push(n);
+  graph.startBatch("layout");
+  for (const [col, nodes] of Object.entries(columns)) {
+    nodes.sort((a, b) => a.position.y - b.position.y);
+    nodes.forEach((n, row) => {
+      const cell = graph.getCellById(n.id);
+      cell.setPosition(80 + Number(col) * 280, 80 + row * 110);
+    });
+  }
+  graph.stopBatch("layout");
+  graph.zoomToFit({ padding: 40, maxScale: 1 });
+}
+
+function orderedNodes() {
+  return graph.getNodes().slice().sort((a, b) => {
+    const pa = a.getPosition();
+    const pb = b.getPosition();
+    return pa.x - pb.x || pa.y - pb.y;
+  });
+}
+
+function moveSelection(step) {
+  const nodes = orderedNodes();
+  if (!nodes.length) return false;
+  const current = selection.getSelectedCells().find((c) => c.isNode());
+  let index = current ? nodes.indexOf(current) + step : step > 0 ? 0 : nodes.length - 1;
+  if (index < 0 || index >= nodes.length) return false;
+  const node = nodes[index];
+  selectOnly(node);
+  graph.centerCell(node);
+  return true;
+}
+
+function nudgeSelection(dx, dy) {
+  const nodes = selection.getSelectedCells().filter((c) => c.isNode());
+  if (!nodes.length) return;
+  graph.startBatch("nudge");
+  for (const n of nodes) n.translate(dx, dy);
+  graph.stopBatch("nudge");
+}
+
+function isTyping(target) {
+  return target instanceof HTMLElement && (target.matches("input, textarea, select") || target.isContentEditable);
+}
+
+document.addEventListener("keydown", (e) => {
+  if (isTyping(e.target)) return;
+  const mod = e.ctrlKey || e.metaKey;
+  const inCanvas = container.contains(document.activeElement) || document.activeElement === container;
+  const key = e.key.toLowerCase();
+  if (mod && key === "z" && canEdit) { e.preventDefault(); e.shiftKey ? undoStack.redo() : undoStack.undo(); return; }
+  if (mod && key === "y" && canEdit) { e.preventDefault(); undoStack.redo(); return; }
+  if (!inCanvas) return;
+  if (mod && key === "c") { e.preventDefault(); copySelection(); return; }
+  if (mod && key === "v" && canEdit) { e.preventDefault(); paste(); return; }
+  if (mod && key === "a") { e.preventDefault(); selection.select(graph.getNodes()); return; }
+  if ((e.key === "Delete" || e.key === "Backspace") && canEdit) { e.preventDefault(); deleteSelection(); return; }
+  if (e.key === "Enter") {
+    const node = selection.getSelectedCells().find((c) => c.isNode());
+    if (node) { e.preventDefault(); openInspector(node, true); }
+    return;
+  }
+  if (e.key === "Escape") { selection.clean(); return; }
+  if (e.key === "Tab") {
+    // Tab walks the nodes, then lets focus leave the canvas at either end.
+    if (moveSelection(e.shiftKey ? -1 : 1)) e.preventDefault();
+    return;
+  }
+  const arrows = { ArrowRight: [1, 0], ArrowLeft: [-1, 0], ArrowDown: [0, 1], ArrowUp: [0, -1] };
+  if (e.key in arrows) {
+    e.preventDefault();
+    const [dx, dy] = arrows[e.key];
+    if (e.altKey && canEdit) nudgeSelection(dx * 10, dy * 10);
+    else moveSelection(dx + dy > 0 ? 1 : -1);
+  }
+});
+
+// -- toolbar --------------------------------------------------------------------------------------
+
+const commands = {
+  undo: () => undoStack.undo(),
+  redo: () => undoStack.redo(),
+  layout: autoLayout,
+  "zoom-in": () => graph.zoom(0.1),
+  "zoom-out": () => graph.zoom(-0.1),
+  fit: () => graph.zoomToFit({ padding: 40, maxScale: 1 }),
+  publish,
+  unpublish,
+  test: () => showTab("test"),
+};
+for (const button of document.querySelectorAll("[data-cmd]")) {
+  button.addEventListener("click", () => commands[button.dataset.cmd]?.());
+}
+
+async function publish() {
+  await flush();
+  if (conflict) return;
+  const res = await post(urls.publish, { revision });
+  const body = await res.json();
+  if (res.status === 409 && body.conflict) { showConflict(body.error); return; }
+  if (!res.ok) {
+    if (body.problems) { problems = body.problems; showProblems(); showTab("problems"); }
+    notice(body.error, true);
+    return;
+  }
+  revision = body.revision;
+  problems = body.problems;
+  showProblems();
+  showStatus(body);
+  notice(body.message);
+}
+
+async function unpublish() {
+  await flush();
+  const res = await post(urls.unpublish, {});
+  const body = await res.json();
+  if (!res.ok) { notice(body.error || "Could not unpublish.", true); return; }
+  revision = body.revision;
+  showStatus(body);
+  notice(body.message);
+}
+
+// -- side tabs -------------------------------------------------------------------------------------
+
+function showTab(name) {
+  for (const tab of document.querySelectorAll("[data-tab]")) {
+    const on = tab.dataset.tab === name;
+    tab.setAttribute("aria-selected", on ? "true" : "false");
+    const panel = document.getElementById(`tab-${tab.dataset.tab}`);
+    if (panel) panel.hidden = !on;
+  }
+}
+for (const tab of document.querySelectorAll("[data-tab]")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
+
+// -- test runs -------------------------------------------------------------------------------------
+
+async function startTest() {
+  const status = $("#test-status");
+  let payload;
+  try {
+    payload = JSON.parse($("#test-payload").value || "{}");
+  } catch (err) {
+    status.textContent = `The sample trigger is not valid JSON: ${err.message}`;
+    return;
+  }
+  await flush();
+  if (conflict) return;
+  status.textContent = "Starting…";
+  const res = await post(urls.test_run, { payload, dry_run: $("#test-dry").checked });
+  const body = await res.json();
+  if (!res.ok) {
+    status.textContent = body.error;
+    if (body.problems) { problems = body.problems; showProblems(); }
+    return;
+  }
+  watchRun(body.run, body.url);
+}
+$("#test-start")?.addEventListener("click", startTest);
+
+const refreshActive = debounce(() => { if (activeRun) refreshRun(activeRun); }, 80);
+
+const seenRuns = new Set();
+
+function watchRun(code, url, label = "Run started.") {
+  activeRun = code;
+  seenRuns.add(code);
+  for (const node of graph.getNodes()) setStatus(node, "PENDING");
+  const status = $("#test-status") || $("#live-run");
+  if (status) {
+    status.innerHTML = "";
+    const link = document.createElement("a");
+    link.href = url;
+    link.textContent = "Open the run";
+    status.append(`${label} `, link);
+  }
+  refreshRun(code);
+}
+
+// Every run of this flow lights the canvas up live; the newest one wins.
+liveSocket(urls.ws_flow, (msg) => {
+  if (!msg.run) return;
+  if (msg.run !== activeRun) {
+    if (seenRuns.has(msg.run)) return; // an older run still finishing
+    seenRuns.add(msg.run);
+    watchRun(msg.run, urls.run_page.replace("00000000-0000-0000-0000-000000000000", msg.run), "A run started.");
+    return;
+  }
+  refreshActive();
+});
+
+async function refreshRun(code) {
+  const res = await fetch(urls.run_state.replace("00000000-0000-0000-0000-000000000000", code), { credentials: "same-origin" });
+  if (!res.ok) return;
+  const run = await res.json();
+  if (code !== activeRun) return;
+  for (const node of graph.getNodes()) setStatus(node, run.steps[node.id]?.status || (catalogue[node.getData().type]?.category === "trigger" ? "SUCCEEDED" : "PENDING"));
+  const box = $("#test-status") || $("#live-run");
+  box.dataset.status = run.status;
+  const label = box.querySelector(".run-status") || document.createElement("strong");
+  label.className = "run-status";
+  label.textContent = ` ${run.status.toLowerCase()}${run.dry_run ? " (dry run)" : ""}${run.reorged ? " — reorged" : ""}`;
+  box.append(label);
+  const selected = selection.getSelectedCells().find((c) => c.isNode());
+  if (selected) loadStep(selected.id);
+}
+
+function loadStep(stepId) {
+  if (!activeRun) return;
+  const panel = $("#step-details");
+  panel.hidden = false;
+  htmx.ajax("GET", urls.step.replace("00000000-0000-0000-0000-000000000000", activeRun).replace("STEP", encodeURIComponent(stepId)), { target: "#step-details", swap: "innerHTML" });
+}
+
+function debounce(fn, ms) {
+  let t = null;
+  return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
+}
+
+buildPalette();
+window.addEventListener("beforeunload", (e) => {
+  if (dirty && !conflict) { saveNow(); e.preventDefault(); }
+});
+// For tests and the benchmark: the graph object, read-only use.
+window.kwalaEditor = { graph, flush, get revision() { return revision; } };

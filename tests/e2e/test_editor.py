@@ -1,0 +1,170 @@
+"""The flow editor in a real browser: drag, connect, undo, save, conflicts, problems, keyboard."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.actions import current_graph
+from tests.conftest import login
+from tests.e2e.editor_helpers import (
+    connect,
+    drag_from_palette,
+    edge_keys,
+    local_chain,
+    make_flow,
+    node,
+    node_ids,
+    open_editor,
+    wait_saved,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_editor_opens_and_a_click_loads_the_node_settings(asgi_server, page, team, alice):
+    local_chain()
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    assert node_ids(page) == ["condition_1", "http_request_1", "manual_1"]
+    node(page, "http_request_1").click()
+    assert page.get_by_label("URL").input_value() == "http://127.0.0.1:9/hook"
+    assert page.console_errors == []
+
+
+def saved_graph(flow) -> dict:
+    flow.refresh_from_db()
+    return current_graph(flow)[1]
+
+
+def test_undo_and_redo_cover_add_connect_move_and_delete(asgi_server, page, team, alice):
+    local_chain()
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    start_nodes, start_edges = node_ids(page), edge_keys(page)
+
+    drag_from_palette(page, "Stop", 300, 480)  # add
+    assert node_ids(page) == sorted(start_nodes + ["stop_1"])
+    connect(page, "condition_1", "false", "stop_1")  # connect
+    assert ("condition_1", "out:false", "stop_1") in edge_keys(page)
+    before_move = node(page, "manual_1").bounding_box()
+    page.mouse.move(before_move["x"] + 60, before_move["y"] + 12)
+    page.mouse.down()
+    page.mouse.move(before_move["x"] + 60, before_move["y"] + 160, steps=6)
+    page.mouse.up()  # move
+    moved = page.evaluate("window.kwalaEditor.graph.getCellById('manual_1').getPosition()")
+    node(page, "http_request_1").click()
+    page.keyboard.press("Delete")  # delete
+    assert "http_request_1" not in node_ids(page)
+    wait_saved(page)
+    assert {n["id"] for n in saved_graph(flow)["nodes"]} == {"manual_1", "condition_1", "stop_1"}
+
+    page.locator("#canvas").focus()
+    page.keyboard.press("Control+z")  # undo delete
+    assert "http_request_1" in node_ids(page)
+    assert ("condition_1", "out:true", "http_request_1") in edge_keys(page)
+    page.keyboard.press("Control+z")  # undo move
+    assert page.evaluate("window.kwalaEditor.graph.getCellById('manual_1').getPosition()") != moved
+    page.keyboard.press("Control+z")  # undo connect
+    assert ("condition_1", "out:false", "stop_1") not in edge_keys(page)
+    page.keyboard.press("Control+z")  # undo add
+    assert node_ids(page) == start_nodes and edge_keys(page) == start_edges
+    wait_saved(page)
+    assert {n["id"] for n in saved_graph(flow)["nodes"]} == set(start_nodes)
+
+    for _ in range(4):
+        page.keyboard.press("Control+Shift+z")
+    assert node_ids(page) == sorted(["condition_1", "manual_1", "stop_1"])
+    assert ("condition_1", "out:false", "stop_1") in edge_keys(page)
+    assert page.evaluate("window.kwalaEditor.graph.getCellById('manual_1').getPosition()") == moved
+    wait_saved(page)
+    assert {n["id"] for n in saved_graph(flow)["nodes"]} == {"manual_1", "condition_1", "stop_1"}
+    assert page.console_errors == []
+
+
+def test_a_second_editor_gets_the_conflict_banner_and_overwrites_nothing(asgi_server, browser, page, team, alice, bob):
+    local_chain()
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    other_context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        other = other_context.new_page()
+        login(other, asgi_server.url, "bob", "bob-password-1")
+        open_editor(other, asgi_server.url, flow)
+
+        drag_from_palette(page, "Stop", 300, 480)
+        wait_saved(page)
+        drag_from_palette(other, "Wait", 300, 480)
+        banner = other.get_by_role("alert").filter(has_text="changed elsewhere")
+        banner.wait_for()
+        assert "reload" in banner.inner_text()
+
+        ids = {n["id"] for n in saved_graph(flow)["nodes"]}
+        assert "stop_1" in ids and "delay_1" not in ids  # alice's change stands, bob's is refused
+        assert page.get_by_text("changed elsewhere").is_hidden()
+        # bob's canvas keeps his edit until he chooses to reload
+        assert "delay_1" in node_ids(other)
+    finally:
+        other_context.close()
+
+
+def test_compile_problems_show_on_the_right_node_and_clear_when_fixed(asgi_server, page, team, alice):
+    local_chain()
+    graph = {
+        "nodes": [
+            {"id": "manual_1", "type": "manual", "config": {}, "position": {"x": 40, "y": 120}},
+            {"id": "condition_1", "type": "condition", "config": {}, "position": {"x": 340, "y": 120}},
+            {"id": "stop_1", "type": "stop", "config": {}, "position": {"x": 640, "y": 120}},
+        ],
+        "edges": [
+            {"id": "e1", "source": "manual_1", "source_port": "out", "target": "condition_1"},
+            {"id": "e2", "source": "condition_1", "source_port": "true", "target": "stop_1"},
+        ],
+    }
+    flow = make_flow(team, alice, graph=graph)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+
+    badge = node(page, "condition_1").locator(".node-badge")
+    assert badge.get_attribute("visibility") == "visible"
+    assert node(page, "stop_1").locator(".node-badge").get_attribute("visibility") == "hidden"
+    assert page.locator("#problem-count").inner_text() == "1"
+
+    page.get_by_role("tab", name="Problems").click()
+    page.get_by_role("button", name="Condition is required").click()
+    field = page.get_by_label("Condition", exact=True)
+    field.fill("1 + ")
+    page.get_by_role("button", name="Apply").click()
+    page.locator(".field-error").wait_for()
+    assert "with problems to fix" in page.locator(".saved-note").inner_text()
+    assert badge.get_attribute("visibility") == "visible"
+
+    page.get_by_label("Condition", exact=True).fill("trigger.payload.amount > 10")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_function("document.querySelector('.saved-note')?.textContent.trim() === 'Saved.'")
+    page.wait_for_function("document.querySelector('#problem-count').textContent === '0'")
+    assert badge.get_attribute("visibility") == "hidden"
+    assert saved_graph(flow)["nodes"][1]["config"] == {"expression": "trigger.payload.amount > 10"}
+    assert page.console_errors == []
+
+
+def test_a_node_can_be_selected_and_deleted_with_the_keyboard_alone(asgi_server, page, team, alice):
+    local_chain()
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+
+    page.locator("#canvas").focus()
+    page.keyboard.press("Tab")  # the leftmost node: the trigger
+    page.keyboard.press("ArrowRight")  # the condition
+    page.keyboard.press("Enter")
+    page.get_by_label("Condition", exact=True).wait_for()
+    assert page.evaluate("document.activeElement.id") == "id__name"  # focus moved into the inspector
+    page.locator("#canvas").focus()
+    page.keyboard.press("Delete")
+    assert node_ids(page) == ["http_request_1", "manual_1"]
+    assert edge_keys(page) == []
+    wait_saved(page)
+    assert {n["id"] for n in saved_graph(flow)["nodes"]} == {"manual_1", "http_request_1"}

@@ -1,0 +1,115 @@
+"""Test runs and live runs in the browser, against a real worker, listener and anvil chain."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
+from executor.models import Run
+from tests.conftest import Service, login
+from tests.e2e.editor_helpers import (
+    apply_settings,
+    connect,
+    drag_from_palette,
+    inspect,
+    local_chain,
+    make_flow,
+    node,
+    open_editor,
+    sample_graph,
+)
+from tests.executor.chainkit import anvil, make_chain, transact, web3_for  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_dry_test_run_lights_up_the_nodes_and_shows_each_steps_output(
+    asgi_server, dramatiq_worker, page, team, alice, http_sink
+):
+    local_chain()
+    flow = make_flow(team, alice, graph=sample_graph(url=f"{http_sink.url}/hook"))
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+
+    page.get_by_role("tab", name="Test").click()
+    page.get_by_label("Sample trigger (JSON)").fill('{"amount": 42}')
+    assert page.get_by_label("Dry run (actions are recorded, not sent)").is_checked()
+    page.get_by_role("button", name="Run now").click()
+    page.wait_for_selector("#test-status[data-status='SUCCEEDED']", timeout=30_000)
+
+    for node_id in ("condition_1", "http_request_1"):
+        assert "status-succeeded" in node(page, node_id).locator(".node-body").get_attribute("class")
+    node(page, "http_request_1").click()
+    output = page.locator("#step-details .step-output")
+    output.wait_for()
+    assert "would_send" in output.inner_text()
+    node(page, "condition_1").click()
+    page.wait_for_function("document.querySelector('#step-details h2')?.textContent.includes('condition_1')")
+    assert "True" in page.locator("#step-details .step-output").inner_text()
+    assert http_sink.requests == []  # a dry run sends nothing
+    run = Run.objects.get(flow=flow)
+    assert run.dry_run and run.status == Run.Status.SUCCEEDED
+    assert page.console_errors == []
+
+
+def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
+    asgi_server, dramatiq_worker, child_env, service_logs, anvil, page, team, alice, http_sink  # noqa: F811
+):
+    w3 = web3_for(anvil)
+    make_chain(anvil)
+    token_address = deploy(w3, "KwalaToken", "Kwala Token", "KWL")
+    token = w3.eth.contract(address=token_address, abi=load_artifact("KwalaToken")["abi"])
+    login(page, asgi_server.url, "alice", "alice-password-1")
+
+    page.get_by_label("New flow").fill("Big transfers")
+    page.get_by_role("button", name="Create and open").click()
+    page.wait_for_selector("html[data-editor-ready='1']", state="attached")
+
+    drag_from_palette(page, "Contract event", 110, 160)
+    drag_from_palette(page, "Condition", 340, 300)
+    drag_from_palette(page, "HTTP request", 570, 440)
+    connect(page, "chain_event_1", "out", "condition_1")
+    connect(page, "condition_1", "true", "http_request_1")
+
+    inspect(page, "chain_event_1")
+    page.get_by_label("Chain", exact=True).select_option(label="anvil-a (31337)")
+    page.get_by_label("Contract addresses").fill(token_address)
+    page.get_by_text("Pick from an ABI").click()
+    page.get_by_label("Demo contract").select_option("KwalaToken")
+    page.get_by_role("button", name="Transfer(address indexed from, address indexed to, uint256 value)").click()
+    apply_settings(page)
+
+    inspect(page, "condition_1")
+    page.get_by_label("Condition", exact=True).fill("trigger.args.value > 0")
+    apply_settings(page)
+
+    inspect(page, "http_request_1")
+    page.get_by_label("URL").fill(f"{http_sink.url}/transfers")
+    page.get_by_label("Body").fill('{"value": "{{ trigger.args.value }}", "to": "{{ trigger.args.to }}"}')
+    apply_settings(page)
+    page.wait_for_function("document.querySelector('#problem-count').textContent === '0'")
+
+    page.get_by_role("button", name="Publish").click()
+    page.get_by_text("Version 1 is live.").wait_for()
+
+    listener = Service("listener-e2e", [sys.executable, "manage.py", "listen_chains", "--poll", "0.2"], child_env,
+                       service_logs)
+    try:
+        listener.wait_for_output("listening to", timeout=30)
+        receiver = DEV_ACCOUNTS[1].address
+        transact(w3, token.functions.mint(DEV_ACCOUNTS[0].address, 10**18))
+        transact(w3, token.functions.transfer(receiver, 5 * 10**17))
+        # the canvas follows the newest run of the flow and turns green without a reload
+        try:
+            page.wait_for_selector("#test-status[data-status='SUCCEEDED']", timeout=60_000)
+        except Exception:
+            runs = list(Run.objects.values_list("status", "error"))
+            raise AssertionError(f"runs: {runs}\nlistener:\n{listener.output()[-3000:]}") from None
+        assert "status-succeeded" in node(page, "http_request_1").locator(".node-body").get_attribute("class")
+    finally:
+        listener.stop()
+    bodies = [r.json() for r in http_sink.requests if r.path == "/transfers"]
+    assert {"value": str(5 * 10**17), "to": receiver} in bodies or {"value": 5 * 10**17, "to": receiver} in bodies
+    assert page.console_errors == []

@@ -1,0 +1,275 @@
+"""The editor's and run pages' views: what each role may see and do, and what they answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from executor.models import Run, StepRun
+from flows import actions
+from flows.models import Flow, FlowVersion, Membership
+from tests.e2e.editor_helpers import local_chain, sample_graph
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def flow(team, alice):
+    local_chain()
+    return actions.create_flow(team, alice, "Payments", graph=sample_graph())
+
+
+@pytest.fixture
+def viewer(team):
+    user = get_user_model().objects.create_user("vera", "vera@example.com", "vera-password-1")
+    Membership.objects.create(team=team, user=user, role=Membership.Role.VIEWER)
+    return user
+
+
+@pytest.fixture
+def run(flow, alice):
+    version = actions.publish_version(flow, alice)
+    run = Run.objects.create(team=flow.team, flow=flow, version=version, trigger_key="manual:1",
+                             trigger={"payload": {}}, status=Run.Status.FAILED, error="boom")
+    StepRun.objects.create(run=run, step_id="condition_1", status=StepRun.Status.SUCCEEDED,
+                           input={"x": 1}, output={"result": True})
+    StepRun.objects.create(run=run, step_id="http_request_1", status=StepRun.Status.FAILED, error="refused")
+    return run
+
+
+def as_user(client, user):
+    client.force_login(user)
+    return client
+
+
+def post_json(client, url, data, **headers):
+    return client.post(url, json.dumps(data), content_type="application/json", **headers)
+
+
+def test_the_inspector_renders_a_form_for_each_node_type(client, alice, flow):
+    as_user(client, alice)
+    for node_id in ("manual_1", "condition_1", "http_request_1"):
+        response = client.get(f"/flows/{flow.code}/nodes/{node_id}/")
+        assert response.status_code == 200, response.content[:2000]
+        assert b'id="inspector-form"' in response.content
+
+
+def read_urls(flow, run) -> list[str]:
+    return [
+        f"/flows/{flow.code}/",
+        f"/flows/{flow.code}/graph/",
+        f"/flows/{flow.code}/nodes/condition_1/",
+        f"/flows/{flow.code}/versions/",
+        f"/flows/{flow.code}/export.yaml",
+        f"/runs/{run.code}/",
+        f"/runs/{run.code}/state/",
+        f"/runs/{run.code}/steps/condition_1/",
+    ]
+
+
+@pytest.mark.parametrize("who", ["alice", "bob", "viewer"])
+def test_team_members_of_every_role_can_read_the_editor_and_runs(client, who, alice, bob, viewer, flow, run):
+    as_user(client, {"alice": alice, "bob": bob, "viewer": viewer}[who])
+    for url in read_urls(flow, run):
+        assert client.get(url).status_code == 200, url
+    assert client.get("/").status_code == 200
+    assert client.get("/runs/").status_code == 200
+
+
+def test_an_outsider_gets_404_for_every_flow_and_run_url(client, charlie, flow, run):
+    as_user(client, charlie)
+    for url in read_urls(flow, run):
+        assert client.get(url).status_code == 404, url
+    for url in write_urls(flow, run):
+        assert client.post(url, {}).status_code == 404, url
+    assert client.get(f"/flows/{flow.code}/samples/").status_code == 404
+    assert run.flow.name not in client.get("/runs/").content.decode()
+    assert "Payments" not in client.get("/").content.decode()
+
+
+def write_urls(flow, run) -> list[str]:
+    return [
+        f"/flows/{flow.code}/graph/",
+        f"/flows/{flow.code}/nodes/condition_1/",
+        f"/flows/{flow.code}/abi/",
+        f"/flows/{flow.code}/publish/",
+        f"/flows/{flow.code}/unpublish/",
+        f"/flows/{flow.code}/versions/1/rollback/",
+        f"/flows/{flow.code}/import/",
+        f"/flows/{flow.code}/test-run/",
+        f"/runs/{run.code}/retry/",
+        f"/runs/{run.code}/rerun/",
+    ]
+
+
+def test_a_viewer_cannot_change_anything(client, viewer, flow, run):
+    as_user(client, viewer)
+    revision = Flow.objects.get(pk=flow.pk).revision
+    for url in write_urls(flow, run):
+        response = client.post(url, {})
+        assert response.status_code == 404, url
+    assert client.get(f"/flows/{flow.code}/samples/").status_code == 404
+    assert client.get(f"/flows/{flow.code}/import/").status_code == 404
+    assert client.post("/flows/new/", {"name": "Sneaky"}).status_code == 404
+    assert Flow.objects.get(pk=flow.pk).revision == revision
+    assert not Flow.objects.filter(name="Sneaky").exists()
+    assert b"Apply" not in client.get(f"/flows/{flow.code}/nodes/condition_1/").content
+
+
+@pytest.mark.parametrize("who", ["alice", "bob"])
+def test_owners_and_editors_save_the_draft_with_the_revision(client, who, alice, bob, flow):
+    as_user(client, {"alice": alice, "bob": bob}[who])
+    graph = sample_graph()
+    graph["nodes"][1]["config"] = {}
+    response = post_json(client, f"/flows/{flow.code}/graph/", {"graph": graph, "revision": flow.revision})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["revision"] == flow.revision + 1
+    assert [p["node_id"] for p in body["problems"]] == ["condition_1"]
+    assert actions.current_graph(flow)[1] == graph
+
+
+def test_a_stale_revision_is_refused_and_nothing_is_written(client, alice, flow):
+    as_user(client, alice)
+    url = f"/flows/{flow.code}/graph/"
+    assert post_json(client, url, {"graph": sample_graph(), "revision": flow.revision}).status_code == 200
+    stale = {"nodes": [], "edges": []}
+    response = post_json(client, url, {"graph": stale, "revision": flow.revision})
+    assert response.status_code == 409
+    assert response.json()["conflict"] is True
+    assert actions.current_graph(flow)[1] == sample_graph()
+
+
+def test_a_malformed_graph_is_a_clear_400(client, alice, flow):
+    as_user(client, alice)
+    url = f"/flows/{flow.code}/graph/"
+    assert post_json(client, url, {"graph": {"nodes": "x"}, "revision": flow.revision}).status_code == 400
+    assert client.post(url, "not json", content_type="application/json").status_code == 400
+
+
+def test_the_inspector_saves_parsed_settings_and_shows_the_node_types_own_problems(client, alice, flow):
+    as_user(client, alice)
+    url = f"/flows/{flow.code}/nodes/http_request_1/"
+    data = {"_name": "Notify", "method": "GET", "url": "http://127.0.0.1:9/x", "body": '{"a": 1}',
+            "headers": "X-Test: {{ trigger.payload }}", "timeout": "5s", "expected_status": "200, 201",
+            "retry__max_attempts": "3", "retry__backoff_seconds": "5"}
+    response = client.post(url, data, HTTP_X_KWALA_REVISION=str(flow.revision), HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert "A GET request cannot have a body" in response.content.decode()
+    node = [n for n in actions.current_graph(flow)[1]["nodes"] if n["id"] == "http_request_1"][0]
+    assert node["name"] == "Notify"
+    assert node["config"]["headers"] == {"X-Test": "{{ trigger.payload }}"}
+    assert node["config"]["expected_status"] == [200, 201]
+    assert node["config"]["retry"] == {"max_attempts": 3, "backoff_seconds": 5}
+    assert "kwala:node-saved" in response["HX-Trigger"]
+
+
+def test_the_inspector_refuses_unparseable_input_without_saving(client, alice, flow):
+    as_user(client, alice)
+    url = f"/flows/{flow.code}/nodes/http_request_1/"
+    before = actions.current_graph(flow)[1]
+    response = client.post(url, {"url": "http://x", "expected_status": "two hundred", "method": "POST"},
+                           HTTP_X_KWALA_REVISION=str(flow.revision))
+    assert response.status_code == 422
+    assert "Write whole numbers" in response.content.decode()
+    assert actions.current_graph(flow)[1] == before
+
+
+def test_the_inspector_with_a_stale_revision_shows_the_conflict(client, alice, flow):
+    as_user(client, alice)
+    response = client.post(f"/flows/{flow.code}/nodes/condition_1/", {"expression": "false"},
+                           HTTP_X_KWALA_REVISION=str(flow.revision - 1))
+    assert response.status_code == 409
+    assert "changed elsewhere" in response.content.decode()
+
+
+def test_the_abi_helper_lists_a_demo_contracts_events(client, alice, flow):
+    as_user(client, alice)
+    response = client.post(f"/flows/{flow.code}/abi/", {"kind": "event", "contract": "KwalaToken", "target": "id_event"})
+    assert "Transfer(address indexed from, address indexed to, uint256 value)" in response.content.decode()
+    response = client.post(f"/flows/{flow.code}/abi/", {"kind": "event", "abi": "[oops"})
+    assert "not valid JSON" in response.content.decode()
+
+
+def test_publish_reports_problems_then_publishes_and_unpublishes(client, alice, flow):
+    as_user(client, alice)
+    broken = sample_graph()
+    broken["nodes"][2]["config"] = {}
+    post_json(client, f"/flows/{flow.code}/graph/", {"graph": broken, "revision": flow.revision})
+    flow.refresh_from_db()
+    response = post_json(client, f"/flows/{flow.code}/publish/", {"revision": flow.revision})
+    assert response.status_code == 422
+    assert response.json()["problems"][0]["node_id"] == "http_request_1"
+    post_json(client, f"/flows/{flow.code}/graph/", {"graph": sample_graph(), "revision": flow.revision})
+    flow.refresh_from_db()
+    response = post_json(client, f"/flows/{flow.code}/publish/", {"revision": flow.revision})
+    assert response.status_code == 200
+    assert response.json()["live"] == 1
+    assert actions.live_version(flow).number == 1
+    assert post_json(client, f"/flows/{flow.code}/unpublish/", {}).json()["live"] is None
+    assert actions.live_version(flow) is None
+
+
+def test_versions_show_a_diff_and_roll_back_into_the_draft(client, alice, flow):
+    as_user(client, alice)
+    actions.publish_version(flow, alice)
+    changed = sample_graph()
+    changed["nodes"][1]["config"] = {"expression": "false"}
+    actions.save_draft(flow, alice, changed, revision=Flow.objects.get(pk=flow.pk).revision)
+    page = client.get(f"/flows/{flow.code}/versions/?old=1&new=2").content.decode()
+    assert "config.expression" in page and 'data-node="condition_1"' in page
+    response = client.post(f"/flows/{flow.code}/versions/1/rollback/")
+    assert response.status_code == 302
+    assert actions.current_graph(flow)[1] == sample_graph()
+
+
+def test_export_then_import_round_trips_the_graph(client, alice, flow):
+    as_user(client, alice)
+    text = client.get(f"/flows/{flow.code}/export.yaml").content.decode()
+    actions.save_draft(flow, alice, {"nodes": [], "edges": []}, revision=Flow.objects.get(pk=flow.pk).revision)
+    revision = Flow.objects.get(pk=flow.pk).revision
+    response = client.post(f"/flows/{flow.code}/import/", {"format": "yaml", "text": text, "revision": revision})
+    assert response.status_code == 302
+    assert actions.current_graph(flow)[1] == sample_graph()
+    bad = client.post(f"/flows/{flow.code}/import/", {"format": "yaml", "text": "nodes: [", "revision": revision + 1})
+    assert bad.status_code == 422
+
+
+def test_a_new_flow_opens_in_the_editor(client, bob, team):
+    as_user(client, bob)
+    response = client.post("/flows/new/", {"name": "Treasury alerts"})
+    flow = Flow.objects.get(name="Treasury alerts", team=team)
+    assert response["Location"] == f"/flows/{flow.code}/"
+    assert FlowVersion.objects.filter(flow=flow, status=FlowVersion.Status.DRAFT).count() == 1
+
+
+def test_the_dashboard_shows_last_run_and_success_rate(client, alice, flow, run):
+    as_user(client, alice)
+    page = client.get("/").content.decode()
+    assert "Payments" in page and "Live v1" in page and "0% of 1" in page
+
+
+def test_the_runs_list_filters_by_flow_and_status(client, alice, flow, run):
+    as_user(client, alice)
+    assert str(run.code)[:8] in client.get("/runs/?status=FAILED").content.decode()
+    assert str(run.code)[:8] not in client.get("/runs/?status=SUCCEEDED").content.decode()
+    assert str(run.code)[:8] not in client.get("/runs/?flow=nope").content.decode()
+
+
+def test_the_run_state_and_step_details_come_from_the_database(client, alice, run):
+    as_user(client, alice)
+    state = client.get(f"/runs/{run.code}/state/").json()
+    assert state["status"] == "FAILED"
+    assert state["steps"]["http_request_1"] == {"status": "FAILED", "error": "refused"}
+    step = client.get(f"/runs/{run.code}/steps/condition_1/").content.decode()
+    assert "&#x27;result&#x27;: True" in step or "'result': True" in step
+
+
+def test_a_reorged_run_says_so(client, alice, run):
+    as_user(client, alice)
+    Run.objects.filter(pk=run.pk).update(status=Run.Status.REORGED)
+    page = client.get(f"/runs/{run.code}/").content.decode()
+    assert "This run was reorged" in page
+    assert 'id="reorg-banner" role="alert" hidden' not in page
