@@ -103,7 +103,8 @@ def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
         transact(w3, token.functions.transfer(receiver, 5 * 10**17))
         # the canvas follows the newest run of the flow and turns green without a reload
         try:
-            page.wait_for_selector("#test-status[data-status='SUCCEEDED']", timeout=60_000)
+            # The test-run panel may sit in a closed tab: the status is an attribute, not a visible box.
+            page.wait_for_selector("#test-status[data-status='SUCCEEDED']", state="attached", timeout=60_000)
         except Exception:
             runs = list(Run.objects.values_list("status", "error"))
             raise AssertionError(f"runs: {runs}\nlistener:\n{listener.output()[-3000:]}") from None
