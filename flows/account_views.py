@@ -6,10 +6,11 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from flows.models import ApiToken
-from flows.permissions import require_membership
+from flows.permissions import require_membership, safe_next
 from flows.team_forms import ProfileForm, SignUpForm, TokenForm
 from flows.teams import TeamError, do_create_token, do_revoke_token, do_sign_up
 
@@ -21,10 +22,7 @@ def signup(request):
     if request.method == "POST" and form.is_valid():
         user = do_sign_up(form.cleaned_data["username"], form.cleaned_data["email"], form.cleaned_data["password"])
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        next_url = request.GET.get("next", "")
-        if next_url.startswith("/") and not next_url.startswith("//"):
-            return redirect(next_url)
-        return redirect("home")
+        return redirect(safe_next(request, request.GET.get("next"), reverse("home")))
     return render(request, "accounts/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 

@@ -83,3 +83,14 @@ def get_run_for_user(user, code):
     if run is None:
         raise Http404("No such run")
     return run
+
+
+def safe_next(request: HttpRequest, candidate: str | None, default: str = "/") -> str:
+    """`candidate` if it is a path on this site, else `default`: never an open redirect."""
+    from django.utils.http import url_has_allowed_host_and_scheme
+
+    if candidate and url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return candidate
+    return default

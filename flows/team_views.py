@@ -20,7 +20,7 @@ from flows import audit
 from flows.actions import current_graph
 from flows.graph_svg import graph_svg
 from flows.models import Flow, FlowShare, Invitation, Membership, PublicLink, Secret, SignerKey
-from flows.permissions import SESSION_TEAM_KEY, get_flow_for_user, has_role, require_membership
+from flows.permissions import SESSION_TEAM_KEY, get_flow_for_user, has_role, require_membership, safe_next
 from flows.sharing import redacted_graph
 from flows.team_forms import InviteForm, RoleForm, SecretForm, ShareForm, SignerForm, TeamForm
 from flows.teams import (
@@ -84,7 +84,7 @@ def switch_team(request):
         raise Http404("No such team")
     request.session[SESSION_TEAM_KEY] = chosen.team.code
     messages.success(request, f"Now working in {chosen.team.name}.")
-    return redirect(request.POST.get("next") if str(request.POST.get("next", "")).startswith("/") else "home")
+    return redirect(safe_next(request, request.POST.get("next"), reverse("home")))
 
 
 @login_required

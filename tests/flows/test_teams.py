@@ -430,3 +430,15 @@ def test_team_pages_follow_the_role_matrix(role, users_by_role, team):
 def test_the_nav_links_to_templates_and_team(alice):
     page = logged_in(alice).get(reverse("home")).content.decode()
     assert f'href="{reverse("gallery")}"' in page and f'href="{reverse("team")}"' in page
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:alert(1)"])
+def test_switching_team_never_redirects_off_site(alice, team, target):
+    response = logged_in(alice).post(reverse("switch_team"), {"team": team.code, "next": target})
+    assert response.status_code == 302
+    assert response["Location"] == reverse("home")
+
+
+def test_switching_team_returns_to_a_page_on_this_site(alice, team):
+    response = logged_in(alice).post(reverse("switch_team"), {"team": team.code, "next": "/runs/?status=FAILED"})
+    assert response["Location"] == "/runs/?status=FAILED"
