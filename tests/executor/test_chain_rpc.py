@@ -10,10 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from executor.chain import ChainClient, ChainError
+from executor.devchain import transact
 from executor.models import RpcEndpoint, Run
 from tests.conftest import free_port
-from tests.executor.chainkit import BIG, anvil, deploy_zoo, event_graph, make_chain, publish, transact, web3_for  # noqa: F401
-from tests.executor.test_listener import listener_for
+from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish
 
 
 class ProviderProxy:
@@ -76,8 +76,8 @@ def closed_port_url():
     return f"http://127.0.0.1:{free_port()}"
 
 
-def test_it_fails_over_from_a_dead_endpoint_to_the_next(anvil, closed_port_url, db):  # noqa: F811
-    chain = make_chain(anvil, http_urls=[closed_port_url, anvil.http_url])
+def test_it_fails_over_from_a_dead_endpoint_to_the_next(anvil_a, closed_port_url, db):
+    chain = make_chain(anvil_a, http_urls=[closed_port_url, anvil_a.http_url])
     client = ChainClient.for_chain(chain)
     assert client.block_number() >= 0
     dead = RpcEndpoint.objects.get(url=closed_port_url)
@@ -87,10 +87,10 @@ def test_it_fails_over_from_a_dead_endpoint_to_the_next(anvil, closed_port_url, 
     assert RpcEndpoint.objects.get(url=closed_port_url).failures == 1
 
 
-def test_a_rate_limited_endpoint_is_skipped(anvil):  # noqa: F811
-    proxy = ProviderProxy(anvil.http_url, throttle=1)
+def test_a_rate_limited_endpoint_is_skipped(anvil_a):
+    proxy = ProviderProxy(anvil_a.http_url, throttle=1)
     try:
-        client = ChainClient([proxy.url, anvil.http_url])
+        client = ChainClient([proxy.url, anvil_a.http_url])
         assert client.block_number() >= 0
         assert client.endpoints[0].failures == 1 and client.endpoints[0].down_until > 0
     finally:
@@ -104,15 +104,15 @@ def test_every_endpoint_down_is_a_retryable_error(closed_port_url):
     assert caught.value.retryable and closed_port_url in caught.value.endpoint
 
 
-def test_a_node_error_is_raised_at_once_and_not_retryable(anvil):  # noqa: F811
-    client = ChainClient([anvil.http_url])
+def test_a_node_error_is_raised_at_once_and_not_retryable(anvil_a):
+    client = ChainClient([anvil_a.http_url])
     with pytest.raises(ChainError) as caught:
         client.request("eth_getBlockByNumber", ["not-a-block", False])
-    assert not caught.value.retryable and caught.value.endpoint == anvil.http_url
+    assert not caught.value.retryable and caught.value.endpoint == anvil_a.http_url
 
 
-def test_a_refused_log_range_is_flagged(anvil):  # noqa: F811
-    proxy = ProviderProxy(anvil.http_url, max_range=2)
+def test_a_refused_log_range_is_flagged(anvil_a):
+    proxy = ProviderProxy(anvil_a.http_url, max_range=2)
     try:
         with pytest.raises(ChainError) as caught:
             ChainClient([proxy.url]).get_logs_range(0, 5, None, [])
@@ -121,12 +121,12 @@ def test_a_refused_log_range_is_flagged(anvil):  # noqa: F811
         proxy.close()
 
 
-def test_gap_fill_shrinks_the_range_until_the_provider_accepts_it(anvil, team, alice):  # noqa: F811
-    w3 = web3_for(anvil)
+def test_gap_fill_shrinks_the_range_until_the_provider_accepts_it(fresh_anvil, team, alice):
+    w3 = fresh_anvil.web3()
     zoo = deploy_zoo(w3)
-    proxy = ProviderProxy(anvil.http_url, max_range=3)
+    proxy = ProviderProxy(fresh_anvil.http_url, max_range=3)
     try:
-        chain = make_chain(anvil, http_urls=[proxy.url])
+        chain = make_chain(fresh_anvil, http_urls=[proxy.url])
         version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
         listener = listener_for(chain)
         listener.max_range = listener.range_size = 16

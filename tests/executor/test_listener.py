@@ -10,46 +10,31 @@ import time
 import pytest
 from django.db import connection
 
-from executor.devchain import DEV_ACCOUNTS
-from executor.listener import ChainHalted, ChainListener, TriggerRegistry
+from executor.devchain import DEV_ACCOUNTS, mine, reorg, transact
+from executor.listener import ChainHalted, TriggerRegistry
 from executor.models import ChainCursor, Event, Run, TriggerState
 from tests.conftest import Service
 from tests.executor.chainkit import (
     BIG,
     TAGGED,
-    anvil,  # noqa: F401 (fixture)
     deploy_zoo,
     event_graph,
+    listener_for,
     make_chain,
     publish,
-    transact,
     trigger_graph,
-    web3_for,
 )
-
-pytestmark = pytest.mark.usefixtures("anvil")
-
-
-def listener_for(chain, *, window: int = 128) -> ChainListener:
-    registry = TriggerRegistry()
-    registry.reload()
-    return ChainListener(chain, registry, threading.Event(), window=window)
 
 
 def live_runs(version):
     return Run.objects.filter(version=version).order_by("block_number", "trigger__log_index")
 
 
-def mine(w3, blocks: int = 1) -> None:
-    for _ in range(blocks):
-        w3.provider.make_request("evm_mine", [])
-
-
 @pytest.fixture
-def zoo_setup(anvil, team, alice):  # noqa: F811
-    w3 = web3_for(anvil)
+def zoo_setup(fresh_anvil, team, alice):
+    w3 = fresh_anvil.web3()
     zoo = deploy_zoo(w3)
-    chain = make_chain(anvil)
+    chain = make_chain(fresh_anvil)
     return w3, zoo, chain
 
 
@@ -131,19 +116,11 @@ def test_confirmations_hold_the_run_until_the_block_is_deep_enough(zoo_setup, te
     assert run.trigger["args"]["id"] == 1 and run.block_hash == Event.objects.get().block_hash
 
 
-def reorg(w3, depth: int, replacement_calls=()) -> None:
-    """Replace the last `depth` blocks; each call is sent by account 1 in the first new block."""
-    sender = DEV_ACCOUNTS[1]
-    ancestor = w3.eth.block_number - depth
-    nonce = w3.eth.get_transaction_count(sender.address, ancestor)
-    txs = []
-    for offset, call in enumerate(replacement_calls):
-        tx = call.build_transaction({"from": sender.address, "nonce": nonce + offset, "gas": 300_000,
-                                     "gasPrice": 2 * 10**9, "chainId": w3.eth.chain_id})
-        signed = w3.eth.account.sign_transaction(tx, sender.private_key)
-        txs.append(["0x" + signed.raw_transaction.hex(), 0])
-    response = w3.provider.make_request("anvil_reorg", [depth, txs])
-    assert "error" not in response, response
+def replacing(*calls) -> list[tuple[dict, int]]:
+    """The calls as transactions from account 1, all in the first block of a reorg's new branch."""
+    sender = DEV_ACCOUNTS[1].address
+    txs = [call.build_transaction({"from": sender, "gas": 300_000}) for call in calls]
+    return [({"from": sender, "to": tx["to"], "data": tx["data"], "gas": 300_000}, 0) for tx in txs]
 
 
 def test_a_reorg_retracts_orphaned_events_and_fires_the_replacements_once(zoo_setup, team, alice):
@@ -156,7 +133,7 @@ def test_a_reorg_retracts_orphaned_events_and_fires_the_replacements_once(zoo_se
     listener.step()
     queued, started = live_runs(version)
     Run.objects.filter(pk=started.pk).update(status=Run.Status.RUNNING)  # a worker picked it up
-    reorg(w3, 2, [zoo.functions.emitBig(3, 3)])
+    reorg(w3, 2, replacing(zoo.functions.emitBig(3, 3)))
     mine(w3)
     listener.step()
     listener.step()
@@ -180,7 +157,7 @@ def test_a_reorg_before_confirmation_never_fires_the_orphaned_event(zoo_setup, t
     listener.step()
     transact(w3, zoo.functions.emitBig(1, 1))
     listener.step()
-    reorg(w3, 1, [zoo.functions.emitBig(2, 2)])
+    reorg(w3, 1, replacing(zoo.functions.emitBig(2, 2)))
     listener.step()
     mine(w3, 3)
     listener.step()
@@ -205,9 +182,9 @@ def test_a_reorg_deeper_than_the_window_halts_the_chain_loudly(zoo_setup, team, 
         listener.step()
 
 
-def test_block_triggers_fire_every_n_blocks(anvil, team, alice):  # noqa: F811
-    w3 = web3_for(anvil)
-    chain = make_chain(anvil)
+def test_block_triggers_fire_every_n_blocks(fresh_anvil, team, alice):
+    w3 = fresh_anvil.web3()
+    chain = make_chain(fresh_anvil)
     version = publish(team, alice, trigger_graph("chain.block", {"chain": 31337, "every": 3}))
     listener = listener_for(chain)
     listener.step()
@@ -257,10 +234,10 @@ def wait_for(predicate, timeout: float = 30) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_killed_listener_resumes_without_gap_or_duplicate(anvil, team, alice, child_env, service_logs):  # noqa: F811
-    w3 = web3_for(anvil)
+def test_a_killed_listener_resumes_without_gap_or_duplicate(fresh_anvil, team, alice, child_env, service_logs):
+    w3 = fresh_anvil.web3()
     zoo = deploy_zoo(w3)
-    chain = make_chain(anvil)
+    chain = make_chain(fresh_anvil)
     version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
     listener = start_listener(child_env, service_logs, "listener-killed")
     try:
@@ -282,10 +259,10 @@ def test_a_killed_listener_resumes_without_gap_or_duplicate(anvil, team, alice, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_listeners_on_one_chain_create_each_run_once(anvil, team, alice, child_env, service_logs):  # noqa: F811
-    w3 = web3_for(anvil)
+def test_two_listeners_on_one_chain_create_each_run_once(fresh_anvil, team, alice, child_env, service_logs):
+    w3 = fresh_anvil.web3()
     zoo = deploy_zoo(w3)
-    make_chain(anvil)
+    make_chain(fresh_anvil)
     version = publish(team, alice, event_graph(31337, BIG))
     first = start_listener(child_env, service_logs, "listener-1")
     second = start_listener(child_env, service_logs, "listener-2")
