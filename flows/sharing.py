@@ -9,7 +9,7 @@ from flows.nodes import NODE_TYPES
 
 HIDDEN = "(hidden)"
 # Field kinds that name or hold credentials; a webhook URL is a credential too.
-_HIDDEN_KINDS = {"secret_ref", "headers"}
+_HIDDEN_KINDS = {"secret_ref", "signer", "headers"}
 _HIDDEN_NAMES = {"webhook_url", "signer", "bot_token_secret", "webhook_secret", "secret"}
 
 
