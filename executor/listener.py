@@ -47,7 +47,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from executor.chain import Block, ChainClient, ChainError
+from executor.chain import BATCH_SIZE, Block, ChainClient, ChainError, client_for_chain
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -537,7 +537,7 @@ class ChainListener:
 
     def __post_init__(self) -> None:
         if self.client is None:
-            self.client = ChainClient.for_chain(self.chain)
+            self.client = client_for_chain(self.chain)
         self.range_size = self.max_range
         self.registry.listeners.append(self.wake)
 
@@ -567,46 +567,51 @@ class ChainListener:
             self.catch_up(cursor.block_number + 1, head.number)
 
     def catch_up(self, first: int, last: int) -> None:
-        """Process blocks first..last in order; ranges of logs when behind, one block's logs when live."""
+        """Process blocks first..last in order; ranges of logs when behind, one block's logs when live.
+
+        Headers come in JSON-RPC batches (executor.chain.BATCH_SIZE a round trip), so a gap
+        of a thousand blocks costs tens of requests, not a thousand.
+        """
         number = first
         while number <= last and not self.stop.is_set():
             triggers = self.registry.get(self.chain.chain_id)
             addresses, topics = triggers.logs.log_filter()
             want_logs = len(triggers.logs) > 0
-            if last - number < 2 or not want_logs:
-                block = self.client.get_block(number)
-                if block is None:
-                    return  # the node's head moved back; the next pass sees it
-                logs = self.client.get_logs_by_hash(block.hash, addresses, topics) if want_logs else []
-                if not self.process(block, logs, triggers):
-                    return
-                number += 1
-                continue
             end = min(last, number + self.range_size - 1)
-            try:
-                range_logs = self.client.get_logs_range(number, end, addresses, topics)
-            except ChainError as exc:
-                if not exc.range_too_large or end == number:
-                    raise
-                self.range_size = max(1, (end - number + 1) // 2)
-                logger.info("chain %s: provider refused %s blocks of logs, trying %s",
-                            self.chain.slug, end - number + 1, self.range_size)
-                continue
-            by_block: dict[int, list[dict]] = {}
-            for log in range_logs:
-                by_block.setdefault(log["block_number"], []).append(log)
-            for n in range(number, end + 1):
-                block = self.client.get_block(n)
-                if block is None:
-                    return
-                logs = by_block.get(n, [])
-                if any(log["block_hash"] != block.hash for log in logs):
-                    # The range answer straddled a reorg: ask for this block's own logs.
-                    logs = self.client.get_logs_by_hash(block.hash, addresses, topics)
-                if not self.process(block, logs, triggers):
-                    return
+            by_block: dict[int, list[dict]] | None = None  # None: ask each block for its own logs
+            if want_logs and last - number >= 2:
+                try:
+                    range_logs = self.client.get_logs_range(number, end, addresses, topics)
+                except ChainError as exc:
+                    if not exc.range_too_large or end == number:
+                        raise
+                    self.range_size = max(1, (end - number + 1) // 2)
+                    logger.info("chain %s: provider refused %s blocks of logs, trying %s",
+                                self.chain.slug, end - number + 1, self.range_size)
+                    continue
+                by_block = {}
+                for log in range_logs:
+                    by_block.setdefault(log["block_number"], []).append(log)
+            for chunk in range(number, end + 1, BATCH_SIZE):
+                numbers = list(range(chunk, min(end, chunk + BATCH_SIZE - 1) + 1))
+                blocks = [self.client.get_block(numbers[0])] if len(numbers) == 1 else self.client.get_blocks(numbers)
+                for block in blocks:
+                    if block is None:
+                        return  # the node's head moved back; the next pass sees it
+                    if by_block is None:
+                        logs = self.client.get_logs_by_hash(block.hash, addresses, topics) if want_logs else []
+                    else:
+                        logs = by_block.get(block.number, [])
+                        if any(log["block_hash"] != block.hash for log in logs):
+                            # The range answer straddled a reorg: ask for this block's own logs.
+                            logs = self.client.get_logs_by_hash(block.hash, addresses, topics)
+                    if not self.process(block, logs, triggers):
+                        return
+                    if self.stop.is_set():
+                        return
             number = end + 1
-            self.range_size = min(self.max_range, self.range_size * 2)
+            if by_block is not None:
+                self.range_size = min(self.max_range, self.range_size * 2)
 
     def process(self, block: Block, logs: list[dict], triggers: ChainTriggers) -> bool:
         """Process a block; False when the caller must stop and look again (reorg or gap)."""
