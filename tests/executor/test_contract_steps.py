@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from executor.devchain import DEV_ACCOUNTS, contract, deploy
-from executor.models import Run, StepRun, Transaction
+from executor.models import RpcEndpoint, Run, StepRun, Transaction
 from executor.runs import start_manual_run
 from flows.models import SignerKey
+from tests.conftest import free_port
+from tests.executor.chainkit import make_chain
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,3 +94,20 @@ def test_the_private_key_never_appears_in_run_records_or_logs(
     assert all(key not in path.read_text(errors="replace").lower() for path in service_logs.glob("*.log"))
     client.force_login(alice)
     assert key not in client.get("/", follow=True).content.decode().lower()
+
+
+def test_a_read_fails_over_past_a_dead_endpoint_and_records_its_health(
+    executor_worker, anvil_a, receivers, team, alice
+):
+    dead = f"http://127.0.0.1:{free_port()}"
+    make_chain(anvil_a, "anvil-a", http_urls=[dead, anvil_a.http_url], ws=False)
+    version = make_version(team, alice, [
+        manual(), node("read", "contract.read", {"chain": 31337, "address": receivers["a"],
+                                                 "function": "mirrorCount() view returns (uint256)"}),
+    ], [edge("start", "read")])
+    run = wait_for_run(start_manual_run(version, {}, user=alice), timeout=60)
+
+    assert run.status == Run.Status.SUCCEEDED, run.error
+    assert isinstance(steps_of(run)["read"].output["result"], int)
+    endpoint = RpcEndpoint.objects.get(url=dead)
+    assert endpoint.failures >= 1 and "connection failed" in endpoint.last_error
