@@ -1,4 +1,4 @@
-"""Writes that touch several rows: create, save, publish, unpublish, roll back.
+"""Writes that touch several rows: create, save, publish, unpublish, pause, roll back.
 
 Each function states its preconditions; views and the API call these and turn
 their exceptions into clear messages. Trigger changes are announced with a
@@ -157,6 +157,34 @@ def unpublish_flow(flow: Flow, user) -> FlowVersion | None:
         _bump_revision(flow, None)
         notify_triggers_changed(flow)
     return live
+
+
+def pause_flow(flow: Flow, user) -> bool:
+    """Stop the flow's triggers from firing; runs already started carry on.
+
+    Sets Flow.paused and tells the listeners in the same transaction, so they drop the
+    flow's triggers when (and only if) the pause commits. Returns False, changing
+    nothing, when the flow was already paused.
+    """
+    return _set_paused(flow, user, paused=True)
+
+
+def resume_flow(flow: Flow, user) -> bool:
+    """Let a paused flow's triggers fire again (from the blocks after the resume); False if it was not paused."""
+    return _set_paused(flow, user, paused=False)
+
+
+def _set_paused(flow: Flow, user, *, paused: bool) -> bool:
+    from flows import audit
+
+    with transaction.atomic():
+        changed = Flow.objects.filter(pk=flow.pk, paused=not paused).update(paused=paused, updated_at=timezone.now())
+        flow.paused = paused
+        if not changed:
+            return False
+        notify_triggers_changed(flow)
+        audit.record(flow.team, user, "flow.paused" if paused else "flow.resumed", flow.name, flow=flow.code)
+    return True
 
 
 def rollback_to(flow: Flow, user, version: FlowVersion, *, revision: int | None = None) -> FlowVersion:

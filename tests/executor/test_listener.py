@@ -90,8 +90,7 @@ def test_a_paused_or_unpublished_flow_does_not_fire(zoo_setup, team, alice):
     gone = publish(team, alice, event_graph(31337, BIG), "gone")
     listener = listener_for(chain)
     listener.step()
-    paused.flow.paused = True
-    paused.flow.save(update_fields=["paused"])
+    actions.pause_flow(paused.flow, alice)
     actions.unpublish_flow(gone.flow, alice)
     listener.registry.reload()
     transact(w3, zoo.functions.emitBig(1, 1))

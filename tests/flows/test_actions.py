@@ -8,12 +8,12 @@ import threading
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from executor.models import Chain
 from flows import actions
 from flows.graph import CompileError
-from flows.models import FlowVersion
+from flows.models import AuditEvent, FlowVersion
 
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
@@ -173,3 +173,47 @@ def test_two_concurrent_publishes_leave_exactly_one_live_version(team, alice, ch
     assert len(errors) == 1
     assert flow.versions.filter(status=FlowVersion.Status.PUBLISHED).count() == 1
     assert settings.DATABASES["default"]["NAME"].startswith("test_")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pausing_and_resuming_are_announced_to_listeners_when_they_commit(team, alice, chain):
+    flow = actions.create_flow(team, alice, "Paused", graph=transfer_graph())
+    actions.publish_version(flow, alice)
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as listener:
+        listener.execute(f"LISTEN {actions.TRIGGERS_CHANNEL}")
+        assert actions.pause_flow(flow, alice) is True
+        paused = list(listener.notifies(timeout=2, stop_after=1))
+        assert actions.pause_flow(flow, alice) is False  # already paused: no change, no announcement
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+        assert actions.resume_flow(flow, alice) is True
+        resumed = list(listener.notifies(timeout=2, stop_after=1))
+    flow.refresh_from_db()
+    assert [n.payload for n in paused + resumed] == [flow.code, flow.code] and not flow.paused
+    assert [e.action for e in AuditEvent.objects.filter(team=team).order_by("id")] == ["flow.paused", "flow.resumed"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_that_rolls_back_is_never_announced(team, alice, chain):
+    flow = actions.create_flow(team, alice, "Not paused", graph=transfer_graph())
+    params = connection.get_connection_params()
+    with psycopg.connect(**params, autocommit=True) as listener:
+        listener.execute(f"LISTEN {actions.TRIGGERS_CHANNEL}")
+        with pytest.raises(RuntimeError), transaction.atomic():
+            actions.pause_flow(flow, alice)
+            raise RuntimeError("something after the pause failed")
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
+    flow.refresh_from_db()
+    assert not flow.paused and not AuditEvent.objects.filter(team=team).exists()
+
+
+def test_the_trigger_index_drops_a_paused_flow_and_takes_it_back_on_resume(team, alice, chain):
+    from executor.listener import load_triggers
+
+    flow = actions.create_flow(team, alice, "Indexed", graph=transfer_graph())
+    actions.publish_version(flow, alice)
+    assert len(load_triggers()[31337].logs) == 1
+    actions.pause_flow(flow, alice)
+    assert 31337 not in load_triggers() or len(load_triggers()[31337].logs) == 0
+    actions.resume_flow(flow, alice)
+    assert len(load_triggers()[31337].logs) == 1
