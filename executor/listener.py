@@ -67,6 +67,8 @@ POLL_SECONDS = getattr(settings, "KWALA_LISTENER_POLL_SECONDS", 2.0)
 # Largest eth_getLogs range asked for while filling a gap; halved when a provider refuses.
 MAX_LOG_RANGE = getattr(settings, "KWALA_LOG_RANGE", 2000)
 CHAIN_TRIGGER_TYPES = ("chain.event", "chain.block", "chain.state")
+# How often a halted listener looks whether an operator has resumed its chain.
+HALT_RECHECK_SECONDS = 5.0
 
 PROCESSED, ALREADY_DONE, GAP, REORG = "processed", "already done", "gap", "reorg"
 
@@ -417,6 +419,30 @@ def halt(chain: Chain, message: str) -> None:
     )
 
 
+def retract_blocks(chain: Chain, orphaned: Sequence[str], reason: str) -> None:
+    """Retract the events of the blocks with hashes `orphaned`: runs not started yet are
+    CANCELLED, the others REORGED, each with a run event for the UI. Call inside a transaction."""
+    from executor.live import record_run_event
+
+    now = timezone.now()
+    Event.objects.filter(chain=chain, block_hash__in=orphaned, retracted_at__isnull=True).update(retracted_at=now)
+    runs = Run.objects.filter(chain=chain, block_hash__in=orphaned, dry_run=False).select_related("flow")
+    for run in runs.exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED]):
+        cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True).update(
+            status=Run.Status.CANCELLED, error=reason, finished_at=now
+        )
+        if cancelled:
+            record_run_event(run, "run.cancelled", {"status": Run.Status.CANCELLED, "reason": reason,
+                                                    "block_hash": run.block_hash})
+            continue
+        reorged = Run.objects.filter(pk=run.pk).exclude(
+            status__in=[Run.Status.CANCELLED, Run.Status.REORGED]
+        ).update(status=Run.Status.REORGED, error=reason, finished_at=now)
+        if reorged:
+            record_run_event(run, "run.reorged", {"status": Run.Status.REORGED, "reason": reason,
+                                                  "block_hash": run.block_hash})
+
+
 def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
     """Move the cursor back to `ancestor` ([number, hash, ...]) and retract what came after.
 
@@ -424,10 +450,7 @@ def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
     started are CANCELLED, the others REORGED, each with a run event for the UI.
     Returns the orphaned block hashes (empty if another listener rewound first).
     """
-    from executor.live import record_run_event
-
     number, block_hash = ancestor[0], ancestor[1]
-    now = timezone.now()
     with transaction.atomic():
         cursor = ChainCursor.objects.select_for_update().get(pk=get_cursor(chain).pk)
         recent = _recent(cursor)
@@ -438,23 +461,7 @@ def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
             return []
         logger.warning("chain %s: reorg, rewinding from %s to %s (%d block(s) orphaned)",
                        chain.slug, cursor.block_number, number, len(orphaned))
-        Event.objects.filter(chain=chain, block_hash__in=orphaned, retracted_at__isnull=True).update(retracted_at=now)
-        runs = Run.objects.filter(chain=chain, block_hash__in=orphaned, dry_run=False).select_related("flow")
-        reason = f"Block reorganised away (chain {chain.slug} reorg back to block {number})"
-        for run in runs.exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED]):
-            cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True).update(
-                status=Run.Status.CANCELLED, error=reason, finished_at=now
-            )
-            if cancelled:
-                record_run_event(run, "run.cancelled", {"status": Run.Status.CANCELLED, "reason": reason,
-                                                        "block_hash": run.block_hash})
-                continue
-            reorged = Run.objects.filter(pk=run.pk).exclude(
-                status__in=[Run.Status.CANCELLED, Run.Status.REORGED]
-            ).update(status=Run.Status.REORGED, error=reason, finished_at=now)
-            if reorged:
-                record_run_event(run, "run.reorged", {"status": Run.Status.REORGED, "reason": reason,
-                                                      "block_hash": run.block_hash})
+        retract_blocks(chain, orphaned, f"Block reorganised away (chain {chain.slug} reorg back to block {number})")
         # State triggers re-read the new branch; their last value stays as it was.
         TriggerState.objects.filter(chain=chain, block_number__gt=number).update(block_number=number)
         cursor.recent_blocks = [recent[n] for n in sorted(recent) if n <= number]
@@ -462,6 +469,60 @@ def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
         cursor.block_hash = block_hash
         cursor.save(update_fields=["recent_blocks", "block_number", "block_hash", "updated_at"])
     return orphaned
+
+
+def resume_chain(chain: Chain, client: ChainClient, *, from_block: int | None = None) -> str:
+    """Clear a halted chain after an operator has checked it; returns what was done, for the operator.
+
+    Without `from_block`, the listener carries on from the newest kept block the node
+    still has (the endpoint was at fault and now agrees again); if none is, the
+    operator must name the last block they trust. With `from_block`, the cursor
+    moves to that block of the node's chain, and the stored events of every block the
+    node no longer has at or after it (or in the kept window) are retracted like a
+    normal reorg's. Raises ValueError with a message for the operator.
+    """
+    cursor = get_cursor(chain)
+    if not cursor.halted:
+        raise ValueError(f"Chain {chain.slug} is not halted; nothing to resume.")
+    if from_block is None:
+        ancestor = find_common_ancestor(chain, client)
+        if ancestor is None:
+            raise ValueError(
+                f"None of the {len(cursor.recent_blocks)} kept blocks of {chain.slug} is on the node's chain: "
+                "give --from-block N, the last block you trust (its events after it are checked again)."
+            )
+        with transaction.atomic():
+            orphaned = rewind(chain, ancestor)
+            ChainCursor.objects.filter(pk=cursor.pk).update(halted=False, last_error="", updated_at=timezone.now())
+        return (f"Chain {chain.slug} resumed from block {ancestor[0]}"
+                + (f"; {len(orphaned)} orphaned block(s) retracted." if orphaned else "."))
+
+    head = client.block_number()
+    if not 0 <= from_block <= head:
+        raise ValueError(f"Block {from_block} is not on {chain.slug} (its head is {head}).")
+    start = client.get_block(from_block)
+    floor = min([from_block + 1] + [entry[0] for entry in cursor.recent_blocks])
+    stored = sorted(set(
+        Event.objects.filter(chain=chain, block_number__gte=floor, retracted_at__isnull=True)
+        .values_list("block_number", "block_hash")
+    ))
+    canonical = dict(zip([n for n, _ in stored], client.get_blocks([n for n, _ in stored]), strict=True))
+    orphaned = [h for n, h in stored if canonical[n] is None or canonical[n].hash != h]
+    with transaction.atomic():
+        locked = ChainCursor.objects.select_for_update().get(pk=cursor.pk)
+        retract_blocks(chain, orphaned, f"Block reorganised away (chain {chain.slug} resumed at block {from_block})")
+        TriggerState.objects.filter(chain=chain, block_number__gt=from_block).update(block_number=from_block)
+        locked.block_number = start.number
+        locked.block_hash = start.hash
+        locked.recent_blocks = [[start.number, start.hash, start.parent_hash, start.timestamp]]
+        locked.halted = False
+        locked.last_error = ""
+        locked.save(update_fields=["block_number", "block_hash", "recent_blocks", "halted", "last_error",
+                                   "updated_at"])
+    logger.warning("chain %s: resumed by an operator at block %s (%d orphaned block(s) retracted)",
+                   chain.slug, from_block, len(orphaned))
+    return (f"Chain {chain.slug} resumes after block {from_block}; "
+            f"{len(orphaned)} block(s) with stored events were not on the node's chain and were retracted.")
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -531,6 +592,7 @@ class ChainListener:
     poll_seconds: float = POLL_SECONDS
     window: int = REORG_WINDOW
     max_range: int = MAX_LOG_RANGE
+    halt_recheck_seconds: float = HALT_RECHECK_SECONDS
     wake: threading.Event = field(default_factory=threading.Event)
     client: ChainClient | None = None
     ws_connected: bool = False
@@ -629,8 +691,8 @@ class ChainListener:
             halt(self.chain, (
                 f"Reorg deeper than the {len(cursor.recent_blocks)} kept blocks: none of blocks "
                 f"{oldest}..{cursor.block_number} is on the node's chain any more. Events after block "
-                f"{oldest} may be wrong. Check the RPC endpoints, then clear 'halted' on the chain "
-                "cursor (and reset its block) to resume."
+                f"{oldest} may be wrong. Check the RPC endpoints, then run `manage.py resume_chain "
+                f"{self.chain.slug} --from-block N` with the last block you trust."
             ))
             raise ChainHalted(f"chain {self.chain.slug} halted")
         rewind(self.chain, ancestor)
@@ -640,10 +702,14 @@ class ChainListener:
     def run(self) -> None:
         logger.info("chain %s: listening", self.chain.slug)
         failures = 0
+        halted = False
         while not self.stop.is_set():
             self.wake.clear()
             try:
                 self.step()
+                if halted:
+                    logger.warning("chain %s: resumed", self.chain.slug)
+                halted = False
                 failures = 0
                 if self.ws_connected:
                     # The socket wakes us; polling is only a safety net.
@@ -651,8 +717,13 @@ class ChainListener:
                 else:
                     self.wake.wait(self.poll_seconds)
             except ChainHalted:
-                logger.critical("chain %s: listener halted, see its cursor's last_error", self.chain.slug)
-                return
+                # Halted by this or another listener: wait for `manage.py resume_chain`.
+                if not halted:
+                    logger.critical("chain %s: listener halted, see its cursor's last_error; waiting for "
+                                    "`manage.py resume_chain %s`", self.chain.slug, self.chain.slug)
+                halted = True
+                self.stop.wait(self.halt_recheck_seconds)
+                continue
             except Exception as exc:
                 failures += 1
                 message = f"{type(exc).__name__}: {exc}"

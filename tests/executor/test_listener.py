@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import sys
 import threading
 import time
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 
 from executor.devchain import DEV_ACCOUNTS, mine, reorg, transact
@@ -179,6 +181,71 @@ def test_a_reorg_deeper_than_the_window_halts_the_chain_loudly(zoo_setup, team, 
     assert "LISTENER HALTED" in caplog.text
     with pytest.raises(ChainHalted):
         listener.step()
+
+
+def test_resume_chain_refuses_a_chain_that_is_not_halted_or_unknown(zoo_setup):
+    with pytest.raises(CommandError, match="anvil-a is not halted"):
+        call_command("resume_chain", "anvil-a")
+    with pytest.raises(CommandError, match=r"No chain 'nope' \(configured: anvil-a\)"):
+        call_command("resume_chain", "nope")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_halted_listener_waits_and_carries_on_once_the_chain_is_resumed(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
+    listener = listener_for(chain)
+    listener.step()
+    # As if a bad endpoint had served another fork: the node now agrees with the kept blocks again.
+    ChainCursor.objects.filter(chain=chain).update(halted=True, last_error="Reorg deeper than the 2 kept blocks")
+    listener.poll_seconds = listener.halt_recheck_seconds = 0.1
+    thread = threading.Thread(target=listener.run, daemon=True)
+    thread.start()
+    try:
+        transact(w3, zoo.functions.emitBig(1, 1))
+        time.sleep(0.5)
+        assert not Run.objects.filter(version=version).exists()  # halted: nothing fires
+        out = io.StringIO()
+        call_command("resume_chain", "anvil-a", stdout=out)
+        assert "resumed from block" in out.getvalue()
+        wait_for(lambda: Run.objects.filter(version=version).exists(), timeout=10)
+    finally:
+        listener.stop.set()
+        thread.join(10)
+    assert [r.trigger["args"]["id"] for r in live_runs(version)] == [1]
+
+
+def test_resume_chain_after_a_too_deep_reorg_retracts_what_the_node_lost_and_carries_on(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
+    listener = listener_for(chain, window=2)
+    listener.step()
+    fork = w3.eth.block_number
+    transact(w3, zoo.functions.emitBig(1, 1))
+    transact(w3, zoo.functions.emitBig(2, 2))
+    mine(w3, 3)
+    listener.step()
+    lost = list(live_runs(version))
+    reorg(w3, w3.eth.block_number - fork, replacing(zoo.functions.emitBig(3, 3)))
+    with pytest.raises(ChainHalted):
+        listener.step()
+
+    with pytest.raises(CommandError, match="give --from-block N"):
+        call_command("resume_chain", "anvil-a")
+    assert ChainCursor.objects.get(chain=chain).halted
+    out = io.StringIO()
+    call_command("resume_chain", "anvil-a", "--from-block", str(fork), stdout=out)
+    assert "resumes after block" in out.getvalue() and "2 block(s)" in out.getvalue()
+
+    cursor = ChainCursor.objects.get(chain=chain)
+    assert not cursor.halted and cursor.block_number == fork
+    listener.step()
+    for run in lost:
+        run.refresh_from_db()
+        assert run.status == Run.Status.CANCELLED
+    assert Event.objects.filter(retracted_at__isnull=False).count() == 2
+    (replacement,) = live_runs(version).filter(status=Run.Status.QUEUED)
+    assert replacement.trigger["args"]["id"] == 3
 
 
 def test_block_triggers_fire_every_n_blocks(fresh_anvil, team, alice):
