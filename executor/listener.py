@@ -748,7 +748,9 @@ class ChainListener:
         while not self.stop.is_set():
             for url in ws_urls:
                 try:
-                    async with AsyncWeb3(WebSocketProvider(url)) as w3:
+                    # One attempt per URL: this loop fails over to the next URL and backs off
+                    # itself (web3's own retries would hold a dead URL for ~15 s).
+                    async with AsyncWeb3(WebSocketProvider(url, max_connection_retries=1)) as w3:
                         await w3.eth.subscribe("newHeads")
                         self.ws_connected = True
                         delay = 0.5
