@@ -8,7 +8,15 @@ raised at once (except "range too large", which callers handle by asking for
 less). Everything leaves this module as ChainError.
 
 Results are returned raw (hex strings, as the node sent them) so callers decide
-what to convert; helpers below turn blocks and logs into small dicts.
+what to convert; helpers below turn blocks and logs into small dicts. Code that
+wants web3.py's encoding and decoding (the contract steps) takes `client.web3()`:
+a Web3 whose provider is this client, so it gets the same endpoint order,
+failover and health records; node errors reach it as web3 exceptions as usual,
+"every endpoint failed" as ChainError.
+
+`client_for_chain(chain)` is the process's shared client for a Chain row, so the
+listener, the contract steps and everything else in one process agree on which
+endpoint is cooling down.
 """
 
 from __future__ import annotations
@@ -21,11 +29,16 @@ from typing import Any
 
 import requests
 from django.utils import timezone
-from web3 import HTTPProvider
+from web3 import HTTPProvider, Web3
+from web3.providers.base import JSONBaseProvider
+from web3.types import RPCEndpoint, RPCResponse
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
+# Requests per JSON-RPC batch; hosted providers cap batches (Alchemy and Infura at 1000,
+# some at 100), and a small batch keeps one slow answer from holding many blocks.
+BATCH_SIZE = 50
 # Cool-down after an endpoint fails: BASE * 2**(failures-1), capped.
 BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 60.0
@@ -89,6 +102,7 @@ class Endpoint:
     failures: int = 0
     down_until: float = 0.0
     provider: HTTPProvider | None = None
+    batches: bool = True  # False once the endpoint refused a JSON-RPC batch
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,11 @@ def log_from_rpc(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# How a request can fail on the way (as opposed to a node answering with an error);
+# requests.HTTPError, Timeout and ConnectionError are OSErrors too.
+_TRANSPORT_ERRORS = (requests.RequestException, OSError, ValueError)
+
+
 class ChainClient:
     """JSON-RPC over HTTP to one chain, with failover across its endpoints.
 
@@ -145,6 +164,7 @@ class ChainClient:
         self.record_health = record_health
         self.endpoints = [Endpoint(url=url, pk=pk) for url, pk in zip(urls, ids, strict=True)]
         self._lock = threading.Lock()
+        self._web3: Web3 | None = None
 
     @classmethod
     def for_chain(cls, chain, **kwargs: Any) -> ChainClient:
@@ -208,50 +228,108 @@ class ChainClient:
         except Exception:
             logger.warning("could not record health of %s", endpoint.url, exc_info=True)
 
-    def request(self, method: str, params: list[Any]) -> Any:
-        """Send one JSON-RPC request, failing over between endpoints; return its result."""
+    def send(self, method: str, params: list[Any]) -> tuple[str, dict[str, Any]]:
+        """Send one JSON-RPC request, failing over between endpoints.
+
+        Returns (endpoint url, the node's response object, error included); raises a
+        retryable ChainError when no endpoint answered.
+        """
         errors: list[str] = []
         for endpoint in self._order():
-            provider = self._provider(endpoint)
             try:
-                response = provider.make_request(method, params)
-            except requests.HTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else 0
-                reason = "rate limited (HTTP 429)" if status == 429 else f"HTTP {status}"
-                self._failed(endpoint, reason)
-                errors.append(f"{endpoint.url}: {reason}")
-                continue
-            except requests.Timeout:
-                self._failed(endpoint, f"timed out after {self.timeout:g}s")
-                errors.append(f"{endpoint.url}: timed out")
-                continue
-            except (requests.ConnectionError, OSError) as exc:
-                self._failed(endpoint, f"connection failed: {type(exc).__name__}")
-                errors.append(f"{endpoint.url}: connection failed")
-                continue
-            except ValueError as exc:  # not JSON: a proxy's error page
-                self._failed(endpoint, f"bad response: {exc}")
-                errors.append(f"{endpoint.url}: bad response")
+                response = self._provider(endpoint).make_request(RPCEndpoint(method), params)
+            except _TRANSPORT_ERRORS as exc:
+                errors.append(self._transport_failed(endpoint, exc))
                 continue
             self._succeeded(endpoint)
-            error = response.get("error") if isinstance(response, dict) else None
-            if error:
-                code = error.get("code") if isinstance(error, dict) else None
-                message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
-                too_large = method == "eth_getLogs" and is_range_too_large(code, message)
-                raise ChainError(
-                    f"{method} failed: {message}",
-                    retryable=too_large,
-                    endpoint=endpoint.url,
-                    code=code,
-                    range_too_large=too_large,
+            return endpoint.url, response
+        raise self._all_failed(method, errors)
+
+    def request(self, method: str, params: list[Any]) -> Any:
+        """Send one JSON-RPC request, failing over between endpoints; return its result."""
+        url, response = self.send(method, params)
+        return self._result(method, url, response)
+
+    def request_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """The results of `calls` in order, sent as JSON-RPC batches of BATCH_SIZE.
+
+        An endpoint that does not take batches (it answers one error object, or not
+        a list) is remembered and asked one request at a time.
+        """
+        results: list[Any] = []
+        for start in range(0, len(calls), BATCH_SIZE):
+            results.extend(self._batch(calls[start:start + BATCH_SIZE]))
+        return results
+
+    def _batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        errors: list[str] = []
+        for endpoint in self._order():
+            if not endpoint.batches:
+                break
+            try:
+                responses = self._provider(endpoint).make_batch_request(
+                    [(RPCEndpoint(method), params) for method, params in calls]
                 )
-            return response.get("result")
-        raise ChainError(
+            except _TRANSPORT_ERRORS as exc:
+                errors.append(self._transport_failed(endpoint, exc))
+                continue
+            self._succeeded(endpoint)
+            if not isinstance(responses, list) or len(responses) != len(calls):
+                logger.info("RPC endpoint %s does not answer JSON-RPC batches; sending one by one", endpoint.url)
+                endpoint.batches = False
+                break
+            return [
+                self._result(method, endpoint.url, response)
+                for (method, _), response in zip(calls, responses, strict=True)
+            ]
+        else:
+            raise self._all_failed(calls[0][0] if calls else "batch", errors)
+        return [self.request(method, params) for method, params in calls]
+
+    def _transport_failed(self, endpoint: Endpoint, exc: Exception) -> str:
+        """Record a failed attempt at `endpoint`; return the line for the final error."""
+        if isinstance(exc, requests.HTTPError):
+            status = exc.response.status_code if exc.response is not None else 0
+            reason = "rate limited (HTTP 429)" if status == 429 else f"HTTP {status}"
+            self._failed(endpoint, reason)
+            return f"{endpoint.url}: {reason}"
+        if isinstance(exc, requests.Timeout):
+            self._failed(endpoint, f"timed out after {self.timeout:g}s")
+            return f"{endpoint.url}: timed out"
+        if isinstance(exc, ValueError):  # not JSON: a proxy's error page
+            self._failed(endpoint, f"bad response: {exc}")
+            return f"{endpoint.url}: bad response"
+        self._failed(endpoint, f"connection failed: {type(exc).__name__}")
+        return f"{endpoint.url}: connection failed"
+
+    def _all_failed(self, method: str, errors: list[str]) -> ChainError:
+        return ChainError(
             f"{method}: every RPC endpoint failed ({'; '.join(errors)})",
             retryable=True,
             endpoint=", ".join(e.url for e in self.endpoints),
         )
+
+    @staticmethod
+    def _result(method: str, url: str, response: Any) -> Any:
+        error = response.get("error") if isinstance(response, dict) else None
+        if error:
+            code = error.get("code") if isinstance(error, dict) else None
+            message = str(error.get("message", error)) if isinstance(error, dict) else str(error)
+            too_large = method == "eth_getLogs" and is_range_too_large(code, message)
+            raise ChainError(
+                f"{method} failed: {message}",
+                retryable=too_large,
+                endpoint=url,
+                code=code,
+                range_too_large=too_large,
+            )
+        return response.get("result") if isinstance(response, dict) else None
+
+    def web3(self) -> Web3:
+        """A Web3 that sends every request through this client (same failover and health)."""
+        if self._web3 is None:
+            self._web3 = Web3(FailoverProvider(self))
+        return self._web3
 
     # -- helpers -----------------------------------------------------------------
 
@@ -285,3 +363,64 @@ class ChainClient:
     def call(self, to: str, data: str, block_hash: str) -> str:
         """eth_call at a block given by hash (EIP-1898), so a reorg cannot change what it read."""
         return self.request("eth_call", [{"to": to, "data": data}, {"blockHash": block_hash}])
+
+
+    def get_blocks(self, numbers: list[int]) -> list[Block | None]:
+        """Several headers in one round trip per BATCH_SIZE blocks (None where the node has none)."""
+        raws = self.request_batch([("eth_getBlockByNumber", [hex(n), False]) for n in numbers])
+        return [block_from_rpc(raw) if raw else None for raw in raws]
+
+
+class FailoverProvider(JSONBaseProvider):
+    """A web3.py provider that sends through a ChainClient.
+
+    The node's response goes back to web3.py as it came, so reverts and node errors
+    raise web3's own exceptions (ContractLogicError, Web3RPCError); when no endpoint
+    answers, ChainError (retryable) propagates.
+    """
+
+    def __init__(self, client: ChainClient) -> None:
+        super().__init__()
+        self.client = client
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        return self.client.send(method, list(params or []))[1]  # type: ignore[return-value]
+
+    def is_connected(self, show_traceback: bool = False) -> bool:
+        try:
+            self.client.block_number()
+        except ChainError:
+            if show_traceback:
+                raise
+            return False
+        return True
+
+
+_shared: dict[int, tuple[tuple, ChainClient]] = {}
+_shared_lock = threading.Lock()
+
+
+def client_for_chain(chain) -> ChainClient:
+    """The process's ChainClient for a Chain row's enabled HTTP endpoints.
+
+    Shared so every caller in the process sees the same endpoint health; rebuilt when
+    the endpoints (urls, priorities, enabled) change. Raises a non-retryable
+    ChainError when the chain has no enabled HTTP endpoint.
+    """
+    from executor.models import RpcEndpoint
+
+    rows = tuple(
+        chain.endpoints.filter(kind=RpcEndpoint.Kind.HTTP, enabled=True)
+        .order_by("priority", "id")
+        .values_list("pk", "url")
+    )
+    with _shared_lock:
+        known = _shared.get(chain.chain_id)
+        if known is not None and known[0] == rows:
+            return known[1]
+        client = ChainClient(
+            [url for _, url in rows], chain_id=chain.chain_id, endpoint_ids=[pk for pk, _ in rows],
+            record_health=True,
+        )
+        _shared[chain.chain_id] = (rows, client)
+        return client

@@ -22,8 +22,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from hexbytes import HexBytes
 from web3 import Web3
-from web3.types import RPCEndpoint
+from web3.contract import Contract
+from web3.types import RPCEndpoint, TxReceipt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS_DIR = REPO_ROOT / "contracts" / "artifacts"
@@ -154,6 +156,10 @@ class AnvilProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}"
+
+    def web3(self) -> Web3:
+        """A Web3 on this node's HTTP endpoint."""
+        return Web3(Web3.HTTPProvider(self.http_url))
 
     @property
     def running(self) -> bool:
@@ -363,12 +369,38 @@ def deploy(w3: Web3, name: str, *args: Any, sender: str | None = None) -> str:
     tx_hash = factory.constructor(*args).transact(
         {"from": Web3.to_checksum_address(sender or DEV_ACCOUNTS[0].address)}
     )
-    receipt = w3.eth.wait_for_transaction_receipt(
-        tx_hash, timeout=30, poll_latency=_RECEIPT_POLL_SECONDS
-    )
+    receipt = wait_for_receipt(w3, tx_hash)
     if receipt["status"] != 1 or not receipt["contractAddress"]:
         raise DevchainError(f"deploying {name} failed: {receipt!r}")
     return Web3.to_checksum_address(receipt["contractAddress"])
+
+
+def wait_for_receipt(w3: Web3, tx_hash: HexBytes | str) -> TxReceipt:
+    return w3.eth.wait_for_transaction_receipt(
+        tx_hash, timeout=30, poll_latency=_RECEIPT_POLL_SECONDS
+    )
+
+
+def contract(w3: Web3, name: str, address: str) -> Contract:
+    """The deployed artifact `name` at `address`."""
+    return w3.eth.contract(
+        address=Web3.to_checksum_address(address), abi=load_artifact(name)["abi"]
+    )
+
+
+def transact(w3: Web3, call: Any, sender: str | None = None) -> TxReceipt:
+    """Send a contract function call from an unlocked dev account and wait for its receipt.
+
+    Raises DevchainError when the transaction reverts, so a test cannot read a
+    failed setup step as success.
+    """
+    tx_hash = call.transact(
+        {"from": Web3.to_checksum_address(sender or DEV_ACCOUNTS[0].address)}
+    )
+    receipt = wait_for_receipt(w3, tx_hash)
+    if receipt["status"] != 1:
+        raise DevchainError(f"transaction {tx_hash.to_0x_hex()} reverted: {receipt!r}")
+    return receipt
 
 
 DEMO_TOKEN_AMOUNT = 1_000_000 * 10**18
@@ -391,18 +423,9 @@ def deploy_demo_contracts(w3: Web3) -> dict[str, str]:
         "PriceFeed": deploy(w3, "PriceFeed", DEMO_INITIAL_PRICE),
         "EventZoo": deploy(w3, "EventZoo"),
     }
-    token = w3.eth.contract(
-        address=addresses["KwalaToken"], abi=load_artifact("KwalaToken")["abi"]
-    )
+    token = contract(w3, "KwalaToken", addresses["KwalaToken"])
     for account in DEV_ACCOUNTS[:3]:
-        tx_hash = token.functions.mint(account.address, DEMO_TOKEN_AMOUNT).transact(
-            {"from": DEV_ACCOUNTS[0].address}
-        )
-        receipt = w3.eth.wait_for_transaction_receipt(
-            tx_hash, timeout=30, poll_latency=_RECEIPT_POLL_SECONDS
-        )
-        if receipt["status"] != 1:
-            raise DevchainError(f"minting KWL to {account.address} failed: {receipt!r}")
+        transact(w3, token.functions.mint(account.address, DEMO_TOKEN_AMOUNT))
     return addresses
 
 

@@ -47,7 +47,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from executor.chain import Block, ChainClient, ChainError
+from executor.chain import BATCH_SIZE, Block, ChainClient, ChainError, client_for_chain
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -67,6 +67,8 @@ POLL_SECONDS = getattr(settings, "KWALA_LISTENER_POLL_SECONDS", 2.0)
 # Largest eth_getLogs range asked for while filling a gap; halved when a provider refuses.
 MAX_LOG_RANGE = getattr(settings, "KWALA_LOG_RANGE", 2000)
 CHAIN_TRIGGER_TYPES = ("chain.event", "chain.block", "chain.state")
+# How often a halted listener looks whether an operator has resumed its chain.
+HALT_RECHECK_SECONDS = 5.0
 
 PROCESSED, ALREADY_DONE, GAP, REORG = "processed", "already done", "gap", "reorg"
 
@@ -417,6 +419,30 @@ def halt(chain: Chain, message: str) -> None:
     )
 
 
+def retract_blocks(chain: Chain, orphaned: Sequence[str], reason: str) -> None:
+    """Retract the events of the blocks with hashes `orphaned`: runs not started yet are
+    CANCELLED, the others REORGED, each with a run event for the UI. Call inside a transaction."""
+    from executor.live import record_run_event
+
+    now = timezone.now()
+    Event.objects.filter(chain=chain, block_hash__in=orphaned, retracted_at__isnull=True).update(retracted_at=now)
+    runs = Run.objects.filter(chain=chain, block_hash__in=orphaned, dry_run=False).select_related("flow")
+    for run in runs.exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED]):
+        cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True).update(
+            status=Run.Status.CANCELLED, error=reason, finished_at=now
+        )
+        if cancelled:
+            record_run_event(run, "run.cancelled", {"status": Run.Status.CANCELLED, "reason": reason,
+                                                    "block_hash": run.block_hash})
+            continue
+        reorged = Run.objects.filter(pk=run.pk).exclude(
+            status__in=[Run.Status.CANCELLED, Run.Status.REORGED]
+        ).update(status=Run.Status.REORGED, error=reason, finished_at=now)
+        if reorged:
+            record_run_event(run, "run.reorged", {"status": Run.Status.REORGED, "reason": reason,
+                                                  "block_hash": run.block_hash})
+
+
 def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
     """Move the cursor back to `ancestor` ([number, hash, ...]) and retract what came after.
 
@@ -424,10 +450,7 @@ def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
     started are CANCELLED, the others REORGED, each with a run event for the UI.
     Returns the orphaned block hashes (empty if another listener rewound first).
     """
-    from executor.live import record_run_event
-
     number, block_hash = ancestor[0], ancestor[1]
-    now = timezone.now()
     with transaction.atomic():
         cursor = ChainCursor.objects.select_for_update().get(pk=get_cursor(chain).pk)
         recent = _recent(cursor)
@@ -438,23 +461,7 @@ def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
             return []
         logger.warning("chain %s: reorg, rewinding from %s to %s (%d block(s) orphaned)",
                        chain.slug, cursor.block_number, number, len(orphaned))
-        Event.objects.filter(chain=chain, block_hash__in=orphaned, retracted_at__isnull=True).update(retracted_at=now)
-        runs = Run.objects.filter(chain=chain, block_hash__in=orphaned, dry_run=False).select_related("flow")
-        reason = f"Block reorganised away (chain {chain.slug} reorg back to block {number})"
-        for run in runs.exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED]):
-            cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True).update(
-                status=Run.Status.CANCELLED, error=reason, finished_at=now
-            )
-            if cancelled:
-                record_run_event(run, "run.cancelled", {"status": Run.Status.CANCELLED, "reason": reason,
-                                                        "block_hash": run.block_hash})
-                continue
-            reorged = Run.objects.filter(pk=run.pk).exclude(
-                status__in=[Run.Status.CANCELLED, Run.Status.REORGED]
-            ).update(status=Run.Status.REORGED, error=reason, finished_at=now)
-            if reorged:
-                record_run_event(run, "run.reorged", {"status": Run.Status.REORGED, "reason": reason,
-                                                      "block_hash": run.block_hash})
+        retract_blocks(chain, orphaned, f"Block reorganised away (chain {chain.slug} reorg back to block {number})")
         # State triggers re-read the new branch; their last value stays as it was.
         TriggerState.objects.filter(chain=chain, block_number__gt=number).update(block_number=number)
         cursor.recent_blocks = [recent[n] for n in sorted(recent) if n <= number]
@@ -462,6 +469,60 @@ def rewind(chain: Chain, ancestor: Sequence) -> list[str]:
         cursor.block_hash = block_hash
         cursor.save(update_fields=["recent_blocks", "block_number", "block_hash", "updated_at"])
     return orphaned
+
+
+def resume_chain(chain: Chain, client: ChainClient, *, from_block: int | None = None) -> str:
+    """Clear a halted chain after an operator has checked it; returns what was done, for the operator.
+
+    Without `from_block`, the listener carries on from the newest kept block the node
+    still has (the endpoint was at fault and now agrees again); if none is, the
+    operator must name the last block they trust. With `from_block`, the cursor
+    moves to that block of the node's chain, and the stored events of every block the
+    node no longer has at or after it (or in the kept window) are retracted like a
+    normal reorg's. Raises ValueError with a message for the operator.
+    """
+    cursor = get_cursor(chain)
+    if not cursor.halted:
+        raise ValueError(f"Chain {chain.slug} is not halted; nothing to resume.")
+    if from_block is None:
+        ancestor = find_common_ancestor(chain, client)
+        if ancestor is None:
+            raise ValueError(
+                f"None of the {len(cursor.recent_blocks)} kept blocks of {chain.slug} is on the node's chain: "
+                "give --from-block N, the last block you trust (its events after it are checked again)."
+            )
+        with transaction.atomic():
+            orphaned = rewind(chain, ancestor)
+            ChainCursor.objects.filter(pk=cursor.pk).update(halted=False, last_error="", updated_at=timezone.now())
+        return (f"Chain {chain.slug} resumed from block {ancestor[0]}"
+                + (f"; {len(orphaned)} orphaned block(s) retracted." if orphaned else "."))
+
+    head = client.block_number()
+    if not 0 <= from_block <= head:
+        raise ValueError(f"Block {from_block} is not on {chain.slug} (its head is {head}).")
+    start = client.get_block(from_block)
+    floor = min([from_block + 1] + [entry[0] for entry in cursor.recent_blocks])
+    stored = sorted(set(
+        Event.objects.filter(chain=chain, block_number__gte=floor, retracted_at__isnull=True)
+        .values_list("block_number", "block_hash")
+    ))
+    canonical = dict(zip([n for n, _ in stored], client.get_blocks([n for n, _ in stored]), strict=True))
+    orphaned = [h for n, h in stored if canonical[n] is None or canonical[n].hash != h]
+    with transaction.atomic():
+        locked = ChainCursor.objects.select_for_update().get(pk=cursor.pk)
+        retract_blocks(chain, orphaned, f"Block reorganised away (chain {chain.slug} resumed at block {from_block})")
+        TriggerState.objects.filter(chain=chain, block_number__gt=from_block).update(block_number=from_block)
+        locked.block_number = start.number
+        locked.block_hash = start.hash
+        locked.recent_blocks = [[start.number, start.hash, start.parent_hash, start.timestamp]]
+        locked.halted = False
+        locked.last_error = ""
+        locked.save(update_fields=["block_number", "block_hash", "recent_blocks", "halted", "last_error",
+                                   "updated_at"])
+    logger.warning("chain %s: resumed by an operator at block %s (%d orphaned block(s) retracted)",
+                   chain.slug, from_block, len(orphaned))
+    return (f"Chain {chain.slug} resumes after block {from_block}; "
+            f"{len(orphaned)} block(s) with stored events were not on the node's chain and were retracted.")
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -531,13 +592,14 @@ class ChainListener:
     poll_seconds: float = POLL_SECONDS
     window: int = REORG_WINDOW
     max_range: int = MAX_LOG_RANGE
+    halt_recheck_seconds: float = HALT_RECHECK_SECONDS
     wake: threading.Event = field(default_factory=threading.Event)
     client: ChainClient | None = None
     ws_connected: bool = False
 
     def __post_init__(self) -> None:
         if self.client is None:
-            self.client = ChainClient.for_chain(self.chain)
+            self.client = client_for_chain(self.chain)
         self.range_size = self.max_range
         self.registry.listeners.append(self.wake)
 
@@ -567,46 +629,51 @@ class ChainListener:
             self.catch_up(cursor.block_number + 1, head.number)
 
     def catch_up(self, first: int, last: int) -> None:
-        """Process blocks first..last in order; ranges of logs when behind, one block's logs when live."""
+        """Process blocks first..last in order; ranges of logs when behind, one block's logs when live.
+
+        Headers come in JSON-RPC batches (executor.chain.BATCH_SIZE a round trip), so a gap
+        of a thousand blocks costs tens of requests, not a thousand.
+        """
         number = first
         while number <= last and not self.stop.is_set():
             triggers = self.registry.get(self.chain.chain_id)
             addresses, topics = triggers.logs.log_filter()
             want_logs = len(triggers.logs) > 0
-            if last - number < 2 or not want_logs:
-                block = self.client.get_block(number)
-                if block is None:
-                    return  # the node's head moved back; the next pass sees it
-                logs = self.client.get_logs_by_hash(block.hash, addresses, topics) if want_logs else []
-                if not self.process(block, logs, triggers):
-                    return
-                number += 1
-                continue
             end = min(last, number + self.range_size - 1)
-            try:
-                range_logs = self.client.get_logs_range(number, end, addresses, topics)
-            except ChainError as exc:
-                if not exc.range_too_large or end == number:
-                    raise
-                self.range_size = max(1, (end - number + 1) // 2)
-                logger.info("chain %s: provider refused %s blocks of logs, trying %s",
-                            self.chain.slug, end - number + 1, self.range_size)
-                continue
-            by_block: dict[int, list[dict]] = {}
-            for log in range_logs:
-                by_block.setdefault(log["block_number"], []).append(log)
-            for n in range(number, end + 1):
-                block = self.client.get_block(n)
-                if block is None:
-                    return
-                logs = by_block.get(n, [])
-                if any(log["block_hash"] != block.hash for log in logs):
-                    # The range answer straddled a reorg: ask for this block's own logs.
-                    logs = self.client.get_logs_by_hash(block.hash, addresses, topics)
-                if not self.process(block, logs, triggers):
-                    return
+            by_block: dict[int, list[dict]] | None = None  # None: ask each block for its own logs
+            if want_logs and last - number >= 2:
+                try:
+                    range_logs = self.client.get_logs_range(number, end, addresses, topics)
+                except ChainError as exc:
+                    if not exc.range_too_large or end == number:
+                        raise
+                    self.range_size = max(1, (end - number + 1) // 2)
+                    logger.info("chain %s: provider refused %s blocks of logs, trying %s",
+                                self.chain.slug, end - number + 1, self.range_size)
+                    continue
+                by_block = {}
+                for log in range_logs:
+                    by_block.setdefault(log["block_number"], []).append(log)
+            for chunk in range(number, end + 1, BATCH_SIZE):
+                numbers = list(range(chunk, min(end, chunk + BATCH_SIZE - 1) + 1))
+                blocks = [self.client.get_block(numbers[0])] if len(numbers) == 1 else self.client.get_blocks(numbers)
+                for block in blocks:
+                    if block is None:
+                        return  # the node's head moved back; the next pass sees it
+                    if by_block is None:
+                        logs = self.client.get_logs_by_hash(block.hash, addresses, topics) if want_logs else []
+                    else:
+                        logs = by_block.get(block.number, [])
+                        if any(log["block_hash"] != block.hash for log in logs):
+                            # The range answer straddled a reorg: ask for this block's own logs.
+                            logs = self.client.get_logs_by_hash(block.hash, addresses, topics)
+                    if not self.process(block, logs, triggers):
+                        return
+                    if self.stop.is_set():
+                        return
             number = end + 1
-            self.range_size = min(self.max_range, self.range_size * 2)
+            if by_block is not None:
+                self.range_size = min(self.max_range, self.range_size * 2)
 
     def process(self, block: Block, logs: list[dict], triggers: ChainTriggers) -> bool:
         """Process a block; False when the caller must stop and look again (reorg or gap)."""
@@ -624,8 +691,8 @@ class ChainListener:
             halt(self.chain, (
                 f"Reorg deeper than the {len(cursor.recent_blocks)} kept blocks: none of blocks "
                 f"{oldest}..{cursor.block_number} is on the node's chain any more. Events after block "
-                f"{oldest} may be wrong. Check the RPC endpoints, then clear 'halted' on the chain "
-                "cursor (and reset its block) to resume."
+                f"{oldest} may be wrong. Check the RPC endpoints, then run `manage.py resume_chain "
+                f"{self.chain.slug} --from-block N` with the last block you trust."
             ))
             raise ChainHalted(f"chain {self.chain.slug} halted")
         rewind(self.chain, ancestor)
@@ -635,10 +702,14 @@ class ChainListener:
     def run(self) -> None:
         logger.info("chain %s: listening", self.chain.slug)
         failures = 0
+        halted = False
         while not self.stop.is_set():
             self.wake.clear()
             try:
                 self.step()
+                if halted:
+                    logger.warning("chain %s: resumed", self.chain.slug)
+                halted = False
                 failures = 0
                 if self.ws_connected:
                     # The socket wakes us; polling is only a safety net.
@@ -646,8 +717,13 @@ class ChainListener:
                 else:
                     self.wake.wait(self.poll_seconds)
             except ChainHalted:
-                logger.critical("chain %s: listener halted, see its cursor's last_error", self.chain.slug)
-                return
+                # Halted by this or another listener: wait for `manage.py resume_chain`.
+                if not halted:
+                    logger.critical("chain %s: listener halted, see its cursor's last_error; waiting for "
+                                    "`manage.py resume_chain %s`", self.chain.slug, self.chain.slug)
+                halted = True
+                self.stop.wait(self.halt_recheck_seconds)
+                continue
             except Exception as exc:
                 failures += 1
                 message = f"{type(exc).__name__}: {exc}"
@@ -672,7 +748,9 @@ class ChainListener:
         while not self.stop.is_set():
             for url in ws_urls:
                 try:
-                    async with AsyncWeb3(WebSocketProvider(url)) as w3:
+                    # One attempt per URL: this loop fails over to the next URL and backs off
+                    # itself (web3's own retries would hold a dead URL for ~15 s).
+                    async with AsyncWeb3(WebSocketProvider(url, max_connection_retries=1)) as w3:
                         await w3.eth.subscribe("newHeads")
                         self.ws_connected = True
                         delay = 0.5

@@ -1,4 +1,4 @@
-"""Writes that touch several rows: create, save, publish, unpublish, roll back.
+"""Writes that touch several rows: create, save, publish, unpublish, pause, roll back.
 
 Each function states its preconditions; views and the API call these and turn
 their exceptions into clear messages. Trigger changes are announced with a
@@ -13,7 +13,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from flows.graph import CompileError, compile_graph
-from flows.models import Flow, FlowVersion, Secret, Team
+from flows.models import Flow, FlowVersion, Secret, SignerKey, Team
 
 TRIGGERS_CHANNEL = "kwala_triggers"
 EMPTY_GRAPH = {"nodes": [], "edges": []}
@@ -35,12 +35,13 @@ class NothingToPublish(Exception):
 
 
 def compile_context(team: Team) -> dict:
-    """What the compiler checks names against: the enabled chains and the team's secrets."""
+    """What the compiler checks names against: the enabled chains, the team's secrets and signer keys."""
     from executor.models import Chain
 
     return {
         "chains": dict(Chain.objects.filter(enabled=True).values_list("chain_id", "slug")),
         "secret_names": set(Secret.objects.filter(team=team).values_list("name", flat=True)),
+        "signer_names": set(SignerKey.objects.filter(team=team).values_list("name", flat=True)),
     }
 
 
@@ -156,6 +157,34 @@ def unpublish_flow(flow: Flow, user) -> FlowVersion | None:
         _bump_revision(flow, None)
         notify_triggers_changed(flow)
     return live
+
+
+def pause_flow(flow: Flow, user) -> bool:
+    """Stop the flow's triggers from firing; runs already started carry on.
+
+    Sets Flow.paused and tells the listeners in the same transaction, so they drop the
+    flow's triggers when (and only if) the pause commits. Returns False, changing
+    nothing, when the flow was already paused.
+    """
+    return _set_paused(flow, user, paused=True)
+
+
+def resume_flow(flow: Flow, user) -> bool:
+    """Let a paused flow's triggers fire again (from the blocks after the resume); False if it was not paused."""
+    return _set_paused(flow, user, paused=False)
+
+
+def _set_paused(flow: Flow, user, *, paused: bool) -> bool:
+    from flows import audit
+
+    with transaction.atomic():
+        changed = Flow.objects.filter(pk=flow.pk, paused=not paused).update(paused=paused, updated_at=timezone.now())
+        flow.paused = paused
+        if not changed:
+            return False
+        notify_triggers_changed(flow)
+        audit.record(flow.team, user, "flow.paused" if paused else "flow.resumed", flow.name, flow=flow.code)
+    return True
 
 
 def rollback_to(flow: Flow, user, version: FlowVersion, *, revision: int | None = None) -> FlowVersion:

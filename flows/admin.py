@@ -103,25 +103,18 @@ FlowVersionAdmin.readonly_fields = ["flow", "number", "status", "created_by", "p
 
 @admin.action(description="Pause the selected flows (their triggers stop firing)")
 def pause_flows(modeladmin, request, queryset):
-    from flows.actions import notify_triggers_changed
+    from flows.actions import pause_flow
 
-    count = 0
-    for flow in queryset.filter(paused=False):
-        flow.paused = True
-        flow.save(update_fields=["paused", "updated_at"])
-        notify_triggers_changed(flow)
-        count += 1
+    count = sum(pause_flow(flow, request.user) for flow in queryset.select_related("team"))
     messages.success(request, f"Paused {count} flow(s).")
 
 
 @admin.action(description="Resume the selected flows")
 def resume_flows(modeladmin, request, queryset):
-    from flows.actions import notify_triggers_changed
+    from flows.actions import resume_flow
 
-    for flow in queryset.filter(paused=True):
-        flow.paused = False
-        flow.save(update_fields=["paused", "updated_at"])
-        notify_triggers_changed(flow)
+    count = sum(resume_flow(flow, request.user) for flow in queryset.select_related("team"))
+    messages.success(request, f"Resumed {count} flow(s).")
 
 
 FlowAdmin.actions = [pause_flows, resume_flows]

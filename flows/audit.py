@@ -17,6 +17,8 @@ from flows.models import AuditEvent, Team
 ACTIONS = {
     "flow.published": "published a flow",
     "flow.unpublished": "unpublished a flow",
+    "flow.paused": "paused a flow",
+    "flow.resumed": "resumed a flow",
     "flow.shared": "shared a flow with a team",
     "flow.unshared": "stopped sharing a flow",
     "flow.duplicated": "duplicated a flow",

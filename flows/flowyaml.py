@@ -364,6 +364,7 @@ def _kwala_action(
     node_id: str,
     args: _EventArgs,
     chains: Mapping[int, str] | None,
+    signer: str,
 ) -> dict[str, Any]:
     where = f"Actions[{index}]"
     if not isinstance(action, dict):
@@ -422,7 +423,7 @@ def _kwala_action(
             "address": _address_field(get("TargetContract"), f"{where}.TargetContract"),
             "function": str(signature).strip(),
             "args": args.rewrite(params, f"{where}.TargetParams"),
-            "signer": DEFAULT_SIGNER,
+            "signer": signer,
         }
         node_type = "contract.write"
     else:
@@ -436,9 +437,13 @@ def _kwala_action(
 
 
 def import_kwala_yaml(
-    text: str, *, chains: Mapping[int, str] | None = None
+    text: str, *, chains: Mapping[int, str] | None = None, signer: str = DEFAULT_SIGNER
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Translate a Kwala workflow YAML into (meta, graph). See docs/dag.md for the mapping."""
+    """Translate a Kwala workflow YAML into (meta, graph). See docs/dag.md for the mapping.
+
+    Kwala workflows do not name a key, so every `call` action is signed by the team's
+    signer key named `signer`; publishing checks that the team has it.
+    """
     doc = _load(text)
     if not isinstance(doc, dict):
         raise FlowYamlError("A Kwala workflow must be a mapping with Name, Trigger and Actions", line=1)
@@ -488,7 +493,7 @@ def import_kwala_yaml(
         name = action.get("Name") if isinstance(action, dict) else None
         node_id = _slug(str(name) if not _absent(name) else f"action_{index + 1}", taken)
         try:
-            node = _kwala_action(index, action, node_id, args, chains)
+            node = _kwala_action(index, action, node_id, args, chains, signer)
         except FlowYamlError as exc:
             raise fail_at(["Actions", index], exc) from None
         if mode == "sequential":

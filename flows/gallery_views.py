@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from flows import gallery
 from flows.actions import create_flow
 from flows.graph_svg import graph_svg
-from flows.models import Membership, Secret
+from flows.models import Membership, Secret, SignerKey
 from flows.permissions import require_membership
 from flows.team_views import flow_page_url
 
@@ -71,6 +71,7 @@ def use_template(request, slug: str):
         "svg": graph_svg(template.graph, title=template.title),
         "chains": chains,
         "secret_names": list(Secret.objects.filter(team=membership.team).values_list("name", flat=True)),
+        "signer_names": list(SignerKey.objects.filter(team=membership.team).values_list("name", flat=True)),
         "fields": [(i, values.get(i.name), errors.get(i.name)) for i in template.inputs],
         "flow_name": name,
         "errors": errors,

@@ -222,16 +222,18 @@ def compile_graph(
     *,
     chains: Mapping[int, str] | None = None,
     secret_names: Collection[str] | None = None,
+    signer_names: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Check ``graph`` and compile it to a DAG; raise CompileError with every problem.
 
-    ``chains`` maps the configured chain ids to slugs and ``secret_names`` lists the
-    team's secrets; pass None to skip those checks (e.g. when importing a file).
+    ``chains`` maps the configured chain ids to slugs, ``secret_names`` lists the
+    team's secrets and ``signer_names`` its signer keys; pass None to skip those
+    checks (e.g. when importing a file).
     """
     problems = _schema_problems(graph)
     if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
         raise CompileError(problems or [Problem(None, None, "The graph must have a list of nodes")])
-    ctx = ValidationContext(chains=chains, secret_names=secret_names)
+    ctx = ValidationContext(chains=chains, secret_names=secret_names, signer_names=signer_names)
 
     # -- nodes: ids, types, the trigger ------------------------------------
     nodes: dict[str, dict[str, Any]] = {}

@@ -11,7 +11,7 @@ from flows.nodes import NODE_TYPES
 HIDDEN = "(hidden)"
 # Field kinds that name or hold credentials. Outgoing request bodies and headers
 # and e-mail addresses often carry tokens or personal data, so they go too.
-_HIDDEN_KINDS = {"secret_ref", "headers", "emails"}
+_HIDDEN_KINDS = {"secret_ref", "signer", "headers", "emails"}
 _HIDDEN_NAMES = {"webhook_url", "signer", "bot_token_secret", "webhook_secret", "secret", "body", "headers"}
 
 

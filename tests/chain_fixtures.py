@@ -4,6 +4,9 @@ Load it with `-p tests.chain_fixtures` or `pytest_plugins = ["tests.chain_fixtur
 in tests/conftest.py. Two chains run side by side so cross-chain flows (event on A,
 call on B) can be tested; both are shared by the whole session, so tests must not
 assume a fresh chain: read what your own transactions did, not absolute balances.
+
+A test that reorganises, kills or restarts a chain, or needs to know every block
+on it, takes `fresh_anvil` instead: its own chain 31337, stopped after the test.
 """
 
 from __future__ import annotations
@@ -36,12 +39,18 @@ def anvil_b() -> Iterator[AnvilProcess]:
 
 @pytest.fixture(scope="session")
 def w3_a(anvil_a: AnvilProcess) -> Web3:
-    return Web3(Web3.HTTPProvider(anvil_a.http_url))
+    return anvil_a.web3()
 
 
 @pytest.fixture(scope="session")
 def w3_b(anvil_b: AnvilProcess) -> Web3:
-    return Web3(Web3.HTTPProvider(anvil_b.http_url))
+    return anvil_b.web3()
+
+
+@pytest.fixture
+def fresh_anvil() -> Iterator[AnvilProcess]:
+    """A chain of its own (id 31337) for one test: its reorgs and restarts touch nobody else."""
+    yield from _anvil(CHAIN_ID_A)
 
 
 @pytest.fixture(scope="session")

@@ -25,9 +25,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from eth_abi import decode, encode
 from eth_account import Account
+from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception, Web3RPCError
 
-from executor import rpc
+from executor.chain import ChainError, client_for_chain
 from executor.models import Chain, NonceCursor, Transaction
 from executor.steps.base import Reschedule, StepContext, StepError, StepResult, to_jsonable
 from flows import abi as abi_lib
@@ -37,6 +38,9 @@ FEE_BUMP_NUMERATOR, FEE_BUMP_DENOMINATOR = 9, 8  # +12.5%: above the 10% nodes r
 # After a broadcast, look for the receipt this long before giving the worker back.
 QUICK_RECEIPT_WAIT_SECONDS = 1.5
 _ARRAY = re.compile(r"^(.*)\[(\d*)\]$")
+# A request that never got an answer: every endpoint down (ChainError), or web3.py's own
+# transport and decoding errors. A node's verdict (revert, bad nonce) is handled where it matters.
+_RPC_FAILURES = (ChainError, Web3Exception, OSError)
 
 
 def _coerce(type_str: str, value: Any) -> Any:
@@ -66,12 +70,16 @@ def _call_data(ctx: StepContext) -> tuple[dict, str, list[Any]]:
     return function, data if data.startswith("0x") else "0x" + data, values
 
 
-def _chain_and_web3(ctx: StepContext):
+def _chain_and_web3(ctx: StepContext) -> tuple[Chain, Web3]:
+    """The step's chain and a Web3 that fails over across its endpoints (executor.chain)."""
+    chain_id = int(ctx.config["chain"])
+    chain = Chain.objects.filter(chain_id=chain_id, enabled=True).first()
+    if chain is None:
+        raise StepError(f"chain {chain_id} is not configured or is disabled", permanent=True)
     try:
-        chain = rpc.chain_by_id(int(ctx.config["chain"]))
-        return chain, rpc.web3_for_chain(chain)
-    except rpc.NoEndpoint as exc:
-        raise StepError(str(exc), permanent=True) from None
+        return chain, client_for_chain(chain).web3()
+    except ChainError as exc:
+        raise StepError(f"chain {chain.slug}: {exc.message}", permanent=True) from None
 
 
 def _decode_outputs(function: dict, raw: bytes) -> dict:
@@ -93,8 +101,8 @@ def run_read(ctx: StepContext) -> StepResult:
         raw = w3.eth.call({"to": ctx.config["address"], "data": data})
     except ContractLogicError as exc:
         raise StepError(f"the call reverted: {exc.message or exc}", permanent=True) from None
-    except (Web3Exception, OSError) as exc:
-        raise StepError(f"{chain.slug} RPC failed: {type(exc).__name__}: {exc}"[:300]) from None
+    except _RPC_FAILURES as exc:
+        raise _rpc_error(chain, exc) from None
     return StepResult(output=_decode_outputs(function, bytes(raw)))
 
 
@@ -110,7 +118,13 @@ def _signer(ctx: StepContext) -> SignerKey:
 
 
 def _rpc_error(chain: Chain, exc: Exception) -> StepError:
-    return StepError(f"{chain.slug} RPC failed: {type(exc).__name__}: {exc}"[:300])
+    if isinstance(exc, ChainError):
+        # Its message lists the endpoint URLs, which often carry a provider's API key:
+        # run records are shown to the whole team, so they get the gist only.
+        detail = "no RPC endpoint answered (their health is on the chain's endpoints)"
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+    return StepError(f"{chain.slug} RPC failed: {detail}"[:300])
 
 
 def _fees(w3) -> tuple[int, int]:
@@ -159,7 +173,7 @@ def _broadcast(chain: Chain, w3, record: Transaction) -> None:
             if "insufficient funds" in text:
                 raise StepError(f"the signer cannot pay for the transaction on {chain.slug}") from None
             raise _rpc_error(chain, exc) from None
-    except (Web3Exception, OSError) as exc:
+    except _RPC_FAILURES as exc:
         raise _rpc_error(chain, exc) from None
     Transaction.objects.filter(pk=record.pk).update(
         attempts=record.attempts + 1, broadcast_at=record.broadcast_at or timezone.now(),
@@ -235,7 +249,7 @@ def run_write(ctx: StepContext) -> StepResult | Reschedule:
         if confirmations and w3.eth.block_number - mined + 1 < confirmations:
             Transaction.objects.filter(pk=record.pk).update(status=Transaction.Status.MINED, block_number=mined)
             return Reschedule(settings.KWALA_TX_POLL_SECONDS, {"tx_hash": record.tx_hash})
-    except (Web3Exception, OSError) as exc:
+    except _RPC_FAILURES as exc:
         raise _rpc_error(chain, exc) from None
 
     ok = int(receipt["status"]) == 1

@@ -21,7 +21,7 @@ from eth_utils import is_address, to_checksum_address
 __all__ = ["INPUT_KINDS", "Template", "TemplateError", "TemplateInput", "get_template", "instantiate", "templates"]
 
 GALLERY_DIR = Path(__file__).resolve().parent
-INPUT_KINDS = ("address", "chain", "secret", "text", "int", "email", "url")
+INPUT_KINDS = ("address", "chain", "secret", "signer", "text", "int", "email", "url")
 _PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
 _WHOLE = re.compile(r"^\$\{([a-z_][a-z0-9_]*)\}$")
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -150,6 +150,10 @@ def _clean(spec: TemplateInput, value: Any, chains: dict[int, str] | None) -> An
     if spec.kind == "secret":
         if not _SECRET_NAME.match(value):
             raise ValueError(f"{spec.label} must be a secret name (letters, digits and _).")
+        return value
+    if spec.kind == "signer":
+        if not _SECRET_NAME.match(value):
+            raise ValueError(f"{spec.label} must be a signer key name (letters, digits and _).")
         return value
     if spec.kind == "email":
         if not _EMAIL.match(value):

@@ -30,7 +30,7 @@ FIELD_KINDS = frozenset(
     {
         "text", "int", "bool", "choice", "address", "addresses", "chain", "expression",
         "template", "url", "duration", "cron", "timezone", "datetime", "abi_event",
-        "abi_function", "json", "template_value", "headers", "secret_ref", "list",
+        "abi_function", "json", "template_value", "headers", "secret_ref", "signer", "list",
         "int_list", "emails", "retry",
     }
 )
@@ -83,13 +83,14 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class ValidationContext:
-    """What the compiler knows about the world: configured chains and secret names.
+    """What the compiler knows about the world: configured chains, secret names and signer key names.
 
     ``None`` means "unknown, skip that check" (e.g. when importing a file).
     """
 
     chains: Mapping[int, str] | None = None
     secret_names: Collection[str] | None = None
+    signer_names: Collection[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,11 @@ def check_field(spec: FieldSpec, value: Any, ctx: ValidationContext, path: str) 
             return bad(f"{label} must be a secret name (letters, digits and _)")
         if ctx.secret_names is not None and value not in ctx.secret_names:
             return bad(f"Secret '{value}' does not exist")
+    elif kind == "signer":
+        if not isinstance(value, str) or not _SECRET_NAME.match(value):
+            return bad(f"{label} must be a signer key name (letters, digits and _)")
+        if ctx.signer_names is not None and value not in ctx.signer_names:
+            return bad(f"Signer key '{value}' does not exist")
     elif kind == "list":
         if not isinstance(value, list):
             return bad(f"{label} must be a list")

@@ -1,36 +1,25 @@
-"""Helpers for listener tests: a fresh anvil per test, chains pointing at it, flows that compile."""
+"""Builders for executor tests: Chain rows for an anvil node, trigger graphs, published flows.
+
+The chains themselves come from tests/chain_fixtures.py (executor.devchain.AnvilProcess).
+"""
 
 from __future__ import annotations
 
-import pytest
-from web3 import Web3
+import threading
 
-from executor.devchain import DEV_ACCOUNTS, AnvilProcess, deploy, load_artifact
+from web3 import Web3
+from web3.contract import Contract
+
+from executor.devchain import AnvilProcess, contract, deploy
+from executor.listener import ChainListener, TriggerRegistry
 from executor.models import Chain, RpcEndpoint
 from flows import actions
-
-SENDER = DEV_ACCOUNTS[0].address
-
-
-@pytest.fixture
-def anvil():
-    """A fresh anvil (chain id 31337) for one test: reorgs and kills stay inside it."""
-    node = AnvilProcess(chain_id=31337).start()
-    node.wait_ready()
-    yield node
-    node.stop()
-
-
-@pytest.fixture
-def anvil_b():
-    node = AnvilProcess(chain_id=31338).start()
-    node.wait_ready()
-    yield node
-    node.stop()
+from flows.models import FlowVersion
 
 
 def make_chain(node: AnvilProcess, slug: str = "anvil-a", *, http_urls: list[str] | None = None,
                ws: bool = True, confirmations: int = 0) -> Chain:
+    """The Chain row for `node` with its HTTP endpoints (in priority order) and its websocket."""
     chain = Chain.objects.create(slug=slug, name=slug, chain_id=node.chain_id,
                                  default_confirmations=confirmations)
     for priority, url in enumerate(http_urls or [node.http_url]):
@@ -40,18 +29,15 @@ def make_chain(node: AnvilProcess, slug: str = "anvil-a", *, http_urls: list[str
     return chain
 
 
-def web3_for(node: AnvilProcess) -> Web3:
-    return Web3(Web3.HTTPProvider(node.http_url))
+def listener_for(chain: Chain, *, window: int = 128) -> ChainListener:
+    """A listener driven by hand (`step()`), with the trigger index loaded now."""
+    registry = TriggerRegistry()
+    registry.reload()
+    return ChainListener(chain, registry, threading.Event(), window=window)
 
 
-def deploy_zoo(w3: Web3):
-    address = deploy(w3, "EventZoo")
-    return w3.eth.contract(address=address, abi=load_artifact("EventZoo")["abi"])
-
-
-def transact(w3: Web3, call, sender: str = SENDER) -> dict:
-    tx_hash = call.transact({"from": sender})
-    return w3.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.01)
+def deploy_zoo(w3: Web3) -> Contract:
+    return contract(w3, "EventZoo", deploy(w3, "EventZoo"))
 
 
 def trigger_graph(trigger_type: str, config: dict) -> dict:
@@ -66,14 +52,14 @@ def trigger_graph(trigger_type: str, config: dict) -> dict:
 
 
 def event_graph(chain_id: int, event: str, *, addresses=(), filters=(), condition=None, confirmations=0) -> dict:
-    config = {"chain": chain_id, "addresses": [Web3.to_checksum_address(a) for a in addresses], "event": event, "filters": list(filters),
-              "confirmations": confirmations}
+    config = {"chain": chain_id, "addresses": [Web3.to_checksum_address(a) for a in addresses], "event": event,
+              "filters": list(filters), "confirmations": confirmations}
     if condition:
         config["condition"] = condition
     return trigger_graph("chain.event", config)
 
 
-def publish(team, user, graph: dict, name: str = "Flow"):
+def publish(team, user, graph: dict, name: str = "Flow") -> FlowVersion:
     flow = actions.create_flow(team, user, name, graph=graph)
     return actions.publish_version(flow, user)
 

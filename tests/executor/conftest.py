@@ -1,7 +1,5 @@
-"""Fixtures for the executor: a worker and a sweeper with short leases, anvil chains, flow builders.
-
-The anvil fixtures here are minimal stand-ins for tests/chain_fixtures.py
-(branch `contracts`); the integrator can switch them over.
+"""Fixtures for the executor: a worker and a sweeper with short leases, Chain rows for the session chains,
+flow builders.
 """
 
 from __future__ import annotations
@@ -10,63 +8,19 @@ import sys
 import time
 
 import pytest
-from web3 import Web3
 
-from executor.devchain import AnvilProcess, load_artifact
-from executor.models import Chain, RpcEndpoint, Run
+from executor.models import Chain, Run
+from flows.actions import compile_context, new_signing_secret
 from flows.graph import compile_graph
 from flows.models import Flow, FlowVersion
 from tests.conftest import Service, start_worker
-
-# anvil's first dev accounts (public test keys, funded on every anvil chain).
-DEV_KEYS = [
-    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-]
-
-
-class ChainHandle:
-    """A session anvil chain (tests/chain_fixtures.py) with the helpers these tests use."""
-
-    def __init__(self, process: AnvilProcess, w3: Web3):
-        self.process = process
-        self.w3 = w3
-        self.chain_id = process.chain_id
-        self.url = process.http_url
-
-    def deploy(self, name: str, key: str = DEV_KEYS[1], *args) -> str:
-        artifact = load_artifact(name)
-        account = self.w3.eth.account.from_key(key)
-        contract = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        tx = contract.constructor(*args).build_transaction(
-            {"from": account.address, "nonce": self.w3.eth.get_transaction_count(account.address, "pending")}
-        )
-        tx_hash = self.w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction)
-        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=20, poll_latency=0.01)["contractAddress"]
-
-    def contract(self, name: str, address: str):
-        return self.w3.eth.contract(address=address, abi=load_artifact(name)["abi"])
-
-
-@pytest.fixture(scope="session")
-def chain_a(anvil_a, w3_a) -> ChainHandle:
-    return ChainHandle(anvil_a, w3_a)
-
-
-@pytest.fixture(scope="session")
-def chain_b(anvil_b, w3_b) -> ChainHandle:
-    return ChainHandle(anvil_b, w3_b)
+from tests.executor.chainkit import make_chain
 
 
 @pytest.fixture
-def chains(db, chain_a, chain_b):
-    """Chain rows (with their RPC endpoints) for both anvils, in the test database."""
-    rows = {}
-    for slug, anvil in (("anvil-a", chain_a), ("anvil-b", chain_b)):
-        chain, _ = Chain.objects.get_or_create(chain_id=anvil.chain_id, defaults={"slug": slug, "name": slug})
-        RpcEndpoint.objects.get_or_create(chain=chain, url=anvil.url)
-        rows[slug] = chain
-    return rows
+def chains(db, anvil_a, anvil_b) -> dict[str, Chain]:
+    """Chain rows (with their HTTP endpoints) for both session anvils, in the test database."""
+    return {slug: make_chain(node, slug, ws=False) for slug, node in (("anvil-a", anvil_a), ("anvil-b", anvil_b))}
 
 
 @pytest.fixture(scope="session")
@@ -112,12 +66,9 @@ def edge(source: str, target: str, port: str = "out") -> dict:
 
 
 def make_version(team, user, nodes: list[dict], edges: list[dict]) -> FlowVersion:
-    """A published version compiled by the real compiler (secret names unchecked: signer keys are not secrets)."""
-    from flows.actions import new_signing_secret
-
+    """A published version compiled by the real compiler against the team's chains, secrets and signers."""
     graph = {"nodes": nodes, "edges": edges}
-    chain_ids = dict(Chain.objects.values_list("chain_id", "slug"))
-    dag = compile_graph(graph, chains=chain_ids, secret_names=None)
+    dag = compile_graph(graph, **compile_context(team))
     flow = Flow.objects.create(team=team, name="Test flow", created_by=user,
                                signing_secret=new_signing_secret())
     return FlowVersion.objects.create(flow=flow, number=1, graph=graph, dag=dag, status=FlowVersion.Status.PUBLISHED,
@@ -139,5 +90,3 @@ def wait_for_run(run: Run, timeout: float = 30) -> Run:
 def steps_of(run: Run) -> dict:
     return {row.step_id: row for row in run.steps.all()}
 
-
-__all__ = ["edge", "make_version", "manual", "node", "steps_of", "wait_for_run", "DEV_KEYS", "sys"]

@@ -4,14 +4,12 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError, TransactionNotFound
-from web3.types import TxReceipt
 
 from executor import devchain
 from executor.devchain import (
@@ -19,22 +17,14 @@ from executor.devchain import (
     AnvilProcess,
     DevchainError,
     deploy_demo_contracts,
-    load_artifact,
+    transact,
 )
 
 ALICE, BOB, CAROL = (account.address for account in DEV_ACCOUNTS[:3])
 
 
-def contract(w3: Web3, addresses: dict[str, str], name: str) -> Contract:
-    return w3.eth.contract(address=addresses[name], abi=load_artifact(name)["abi"])
-
-
-def transact(w3: Web3, call: Any, sender: str = ALICE) -> TxReceipt:
-    receipt = w3.eth.wait_for_transaction_receipt(
-        call.transact({"from": sender}), poll_latency=0.005
-    )
-    assert receipt["status"] == 1
-    return receipt
+def demo(w3: Web3, addresses: dict[str, str], name: str) -> Contract:
+    return devchain.contract(w3, name, addresses[name])
 
 
 def topic0(signature: str) -> str:
@@ -64,7 +54,7 @@ def test_demo_contracts_are_deployed_with_code(
     for address in demo_contracts_a.values():
         assert Web3.is_checksum_address(address)
         assert len(w3_a.eth.get_code(address)) > 0
-    token = contract(w3_a, demo_contracts_a, "KwalaToken")
+    token = demo(w3_a, demo_contracts_a, "KwalaToken")
     assert token.functions.symbol().call() == "KWL"
     assert token.functions.decimals().call() == 18
     assert token.functions.balanceOf(CAROL).call() >= devchain.DEMO_TOKEN_AMOUNT
@@ -76,7 +66,7 @@ def test_demo_deployment_is_deterministic_on_a_fresh_chain() -> None:
     deployed = []
     for chain_id in (31337, 31338):
         with AnvilProcess(chain_id=chain_id) as anvil:
-            deployed.append(deploy_demo_contracts(Web3(Web3.HTTPProvider(anvil.http_url))))
+            deployed.append(deploy_demo_contracts(anvil.web3()))
     assert deployed[0] == deployed[1]
     assert deployed[0]["KwalaToken"] == "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
@@ -84,7 +74,7 @@ def test_demo_deployment_is_deterministic_on_a_fresh_chain() -> None:
 def test_erc20_transfer_is_found_with_get_logs(
     w3_a: Web3, demo_contracts_a: dict[str, str]
 ) -> None:
-    token = contract(w3_a, demo_contracts_a, "KwalaToken")
+    token = demo(w3_a, demo_contracts_a, "KwalaToken")
     receipt = transact(w3_a, token.functions.transfer(BOB, 12345 * 10**18))
 
     logs = w3_a.eth.get_logs(
@@ -106,7 +96,7 @@ def test_erc20_transfer_is_found_with_get_logs(
 
 
 def test_governance_events_decode(w3_a: Web3, demo_contracts_a: dict[str, str]) -> None:
-    gov = contract(w3_a, demo_contracts_a, "Governance")
+    gov = demo(w3_a, demo_contracts_a, "Governance")
     receipt = transact(w3_a, gov.functions.propose("Fund the koala sanctuary"))
     [created] = gov.events.ProposalCreated().process_receipt(receipt)
     assert created["args"]["proposer"] == ALICE
@@ -134,7 +124,7 @@ def test_governance_events_decode(w3_a: Web3, demo_contracts_a: dict[str, str]) 
 def test_event_zoo_decodes_big_numbers_bytes32_and_arrays(
     w3_a: Web3, demo_contracts_a: dict[str, str]
 ) -> None:
-    zoo = contract(w3_a, demo_contracts_a, "EventZoo")
+    zoo = demo(w3_a, demo_contracts_a, "EventZoo")
     big = 2**255 + 12345
     tag = Web3.keccak(text="koala")
     amounts = [0, 1, 2**64, 2**256 - 1]
@@ -162,7 +152,7 @@ def test_event_zoo_decodes_big_numbers_bytes32_and_arrays(
 def test_emit_batch_emits_n_big_events_in_one_transaction(
     w3_a: Web3, demo_contracts_a: dict[str, str]
 ) -> None:
-    zoo = contract(w3_a, demo_contracts_a, "EventZoo")
+    zoo = demo(w3_a, demo_contracts_a, "EventZoo")
     first_id = zoo.functions.nextBatchId().call()
 
     receipt = transact(w3_a, zoo.functions.emitBatch(25))
@@ -176,7 +166,7 @@ def test_emit_batch_emits_n_big_events_in_one_transaction(
 def test_nft_mint_emits_transfer_with_indexed_token_id(
     w3_a: Web3, demo_contracts_a: dict[str, str]
 ) -> None:
-    nft = contract(w3_a, demo_contracts_a, "KwalaNFT")
+    nft = demo(w3_a, demo_contracts_a, "KwalaNFT")
 
     receipt = transact(w3_a, nft.functions.mint(BOB), CAROL)
 
@@ -199,7 +189,7 @@ def test_nft_mint_emits_transfer_with_indexed_token_id(
 def test_receiver_stores_the_last_mirror_call(
     w3_b: Web3, demo_contracts_b: dict[str, str]
 ) -> None:
-    receiver = contract(w3_b, demo_contracts_b, "Receiver")
+    receiver = demo(w3_b, demo_contracts_b, "Receiver")
     source_tx = Web3.keccak(text="source tx on chain a")
     count = receiver.functions.mirrorCount().call()
 
@@ -215,7 +205,7 @@ def test_receiver_stores_the_last_mirror_call(
 def test_price_feed_state_can_be_set(
     w3_b: Web3, demo_contracts_b: dict[str, str]
 ) -> None:
-    feed = contract(w3_b, demo_contracts_b, "PriceFeed")
+    feed = demo(w3_b, demo_contracts_b, "PriceFeed")
     transact(w3_b, feed.functions.setPrice(-5))
     transact(w3_b, feed.functions.setHealthFactor(BOB, 9 * 10**17))
     assert feed.functions.latestAnswer().call() == -5
@@ -223,7 +213,7 @@ def test_price_feed_state_can_be_set(
 
 
 def test_only_the_owner_can_mint(w3_a: Web3, demo_contracts_a: dict[str, str]) -> None:
-    token = contract(w3_a, demo_contracts_a, "KwalaToken")
+    token = demo(w3_a, demo_contracts_a, "KwalaToken")
     not_owner = Web3.keccak(text="NotOwner()")[:4].to_0x_hex()
     with pytest.raises(ContractCustomError, match=not_owner):
         token.functions.mint(BOB, 1).transact({"from": BOB})
@@ -234,9 +224,9 @@ def test_a_chain_with_state_path_keeps_contracts_and_balances_after_restart(
 ) -> None:
     state_path = tmp_path / "chain.json"
     with AnvilProcess(chain_id=31339, state_path=state_path) as anvil:
-        w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+        w3 = anvil.web3()
         addresses = deploy_demo_contracts(w3)
-        token = contract(w3, addresses, "KwalaToken")
+        token = demo(w3, addresses, "KwalaToken")
         receipt = transact(w3, token.functions.transfer(BOB, 42))
         bob_balance = token.functions.balanceOf(BOB).call()
         block_number = w3.eth.block_number
@@ -244,8 +234,8 @@ def test_a_chain_with_state_path_keeps_contracts_and_balances_after_restart(
     assert state_path.exists()
 
     with AnvilProcess(chain_id=31339, state_path=state_path) as anvil:
-        w3 = Web3(Web3.HTTPProvider(anvil.http_url))
-        token = contract(w3, addresses, "KwalaToken")
+        w3 = anvil.web3()
+        token = demo(w3, addresses, "KwalaToken")
         assert token.functions.balanceOf(BOB).call() == bob_balance
         # The chain carries on: same height, same hashes, old receipts and logs.
         assert w3.eth.block_number == block_number
@@ -263,7 +253,7 @@ def test_a_chain_with_state_path_keeps_contracts_and_balances_after_restart(
 def test_reorg_replaces_blocks_and_drops_their_transactions(
     w3_a: Web3, demo_contracts_a: dict[str, str]
 ) -> None:
-    token = contract(w3_a, demo_contracts_a, "KwalaToken")
+    token = demo(w3_a, demo_contracts_a, "KwalaToken")
     receipt = transact(w3_a, token.functions.transfer(CAROL, 3))
     devchain.mine(w3_a, 2)
     height = w3_a.eth.block_number
@@ -296,8 +286,7 @@ def test_snapshot_and_revert_roll_the_chain_back(w3_a: Web3) -> None:
 
 def run_build(*args: str) -> subprocess.CompletedProcess[str]:
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
+    assert node is not None, "node is needed to build the contracts"
     return subprocess.run(
         [node, "contracts/build.mjs", *args],
         cwd=devchain.REPO_ROOT,
@@ -339,7 +328,7 @@ def test_it_retries_when_the_picked_port_is_taken(
 
         with AnvilProcess(chain_id=31340) as anvil:
             assert anvil.port != taken
-            assert Web3(Web3.HTTPProvider(anvil.http_url)).eth.chain_id == 31340
+            assert anvil.web3().eth.chain_id == 31340
 
 
 def test_it_refuses_a_port_that_is_already_taken() -> None:
@@ -362,9 +351,9 @@ def test_it_reports_why_anvil_would_not_start() -> None:
 def test_it_restarts_on_the_same_fixed_port(tmp_path: Path) -> None:
     with AnvilProcess(state_path=tmp_path / "state.json") as anvil:
         port = anvil.port
-        devchain.mine(Web3(Web3.HTTPProvider(anvil.http_url)), 3)
+        devchain.mine(anvil.web3(), 3)
     with AnvilProcess(port=port, state_path=tmp_path / "state.json") as anvil:
-        assert Web3(Web3.HTTPProvider(anvil.http_url)).eth.block_number == 3
+        assert anvil.web3().eth.block_number == 3
 
 
 def test_preserve_history_keeps_old_state_readable_after_restart(
@@ -372,15 +361,15 @@ def test_preserve_history_keeps_old_state_readable_after_restart(
 ) -> None:
     state_path = tmp_path / "state.json"
     with AnvilProcess(state_path=state_path, preserve_history=True) as anvil:
-        w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+        w3 = anvil.web3()
         addresses = deploy_demo_contracts(w3)
-        token = contract(w3, addresses, "KwalaToken")
+        token = demo(w3, addresses, "KwalaToken")
         minted_at = w3.eth.block_number
         transact(w3, token.functions.transfer(BOB, 5))
 
     with AnvilProcess(state_path=state_path, preserve_history=True) as anvil:
-        w3 = Web3(Web3.HTTPProvider(anvil.http_url))
-        token = contract(w3, addresses, "KwalaToken")
+        w3 = anvil.web3()
+        token = demo(w3, addresses, "KwalaToken")
         balance_then = token.functions.balanceOf(BOB).call(block_identifier=minted_at)
         assert balance_then == devchain.DEMO_TOKEN_AMOUNT
         assert token.functions.balanceOf(BOB).call() == devchain.DEMO_TOKEN_AMOUNT + 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from django.conf import settings
 
 from executor.models import Run, RunEvent, StepRun
 from executor.runs import start_manual_run
-from tests.conftest import start_worker
+from tests.conftest import Service, start_worker
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
 from tests.sinks import Reply
 
@@ -99,3 +100,14 @@ def test_a_flushed_redis_loses_no_run_the_sweeper_sends_it_again(executor_worker
 
     assert run.status == Run.Status.SUCCEEDED
     assert len(http_sink.to("/after-flush")) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweeper_finishes_its_pass_and_exits_cleanly_on_sigterm(child_env, service_logs):
+    sweeper = Service("sweeper-sigterm", [sys.executable, "manage.py", "sweep", "--interval", "30"], child_env,
+                      service_logs)
+    sweeper.wait_for_output("sweeper started", timeout=30)
+    sweeper.process.terminate()
+    assert sweeper.process.wait(10) == 0  # not killed by the signal: it stopped between passes
+    assert "sweeper stopped" in sweeper.output()
+    sweeper.stop()

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 from django.core.management import CommandError, call_command
 
+from executor.devchain import transact
 from executor.models import Run
 from executor.replay import ReplayError, replay_blocks
-from tests.executor.chainkit import BIG, anvil, deploy_zoo, event_graph, make_chain, publish, transact, web3_for  # noqa: F401
-from tests.executor.test_listener import listener_for
+from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish
 
 
 @pytest.fixture
-def history(anvil, team, alice):  # noqa: F811
-    w3 = web3_for(anvil)
+def history(anvil_a, team, alice):
+    w3 = anvil_a.web3()
     zoo = deploy_zoo(w3)
-    chain = make_chain(anvil)
+    chain = make_chain(anvil_a)
     first = w3.eth.block_number + 1
     for _ in range(3):
         transact(w3, zoo.functions.emitBatch(2))

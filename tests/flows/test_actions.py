@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import threading
+from contextlib import contextmanager
 
 import psycopg
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from executor.models import Chain
 from flows import actions
 from flows.graph import CompileError
-from flows.models import FlowVersion
+from flows.models import AuditEvent, FlowVersion
 
 TOKEN = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
@@ -52,6 +53,14 @@ def transfer_graph(threshold: int = 10) -> dict:
             {"source": "big", "source_port": "true", "target": "hook"},
         ],
     }
+
+
+@contextmanager
+def trigger_notices():
+    """A LISTEN on the triggers channel; yields `next_notices(timeout)` -> the payloads that arrived."""
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as listener:
+        listener.execute(f"LISTEN {actions.TRIGGERS_CHANNEL}")
+        yield lambda timeout=2.0: [n.payload for n in listener.notifies(timeout=timeout, stop_after=1)]
 
 
 @pytest.fixture
@@ -144,12 +153,9 @@ def test_rollback_makes_a_draft_of_an_old_version(flow, alice):
 @pytest.mark.django_db(transaction=True)
 def test_publish_is_announced_to_listeners_only_when_it_commits(team, alice, chain):
     flow = actions.create_flow(team, alice, "Announced", graph=transfer_graph())
-    params = connection.get_connection_params()
-    with psycopg.connect(**params, autocommit=True) as listener:
-        listener.execute(f"LISTEN {actions.TRIGGERS_CHANNEL}")
+    with trigger_notices() as next_notices:
         actions.publish_version(flow, alice)
-        notices = list(listener.notifies(timeout=2, stop_after=1))
-    assert [n.payload for n in notices] == [flow.code]
+        assert next_notices() == [flow.code]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -173,3 +179,43 @@ def test_two_concurrent_publishes_leave_exactly_one_live_version(team, alice, ch
     assert len(errors) == 1
     assert flow.versions.filter(status=FlowVersion.Status.PUBLISHED).count() == 1
     assert settings.DATABASES["default"]["NAME"].startswith("test_")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pausing_and_resuming_are_announced_to_listeners_when_they_commit(team, alice, chain):
+    flow = actions.create_flow(team, alice, "Paused", graph=transfer_graph())
+    actions.publish_version(flow, alice)
+    with trigger_notices() as next_notices:
+        assert actions.pause_flow(flow, alice) is True
+        assert next_notices() == [flow.code]
+        assert actions.pause_flow(flow, alice) is False  # already paused: no change, no announcement
+        assert next_notices(0.5) == []
+        assert actions.resume_flow(flow, alice) is True
+        assert next_notices() == [flow.code]
+    flow.refresh_from_db()
+    assert not flow.paused
+    assert [e.action for e in AuditEvent.objects.filter(team=team).order_by("id")] == ["flow.paused", "flow.resumed"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_that_rolls_back_is_never_announced(team, alice, chain):
+    flow = actions.create_flow(team, alice, "Not paused", graph=transfer_graph())
+    with trigger_notices() as next_notices:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            actions.pause_flow(flow, alice)
+            raise RuntimeError("something after the pause failed")
+        assert next_notices(0.5) == []
+    flow.refresh_from_db()
+    assert not flow.paused and not AuditEvent.objects.filter(team=team).exists()
+
+
+def test_the_trigger_index_drops_a_paused_flow_and_takes_it_back_on_resume(team, alice, chain):
+    from executor.listener import load_triggers
+
+    flow = actions.create_flow(team, alice, "Indexed", graph=transfer_graph())
+    actions.publish_version(flow, alice)
+    assert len(load_triggers()[31337].logs) == 1
+    actions.pause_flow(flow, alice)
+    assert 31337 not in load_triggers() or len(load_triggers()[31337].logs) == 0
+    actions.resume_flow(flow, alice)
+    assert len(load_triggers()[31337].logs) == 1

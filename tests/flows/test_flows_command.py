@@ -61,6 +61,38 @@ def test_import_of_a_kwala_workflow_publishes_a_compiling_flow(team, chain, tmp_
     assert "version 1 published" in out.getvalue()
 
 
+KWALA_CALL_YAML = KWALA_YAML.replace("""  - Name: tell
+    Type: post
+    APIEndpoint: https://example.com/hook
+    APIPayload:
+      value: re.event(2)
+""", f"""  - Name: ping
+    Type: call
+    ChainID: 31337
+    TargetContract: {TOKEN}
+    TargetFunction: ping(string note)
+    TargetParams: [hello]
+""")
+
+
+def test_a_kwala_call_is_signed_by_the_signer_key_named_on_the_command_line(team, alice, chain, tmp_path):
+    from flows.models import SignerKey
+
+    path = tmp_path / "kwala.yaml"
+    path.write_text(KWALA_CALL_YAML)
+    with pytest.raises(CommandError, match="Signer key 'DEFAULT_SIGNER' does not exist"):
+        call_command("flows", "import", str(path), "--kwala", "--team", team.code, "--publish", stdout=io.StringIO())
+
+    key = SignerKey(team=team, name="ops", created_by=alice)
+    key.set_private_key("0x" + "11" * 32)
+    key.save()
+    call_command("flows", "import", str(path), "--kwala", "--team", team.code, "--signer", "ops", "--publish",
+                 stdout=io.StringIO())
+    live = FlowVersion.objects.get(flow__team=team, status=FlowVersion.Status.PUBLISHED)
+    (write,) = [step for step in live.dag["steps"] if step["type"] == "contract.write"]
+    assert write["config"]["signer"] == "ops"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

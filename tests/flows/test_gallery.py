@@ -6,7 +6,7 @@ from django.urls import reverse
 from flows import gallery
 from flows.actions import publish_version
 from flows.graph import compile_graph
-from flows.models import Flow, Secret
+from flows.models import Flow, Secret, SignerKey
 from tests.team_fixtures import logged_in
 
 CHAINS = {31337: "anvil-a", 31338: "anvil-b"}
@@ -93,6 +93,11 @@ def test_every_template_becomes_a_draft_that_publishes(slug, alice, team, chains
         secret = Secret(team=team, name=name)
         secret.set_value("https://hooks.example.com/secret")
         secret.save()
+    for spec in template.inputs:
+        if spec.kind == "signer":  # contract writes are signed by a team key of that name
+            key = SignerKey(team=team, name=spec.default, created_by=alice)
+            key.set_private_key("0x" + "11" * 32)
+            key.save()
     client = logged_in(alice)
     response = client.post(reverse("use_template", args=[slug]), form_values(template) | {"flow_name": f"My {slug}"})
     assert response.status_code == 302, response.content[:2000]

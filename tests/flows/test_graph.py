@@ -11,7 +11,8 @@ VAULT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
 TRANSFER_TOPIC0 = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 CHAINS = {1: "ethereum", 8453: "base"}
-SECRETS = {"SLACK_URL", "DISCORD_URL", "TG_TOKEN", "DEPLOYER_KEY", "HOOK_SECRET"}
+SECRETS = {"SLACK_URL", "DISCORD_URL", "TG_TOKEN", "HOOK_SECRET"}
+SIGNERS = {"DEPLOYER_KEY"}
 
 
 def node(node_id, type_, config=None, *, x=0, y=0, name=None):
@@ -36,7 +37,7 @@ def transfer_trigger(**overrides):
 
 def problems_of(graph, **kwargs) -> list[Problem]:
     with pytest.raises(CompileError) as info:
-        compile_graph(graph, chains=CHAINS, secret_names=SECRETS, **kwargs)
+        compile_graph(graph, chains=CHAINS, secret_names=SECRETS, signer_names=SIGNERS, **kwargs)
     return info.value.problems
 
 
@@ -170,7 +171,7 @@ def every_node_graph():
 
 def test_it_compiles_every_logic_and_action_type():
     graph = every_node_graph()
-    dag = compile_graph(graph, chains=CHAINS, secret_names=SECRETS)
+    dag = compile_graph(graph, chains=CHAINS, secret_names=SECRETS, signer_names=SIGNERS)
     by_id = {s["id"]: s for s in dag["steps"]}
     assert {s["type"] for s in dag["steps"]} == {
         "switch", "transform", "delay", "join", "http.request", "notify.discord",
@@ -248,6 +249,17 @@ def test_checks_for_chains_and_secrets_are_skipped_when_unknown():
     graph = whale_graph()
     graph["nodes"][0]["config"]["chain"] = 999
     compile_graph(graph)  # chains=None, secret_names=None
+
+
+def test_a_write_is_signed_by_a_signer_key_of_the_team_not_by_a_secret():
+    graph = every_node_graph()
+    assert compile_graph(graph, chains=CHAINS, signer_names=SIGNERS)  # secrets unknown: not checked
+    graph["nodes"][8]["config"]["signer"] = "HOOK_SECRET"
+    assert Problem("sweep", "signer", "Signer key 'HOOK_SECRET' does not exist") in problems_of(graph)
+    graph["nodes"][8]["config"]["signer"] = "not a name"
+    assert Problem("sweep", "signer", "Signer key must be a signer key name (letters, digits and _)") in problems_of(graph)
+    graph["nodes"][8]["config"]["signer"] = "ANY_KEY"
+    compile_graph(graph, chains=CHAINS, secret_names=SECRETS)  # signer_names=None: not checked
 
 
 def test_it_does_not_modify_its_input():

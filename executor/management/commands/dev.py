@@ -2,8 +2,8 @@
 
 Embedded PostgreSQL and Redis (started by settings when DATABASE_URL/REDIS_URL
 are unset), two anvil chains with their state under var/chains, the demo
-contracts, then the web server, Dramatiq workers, chain listeners and the
-scheduler with prefixed logs. A second run reuses everything that is there.
+contracts, then the web server, Dramatiq workers, chain listeners, the
+scheduler and the sweeper with prefixed logs. A second run reuses everything that is there.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ DEMO_USERNAME = "admin"
 
 
 class Command(BaseCommand):
-    help = "Run the whole product locally: web, workers, listeners, scheduler and two anvil chains."
+    help = "Run the whole product locally: web, workers, listeners, scheduler, sweeper and two anvil chains."
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=8000)
@@ -55,6 +55,8 @@ class Command(BaseCommand):
                                              "--threads", "8"]))
         supervisor.start(Program("listener", [python, manage, "listen_chains"]))
         supervisor.start(Program("sched", [python, manage, "run_scheduler"]))
+        # Recovers what a killed worker or a flushed Redis lost (expired leases, stuck QUEUED work).
+        supervisor.start(Program("sweeper", [python, manage, "sweep"]))
 
         say(f"ready in {time.monotonic() - started:.1f} s: http://127.0.0.1:{port}/")
         say(f"log in as {DEMO_USERNAME!r} with password {password!r} (team 'Demo team'); Ctrl-C stops everything")
@@ -115,6 +117,8 @@ class Command(BaseCommand):
                 deployments[str(spec["chain_id"])] = known
                 say(f"{spec['slug']}: deployed the demo contracts")
             say(f"{spec['slug']}: chain {spec['chain_id']} at {anvil.http_url}, block {w3.eth.block_number}")
+            for name, address in known.items():
+                say(f"{spec['slug']}:   {name:<11} {address}")
         deployments_path.write_text(json.dumps(deployments, indent=2))
         return anvils
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-import time
+import signal
+import threading
 
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
@@ -26,9 +27,14 @@ class Command(BaseCommand):
         if interval <= 0:
             self.stderr.write("--interval must be positive")
             return
+        # Stop between passes on SIGTERM/Ctrl-C (manage.py dev, systemd), never inside one.
+        stop = threading.Event()
+        if not once:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
         self.stdout.write("sweeper started", ending="\n")
         self.stdout.flush()
-        while True:
+        while not stop.is_set():
             try:
                 counts = sweeper.sweep(grace)
             except Exception:
@@ -41,4 +47,5 @@ class Command(BaseCommand):
                 self.stdout.write(str(counts))
                 return
             close_old_connections()
-            time.sleep(interval)
+            stop.wait(interval)
+        self.stdout.write("sweeper stopped")

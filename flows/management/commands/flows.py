@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from executor.models import Chain
 from flows import actions
-from flows.flowyaml import FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
+from flows.flowyaml import DEFAULT_SIGNER, FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
 from flows.models import Flow, Team
 
 
@@ -29,6 +29,8 @@ class Command(BaseCommand):
         imp.add_argument("--flow", help="Save as the new draft of this flow instead of creating one.")
         imp.add_argument("--kwala", action="store_true", help="The file is a Kwala workflow YAML.")
         imp.add_argument("--publish", action="store_true", help="Publish the imported draft at once.")
+        imp.add_argument("--signer", default=DEFAULT_SIGNER,
+                         help=f"With --kwala: the team's signer key for contract calls (default {DEFAULT_SIGNER}).")
 
     def handle(self, *args, action: str, **options):
         if action == "export":
@@ -62,7 +64,7 @@ class Command(BaseCommand):
         try:
             if options["kwala"]:
                 chains = dict(Chain.objects.values_list("chain_id", "slug"))
-                meta, graph = import_kwala_yaml(text, chains=chains)
+                meta, graph = import_kwala_yaml(text, chains=chains, signer=options["signer"])
             else:
                 meta, graph = import_yaml(text)
         except FlowYamlError as exc:
