@@ -8,11 +8,14 @@ exactly when (and only if) it commits.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db import connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
-from flows.graph import CompileError, compile_graph
+from flows.graph import CompileError, Problem, compile_graph, schema_problems
 from flows.models import Flow, FlowVersion, Secret, SignerKey, Team
 
 TRIGGERS_CHANNEL = "kwala_triggers"
@@ -32,6 +35,22 @@ class ConflictError(Exception):
 
 class NothingToPublish(Exception):
     pass
+
+
+class InvalidGraph(CompileError):
+    """The graph is not even shaped like a graph (a draft may be incomplete, not malformed)."""
+
+
+def check_graph_shape(graph: Any) -> None:
+    """Raise InvalidGraph unless `graph` matches graph.schema.json and is plain JSON."""
+    problems = schema_problems(graph)
+    if not problems:
+        try:
+            json.dumps(graph, allow_nan=False)
+        except (ValueError, TypeError):
+            problems = [Problem(None, None, "The graph holds a value that is not JSON (NaN, Infinity or binary data).")]
+    if problems:
+        raise InvalidGraph(problems)
 
 
 def compile_context(team: Team) -> dict:
@@ -80,7 +99,9 @@ def new_signing_secret() -> str:
 
 
 def create_flow(team: Team, user, name: str, description: str = "", graph: dict | None = None) -> Flow:
-    """A new flow with a first draft version."""
+    """A new flow with a first draft version; InvalidGraph if `graph` is malformed."""
+    if graph is not None:
+        check_graph_shape(graph)
     with transaction.atomic():
         flow = Flow.objects.create(
             team=team,
@@ -108,8 +129,10 @@ def save_draft(flow: Flow, user, graph: dict, *, revision: int) -> FlowVersion:
 
     `revision` is the flow revision the editor started from; if anything changed
     the flow since, ConflictError is raised and nothing is written. The graph is
-    saved even when it does not compile (drafts may be incomplete).
+    saved even when it does not compile (drafts may be incomplete), but never when
+    it is malformed (InvalidGraph).
     """
+    check_graph_shape(graph)
     with transaction.atomic():
         _bump_revision(flow, revision)
         draft = FlowVersion.objects.select_for_update().filter(flow=flow, status=FlowVersion.Status.DRAFT).first()

@@ -32,6 +32,7 @@ from flows import audit, gallery
 from flows.actions import (
     CompileError,
     ConflictError,
+    InvalidGraph,
     NothingToPublish,
     compile_for,
     create_flow,
@@ -210,6 +211,11 @@ def _http_error(request, exc: HttpError):
 @api.exception_handler(Http404)
 def _not_found(request, exc):
     return error_response(request, 404, "not_found", "Not found.")
+
+
+@api.exception_handler(InvalidGraph)
+def _invalid_graph(request, exc: InvalidGraph):
+    return error_response(request, 422, "invalid_graph", "The graph is malformed.", exc.as_list())
 
 
 @api.exception_handler(CompileError)

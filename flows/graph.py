@@ -22,7 +22,7 @@ from flows.expressions import ExpressionError, references
 from flows.nodes import NODE_TYPES, NodeType, TriggerType, ValidationContext
 from flows.nodes.base import ExpressionUse
 
-__all__ = ["DAG_FORMAT", "CompileError", "Problem", "compile_graph", "graph_validator"]
+__all__ = ["DAG_FORMAT", "CompileError", "Problem", "compile_graph", "graph_validator", "schema_problems"]
 
 DAG_FORMAT = 1
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "graph.schema.json"
@@ -120,7 +120,7 @@ def _shape_is_valid(graph: Any) -> bool:
     return True
 
 
-def _schema_problems(graph: Any) -> list[Problem]:
+def schema_problems(graph: Any) -> list[Problem]:
     if _shape_is_valid(graph):
         return []
     problems = []
@@ -230,7 +230,7 @@ def compile_graph(
     team's secrets and ``signer_names`` its signer keys; pass None to skip those
     checks (e.g. when importing a file).
     """
-    problems = _schema_problems(graph)
+    problems = schema_problems(graph)
     if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
         raise CompileError(problems or [Problem(None, None, "The graph must have a list of nodes")])
     ctx = ValidationContext(chains=chains, secret_names=secret_names, signer_names=signer_names)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
+from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact, transact
 from executor.models import Run
 from tests.conftest import Service, login
 from tests.e2e.editor_helpers import (
@@ -20,7 +20,7 @@ from tests.e2e.editor_helpers import (
     open_editor,
     sample_graph,
 )
-from tests.executor.chainkit import anvil, make_chain, transact, web3_for  # noqa: F401 (fixture)
+from tests.executor.chainkit import make_chain
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -55,9 +55,10 @@ def test_a_dry_test_run_lights_up_the_nodes_and_shows_each_steps_output(
 
 
 def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
-    asgi_server, dramatiq_worker, child_env, service_logs, anvil, page, team, alice, http_sink  # noqa: F811
+    asgi_server, dramatiq_worker, child_env, service_logs, fresh_anvil, page, team, alice, http_sink
 ):
-    w3 = web3_for(anvil)
+    anvil = fresh_anvil
+    w3 = anvil.web3()
     make_chain(anvil)
     token_address = deploy(w3, "KwalaToken", "Kwala Token", "KWL")
     token = w3.eth.contract(address=token_address, abi=load_artifact("KwalaToken")["abi"])

@@ -219,3 +219,22 @@ def test_the_trigger_index_drops_a_paused_flow_and_takes_it_back_on_resume(team,
     assert 31337 not in load_triggers() or len(load_triggers()[31337].logs) == 0
     actions.resume_flow(flow, alice)
     assert len(load_triggers()[31337].logs) == 1
+
+
+@pytest.mark.parametrize(
+    "graph",
+    [
+        {"nodes": [{}, {"id": "a", "position": "x"}], "edges": []},
+        {"nodes": [{"id": ["x"], "type": "manual", "position": {"x": 0, "y": 0}, "config": {}}], "edges": []},
+        {"nodes": [{"id": "a", "type": "manual", "position": {"x": float("nan"), "y": 0}, "config": {}}], "edges": []},
+        "not a graph",
+    ],
+)
+def test_a_malformed_graph_is_refused_and_nothing_is_written(flow, alice, graph):
+    before = flow.versions.get().graph
+    with pytest.raises(actions.InvalidGraph):
+        actions.save_draft(flow, alice, graph, revision=flow.revision)
+    flow.refresh_from_db()
+    assert flow.versions.get().graph == before
+    with pytest.raises(actions.InvalidGraph):
+        actions.create_flow(flow.team, alice, "Junk", graph=graph)
