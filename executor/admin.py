@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run, StepRun
+from flows.admin import TeamScopedAdmin
 
 
 class RpcEndpointInline(admin.TabularInline):
@@ -63,7 +64,7 @@ class StepRunInline(admin.TabularInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(TeamScopedAdmin):
     list_display = ["code", "flow", "status", "dry_run", "created_at", "finished_at"]
     list_filter = ["status", "dry_run", "team"]
     search_fields = ["code", "flow__name", "event__tx_hash", "trigger_key"]
@@ -76,8 +77,6 @@ class RunAdmin(admin.ModelAdmin):
 from django import forms  # noqa: E402
 from django.contrib import messages  # noqa: E402
 from django.contrib.admin.helpers import ActionForm  # noqa: E402
-
-from flows.admin import scope_team_admin  # noqa: E402
 
 
 class CursorActionForm(ActionForm):
@@ -114,4 +113,3 @@ ChainCursorAdmin.lag_blocks = staticmethod(lag_blocks)
 RunAdmin.search_fields = ["code", "flow__name", "flow__code", "event__tx_hash", "trigger_key", "block_hash"]
 RunAdmin.list_filter = ["status", "dry_run", "chain", "team"]
 RunAdmin.date_hierarchy = "created_at"
-scope_team_admin(RunAdmin, "team")

@@ -12,7 +12,33 @@ from flows.permissions import flow_for_user_or_none, run_for_user_or_none
 REPLAY_LIMIT = 1000
 
 
-class RunConsumer(AsyncJsonWebsocketConsumer):
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+class TeamScopedConsumer(AsyncJsonWebsocketConsumer):
+    """Joins the watched object's group and the user's own group, so that losing
+    access to the team (removed, left) closes the socket at once, not at reconnect."""
+
+    team_id: int | None = None
+    groups_joined: tuple[str, ...] = ()
+
+    async def join(self, group: str, team_id: int) -> None:
+        self.team_id = team_id
+        self.groups_joined = (group, user_group(self.scope["user"].pk))
+        for name in self.groups_joined:
+            await self.channel_layer.group_add(name, self.channel_name)
+
+    async def disconnect(self, code):
+        for name in self.groups_joined:
+            await self.channel_layer.group_discard(name, self.channel_name)
+
+    async def membership_revoked(self, message: dict):
+        if message.get("team") == self.team_id:
+            await self.close(code=4403)
+
+
+class RunConsumer(TeamScopedConsumer):
     """ws/runs/<code>/?after=<seq>: the run's log after `seq`, then live events.
 
     Joins the group before reading the log, so an event committed in between is
@@ -27,14 +53,9 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4403)
             return
         self.last_seq = _after(self.scope)
-        self.group = run_group(self.run.code)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(run_group(self.run.code), self.run.team_id)
         await self.accept()
         await self.replay()
-
-    async def disconnect(self, code):
-        if getattr(self, "group", None):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def replay(self):
         while True:
@@ -56,7 +77,7 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
         await self.send_event(message)
 
 
-class FlowRunsConsumer(AsyncJsonWebsocketConsumer):
+class FlowRunsConsumer(TeamScopedConsumer):
     """ws/flows/<code>/runs/: live events of every run of a flow (lists, canvas)."""
 
     async def connect(self):
@@ -66,13 +87,8 @@ class FlowRunsConsumer(AsyncJsonWebsocketConsumer):
         if flow is None:
             await self.close(code=4403)
             return
-        self.group = flow_group(flow.code)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join(flow_group(flow.code), flow.team_id)
         await self.accept()
-
-    async def disconnect(self, code):
-        if getattr(self, "group", None):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def run_event(self, message: dict):
         await self.send_json(message)

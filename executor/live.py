@@ -72,3 +72,18 @@ def event_as_message(event: RunEvent, run_code) -> dict:
         "data": event.data,
         "at": event.created_at.isoformat(),
     }
+
+
+def revoke_sockets(user_id: int, team_id: int) -> None:
+    """Close the user's open sockets on the team's runs and flows, after the commit."""
+
+    def send() -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            async_to_sync(layer.group_send)(f"user.{user_id}", {"type": "membership.revoked", "team": team_id})
+        except Exception:
+            logger.warning("could not close the sockets of user %s", user_id, exc_info=True)
+
+    transaction.on_commit(send)

@@ -22,6 +22,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from executor.live import revoke_sockets
 from flows import audit
 from flows.models import (
     ApiToken,
@@ -137,6 +138,7 @@ def do_remove_member(actor: Membership, target: Membership) -> None:
         ApiToken.objects.filter(user_id=target.user_id, team_id=target.team_id, revoked_at=None).update(
             revoked_at=timezone.now()
         )
+        revoke_sockets(target.user_id, target.team_id)
         audit.record(actor.team, actor.user, "member.removed", target.user.get_username(), role=target.role)
 
 
@@ -150,6 +152,7 @@ def do_leave_team(membership: Membership) -> None:
         ApiToken.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None).update(
             revoked_at=timezone.now()
         )
+        revoke_sockets(membership.user_id, membership.team_id)
         audit.record(membership.team, membership.user, "member.left", membership.user.get_username())
 
 

@@ -111,3 +111,17 @@ def test_a_broken_yaml_file_names_its_line(team, tmp_path):
     with pytest.raises(CommandError, match="Line 4: Invalid YAML"):
         call_command("flows", "import", str(path), "--team", team.code)
     assert not Flow.objects.exists()
+
+
+def test_export_to_an_unwritable_path_is_a_clear_error(team, alice, chain):
+    flow = actions.create_flow(team, alice, "Whale alert", graph=transfer_graph())
+    with pytest.raises(CommandError, match="Cannot write /no/such/dir/flow.yaml"):
+        call_command("flows", "export", flow.code, "-o", "/no/such/dir/flow.yaml")
+
+
+def test_import_of_a_name_that_is_not_text_is_refused(team, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: [1, 2]\nnodes: []\nedges: []\n")
+    with pytest.raises(CommandError, match="name must be text"):
+        call_command("flows", "import", str(path), "--team", team.code)
+    assert not Flow.objects.exists()

@@ -127,3 +127,19 @@ def test_the_channel_layer_is_redis_backed():
     channel = async_to_sync(layer.new_channel)()
     async_to_sync(layer.send)(channel, {"type": "hello", "at": time.time()})
     assert async_to_sync(layer.receive)(channel)["type"] == "hello"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_removed_member_loses_the_live_socket_at_once(asgi_server, run, alice, bob):
+    from websockets.exceptions import ConnectionClosed
+
+    from flows.models import Membership
+    from flows.teams import do_remove_member
+
+    with open_socket(asgi_server, f"/ws/runs/{run.code}/", bob) as socket:
+        record_run_event(run, "run.queued", {"status": "QUEUED"})
+        assert json.loads(socket.recv(timeout=5))["seq"] == 1
+        do_remove_member(Membership.objects.get(user=alice), Membership.objects.get(user=bob))
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=5)
+    assert closed.value.rcvd.code == 4403

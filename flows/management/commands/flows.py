@@ -51,7 +51,10 @@ class Command(BaseCommand):
             graph = actions.current_graph(flow)[1]
         text = export_yaml({"name": flow.name, "description": flow.description}, graph)
         if options["output"]:
-            Path(options["output"]).write_text(text)
+            try:
+                Path(options["output"]).write_text(text)
+            except OSError as exc:
+                raise CommandError(f"Cannot write {options['output']}: {exc.strerror}.") from None
             self.stderr.write(f"wrote {options['output']}")
         else:
             self.stdout.write(text, ending="")
@@ -74,19 +77,31 @@ class Command(BaseCommand):
             flow = Flow.objects.filter(code=options["flow"]).first()
             if flow is None:
                 raise CommandError(f"No flow with code {options['flow']!r}.")
-            actions.save_draft(flow, None, graph, revision=flow.revision)
+            try:
+                actions.save_draft(flow, None, graph, revision=flow.revision)
+            except actions.InvalidGraph as exc:
+                raise CommandError(_problems_text("The graph is malformed", exc)) from None
         else:
             if not options["team"]:
                 raise CommandError("--team is required when creating a flow (or give --flow to update one).")
             team = Team.objects.filter(code=options["team"]).first()
             if team is None:
                 raise CommandError(f"No team with code {options['team']!r}.")
-            flow = actions.create_flow(team, None, meta.get("name") or "Imported flow", meta.get("description", ""), graph)
+            try:
+                flow = actions.create_flow(
+                    team, None, meta.get("name") or "Imported flow", meta.get("description") or "", graph
+                )
+            except actions.InvalidGraph as exc:
+                raise CommandError(_problems_text("The graph is malformed", exc)) from None
         self.stdout.write(f"flow {flow.code}: draft saved")
         if options["publish"]:
             try:
                 version = actions.publish_version(flow, None)
             except actions.CompileError as exc:
-                lines = "\n".join(f"  {p.node_id or '-'} {p.field or ''}: {p.message}" for p in exc.problems)
-                raise CommandError(f"The draft was saved but does not compile:\n{lines}") from None
+                raise CommandError(_problems_text("The draft was saved but does not compile", exc)) from None
             self.stdout.write(f"flow {flow.code}: version {version.number} published")
+
+
+def _problems_text(headline: str, exc: actions.CompileError) -> str:
+    lines = "\n".join(f"  {p.node_id or '-'} {p.field or ''}: {p.message}" for p in exc.problems)
+    return f"{headline}:\n{lines}"
