@@ -115,3 +115,24 @@ RunAdmin.search_fields = ["code", "flow__name", "flow__code", "event__tx_hash", 
 RunAdmin.list_filter = ["status", "dry_run", "chain", "team"]
 RunAdmin.date_hierarchy = "created_at"
 scope_team_admin(RunAdmin, "team")
+
+
+@admin.action(description="Retry the selected failed runs", permissions=["change"])
+def retry_failed_runs(modeladmin, request, queryset):
+    from executor.runs import RunError, retry_run
+
+    retried, refused = 0, []
+    for run in queryset.order_by("pk"):
+        try:
+            retry_run(run)
+        except RunError as exc:
+            refused.append(f"{run.code}: {exc}")
+            continue
+        retried += 1
+    if retried:
+        messages.success(request, f"Retried {retried} run(s).")
+    if refused:
+        messages.warning(request, f"Not retried ({len(refused)}): " + "; ".join(refused[:10]))
+
+
+RunAdmin.actions = [retry_failed_runs]
