@@ -13,7 +13,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from flows.graph import CompileError, compile_graph
-from flows.models import Flow, FlowVersion, Secret, Team
+from flows.models import Flow, FlowVersion, Secret, SignerKey, Team
 
 TRIGGERS_CHANNEL = "kwala_triggers"
 EMPTY_GRAPH = {"nodes": [], "edges": []}
@@ -35,12 +35,15 @@ class NothingToPublish(Exception):
 
 
 def compile_context(team: Team) -> dict:
-    """What the compiler checks names against: the enabled chains and the team's secrets."""
+    """What the compiler checks names against: the enabled chains and the team's secrets and signer keys."""
     from executor.models import Chain
 
+    # contract.write's `signer` is checked as a name reference but names a SignerKey, not a Secret:
+    # without the signer names every flow that signs would fail to compile.
     return {
         "chains": dict(Chain.objects.filter(enabled=True).values_list("chain_id", "slug")),
-        "secret_names": set(Secret.objects.filter(team=team).values_list("name", flat=True)),
+        "secret_names": set(Secret.objects.filter(team=team).values_list("name", flat=True))
+        | set(SignerKey.objects.filter(team=team).values_list("name", flat=True)),
     }
 
 
