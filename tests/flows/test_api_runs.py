@@ -199,6 +199,16 @@ def test_the_run_endpoints_are_in_the_openapi_schema(client, db):
 # -- for real: a worker, the HTTP sink and anvil ------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def worker(child_env, service_logs):
+    """A worker for this module only: a session worker left running would take later modules' messages."""
+    from tests.conftest import start_worker
+
+    process = start_worker(child_env, service_logs, "api-runs-worker")
+    yield process
+    process.stop()
+
+
 def wait_for_runs(codes: list[str], timeout: float = 30) -> list[Run]:
     import time
 
@@ -214,7 +224,7 @@ def wait_for_runs(codes: list[str], timeout: float = 30) -> list[Run]:
 
 @pytest.mark.django_db(transaction=True)
 def test_an_api_run_calls_the_sink_and_an_api_dry_run_only_records_what_it_would_send(
-    dramatiq_worker, http_sink, alice, team
+    worker, http_sink, alice, team
 ):
     flow = create_flow(team, alice, "Hook", graph=graph(f"{http_sink.url}/api-run"))
     publish_version(flow, alice)
@@ -233,7 +243,7 @@ def test_an_api_run_calls_the_sink_and_an_api_dry_run_only_records_what_it_would
 
 @pytest.mark.django_db(transaction=True)
 def test_a_backtest_runs_past_transfers_without_side_effects_and_a_live_replay_runs_each_once(
-    dramatiq_worker, http_sink, alice, team, anvil_a, w3_a, demo_contracts_a
+    worker, http_sink, alice, team, anvil_a, w3_a, demo_contracts_a
 ):
     chain = Chain.objects.create(slug="anvil-a", name="Anvil A", chain_id=31337)
     RpcEndpoint.objects.create(chain=chain, url=anvil_a.http_url)
