@@ -1,5 +1,10 @@
-from django.contrib import admin
+"""The operators' admin for chains, listener cursors, events and runs."""
 
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+
+from executor.listener_health import scrub_urls
 from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run, StepRun
 from flows.admin import TeamScopedAdmin
 
@@ -7,6 +12,8 @@ from flows.admin import TeamScopedAdmin
 class RpcEndpointInline(admin.TabularInline):
     model = RpcEndpoint
     extra = 0
+    fields = ["url", "kind", "priority", "enabled", "failures", "last_ok_at", "last_error"]
+    readonly_fields = ["failures", "last_ok_at", "last_error"]
 
 
 @admin.register(Chain)
@@ -40,43 +47,7 @@ class ChainAdmin(admin.ModelAdmin):
     @admin.display(description="Last error")
     def last_error(self, obj):
         cursor = self._cursor(obj)
-        return (cursor.last_error[:80] if cursor else "") or "-"
-
-
-@admin.register(ChainCursor)
-class ChainCursorAdmin(admin.ModelAdmin):
-    list_display = ["chain", "block_number", "head_block", "halted", "updated_at"]
-
-
-@admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
-    list_display = ["chain", "block_number", "log_index", "address", "tx_hash", "retracted_at"]
-    list_filter = ["chain"]
-    search_fields = ["tx_hash", "address", "block_hash"]
-
-
-class StepRunInline(admin.TabularInline):
-    model = StepRun
-    extra = 0
-    fields = ["step_id", "status", "attempt", "error", "started_at", "finished_at"]
-    readonly_fields = fields
-    can_delete = False
-
-
-@admin.register(Run)
-class RunAdmin(TeamScopedAdmin):
-    list_display = ["code", "flow", "status", "dry_run", "created_at", "finished_at"]
-    list_filter = ["status", "dry_run", "team"]
-    search_fields = ["code", "flow__name", "event__tx_hash", "trigger_key"]
-    inlines = [StepRunInline]
-    raw_id_fields = ["event", "version", "flow"]
-
-
-# -- operator actions ---------------------------------------------------------------------------
-
-from django import forms  # noqa: E402
-from django.contrib import messages  # noqa: E402
-from django.contrib.admin.helpers import ActionForm  # noqa: E402
+        return scrub_urls(cursor.last_error)[:80] if cursor and cursor.last_error else "-"
 
 
 class CursorActionForm(ActionForm):
@@ -93,23 +64,66 @@ def reset_cursor(modeladmin, request, queryset):
     except ValueError:
         messages.error(request, "Give the block number to reset to.")
         return
-    # The listener re-reads the cursor row; clearing the recent blocks makes it
-    # fetch the hash of the new position instead of trusting the old window.
+    # Clearing the recent blocks makes the listener fetch the hash of the new
+    # position instead of trusting the old window.
     updated = queryset.update(block_number=block, block_hash="", recent_blocks=[], halted=False, last_error="")
     messages.success(request, f"Reset {updated} cursor(s) to block {block}.")
 
 
-ChainCursorAdmin.action_form = CursorActionForm
-ChainCursorAdmin.actions = [reset_cursor]
-ChainCursorAdmin.list_display = ["chain", "block_number", "head_block", "lag_blocks", "halted", "updated_at"]
+@admin.register(ChainCursor)
+class ChainCursorAdmin(admin.ModelAdmin):
+    list_display = ["chain", "block_number", "head_block", "lag_blocks", "halted", "updated_at"]
+    readonly_fields = ["recent_blocks", "head_block", "head_seen_at", "last_error", "last_error_at", "updated_at"]
+    action_form = CursorActionForm
+    actions = [reset_cursor]
+
+    @admin.display(description="Lag")
+    def lag_blocks(self, obj):
+        return obj.lag
 
 
-@admin.display(description="Lag")
-def lag_blocks(obj):
-    return obj.lag
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    list_display = ["chain", "block_number", "log_index", "address", "tx_hash", "retracted_at"]
+    list_filter = ["chain"]
+    search_fields = ["tx_hash", "address", "block_hash"]
 
 
-ChainCursorAdmin.lag_blocks = staticmethod(lag_blocks)
-RunAdmin.search_fields = ["code", "flow__name", "flow__code", "event__tx_hash", "trigger_key", "block_hash"]
-RunAdmin.list_filter = ["status", "dry_run", "chain", "team"]
-RunAdmin.date_hierarchy = "created_at"
+class StepRunInline(admin.TabularInline):
+    model = StepRun
+    extra = 0
+    fields = ["step_id", "status", "attempt", "error", "started_at", "finished_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.action(description="Retry the selected failed runs", permissions=["change"])
+def retry_failed_runs(modeladmin, request, queryset):
+    from executor.runs import RunError, retry_run
+
+    retried, refused = 0, []
+    for run in queryset.order_by("pk"):
+        try:
+            retry_run(run)
+        except RunError as exc:
+            refused.append(f"{run.code}: {exc}")
+            continue
+        retried += 1
+    if retried:
+        messages.success(request, f"Retried {retried} run(s).")
+    if refused:
+        messages.warning(request, f"Not retried ({len(refused)}): " + "; ".join(refused[:10]))
+
+
+@admin.register(Run)
+class RunAdmin(TeamScopedAdmin):
+    list_display = ["code", "flow", "status", "dry_run", "created_at", "finished_at"]
+    list_filter = ["status", "dry_run", "chain", "team"]
+    search_fields = ["code", "flow__name", "flow__code", "event__tx_hash", "trigger_key", "block_hash"]
+    date_hierarchy = "created_at"
+    inlines = [StepRunInline]
+    raw_id_fields = ["event", "version", "flow"]
+    actions = [retry_failed_runs]

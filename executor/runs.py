@@ -10,7 +10,8 @@ from django.utils import timezone
 
 from executor import runner
 from executor.live import record_run_event
-from executor.models import Run, StepRun
+from executor.models import Chain, Run, StepRun
+from executor.replay import ReplayError, ReplayResult, replay_blocks
 from flows.models import FlowVersion
 
 S = StepRun.Status
@@ -125,3 +126,27 @@ def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
         new = Run.objects.select_for_update().select_related("flow", "version").get(pk=new.pk)
         runner.advance(new)
     return new
+
+
+def replay_flow(version: FlowVersion, from_block: int, to_block: int, *, dry_run: bool) -> tuple[ReplayResult, list[str]]:
+    """Replay `version`'s contract-event trigger over from_block..to_block and start the new runs.
+
+    Live runs are started by the claim itself; a backtest's dry runs are started
+    here, so they execute with their side effects recorded rather than performed.
+    Returns the result and the codes of the new runs. Raises ReplayError.
+    """
+    _check_version(version)
+    chain_id = (version.dag.get("trigger") or {}).get("chain_id")
+    chain = Chain.objects.filter(chain_id=chain_id, enabled=True).first() if chain_id else None
+    if chain is None:
+        if (version.dag.get("trigger") or {}).get("type") != "chain.event":
+            raise ReplayError("Only flows triggered by a contract event can be replayed over blocks.")
+        raise ReplayError(f"Chain {chain_id} is not configured (or is disabled) on this server.")
+    # Reading the logs happens outside any transaction: a long range must not hold one open.
+    result = replay_blocks(version, chain, from_block, to_block, dry_run)
+    with transaction.atomic():
+        runs = list(Run.objects.filter(pk__in=result.run_ids).order_by("block_number", "pk"))
+        if dry_run:
+            for run in runs:
+                runner.dispatch_run(run)
+    return result, [str(run.code) for run in runs]

@@ -238,6 +238,25 @@ def _bad_yaml(request, exc: FlowYamlError):
     return error_response(request, 400, "invalid_yaml", exc.message, [{"line": exc.line}] if exc.line else [])
 
 
+def _run_error(request, exc):
+    return error_response(request, 409, "run_error", str(exc))
+
+
+def _replay_error(request, exc):
+    return error_response(request, 422, "replay_error", str(exc))
+
+
+def _register_executor_errors() -> None:
+    from executor.replay import ReplayError
+    from executor.runs import RunError
+
+    api.add_exception_handler(RunError, _run_error)
+    api.add_exception_handler(ReplayError, _replay_error)
+
+
+_register_executor_errors()
+
+
 @api.exception_handler(Exception)
 def _unexpected(request, exc):
     logger.exception("API error on %s %s", request.method, request.path)
@@ -616,7 +635,110 @@ def _uuid_or_404(value: str, kind: str):
         raise not_found(kind) from None
 
 
+def _run(request, code: str, role: str = Role.VIEWER):
+    from executor.models import Run
+
+    run = Run.objects.filter(team=request.auth.team, code=_uuid_or_404(code, "run")).select_related(
+        "flow", "version", "chain"
+    ).first()
+    if run is None:
+        raise not_found("run")
+    _membership(request, role)
+    return run
+
+
+class RerunIn(Schema):
+    step_id: Text = Field(min_length=1, max_length=64, description="Run this step and everything after it again")
+
+
+@runs_router.post("/{code}/retry", response={200: RunDetailOut, **COMMON_ERRORS})
+def retry(request, code: str):
+    """Run a failed run's failed steps again; steps that succeeded keep their results (409 unless FAILED)."""
+    from executor.runs import retry_run
+
+    with transaction.atomic():
+        run = retry_run(_run(request, code, Role.EDITOR))
+        audit.record(request.auth.team, request.user, "run.retried", str(run.code), flow=run.flow.code, via="api")
+    return _run_out(_run(request, code), detail=True)
+
+
+@runs_router.post("/{code}/rerun", response={201: RunDetailOut, **COMMON_ERRORS})
+def rerun(request, code: str, payload: RerunIn):
+    """A new run of the same version and trigger, reusing every result not downstream of `step_id`."""
+    from executor.runs import rerun_from
+
+    new = rerun_from(_run(request, code, Role.EDITOR), payload.step_id, user=request.user)
+    return Status(201, _run_out(_run(request, str(new.code)), detail=True))
+
+
 api.add_router("/runs", runs_router)
+
+
+class StartRunIn(Schema):
+    payload: JsonObject = Field(default_factory=dict, description="The trigger payload the run sees as `trigger`")
+    dry_run: bool = Field(False, description="Run the logic, record what side effects would send, send nothing")
+    draft: bool = Field(False, description="Test the draft, compiled now, instead of the live version")
+
+
+class ReplayIn(Schema):
+    from_block: int = Field(ge=0, le=2**63 - 1)
+    to_block: int = Field(ge=0, le=2**63 - 1)
+    dry_run: bool = Field(True, description="Backtest: runs execute with their side effects recorded, not performed")
+
+
+class ReplayOut(Schema):
+    logs_seen: int
+    matched: int
+    dry_run: bool
+    runs: list[str] = Field(description="Codes of the runs created (events that already ran live are not run again)")
+
+
+@flows_router.post("/{code}/runs", response={201: RunDetailOut, **COMMON_ERRORS})
+def start_run(request, code: str, payload: StartRunIn):
+    """Start a manual run of the live version, or a test run of the draft (`draft: true`), now."""
+    from executor.runs import start_manual_run
+
+    flow, _ = _flow(request, code, Role.EDITOR)
+    if payload.draft:
+        with transaction.atomic():
+            version, graph = current_graph(flow)
+            if version is None:
+                raise ApiError(409, "no_version", "This flow has no graph to run yet.")
+            dag = compile_for(flow, graph)
+            if version.status == FlowVersion.Status.DRAFT:
+                # The draft runs as compiled now; publishing compiles it again.
+                version.dag = dag
+                version.save(update_fields=["dag", "updated_at"])
+            run = start_manual_run(version, payload.payload, user=request.user, dry_run=payload.dry_run)
+    else:
+        version = live_version(flow)
+        if version is None:
+            raise ApiError(409, "not_published", "The flow has no live version: publish it, or send draft: true.")
+        run = start_manual_run(version, payload.payload, user=request.user, dry_run=payload.dry_run)
+    return Status(201, _run_out(_run(request, str(run.code)), detail=True))
+
+
+@flows_router.post("/{code}/replay", response={201: ReplayOut, **COMMON_ERRORS})
+def replay(request, code: str, payload: ReplayIn):
+    """Run the live version's contract-event trigger over blocks from_block..to_block.
+
+    Live (`dry_run: false`): creates the runs the listener would have created;
+    an event that already has a live run is not run twice. Dry run (backtest):
+    the runs execute, and record what their side effects would have sent.
+    """
+    from executor.runs import replay_flow
+
+    flow, membership = _flow(request, code, Role.EDITOR)
+    version = live_version(flow)
+    if version is None:
+        raise ApiError(409, "not_published", "Only the live version can be replayed: publish the flow first.")
+    result, codes = replay_flow(version, payload.from_block, payload.to_block, dry_run=payload.dry_run)
+    # The runs are committed by now (the claim is idempotent); the entry says who asked for them.
+    audit.record(membership.team, request.user, "flow.replayed", flow.name, flow=flow.code, version=version.number,
+                 from_block=payload.from_block, to_block=payload.to_block, dry_run=payload.dry_run, runs=len(codes),
+                 via="api")
+    return Status(201, {"logs_seen": result.logs_seen, "matched": result.matched, "dry_run": payload.dry_run,
+                        "runs": codes})
 
 
 # -- chains and templates ----------------------------------------------------------------------

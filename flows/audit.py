@@ -22,6 +22,8 @@ ACTIONS = {
     "flow.shared": "shared a flow with a team",
     "flow.unshared": "stopped sharing a flow",
     "flow.duplicated": "duplicated a flow",
+    "flow.replayed": "replayed a flow over past blocks",
+    "run.retried": "retried a failed run",
     "link.created": "created a public link",
     "link.revoked": "revoked a public link",
     "member.invited": "invited someone",

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from executor import health
+from executor import health, webhooks
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -16,6 +16,7 @@ urlpatterns = [
     path("", include("flows.team_urls")),
     path("", include("flows.gallery_urls")),
     path("", include("flows.urls")),
+    path("hooks/<str:code>/", webhooks.inbound_webhook, name="inbound_webhook"),
 ]
 
 handler404 = "flows.views.page_not_found"

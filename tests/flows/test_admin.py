@@ -87,3 +87,44 @@ def test_the_admin_finds_runs_by_tx_hash(alice, team, django_user_model, chains)
     root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
     page = logged_in(root).get(reverse("admin:executor_run_changelist"), {"q": "0x" + "ab" * 32})
     assert page.context["cl"].result_count == 1
+
+
+def test_the_retry_action_retries_failed_runs_and_reports_the_others(alice, team, django_user_model):
+    from executor.models import Run, StepRun
+
+    flow = create_flow(team, alice, "Runs", graph={
+        "nodes": [{"id": "t", "type": "manual", "config": {}},
+                  {"id": "h", "type": "http.request", "config": {"url": "https://example.com/x"}}],
+        "edges": [{"source": "t", "source_port": "out", "target": "h"}]})
+    from flows.actions import publish_version
+
+    version = publish_version(flow, alice)
+    failed = Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:1",
+                                status=Run.Status.FAILED, error="boom")
+    StepRun.objects.create(run=failed, step_id="h", status=StepRun.Status.FAILED, attempt=2, error="HTTP 500")
+    done = Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:2",
+                              status=Run.Status.SUCCEEDED)
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+    response = logged_in(root).post(
+        reverse("admin:executor_run_changelist"),
+        {"action": "retry_failed_runs", "_selected_action": [failed.pk, done.pk]}, follow=True,
+    )
+    shown = [str(m) for m in response.context["messages"]]
+    assert "Retried 1 run(s)." in shown and any(str(done.code) in m and "Only a failed run" in m for m in shown)
+    failed.refresh_from_db()
+    done.refresh_from_db()
+    assert (failed.status, done.status) == (Run.Status.RUNNING, Run.Status.SUCCEEDED)
+    assert failed.steps.get().status == StepRun.Status.QUEUED
+
+
+def test_staff_without_the_change_permission_cannot_retry_runs(alice, team):
+    from executor.models import Run
+
+    flow = create_flow(team, alice, "Runs")
+    run = Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key="manual:1",
+                             status=Run.Status.FAILED)
+    make_staff(alice, "view_run")
+    client = logged_in(alice)
+    client.post(reverse("admin:executor_run_changelist"), {"action": "retry_failed_runs", "_selected_action": [run.pk]})
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from django.db import connection
 from django.urls import reverse
 
@@ -90,3 +91,90 @@ def test_an_outsider_cannot_touch_another_teams_secret_or_key(alice, charlie, te
     assert outsider.post(reverse("delete_secret", args=["S"])).status_code == 404
     assert outsider.post(reverse("delete_signer", args=[key.code])).status_code == 404
     assert Secret.objects.filter(team=team).exists() and SignerKey.objects.filter(team=team).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_secret_and_a_signer_key_used_by_real_runs_reach_only_their_destination(
+    alice, team, http_sink, asgi_server, child_env, service_logs, anvil_b, w3_b, demo_contracts_b, caplog
+):
+    """The sink gets the secret and the chain gets the signature; no record, page, log or row gets either."""
+    import sys
+    import time
+
+    from executor.devchain import load_artifact
+    from executor.models import Chain, RpcEndpoint, Run
+    from flows.actions import create_flow, publish_version
+    from tests.conftest import Service, start_worker
+    from tests.site.test_services import open_socket
+
+    caplog.set_level(logging.DEBUG)
+    chain = Chain.objects.create(slug="anvil-b", name="Anvil B", chain_id=31338)
+    RpcEndpoint.objects.create(chain=chain, url=anvil_b.http_url)
+    secret = Secret(team=team, name="CANARY")
+    secret.set_value(CANARY)
+    secret.save()
+    signer = SignerKey(team=team, name="RELAYER")
+    signer.set_private_key(KEY)
+    signer.save()
+    w3_b.provider.make_request("anvil_setBalance", [signer.address, hex(10**20)])
+    graph = {
+        "nodes": [
+            {"id": "t", "type": "manual", "config": {}},
+            {"id": "h", "type": "http.request", "config": {
+                "method": "POST", "url": f"{http_sink.url}/canary",
+                "headers": {"X-Canary": "{{ secrets.CANARY }}"}, "body": {"token": "{{ secrets.CANARY }}"}}},
+            {"id": "w", "type": "contract.write", "config": {
+                "chain": 31338, "address": demo_contracts_b["Receiver"], "function": "ping(string message)",
+                "args": ["signed by the relayer"], "signer": "RELAYER"}},
+        ],
+        "edges": [{"source": "t", "source_port": "out", "target": "h"},
+                  {"source": "h", "source_port": "out", "target": "w"}],
+    }
+    flow = create_flow(team, alice, "Canary", graph=graph)
+    publish_version(flow, alice)
+    env = {**child_env, "KWALA_TX_POLL_SECONDS": "1"}
+    worker = start_worker(env, service_logs, "canary-worker")
+    listener = Service("canary-listener", [sys.executable, "manage.py", "listen_chains", "--poll", "0.2"], env,
+                       service_logs)
+    try:
+        listener.wait_for_output("listening to", timeout=30)
+        api = api_client(alice)
+        started = api.post(f"/api/v1/flows/{flow.code}/runs", {"payload": {}}, content_type="application/json")
+        assert started.status_code == 201, started.content
+        code = started.json()["code"]
+        (request,) = http_sink.wait_for("/canary")
+        assert request.headers["X-Canary"] == CANARY and request.json() == {"token": CANARY}
+        run = Run.objects.get(code=code)
+        deadline = time.monotonic() + 60
+        while run.status not in Run.FINISHED and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run.refresh_from_db()
+        assert run.status == Run.Status.SUCCEEDED, (run.error, list(run.steps.values_list("step_id", "error")))
+        receiver = w3_b.eth.contract(address=demo_contracts_b["Receiver"], abi=load_artifact("Receiver")["abi"])
+        pings = receiver.events.Pinged().get_logs(from_block=0)
+        assert any(p["args"]["caller"] == signer.address for p in pings)
+
+        with open_socket(asgi_server, f"/ws/runs/{code}/", alice) as socket:
+            events = []
+            try:
+                while True:
+                    events.append(socket.recv(timeout=1))
+            except TimeoutError:
+                pass
+        client = logged_in(alice)
+        bodies = [
+            api.get(f"/api/v1/runs/{code}").content, api.get("/api/v1/runs").content,
+            api.get(f"/api/v1/flows/{flow.code}").content, api.get(f"/api/v1/flows/{flow.code}/export").content,
+            client.get(reverse("run_list")).content,
+            *(e.encode() for e in events),
+        ]
+    finally:
+        listener.stop()
+        worker.stop()
+    assert events, "the socket replayed the run's events"
+    for content in bodies:
+        assert CANARY.encode() not in content and KEY[2:].encode() not in content
+    logs = "".join(s.log_path.read_text(errors="replace") for s in (worker, listener)) + asgi_server.output() + caplog.text
+    assert CANARY not in logs and KEY[2:] not in logs
+    for value in all_text_columns_except_encrypted():
+        assert CANARY not in value and KEY[2:] not in value
