@@ -77,8 +77,13 @@ def database_url_for(settings_dict: dict) -> str:
 
 
 @pytest.fixture(scope="session")
-def child_env(django_db_setup, django_db_blocker) -> dict:
-    """Environment for processes that must share the test database and Redis."""
+def child_env(django_db_setup, django_db_blocker, http_sink_server, smtp_sink_server) -> dict:
+    """Environment for every process the tests start (workers, listeners, uvicorn).
+
+    One environment for all of them: any worker may take any message, so they must
+    all see the same test database, Redis, local stand-ins for the outside world
+    (Telegram, SMTP) and the short leases the recovery tests rely on.
+    """
     from django.db import connection
 
     env = dict(os.environ)
@@ -86,6 +91,14 @@ def child_env(django_db_setup, django_db_blocker) -> dict:
     env["REDIS_URL"] = settings.REDIS_URL
     env["KWALA_VAR_DIR"] = str(settings.VAR_DIR)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(
+        KWALA_STEP_LEASE_SECONDS="3",
+        KWALA_SWEEP_GRACE_SECONDS="2",
+        KWALA_TX_POLL_SECONDS="1",
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=str(smtp_sink_server.port),
+        KWALA_TELEGRAM_API_URL=f"{http_sink_server.url}/telegram",
+    )
     return env
 
 

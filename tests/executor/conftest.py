@@ -24,17 +24,8 @@ def chains(db, anvil_a, anvil_b) -> dict[str, Chain]:
 
 
 @pytest.fixture(scope="session")
-def executor_env(child_env, http_sink_server, smtp_sink_server) -> dict:
-    env = dict(child_env)
-    env.update(
-        KWALA_STEP_LEASE_SECONDS="3",
-        KWALA_SWEEP_GRACE_SECONDS="2",
-        KWALA_TX_POLL_SECONDS="1",
-        EMAIL_HOST="127.0.0.1",
-        EMAIL_PORT=str(smtp_sink_server.port),
-        KWALA_TELEGRAM_API_URL=f"{http_sink_server.url}/telegram",
-    )
-    return env
+def executor_env(child_env) -> dict:
+    return child_env
 
 
 @pytest.fixture(scope="session")

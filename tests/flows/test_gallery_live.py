@@ -86,10 +86,7 @@ def world(django_db_setup, django_db_blocker, child_env, service_logs, asgi_serv
           anvil_a, anvil_b, w3_a, w3_b, demo_contracts_a, demo_contracts_b):
     from django.contrib.auth import get_user_model
 
-    env = dict(child_env)
-    env.update(KWALA_STEP_LEASE_SECONDS="3", KWALA_SWEEP_GRACE_SECONDS="2", KWALA_TX_POLL_SECONDS="1",
-               EMAIL_HOST="127.0.0.1", EMAIL_PORT=str(smtp_sink_server.port),
-               KWALA_TELEGRAM_API_URL=f"{http_sink_server.url}/telegram")
+    env = child_env
     services: list[Service] = []
     with django_db_blocker.unblock():
         for slug, node in (("anvil-a", anvil_a), ("anvil-b", anvil_b)):

@@ -132,7 +132,7 @@ def test_a_secret_and_a_signer_key_used_by_real_runs_reach_only_their_destinatio
     }
     flow = create_flow(team, alice, "Canary", graph=graph)
     publish_version(flow, alice)
-    env = {**child_env, "KWALA_TX_POLL_SECONDS": "1"}
+    env = child_env
     worker = start_worker(env, service_logs, "canary-worker")
     listener = Service("canary-listener", [sys.executable, "manage.py", "listen_chains", "--poll", "0.2"], env,
                        service_logs)
