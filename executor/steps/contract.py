@@ -22,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 from eth_abi import decode, encode
 from eth_account import Account
@@ -29,7 +30,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception, Web3RPCError
 
 from executor.chain import ChainError, client_for_chain
-from executor.models import Chain, NonceCursor, Transaction
+from executor.models import Chain, NonceCursor, StepRun, Transaction
 from executor.steps.base import Reschedule, StepContext, StepError, StepResult, to_jsonable
 from flows import abi as abi_lib
 from flows.models import SignerKey
@@ -134,15 +135,36 @@ def _fees(w3) -> tuple[int, int]:
     return 2 * base + priority, priority
 
 
-def _allocate_nonce(chain: Chain, address: str, chain_pending: int) -> int:
-    """The next nonce for `address`; call inside a transaction (the cursor row stays locked until commit)."""
+LIVE_STEP_STATUSES = (StepRun.Status.PENDING, StepRun.Status.QUEUED, StepRun.Status.RUNNING)
+
+
+def _allocate_nonce(chain: Chain, address: str, chain_pending: int) -> tuple[int, int]:
+    """The next nonce for `address` and the `replaces` number its first transaction takes.
+
+    Call inside a transaction (the cursor row stays locked until commit). A nonce
+    handed to a step that then failed before its transaction reached the chain
+    would leave a gap that blocks every later transaction of the key, so the
+    lowest such gap is handed out again first, numbered after the dead attempts.
+    """
     NonceCursor.objects.get_or_create(chain=chain, address=address)
     cursor = NonceCursor.objects.select_for_update().get(chain=chain, address=address)
+    if cursor.next_nonce > chain_pending:
+        held = set(
+            Transaction.objects.filter(
+                chain=chain, from_address=address, nonce__gte=chain_pending, nonce__lt=cursor.next_nonce,
+                step_run__status__in=LIVE_STEP_STATUSES,
+            ).values_list("nonce", flat=True)
+        )
+        gap = next((n for n in range(chain_pending, cursor.next_nonce) if n not in held), None)
+        if gap is not None:
+            dead = Transaction.objects.filter(chain=chain, from_address=address, nonce=gap)
+            last = dead.aggregate(n=Max("replaces"))["n"]
+            return gap, (last + 1 if last is not None else 0)
     # The chain's pending count wins when the key was also used outside Kwala.
     nonce = max(cursor.next_nonce, chain_pending)
     cursor.next_nonce = nonce + 1
     cursor.save(update_fields=["next_nonce", "updated_at"])
-    return nonce
+    return nonce, 0
 
 
 def _sign_and_store(ctx: StepContext, chain: Chain, w3, signer: SignerKey, tx: dict, *, nonce: int | None,
@@ -151,7 +173,7 @@ def _sign_and_store(ctx: StepContext, chain: Chain, w3, signer: SignerKey, tx: d
     with transaction.atomic():
         if nonce is None:
             pending = w3.eth.get_transaction_count(signer.address, "pending")
-            nonce = _allocate_nonce(chain, signer.address, pending)
+            nonce, replaces = _allocate_nonce(chain, signer.address, pending)
         tx = {**tx, "nonce": nonce}
         signed = Account.sign_transaction(tx, signer.private_key())
         return Transaction.objects.create(
