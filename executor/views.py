@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from executor.models import Run, StepRun
+from executor.models import Notification, Run, StepRun
 from executor.runs import RunError, rerun_from, retry_run
 from flows.editor import palette
 from flows.models import Flow
@@ -171,3 +171,15 @@ def run_rerun(request, code):
         return redirect("run_detail", code=run.code)
     messages.success(request, f"Re-running from {step_id}.")
     return redirect("run_detail", code=getattr(new_run, "code", run.code))
+
+
+@login_required
+def notifications(request):
+    """The team's alerts (failed runs), newest first; POST marks them all read."""
+    membership = require_membership(request)
+    alerts = Notification.objects.filter(team=membership.team).select_related("run", "run__flow")
+    if request.method == "POST":
+        alerts.filter(read_at=None).update(read_at=timezone.now())
+        return redirect("notifications")
+    page = Paginator(alerts, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "executor/notifications.html", {"membership": membership, "page": page})

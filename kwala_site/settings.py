@@ -318,6 +318,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "executor.context_processors.alerts",
             ],
         },
     },

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from executor import health, webhooks
+from executor import views as executor_views
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -11,6 +12,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("runs/", include("executor.urls")),
+    path("alerts/", executor_views.notifications, name="notifications"),
     path("api/v1/", include("flows.api_urls")),
     path("", include("flows.account_urls")),
     path("", include("flows.team_urls")),
