@@ -78,6 +78,22 @@ def script_main(ws_url: str, token: str, sink_url: str) -> None:
     asyncio.run(run())
 
 
+def latency_breakdown(Run, sent_at: dict[str, tuple[float, float]]) -> dict:
+    """Median milliseconds of each leg of Kwala's latency, from the run's own timestamps.
+
+    claim: tx sent -> run row inserted by the listener; start: -> run started by a
+    worker; hook: -> the http step claimed; deliver: -> the sink has the request.
+    """
+    legs: dict[str, list[float]] = {"claim": [], "start": [], "hook": [], "deliver": []}
+    for run in Run.objects.filter(trigger__tx_hash__in=list(sent_at)).prefetch_related("steps"):
+        sent, arrived = sent_at[run.trigger["tx_hash"]]
+        hook = next(s for s in run.steps.all() if s.step_id == "hook")
+        marks = [sent, run.created_at.timestamp(), run.started_at.timestamp(), hook.started_at.timestamp(), arrived]
+        for name, a, b in zip(legs, marks, marks[1:], strict=False):
+            legs[name].append((b - a) * 1000)
+    return {f"leg_{name}_p50_ms": round(statistics.median(v), 1) for name, v in legs.items() if v}
+
+
 # -- Kwala ---------------------------------------------------------------------------------------
 
 
@@ -208,12 +224,15 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
         raise SystemExit("the hand-written script did not start (see var/bench/logs/script.log)")
 
     # Warm up both paths (worker imports, connection pools, the listener's first block).
+    sent_at: dict[str, tuple[float, float]] = {}  # Kwala's tx hash -> (sent, webhook arrived)
+
     def one(token, path: str, timeout: float = 60) -> float:
         before = len(sink.to(path))
         raw = signed_mint(token, 5)
         started = time.time()
-        w3.eth.send_raw_transaction(raw)
+        tx_hash = w3.eth.send_raw_transaction(raw)
         arrived = sink.wait_for(path, before + 1, timeout=timeout)[before].at
+        sent_at["0x" + tx_hash.hex().removeprefix("0x")] = (started, arrived)
         return (arrived - started) * 1000
 
     one(kwala_token, "/kwala", timeout=120)
@@ -225,6 +244,9 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
         time.sleep(0.02)
         kwala_ms.append(one(kwala_token, "/kwala"))
         time.sleep(0.02)
+
+    breakdown = latency_breakdown(Run, sent_at)
+    connection.close()
 
     # Throughput: every mint pending, then mined in as few blocks as fit; time to the last webhook.
     w3.provider.make_request("evm_setAutomine", [False])
@@ -265,6 +287,7 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
         "runs_claimed": claimed,
         "runs_not_succeeded": failed,
         "duplicate_webhooks": duplicates,
+        **breakdown,
         "worker_processes": WORKER_PROCESSES,
         "worker_threads": WORKER_THREADS,
         "cpus": os.cpu_count(),

@@ -55,6 +55,11 @@ class RunConsumer(AsyncJsonWebsocketConsumer):
             await self.replay()  # a broadcast was lost: fill the gap from the log
         await self.send_event(message)
 
+    async def run_events(self, message: dict):
+        """Several events of one transaction, in seq order."""
+        for event in message["events"]:
+            await self.run_event(event)
+
 
 class FlowRunsConsumer(AsyncJsonWebsocketConsumer):
     """ws/flows/<code>/runs/: live events of every run of a flow (lists, canvas)."""
@@ -76,6 +81,10 @@ class FlowRunsConsumer(AsyncJsonWebsocketConsumer):
 
     async def run_event(self, message: dict):
         await self.send_json(message)
+
+    async def run_events(self, message: dict):
+        for event in message["events"]:
+            await self.send_json(event)
 
 
 def _after(scope) -> int:
