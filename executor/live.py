@@ -61,7 +61,8 @@ def record_run_events(run: Run, events: list[tuple[str, dict]]) -> list[RunEvent
         "SELECT %s, bumped.event_seq - %s + v.ord, v.kind, v.data, %s "
         f"FROM bumped, (VALUES {rows}) AS v(ord, kind, data) RETURNING id, seq"
     )
-    with transaction.atomic():
+    # One statement needs no savepoint of its own: it either happens or the caller's transaction fails.
+    with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             ids = sorted(cursor.fetchall(), key=lambda row: row[1])
