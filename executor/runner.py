@@ -51,6 +51,8 @@ _SECRET_REF = re.compile(r"secrets\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['\"]([A-Za-z_]
 _SECRET_FIELDS = ("webhook_secret", "bot_token_secret")
 # Logic without side effects: run by the worker that made it ready, in the same transaction.
 INLINE_KINDS = frozenset({"condition", "switch", "transform", "join", "stop"})
+# The editor's graph and the flow's description: large, and never needed to run a step.
+_UNUSED_VERSION_FIELDS = ("run__version__graph", "run__flow__description")
 # How long one worker thread goes on from step to step before leaving the rest to messages.
 CHAIN_SECONDS = 20.0
 
@@ -112,7 +114,8 @@ def start_run(run_id: int) -> None:
     keep_one = _committed_on_return()
     kept = None
     with transaction.atomic():
-        run = Run.objects.select_for_update().select_related("flow", "version").filter(pk=run_id).first()
+        run = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").defer(
+            *(f.removeprefix("run__") for f in _UNUSED_VERSION_FIELDS)).filter(pk=run_id).first()
         if run is None:
             logger.warning("start_run: run %s does not exist", run_id)
             return
@@ -284,10 +287,12 @@ def _lease_seconds(step: dict) -> float:
     return settings.KWALA_STEP_LEASE_SECONDS + float(timeout or 0)
 
 
-def claim_step(step_run_id: int, lease_seconds: float) -> StepRun | None:
+def claim_step(step_run_id: int, lease_seconds: float, run: Run | None = None) -> StepRun | None:
     """Take the step for this worker, or None if it is not due, taken, or finished.
 
     A RUNNING step whose lease expired (its worker died) can be taken over.
+    `run`, if given, is the step's run already loaded (with flow and version) and
+    is attached to the claimed row instead of being read again.
     """
     now = timezone.now()
     due = Q(status=S.QUEUED) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
@@ -304,6 +309,10 @@ def claim_step(step_run_id: int, lease_seconds: float) -> StepRun | None:
     )
     if not claimed:
         return None
+    if run is not None:
+        row = StepRun.objects.get(pk=step_run_id)
+        row.run = run
+        return row
     return StepRun.objects.select_related("run__flow", "run__version", "run__team").get(pk=step_run_id)
 
 
@@ -319,12 +328,13 @@ def run_step(step_run_id: int) -> None:
 
 def _run_step_once(step_run_id: int, *, keep_one: bool) -> int | None:
     """One step: claim, run, record. Returns the step this thread should run next, if it kept one."""
-    row = StepRun.objects.select_related("run__version").filter(pk=step_run_id).first()
+    row = (StepRun.objects.select_related("run__flow", "run__version").defer(*_UNUSED_VERSION_FIELDS)
+           .filter(pk=step_run_id).first())
     if row is None or row.status not in (S.QUEUED, S.RUNNING):
         return None
     step = _dag_step(row.run, row.step_id)
     with transaction.atomic():
-        row = claim_step(step_run_id, _lease_seconds(step))
+        row = claim_step(step_run_id, _lease_seconds(step), run=row.run)
         if row is None:
             return None
         run = row.run
@@ -333,7 +343,8 @@ def _run_step_once(step_run_id: int, *, keep_one: bool) -> int | None:
     ctx = _context(run, row, step)
     outcome = _execute(run, row, step, ctx)
     with transaction.atomic():
-        run = Run.objects.select_for_update().select_related("flow", "version").get(pk=run.pk)
+        run = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").defer(
+            *(f.removeprefix("run__") for f in _UNUSED_VERSION_FIELDS)).get(pk=run.pk)
         log = RunLog(run)
         ready = _settle(run, row, step, ctx, outcome, log)
         log.flush()

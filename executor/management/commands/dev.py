@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
 import sys
 import time
@@ -24,8 +25,9 @@ from django.db import transaction
 from executor.supervisor import Program, Supervisor
 
 DEMO_USERNAME = "admin"
-# The worker settings `dev` starts with (bench/end_to_end.py measures with the same).
-WORKER_PROCESSES = 2
+# The worker settings `dev` starts with (bench/end_to_end.py measures with the same):
+# a process per core (each has its own GIL), threads to overlap database and HTTP waits.
+WORKER_PROCESSES = max(os.cpu_count() or 1, 2)
 WORKER_THREADS = 8
 
 
@@ -122,8 +124,6 @@ class Command(BaseCommand):
         return anvils
 
     def stop_embedded(self, say) -> None:
-        import os
-
         from kwala_site import embedded
 
         if not os.environ.get("DATABASE_URL"):
