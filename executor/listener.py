@@ -548,7 +548,14 @@ class ChainListener:
         head = client.get_block("latest")
         if head is None:
             return
-        ChainCursor.objects.filter(chain=self.chain).update(head_block=head.number, head_seen_at=timezone.now())
+        try:
+            self._step_to(head)
+        finally:
+            # After the blocks, not before: this write's commit would otherwise delay every run.
+            ChainCursor.objects.filter(chain=self.chain).update(head_block=head.number, head_seen_at=timezone.now())
+
+    def _step_to(self, head: Block) -> None:
+        client = self.client
         cursor = get_cursor(self.chain)
         if cursor.halted:
             raise ChainHalted(cursor.last_error)
@@ -564,17 +571,20 @@ class ChainListener:
             self.recover_from_reorg()
             return
         if head.number > cursor.block_number:
-            self.catch_up(cursor.block_number + 1, head.number)
+            self.catch_up(cursor.block_number + 1, head.number, head=head)
 
-    def catch_up(self, first: int, last: int) -> None:
-        """Process blocks first..last in order; ranges of logs when behind, one block's logs when live."""
+    def catch_up(self, first: int, last: int, head: Block | None = None) -> None:
+        """Process blocks first..last in order; ranges of logs when behind, one block's logs when live.
+
+        `head`, the block just read as the latest, is used as is rather than read again.
+        """
         number = first
         while number <= last and not self.stop.is_set():
             triggers = self.registry.get(self.chain.chain_id)
             addresses, topics = triggers.logs.log_filter()
             want_logs = len(triggers.logs) > 0
             if last - number < 2 or not want_logs:
-                block = self.client.get_block(number)
+                block = head if head is not None and head.number == number else self.client.get_block(number)
                 if block is None:
                     return  # the node's head moved back; the next pass sees it
                 logs = self.client.get_logs_by_hash(block.hash, addresses, topics) if want_logs else []

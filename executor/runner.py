@@ -32,7 +32,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from executor.live import RunLog, record_run_event
@@ -81,23 +81,23 @@ def _committed_on_return() -> bool:
     return not transaction.get_connection().in_atomic_block
 
 
-def _hand_out(ready: list[int], keep_one: bool) -> int | None:
+def _hand_out(ready: list[StepRun], keep_one: bool) -> StepRun | None:
     """Send the ready steps after commit; with `keep_one`, keep the first for this thread to run next.
 
     The kept step is QUEUED like the others: if this thread dies before claiming
     it, the sweeper sends it after its grace period.
     """
     kept = ready[0] if keep_one and ready else None
-    for row_id in ready:
-        if row_id != kept:
-            transaction.on_commit(lambda row_id=row_id: _send_step(row_id))
+    for row in ready:
+        if row is not kept:
+            transaction.on_commit(lambda row_id=row.pk: _send_step(row_id))
     return kept
 
 
-def _continue_with(step_run_id: int | None, deadline: float) -> None:
+def _continue_with(kept: StepRun | None, run: Run | None, deadline: float) -> None:
     """Run the kept step, and the one each of those keeps, until none is left or the budget is spent."""
-    while step_run_id is not None:
-        step_run_id = _run_step_once(step_run_id, keep_one=time.monotonic() < deadline)
+    while kept is not None and run is not None:
+        kept, run = _run_step_once(kept.pk, keep_one=time.monotonic() < deadline, known=(run, kept.step_id))
 
 
 # -- starting ------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def start_run(run_id: int) -> None:
     """
     deadline = time.monotonic() + CHAIN_SECONDS
     keep_one = _committed_on_return()
-    kept = None
+    kept = run = None
     with transaction.atomic():
         run = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").defer(
             *(f.removeprefix("run__") for f in _UNUSED_VERSION_FIELDS)).filter(pk=run_id).first()
@@ -136,7 +136,7 @@ def start_run(run_id: int) -> None:
                 log.add("run.status", {"status": run.status})
                 kept = _hand_out(advance(run, log), keep_one)
         log.flush()
-    _continue_with(kept, deadline)
+    _continue_with(kept, run, deadline)
 
 
 # -- deciding what runs next ------------------------------------------------------------
@@ -176,18 +176,18 @@ def runs_inline(step: dict) -> bool:
     return step["type"] in INLINE_KINDS and not step.get("side_effect")
 
 
-def advance(run: Run, log: RunLog | None = None) -> list[int]:
+def advance(run: Run, log: RunLog | None = None) -> list[StepRun]:
     """Run or queue every PENDING step whose inputs allow it, skip the unreachable, finish the run when done.
 
     Call inside a transaction that holds the run row (select_for_update). Logic
     steps (runs_inline) run here and now; every other ready step is set QUEUED.
-    With a `log` the caller owns, the QUEUED step ids are returned for the caller
+    With a `log` the caller owns, the QUEUED steps are returned for the caller
     to hand out after commit; without one, the events are written and the
     messages sent on commit here, and [] is returned.
     """
     own_log = log is None
     log = log if log is not None else RunLog(run)
-    ready: list[int] = []
+    ready: list[StepRun] = []
     if run.status == Run.Status.RUNNING:
         rows = {row.step_id: row for row in StepRun.objects.filter(run=run)}
         ready = _advance(run, rows, log)
@@ -198,8 +198,8 @@ def advance(run: Run, log: RunLog | None = None) -> list[int]:
     return ready
 
 
-def _advance(run: Run, rows: dict[str, StepRun], log: RunLog) -> list[int]:
-    ready: list[int] = []
+def _advance(run: Run, rows: dict[str, StepRun], log: RunLog) -> list[StepRun]:
+    ready: list[StepRun] = []
     for step in run.version.dag["steps"]:  # topological order: a skip or an inline result cascades in one pass
         row = rows.get(step["id"])
         if row is None or row.status != S.PENDING:
@@ -213,7 +213,7 @@ def _advance(run: Run, rows: dict[str, StepRun], log: RunLog) -> list[int]:
             if StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(status=S.QUEUED, queued_at=timezone.now()):
                 row.status = S.QUEUED
                 _step_event(log, row)
-                ready.append(row.pk)
+                ready.append(row)
         elif verdict == "skip" and StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(
             status=S.SKIPPED, finished_at=timezone.now()
         ):
@@ -287,33 +287,36 @@ def _lease_seconds(step: dict) -> float:
     return settings.KWALA_STEP_LEASE_SECONDS + float(timeout or 0)
 
 
+_CLAIM_SQL = """
+UPDATE executor_steprun AS s
+   SET status = 'RUNNING', attempt = s.attempt + 1, lease_expires_at = %(lease)s, started_at = %(now)s,
+       next_attempt_at = NULL
+  FROM executor_run AS r
+ WHERE s.id = %(id)s AND r.id = s.run_id AND r.status = 'RUNNING'
+   AND ((s.status = 'QUEUED' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s))
+        OR (s.status = 'RUNNING' AND s.lease_expires_at < %(now)s))
+RETURNING s.*
+"""
+
+
 def claim_step(step_run_id: int, lease_seconds: float, run: Run | None = None) -> StepRun | None:
     """Take the step for this worker, or None if it is not due, taken, or finished.
 
-    A RUNNING step whose lease expired (its worker died) can be taken over.
-    `run`, if given, is the step's run already loaded (with flow and version) and
-    is attached to the claimed row instead of being read again.
+    A RUNNING step whose lease expired (its worker died) can be taken over. One
+    conditional UPDATE ... RETURNING: the row count decides, and the row comes back
+    as it now is. `run`, if given, is the step's run already loaded (with flow and
+    version) and is attached to the row instead of being read again.
     """
     now = timezone.now()
-    due = Q(status=S.QUEUED) & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-    expired = Q(status=S.RUNNING, lease_expires_at__lt=now)
-    claimed = (
-        StepRun.objects.filter(due | expired, pk=step_run_id, run__status=Run.Status.RUNNING)
-        .update(
-            status=S.RUNNING,
-            attempt=F("attempt") + 1,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            started_at=now,
-            next_attempt_at=None,
-        )
-    )
+    params = {"id": step_run_id, "now": now, "lease": now + timedelta(seconds=lease_seconds)}
+    claimed = list(StepRun.objects.raw(_CLAIM_SQL, params))
     if not claimed:
         return None
-    if run is not None:
-        row = StepRun.objects.get(pk=step_run_id)
-        row.run = run
-        return row
-    return StepRun.objects.select_related("run__flow", "run__version", "run__team").get(pk=step_run_id)
+    row = claimed[0]
+    row.run = run if run is not None else (
+        Run.objects.select_related("flow", "version", "team").get(pk=row.run_id)
+    )
+    return row
 
 
 def run_step(step_run_id: int) -> None:
@@ -323,21 +326,27 @@ def run_step(step_run_id: int) -> None:
     one made ready (see _continue_with), so a chain of steps needs no message per step.
     """
     deadline = time.monotonic() + CHAIN_SECONDS
-    _continue_with(_run_step_once(step_run_id, keep_one=_committed_on_return()), deadline)
+    _continue_with(*_run_step_once(step_run_id, keep_one=_committed_on_return()), deadline)
 
 
-def _run_step_once(step_run_id: int, *, keep_one: bool) -> int | None:
-    """One step: claim, run, record. Returns the step this thread should run next, if it kept one."""
-    row = (StepRun.objects.select_related("run__flow", "run__version").defer(*_UNUSED_VERSION_FIELDS)
-           .filter(pk=step_run_id).first())
-    if row is None or row.status not in (S.QUEUED, S.RUNNING):
-        return None
-    step = _dag_step(row.run, row.step_id)
+def _run_step_once(step_run_id: int, *, keep_one: bool,
+                   known: tuple[Run, str] | None = None) -> tuple[StepRun | None, Run | None]:
+    """One step: claim, run, record. Returns the step this thread should run next, if it kept one, and its run.
+
+    `known` is (the run, the step id) when the caller has them, which saves reading the row first.
+    """
+    if known is None:
+        row = (StepRun.objects.select_related("run__flow", "run__version").defer(*_UNUSED_VERSION_FIELDS)
+               .filter(pk=step_run_id).first())
+        if row is None or row.status not in (S.QUEUED, S.RUNNING):
+            return None, None
+        known = (row.run, row.step_id)
+    run, step_id = known
+    step = _dag_step(run, step_id)
     with transaction.atomic():
-        row = claim_step(step_run_id, _lease_seconds(step), run=row.run)
+        row = claim_step(step_run_id, _lease_seconds(step), run=run)
         if row is None:
-            return None
-        run = row.run
+            return None, None
         record_run_event(run, "step.status", {"step": row.step_id, "status": S.RUNNING, "attempt": row.attempt})
 
     ctx = _context(run, row, step)
@@ -348,7 +357,7 @@ def _run_step_once(step_run_id: int, *, keep_one: bool) -> int | None:
         log = RunLog(run)
         ready = _settle(run, row, step, ctx, outcome, log)
         log.flush()
-        return _hand_out(ready, keep_one)
+        return _hand_out(ready, keep_one), run
 
 
 def _execute(run: Run, row: StepRun, step: dict, ctx: StepContext) -> StepResult | Reschedule | StepError:
