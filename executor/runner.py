@@ -220,7 +220,7 @@ def _advance(run: Run, rows: dict[str, StepRun], log: RunLog) -> list[StepRun]:
             row.status = S.SKIPPED
             _step_event(log, row)
     if not any(row.status in ACTIVE for row in rows.values()):
-        _finish_run(run, Run.Status.SUCCEEDED, "", log)
+        _finish_run(run, Run.Status.SUCCEEDED, "", log, steps_left=False)
     return ready
 
 
@@ -237,10 +237,14 @@ def _run_inline(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun], lo
     _settle(run, row, step, ctx, _execute(run, row, step, ctx), log, inline=True)
 
 
-def _finish_run(run: Run, status: str, error: str, log: RunLog) -> None:
-    """End the run: cancel what has not started, record it, tell the team about a failure (once)."""
+def _finish_run(run: Run, status: str, error: str, log: RunLog, *, steps_left: bool = True) -> None:
+    """End the run: cancel what has not started, record it, tell the team about a failure (once).
+
+    `steps_left=False` says the caller has just seen every step finished (nothing to cancel).
+    """
     now = timezone.now()
-    StepRun.objects.filter(run=run, status__in=[S.PENDING, S.QUEUED]).update(status=S.CANCELLED, finished_at=now)
+    if steps_left:
+        StepRun.objects.filter(run=run, status__in=[S.PENDING, S.QUEUED]).update(status=S.CANCELLED, finished_at=now)
     updated = Run.objects.filter(pk=run.pk, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).update(
         status=status, error=error, finished_at=now
     )
