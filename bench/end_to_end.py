@@ -91,7 +91,12 @@ def latency_breakdown(Run, sent_at: dict[str, tuple[float, float]]) -> dict:
         marks = [sent, run.created_at.timestamp(), run.started_at.timestamp(), hook.started_at.timestamp(), arrived]
         for name, a, b in zip(legs, marks, marks[1:], strict=False):
             legs[name].append((b - a) * 1000)
-    return {f"leg_{name}_p50_ms": round(statistics.median(v), 1) for name, v in legs.items() if v}
+    figures = {}
+    for name, values in legs.items():
+        if values:
+            figures[f"leg_{name}_p50_ms"] = round(statistics.median(values), 1)
+            figures[f"leg_{name}_p99_ms"] = round(percentile(values, 99), 1)
+    return figures
 
 
 # -- Kwala ---------------------------------------------------------------------------------------
@@ -237,6 +242,7 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
 
     one(kwala_token, "/kwala", timeout=120)
     one(script_token, "/script")
+    sent_at.clear()
 
     script_ms, kwala_ms = [], []
     for _ in range(args.events):
