@@ -23,7 +23,9 @@ def answer_probe(probe_id: int) -> None:
     WorkerProbe.objects.filter(pk=probe_id, answered_at__isnull=True).update(answered_at=timezone.now())
 
 
-@dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=60_000)
+# start_run goes on to run one of the steps it queued (see runner._continue_with), so it
+# gets the same limit as run_step.
+@dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=300_000)
 def start_run(run_id: int) -> None:
     """Begin a QUEUED run: claim it and enqueue its entry steps (safe to deliver twice)."""
     runner.start_run(run_id)
