@@ -1,16 +1,24 @@
 """End to end on anvil: ERC-20 Transfer -> condition -> http.request to a local sink.
 
-Measures event-to-webhook latency (p50/p99, 0 confirmations) through Kwala (real
-Dramatiq worker, PostgreSQL, Redis) and through a minimal hand-written web3.py
-script that polls the same logs and POSTs the same payload; then the saturated
-throughput in runs per second with the default worker settings.
+Everything is the real product path, each part in its own process as in
+production: anvil (executor.devchain), `manage.py listen_chains` (websocket
+newHeads, the default poll), `manage.py rundramatiq` with the worker settings
+`manage.py dev` uses, embedded PostgreSQL and Redis under var/bench (never the
+dev data), and a real HTTP sink (tests.sinks.HttpSink) in this process.
 
-The listener is not on this branch yet: the benchmark's own loop turns each log
-into a Run (as the listener will: one row + start_run on commit). The integrator
-switches this to executor.listener. Latency clock: from the transaction's send
-(anvil mines at once) to the request arriving at the sink, for both paths.
+Measured:
 
-    python bench/end_to_end.py [--events 50] [--runs 1000]
+* latency, tx sent -> webhook received, at 0 confirmations, one event at a time
+  (anvil mines each transaction at once), for Kwala and for a minimal
+  hand-written web3.py script (a child process too: newHeads subscription,
+  eth_getLogs by block hash, POST of the same payload with one keep-alive httpx
+  client), and their p50 ratio;
+* saturated throughput: `--runs` token mints put into as few blocks as the gas
+  limit allows, from the first block mined to the last webhook received.
+
+    python bench/end_to_end.py [--events 50] [--runs 2000]
+
+The machine is shared: run it a few times and read the spread.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -26,160 +35,269 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kwala_site.settings")
-os.environ.setdefault("KWALA_VAR_DIR", str(ROOT / "var" / "bench"))
-
-import django
-
-django.setup()
-
-import httpx
-from django.core.management import call_command
-from django.db import transaction
-from web3 import Web3
-
-from executor import runner
-from executor.models import Chain, RpcEndpoint, Run
-from flows.actions import new_signing_secret
-from flows.graph import compile_graph
-from flows.models import Flow, FlowVersion, Team
-from tests.executor.conftest import DEV_KEYS, Anvil
-from tests.sinks import HttpSink
 
 TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
 
 
-def percentile(values, p):
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def make_flow(token: str, sink_url: str) -> FlowVersion:
+# -- the hand-written script (run as a child process) -----------------------------------------
+
+
+def script_main(ws_url: str, token: str, sink_url: str) -> None:
+    """What a developer would write by hand: subscribe to heads, read the block's logs, POST each."""
+    import asyncio
+
+    import httpx
+    from web3 import AsyncWeb3, Web3, WebSocketProvider
+
+    topic = "0x" + Web3.keccak(text="Transfer(address,address,uint256)").hex().removeprefix("0x")
+
+    async def run() -> None:
+        async with httpx.AsyncClient() as client, AsyncWeb3(WebSocketProvider(ws_url)) as w3:
+            await w3.eth.subscribe("newHeads")
+            print("ready", flush=True)
+            async for message in w3.socket.process_subscriptions():
+                head = message["result"]
+                logs = await w3.eth.get_logs({"blockHash": head["hash"], "address": token, "topics": [topic]})
+                for log in logs:
+                    await client.post(f"{sink_url}/script", json={
+                        "tx": "0x" + log["transactionHash"].hex().removeprefix("0x"),
+                        "value": str(int.from_bytes(log["data"], "big")),
+                    })
+
+    asyncio.run(run())
+
+
+def latency_breakdown(Run, sent_at: dict[str, tuple[float, float]]) -> dict:
+    """Median milliseconds of each leg of Kwala's latency, from the run's own timestamps.
+
+    claim: tx sent -> run row inserted by the listener; start: -> run started by a
+    worker; hook: -> the http step claimed; deliver: -> the sink has the request.
+    """
+    legs: dict[str, list[float]] = {"claim": [], "start": [], "hook": [], "deliver": []}
+    for run in Run.objects.filter(trigger__tx_hash__in=list(sent_at)).prefetch_related("steps"):
+        sent, arrived = sent_at[run.trigger["tx_hash"]]
+        hook = next(s for s in run.steps.all() if s.step_id == "hook")
+        marks = [sent, run.created_at.timestamp(), run.started_at.timestamp(), hook.started_at.timestamp(), arrived]
+        for name, a, b in zip(legs, marks, marks[1:], strict=False):
+            legs[name].append((b - a) * 1000)
+    figures = {}
+    for name, values in legs.items():
+        if values:
+            figures[f"leg_{name}_p50_ms"] = round(statistics.median(values), 1)
+            figures[f"leg_{name}_p99_ms"] = round(percentile(values, 99), 1)
+    return figures
+
+
+# -- Kwala ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50, help="events sent one at a time for latency")
+    parser.add_argument("--runs", type=int, default=2000, help="events sent at once for throughput")
+    parser.add_argument("--script-child", nargs=3, metavar=("WS_URL", "TOKEN", "SINK_URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.script_child:
+        script_main(*args.script_child)
+        return
+
+    port = free_port()
+    var_dir = ROOT / "var" / "bench"
+    os.environ["KWALA_VAR_DIR"] = str(var_dir)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kwala_site.settings")
+    os.environ["KWALA_CHAINS"] = json.dumps([{
+        "slug": "bench", "name": "Bench (anvil)", "chain_id": 31337, "confirmations": 0,
+        "rpc_urls": [f"http://127.0.0.1:{port}"], "ws_urls": [f"ws://127.0.0.1:{port}"],
+    }])
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+    from executor.devchain import DEV_ACCOUNTS, AnvilProcess, deploy, deploy_demo_contracts, load_artifact
+
+    anvil = AnvilProcess(chain_id=31337, port=port, log_path=var_dir / "anvil.log")
+    var_dir.mkdir(parents=True, exist_ok=True)
+    anvil.start()
+    children: list[subprocess.Popen] = []
+    try:
+        anvil.wait_ready(timeout=20)
+        result = measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_artifact, DEV_ACCOUNTS)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        anvil.stop()
+
+    for key, value in result.items():
+        print(f"{key:>24}: {value}")
+    print(json.dumps(result))
+
+
+def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_artifact, accounts) -> dict:
+    import django
+
+    django.setup()
+
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.db import connection
+    from web3 import Web3
+
+    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
+    from executor.models import Chain, Run
+    from flows import actions
+    from flows.models import FlowVersion, Team
+    from tests.sinks import HttpSink
+
+    call_command("migrate", verbosity=0)
+    # A clean slate on every run: old runs, cursors of earlier anvils, flows of earlier runs.
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE executor_runevent, executor_steprun, executor_run, executor_event, "
+                       "executor_chaincursor, executor_rpcendpoint CASCADE")
+    FlowVersion.objects.filter(status=FlowVersion.Status.PUBLISHED).update(status=FlowVersion.Status.ARCHIVED)
+    call_command("sync_chains", verbosity=0, stdout=open(os.devnull, "w"))
+    Chain.objects.get(chain_id=31337)  # sync_chains made it
+
+    w3 = Web3(Web3.HTTPProvider(anvil.http_url))
+    demo = deploy_demo_contracts(w3)
+    token_abi = load_artifact("KwalaToken")["abi"]
+    kwala_token = w3.eth.contract(address=demo["KwalaToken"], abi=token_abi)
+    script_token = w3.eth.contract(address=deploy(w3, "KwalaToken", "Script", "SCR"), abi=token_abi)
+    owner = w3.eth.account.from_key(accounts[0].private_key)
+    nonce = w3.eth.get_transaction_count(owner.address)
+
+    def signed_mint(token, value: int) -> bytes:
+        nonlocal nonce
+        tx = token.functions.mint(owner.address, value).build_transaction({
+            "from": owner.address, "nonce": nonce, "gas": 100_000, "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9, "chainId": 31337})
+        nonce += 1
+        return owner.sign_transaction(tx).raw_transaction
+
+    sink = HttpSink()
+    user, _ = get_user_model().objects.get_or_create(username="bench")
     team, _ = Team.objects.get_or_create(name="Bench")
     graph = {
         "nodes": [
             {"id": "t", "type": "chain.event", "name": "Transfer", "position": {"x": 0, "y": 0},
-             "config": {"chain": 31337, "addresses": [token], "event": TRANSFER}},
+             "config": {"chain": 31337, "addresses": [kwala_token.address], "event": TRANSFER, "confirmations": 0}},
             {"id": "big", "type": "condition", "name": "big", "position": {"x": 0, "y": 0},
              "config": {"expression": "trigger.args.value > 0"}},
             {"id": "hook", "type": "http.request", "name": "hook", "position": {"x": 0, "y": 0},
-             "config": {"url": f"{sink_url}/kwala", "body": {"tx": "{{ trigger.tx_hash }}",
-                                                            "value": "{{ trigger.args.value }}"}}},
+             "config": {"method": "POST", "url": f"{sink.url}/kwala",
+                        "body": {"tx": "{{ trigger.tx_hash }}", "value": "{{ trigger.args.value }}"}}},
         ],
         "edges": [{"source": "t", "source_port": "out", "target": "big"},
                   {"source": "big", "source_port": "true", "target": "hook"}],
     }
-    dag = compile_graph(graph, chains={31337: "anvil-a"}, secret_names=None)
-    flow = Flow.objects.create(team=team, name="bench", signing_secret=new_signing_secret())
-    return FlowVersion.objects.create(flow=flow, number=1, graph=graph, dag=dag, status=FlowVersion.Status.PUBLISHED)
+    flow = actions.create_flow(team, user, "bench", graph=graph)
+    actions.publish_version(flow, user)
+    connection.close()
 
-
-def run_from_log(version: FlowVersion, log, chain: Chain) -> Run:
-    trigger = {"tx_hash": "0x" + log["transactionHash"].hex(), "block_number": log["blockNumber"],
-               "args": {"from": "0x" + log["topics"][1].hex()[-40:], "to": "0x" + log["topics"][2].hex()[-40:],
-                        "value": int.from_bytes(log["data"], "big")}}
-    with transaction.atomic():
-        run = Run.objects.create(team_id=version.flow.team_id, flow=version.flow, version=version, chain=chain,
-                                 trigger_key=f"log:{chain.chain_id}:{log['blockHash'].hex()}:{log['logIndex']}",
-                                 trigger=trigger, block_number=log["blockNumber"])
-        runner.dispatch_run(run)
-    return run
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=1000)
-    args = parser.parse_args()
-
-    call_command("migrate", verbosity=0)
-    anvil = Anvil(31337)
-    sink = HttpSink()
-    chain, _ = Chain.objects.get_or_create(chain_id=31337, defaults={"slug": "anvil-a", "name": "Anvil A"})
-    RpcEndpoint.objects.filter(chain=chain).delete()
-    RpcEndpoint.objects.create(chain=chain, url=anvil.url)
-    token = anvil.contract("KwalaToken", anvil.deploy("KwalaToken", DEV_KEYS[0], "Kwala", "KWL"))
-    owner = anvil.w3.eth.account.from_key(DEV_KEYS[0])
-    version = make_flow(token.address, sink.url)
     env = dict(os.environ)
-    worker = subprocess.Popen([sys.executable, "manage.py", "rundramatiq"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    w3 = anvil.w3
-    nonce = [w3.eth.get_transaction_count(owner.address)]
+    logs = var_dir / "logs"
+    logs.mkdir(exist_ok=True)
 
-    def mint() -> float:
-        tx = token.functions.mint(owner.address, 5).build_transaction(
-            {"from": owner.address, "nonce": nonce[0], "gas": 100_000, "maxFeePerGas": 10**10,
-             "maxPriorityFeePerGas": 10**9})
-        nonce[0] += 1
-        raw = owner.sign_transaction(tx).raw_transaction
+    def spawn(name: str, command: list[str]) -> subprocess.Popen:
+        out = open(logs / f"{name}.log", "w")
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        children.append(child)
+        return child
+
+    python = sys.executable
+    spawn("worker", [python, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
+                     "--threads", str(WORKER_THREADS)])
+    spawn("listener", [python, "manage.py", "listen_chains"])
+    script = subprocess.Popen([python, __file__, "--script-child", anvil.ws_url, script_token.address, sink.url],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=(logs / "script.log").open("w"),
+                              text=True)
+    children.append(script)
+    if script.stdout.readline().strip() != "ready":
+        raise SystemExit("the hand-written script did not start (see var/bench/logs/script.log)")
+
+    # Warm up both paths (worker imports, connection pools, the listener's first block).
+    sent_at: dict[str, tuple[float, float]] = {}  # Kwala's tx hash -> (sent, webhook arrived)
+
+    def one(token, path: str, timeout: float = 60) -> float:
+        before = len(sink.to(path))
+        raw = signed_mint(token, 5)
         started = time.time()
+        tx_hash = w3.eth.send_raw_transaction(raw)
+        arrived = sink.wait_for(path, before + 1, timeout=timeout)[before].at
+        sent_at["0x" + tx_hash.hex().removeprefix("0x")] = (started, arrived)
+        return (arrived - started) * 1000
+
+    one(kwala_token, "/kwala", timeout=120)
+    one(script_token, "/script")
+    sent_at.clear()
+
+    script_ms, kwala_ms = [], []
+    for _ in range(args.events):
+        script_ms.append(one(script_token, "/script"))
+        time.sleep(0.02)
+        kwala_ms.append(one(kwala_token, "/kwala"))
+        time.sleep(0.02)
+
+    breakdown = latency_breakdown(Run, sent_at)
+    connection.close()
+
+    # Throughput: every mint pending, then mined in as few blocks as fit; time to the last webhook.
+    w3.provider.make_request("evm_setAutomine", [False])
+    raws = [signed_mint(kwala_token, 7) for _ in range(args.runs)]
+    for raw in raws:
         w3.eth.send_raw_transaction(raw)
-        return started
+    before = len(sink.to("/kwala"))
+    started = time.time()
+    blocks = 0
+    while w3.eth.get_transaction_count(owner.address, "latest") < nonce:
+        w3.provider.make_request("evm_mine", [])
+        blocks += 1
+    mined = time.time()
+    w3.provider.make_request("evm_setAutomine", [True])
+    arrivals = sink.wait_for("/kwala", before + args.runs, timeout=max(120, args.runs / 5))
+    finished = arrivals[-1].at
+    connection.close()
+    # The run is recorded SUCCEEDED just after its webhook answers.
+    deadline = time.monotonic() + 30
+    while Run.objects.exclude(status__in=Run.FINISHED).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    claimed = Run.objects.count()
+    failed = Run.objects.exclude(status=Run.Status.SUCCEEDED).count()
+    duplicates = len(arrivals) - len({r.json()["tx"] for r in arrivals})
+    sink.close()
 
-    try:
-        time.sleep(6)  # worker start-up
-        topic = Web3.keccak(text="Transfer(address,address,uint256)")
-
-        def measure(path: str, handle) -> list[float]:
-            latencies = []
-            for _ in range(args.events):
-                before = len(sink.to(path))
-                head = w3.eth.block_number
-                started = mint()
-                seen = False
-                while not seen:
-                    if w3.eth.block_number <= head:
-                        time.sleep(0.002)
-                        continue
-                    for log in w3.eth.get_logs({"fromBlock": head + 1, "address": token.address, "topics": [topic]}):
-                        handle(log)
-                        seen = True
-                    if not seen:
-                        time.sleep(0.002)
-                arrived = sink.wait_for(path, before + 1, timeout=30)[-1].at
-                latencies.append((arrived - started) * 1000)
-            return latencies
-
-        client = httpx.Client()
-
-        def script_handle(log):
-            client.post(f"{sink.url}/script", json={"tx": "0x" + log["transactionHash"].hex(),
-                                                     "value": int.from_bytes(log["data"], "big")})
-
-        script = measure("/script", script_handle)
-        kwala = measure("/kwala", lambda log: run_from_log(version, log, chain))
-
-        # Throughput: many runs queued at once, timed until the last finishes.
-        logs = w3.eth.get_logs({"fromBlock": 0, "address": token.address, "topics": [topic]})
-        template = logs[-1]
-        first_pk = Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-        started = time.time()
-        for index in range(args.runs):
-            log = dict(template)
-            log["logIndex"] = 100_000 + index + int(started)  # distinct trigger keys
-            run_from_log(version, log, chain)
-        created = time.time()
-        while Run.objects.filter(pk__gt=first_pk, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).exists():
-            time.sleep(0.2)
-        finished = time.time()
-        failed = Run.objects.filter(pk__gt=first_pk).exclude(status=Run.Status.SUCCEEDED).count()
-    finally:
-        worker.terminate()
-        worker.wait(30)
-        anvil.stop()
-        sink.close()
-
-    result = {
-        "kwala_p50_ms": round(statistics.median(kwala), 1), "kwala_p99_ms": round(percentile(kwala, 99), 1),
-        "script_p50_ms": round(statistics.median(script), 1), "script_p99_ms": round(percentile(script, 99), 1),
-        "p50_ratio": round(statistics.median(kwala) / statistics.median(script), 2),
-        "runs": args.runs, "runs_per_second": round(args.runs / (finished - started), 1),
-        "enqueue_seconds": round(created - started, 2), "failed_runs": failed,
+    return {
+        "kwala_p50_ms": round(statistics.median(kwala_ms), 1),
+        "kwala_p99_ms": round(percentile(kwala_ms, 99), 1),
+        "script_p50_ms": round(statistics.median(script_ms), 1),
+        "script_p99_ms": round(percentile(script_ms, 99), 1),
+        "p50_ratio": round(statistics.median(kwala_ms) / statistics.median(script_ms), 2),
+        "events": args.events,
+        "runs": args.runs,
+        "blocks": blocks,
+        "mine_seconds": round(mined - started, 2),
+        "runs_per_second": round(args.runs / (finished - started), 1),
+        "runs_claimed": claimed,
+        "runs_not_succeeded": failed,
+        "duplicate_webhooks": duplicates,
+        **breakdown,
+        "worker_processes": WORKER_PROCESSES,
+        "worker_threads": WORKER_THREADS,
+        "cpus": os.cpu_count(),
     }
-    for key, value in result.items():
-        print(f"{key:>18}: {value}")
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

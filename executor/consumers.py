@@ -76,6 +76,11 @@ class RunConsumer(TeamScopedConsumer):
             await self.replay()  # a broadcast was lost: fill the gap from the log
         await self.send_event(message)
 
+    async def run_events(self, message: dict):
+        """Several events of one transaction, in seq order."""
+        for event in message["events"]:
+            await self.run_event(event)
+
 
 class FlowRunsConsumer(TeamScopedConsumer):
     """ws/flows/<code>/runs/: live events of every run of a flow (lists, canvas)."""
@@ -92,6 +97,10 @@ class FlowRunsConsumer(TeamScopedConsumer):
 
     async def run_event(self, message: dict):
         await self.send_json(message)
+
+    async def run_events(self, message: dict):
+        for event in message["events"]:
+            await self.send_json(event)
 
 
 def _after(scope) -> int:

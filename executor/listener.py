@@ -610,7 +610,14 @@ class ChainListener:
         head = client.get_block("latest")
         if head is None:
             return
-        ChainCursor.objects.filter(chain=self.chain).update(head_block=head.number, head_seen_at=timezone.now())
+        try:
+            self._step_to(head)
+        finally:
+            # After the blocks, not before: this write's commit would otherwise delay every run.
+            ChainCursor.objects.filter(chain=self.chain).update(head_block=head.number, head_seen_at=timezone.now())
+
+    def _step_to(self, head: Block) -> None:
+        client = self.client
         cursor = get_cursor(self.chain)
         if cursor.halted:
             raise ChainHalted(cursor.last_error)
@@ -626,13 +633,14 @@ class ChainListener:
             self.recover_from_reorg()
             return
         if head.number > cursor.block_number:
-            self.catch_up(cursor.block_number + 1, head.number)
+            self.catch_up(cursor.block_number + 1, head.number, head=head)
 
-    def catch_up(self, first: int, last: int) -> None:
+    def catch_up(self, first: int, last: int, head: Block | None = None) -> None:
         """Process blocks first..last in order; ranges of logs when behind, one block's logs when live.
 
         Headers come in JSON-RPC batches (executor.chain.BATCH_SIZE a round trip), so a gap
-        of a thousand blocks costs tens of requests, not a thousand.
+        of a thousand blocks costs tens of requests, not a thousand. `head`, the block just
+        read as the latest, is used as is rather than read again.
         """
         number = first
         while number <= last and not self.stop.is_set():
@@ -656,7 +664,12 @@ class ChainListener:
                     by_block.setdefault(log["block_number"], []).append(log)
             for chunk in range(number, end + 1, BATCH_SIZE):
                 numbers = list(range(chunk, min(end, chunk + BATCH_SIZE - 1) + 1))
-                blocks = [self.client.get_block(numbers[0])] if len(numbers) == 1 else self.client.get_blocks(numbers)
+                if len(numbers) > 1:
+                    blocks = self.client.get_blocks(numbers)
+                elif head is not None and head.number == numbers[0]:
+                    blocks = [head]
+                else:
+                    blocks = [self.client.get_block(numbers[0])]
                 for block in blocks:
                     if block is None:
                         return  # the node's head moved back; the next pass sees it

@@ -8,12 +8,15 @@ notice gaps.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import os
+import threading
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
+from django.utils import timezone
 
 from executor.models import Run, RunEvent
 
@@ -34,36 +37,113 @@ def record_run_event(run: Run, kind: str, data: dict) -> RunEvent:
     Call inside a transaction (it opens one if there is none); never put secret
     values in `data`: the log is shown to every team member.
     """
-    with transaction.atomic():
-        Run.objects.filter(pk=run.pk).update(event_seq=F("event_seq") + 1)
-        seq = Run.objects.values_list("event_seq", flat=True).get(pk=run.pk)
-        event = RunEvent.objects.create(run=run, seq=seq, kind=kind, data=data)
-        message = {
-            "type": "run.event",
-            "run": str(run.code),
-            "seq": seq,
-            "kind": kind,
-            "data": data,
-            "at": event.created_at.isoformat(),
-        }
+    return record_run_events(run, [(kind, data)])[0]
+
+
+def record_run_events(run: Run, events: list[tuple[str, dict]]) -> list[RunEvent]:
+    """Append several events to the run's log in one statement, in order; broadcast them after commit.
+
+    The seq bump and the inserts are one statement (an UPDATE ... RETURNING feeding
+    an INSERT ... SELECT), so the run row's lock orders concurrent writers and seqs
+    never collide or leave gaps, at one round trip whatever the number of events.
+    """
+    if not events:
+        return []
+    now = timezone.now()
+    rows = ", ".join(["(%s::int, %s, %s::jsonb)"] * len(events))
+    params: list = [len(events), run.pk, run.pk, len(events), now]
+    for index, (kind, data) in enumerate(events, start=1):
+        params += [index, kind, json.dumps(data)]
+    sql = (
+        # Only placeholders are joined in; every value is a parameter.
+        "WITH bumped AS (UPDATE executor_run SET event_seq = event_seq + %s WHERE id = %s RETURNING event_seq) "  # noqa: S608
+        "INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
+        "SELECT %s, bumped.event_seq - %s + v.ord, v.kind, v.data, %s "
+        f"FROM bumped, (VALUES {rows}) AS v(ord, kind, data) RETURNING id, seq"
+    )
+    # One statement needs no savepoint of its own: it either happens or the caller's transaction fails.
+    with transaction.atomic(savepoint=False):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            ids = sorted(cursor.fetchall(), key=lambda row: row[1])
+        if len(ids) != len(events):
+            raise Run.DoesNotExist(f"run {run.pk} does not exist")
+        recorded = [
+            RunEvent(pk=pk, run=run, seq=seq, kind=kind, data=data, created_at=now)
+            for (pk, seq), (kind, data) in zip(ids, events, strict=True)
+        ]
+        messages = [event_as_message(event, run.code) for event in recorded]
         flow_code = run.flow.code
-        transaction.on_commit(lambda: broadcast(message, flow_code))
-    return event
+        transaction.on_commit(lambda: broadcast_all(messages, flow_code))
+    return recorded
+
+
+class RunLog:
+    """Events of one run gathered during a transaction, written by flush() with one statement.
+
+    The events keep the order they were added in. Flush before the transaction
+    ends; events added after the last flush are not written.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.events: list[tuple[str, dict]] = []
+
+    def add(self, kind: str, data: dict) -> None:
+        self.events.append((kind, data))
+
+    def flush(self) -> list[RunEvent]:
+        events, self.events = self.events, []
+        return record_run_events(self.run, events)
 
 
 def broadcast(message: dict, flow_code: str) -> None:
+    broadcast_all([message], flow_code)
+
+
+def broadcast_all(messages: list[dict], flow_code: str) -> None:
+    """Hand the messages to this process's broadcast loop and return at once.
+
+    One long-lived event loop per process keeps the channel layer's Redis
+    connections open (async_to_sync would build a loop, and connect again, per
+    call). Delivery is best effort by design: the log already holds the events.
+    """
     layer = get_channel_layer()
     if layer is None:
         return
+    asyncio.run_coroutine_threadsafe(_send(layer, messages, flow_code), _loop())
+
+
+async def _send(layer, messages: list[dict], flow_code: str) -> None:
+    # One channel-layer message per transaction and group: "run.events" carries the
+    # events in seq order and the consumers unpack it (see executor.consumers).
+    batch = messages[0] if len(messages) == 1 else {"type": "run.events", "events": messages}
     try:
-        async_to_sync(layer.group_send)(run_group(message["run"]), message)
-        async_to_sync(layer.group_send)(flow_group(flow_code), message)
+        await asyncio.gather(
+            layer.group_send(run_group(messages[0]["run"]), batch),
+            layer.group_send(flow_group(flow_code), batch),
+        )
     except Exception:
-        # The log already holds the event; browsers catch up on reconnect.
-        logger.warning("could not broadcast run event %s/%s", message["run"], message["seq"], exc_info=True)
+        # The log already holds the events; browsers catch up on reconnect.
+        logger.warning("could not broadcast run events %s/%s", messages[0]["run"], messages[0]["seq"], exc_info=True)
+
+
+_loop_lock = threading.Lock()
+_loop_state: dict = {}
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    with _loop_lock:
+        # A forked child must not use its parent's loop (its thread did not survive the fork).
+        if _loop_state.get("pid") != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="run-event-broadcast", daemon=True).start()
+            _loop_state.update(pid=os.getpid(), loop=loop)
+        return _loop_state["loop"]
 
 
 def event_as_message(event: RunEvent, run_code) -> dict:
+    """The channel-layer message for one event (also what replay sends)."""
     return {
         "type": "run.event",
         "run": str(run_code),
@@ -77,13 +157,15 @@ def event_as_message(event: RunEvent, run_code) -> dict:
 def revoke_sockets(user_id: int, team_id: int) -> None:
     """Close the user's open sockets on the team's runs and flows, after the commit."""
 
-    def send() -> None:
-        layer = get_channel_layer()
-        if layer is None:
-            return
+    async def send(layer) -> None:
         try:
-            async_to_sync(layer.group_send)(f"user.{user_id}", {"type": "membership.revoked", "team": team_id})
+            await layer.group_send(f"user.{user_id}", {"type": "membership.revoked", "team": team_id})
         except Exception:
             logger.warning("could not close the sockets of user %s", user_id, exc_info=True)
 
-    transaction.on_commit(send)
+    def schedule() -> None:
+        layer = get_channel_layer()
+        if layer is not None:
+            asyncio.run_coroutine_threadsafe(send(layer), _loop())
+
+    transaction.on_commit(schedule)

@@ -53,7 +53,7 @@ def start_manual_run(version: FlowVersion, payload: Any, *, user, dry_run: bool 
 def retry_run(run: Run) -> Run:
     """Run a FAILED run's failed and cancelled steps again; finished steps keep their results."""
     with transaction.atomic():
-        run = Run.objects.select_for_update().select_related("flow", "version").get(pk=run.pk)
+        run = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").get(pk=run.pk)
         if run.status != Run.Status.FAILED:
             raise RunError("Only a failed run can be retried.")
         if not run.steps.exists():
@@ -123,7 +123,7 @@ def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
                                     logs=[f"reused from run {run.code}"], finished_at=now))
         StepRun.objects.bulk_create(rows)
         record_run_event(new, "run.status", {"status": new.status, "rerun_of": str(run.code), "from_step": step_id})
-        new = Run.objects.select_for_update().select_related("flow", "version").get(pk=new.pk)
+        new = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").get(pk=new.pk)
         runner.advance(new)
     return new
 

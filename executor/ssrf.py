@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -143,13 +145,14 @@ def resolve(url: str) -> Target:
 
 
 def build_request(client: httpx.Client, target: Target, method: str, *, headers: dict[str, str],
-                  content: bytes | None) -> httpx.Request:
+                  content: bytes | None, timeout: float | None = None) -> httpx.Request:
     """A request to the pinned address that still presents the name (Host header, TLS SNI and certificate)."""
     request = client.build_request(
         method,
         target.pinned_url,
         headers={**headers, "Host": target.host_header},
         content=content,
+        timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
     )
     if target.scheme == "https":
         # httpcore verifies the certificate against sni_hostname, not the IP.
@@ -160,3 +163,31 @@ def build_request(client: httpx.Client, target: Target, method: str, *, headers:
 def client(timeout: float) -> httpx.Client:
     """An httpx client for pinned requests: no redirects, no proxies from the environment."""
     return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+
+
+POOLED_CLIENTS = 256
+_pooled: OrderedDict[tuple, httpx.Client] = OrderedDict()
+_pooled_lock = threading.Lock()
+
+
+def pooled_client(target: Target) -> httpx.Client:
+    """A keep-alive client for one checked (scheme, name, port, address); pass the timeout per request.
+
+    Building a client costs a TLS context (milliseconds of CPU), so each process
+    keeps one per target. The key holds the name as well as the pinned address:
+    a connection opened (and, for https, verified) for one name is never reused
+    for another name that happens to share the address. Clients beyond the
+    newest POOLED_CLIENTS are dropped (their idle connections close with them).
+    """
+    key = (target.scheme, target.host, target.port, target.address)
+    with _pooled_lock:
+        found = _pooled.get(key)
+        if found is not None:
+            _pooled.move_to_end(key)
+            return found
+        made = httpx.Client(follow_redirects=False, trust_env=False,
+                            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8, keepalive_expiry=30))
+        _pooled[key] = made
+        while len(_pooled) > POOLED_CLIENTS:
+            _pooled.popitem(last=False)
+        return made

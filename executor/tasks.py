@@ -11,6 +11,9 @@ from __future__ import annotations
 import dramatiq
 from django.utils import timezone
 
+# Imported when the worker starts, not on its first message: the step kinds pull in
+# web3 and friends (about a second), which the first run would otherwise wait for.
+from executor import runner, sweeper
 from executor.models import WorkerProbe
 
 
@@ -20,11 +23,11 @@ def answer_probe(probe_id: int) -> None:
     WorkerProbe.objects.filter(pk=probe_id, answered_at__isnull=True).update(answered_at=timezone.now())
 
 
-@dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=60_000)
+# start_run goes on to run one of the steps it queued (see runner._continue_with), so it
+# gets the same limit as run_step.
+@dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=300_000)
 def start_run(run_id: int) -> None:
     """Begin a QUEUED run: claim it and enqueue its entry steps (safe to deliver twice)."""
-    from executor import runner
-
     runner.start_run(run_id)
 
 
@@ -32,16 +35,12 @@ def start_run(run_id: int) -> None:
 @dramatiq.actor(queue_name="runs", max_retries=5, min_backoff=500, max_backoff=10_000, time_limit=300_000)
 def run_step(step_run_id: int) -> None:
     """Claim one step, run it, record it and queue its successors (safe to deliver twice)."""
-    from executor import runner
-
     runner.run_step(step_run_id)
 
 
 @dramatiq.actor(queue_name="default", max_retries=0, time_limit=120_000)
 def sweep() -> None:
     """Re-send lost work: expired leases, QUEUED steps and runs nobody picked up."""
-    from executor import sweeper
-
     sweeper.sweep()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import string
 import uuid
 
 from django.conf import settings
@@ -10,9 +11,16 @@ from django.db import models
 from django.db.models import Q
 
 
+CODE_ALPHABET = string.ascii_letters + string.digits
+
+
 def short_code() -> str:
-    """A public id for URLs: random, unguessable, never the database id."""
-    return secrets.token_urlsafe(9)
+    """A public id for URLs: random, unguessable, never the database id.
+
+    Letters and digits only (12 of them, ~71 bits): a code that starts with "-"
+    would read as an option to every command that takes one.
+    """
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(12))
 
 
 class Team(models.Model):

@@ -81,20 +81,20 @@ def send(
         target = ssrf.resolve(url)
     except ssrf.OutboundBlocked as exc:
         raise StepError(f"refused to call {ctx.redact(shown_url or url)}: {exc}", permanent=True) from None
-    with ssrf.client(timeout) as client:
-        request = ssrf.build_request(client, target, method, headers=out_headers, content=content)
-        try:
-            response = client.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise StepError(f"no answer within {timeout:g}s") from None
-        except httpx.HTTPError as exc:
-            raise StepError(f"could not connect: {ctx.redact(str(exc)) or type(exc).__name__}") from None
-        try:
-            raw = _read_capped(response, max_response_bytes)
-        except httpx.HTTPError as exc:
-            raise StepError(f"the response broke off: {type(exc).__name__}") from None
-        finally:
-            response.close()
+    client = ssrf.pooled_client(target)
+    request = ssrf.build_request(client, target, method, headers=out_headers, content=content, timeout=timeout)
+    try:
+        response = client.send(request, stream=True)
+    except httpx.TimeoutException:
+        raise StepError(f"no answer within {timeout:g}s") from None
+    except httpx.HTTPError as exc:
+        raise StepError(f"could not connect: {ctx.redact(str(exc)) or type(exc).__name__}") from None
+    try:
+        raw = _read_capped(response, max_response_bytes)
+    except httpx.HTTPError as exc:
+        raise StepError(f"the response broke off: {type(exc).__name__}") from None
+    finally:
+        response.close()
 
     status = response.status_code
     result = {

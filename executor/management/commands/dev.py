@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import secrets
 import sys
 import time
@@ -24,6 +25,10 @@ from django.db import transaction
 from executor.supervisor import Program, Supervisor
 
 DEMO_USERNAME = "admin"
+# The worker settings `dev` starts with (bench/end_to_end.py measures with the same):
+# a process per core (each has its own GIL), threads to overlap database and HTTP waits.
+WORKER_PROCESSES = max(os.cpu_count() or 1, 2)
+WORKER_THREADS = 8
 
 
 class Command(BaseCommand):
@@ -31,7 +36,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--workers", type=int, default=2, help="Dramatiq worker processes.")
+        parser.add_argument("--workers", type=int, default=WORKER_PROCESSES, help="Dramatiq worker processes.")
         parser.add_argument("--no-chains", action="store_true", help="Do not start the local anvil chains.")
 
     def handle(self, *args, port: int, workers: int, no_chains: bool, **options):
@@ -52,7 +57,7 @@ class Command(BaseCommand):
         supervisor.start(Program("web", [python, "-m", "uvicorn", "kwala_site.asgi:application",
                                           "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]))
         supervisor.start(Program("worker", [python, manage, "rundramatiq", "--processes", str(workers),
-                                             "--threads", "8"]))
+                                             "--threads", str(WORKER_THREADS)]))
         supervisor.start(Program("listener", [python, manage, "listen_chains"]))
         supervisor.start(Program("sched", [python, manage, "run_scheduler"]))
         # Recovers what a killed worker or a flushed Redis lost (expired leases, stuck QUEUED work).
@@ -123,8 +128,6 @@ class Command(BaseCommand):
         return anvils
 
     def stop_embedded(self, say) -> None:
-        import os
-
         from kwala_site import embedded
 
         if not os.environ.get("DATABASE_URL"):

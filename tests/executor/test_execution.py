@@ -1,0 +1,178 @@
+"""The execution model: logic inline, side effects queued, the log written in batches (see docs/dag.md).
+
+These drive executor.runner in the test's own process and transaction, so
+nothing is sent to a broker; what matters is what PostgreSQL holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+
+import pytest
+from django.db import connection
+
+from executor import runner, ssrf
+from executor.live import RunLog, record_run_events
+from executor.models import Run, RunEvent, StepRun
+from executor.runs import start_manual_run
+from tests.executor.conftest import edge, make_version, manual, node, steps_of
+
+S = StepRun.Status
+
+
+def hook(node_id: str) -> dict:
+    return node(node_id, "http.request", {"method": "POST", "url": f"http://127.0.0.1:9/{node_id}", "body": {}})
+
+
+def branching(team, user):
+    return make_version(
+        team, user,
+        [
+            manual(),
+            node("big", "condition", {"expression": "trigger.payload.amount > 10"}),
+            node("double", "transform", {"fields": [{"name": "x", "expression": "trigger.payload.amount * 2"}]}),
+            hook("tell"),
+            node("small_note", "transform", {"fields": [{"name": "y", "expression": "1"}]}),
+            hook("small"),
+        ],
+        [
+            edge("start", "big"),
+            edge("big", "double", "true"),
+            edge("double", "tell"),
+            edge("big", "small_note", "false"),
+            edge("small_note", "small"),
+        ],
+    )
+
+
+def log_of(run: Run) -> list[tuple[str, str | None, str]]:
+    return [(e.kind, e.data.get("step"), e.data["status"]) for e in RunEvent.objects.filter(run=run).order_by("seq")]
+
+
+@pytest.mark.django_db
+def test_logic_steps_run_inline_and_the_untaken_branch_is_skipped_in_one_pass(team, alice):
+    run = start_manual_run(branching(team, alice), {"amount": 21}, user=alice)
+
+    runner.start_run(run.pk)
+
+    steps = steps_of(run)
+    assert (steps["big"].status, steps["big"].port, steps["big"].output) == (S.SUCCEEDED, "true", {"result": True})
+    assert (steps["double"].status, steps["double"].output) == (S.SUCCEEDED, {"x": 42})
+    assert steps["double"].started_at >= steps["big"].finished_at
+    assert steps["small_note"].status == steps["small"].status == S.SKIPPED
+    # Only the action waits for a worker.
+    assert steps["tell"].status == S.QUEUED
+    log = log_of(run)
+    assert log[:3] == [("run.status", None, "QUEUED"), ("run.status", None, "RUNNING"),
+                       ("step.status", "big", "SUCCEEDED")]
+    # One event per step, each after the step it depends on (the order between branches is the compiler's).
+    assert sorted(log[3:]) == [("step.status", "double", "SUCCEEDED"), ("step.status", "small", "SKIPPED"),
+                               ("step.status", "small_note", "SKIPPED"), ("step.status", "tell", "QUEUED")]
+    assert log.index(("step.status", "double", "SUCCEEDED")) < log.index(("step.status", "tell", "QUEUED"))
+    assert log.index(("step.status", "small_note", "SKIPPED")) < log.index(("step.status", "small", "SKIPPED"))
+    assert [e.seq for e in RunEvent.objects.filter(run=run).order_by("seq")] == list(range(1, 8))
+
+
+@pytest.mark.django_db
+def test_start_run_delivered_twice_runs_each_step_once(team, alice):
+    run = start_manual_run(branching(team, alice), {"amount": 3}, user=alice)
+
+    runner.start_run(run.pk)
+    first = log_of(run)
+    runner.start_run(run.pk)
+
+    assert log_of(run) == first
+    assert StepRun.objects.filter(run=run).count() == 5
+    steps = steps_of(run)
+    assert [steps[s].attempt for s in ("big", "small_note")] == [1, 1]
+    assert steps["small"].status == S.QUEUED and steps["tell"].status == S.SKIPPED
+
+
+@pytest.mark.django_db
+def test_an_inline_stop_ends_the_run_and_cancels_what_was_queued(team, alice):
+    version = make_version(
+        team, alice,
+        [manual(), hook("first"), node("halt", "stop", {"fail": True, "message": "no more"})],
+        [edge("start", "first"), edge("start", "halt")],
+    )
+    run = start_manual_run(version, {}, user=alice)
+
+    runner.start_run(run.pk)
+
+    run.refresh_from_db()
+    assert (run.status, run.error) == (Run.Status.FAILED, "no more")
+    steps = steps_of(run)
+    assert steps["halt"].status == S.SUCCEEDED
+    assert steps["first"].status == S.CANCELLED
+    assert log_of(run)[-1] == ("run.status", None, "FAILED")
+
+
+@pytest.mark.django_db
+def test_a_broken_inline_expression_fails_the_step_and_the_run(team, alice):
+    version = make_version(
+        team, alice,
+        [manual(), node("check", "condition", {"expression": "trigger.payload.missing.deeper > 1"}), hook("after")],
+        [edge("start", "check"), edge("check", "after", "true")],
+    )
+    run = start_manual_run(version, {}, user=alice)
+
+    runner.start_run(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    assert steps_of(run)["check"].status == S.FAILED
+    assert steps_of(run)["after"].status == S.CANCELLED
+
+
+@pytest.mark.django_db
+def test_events_written_together_get_consecutive_seqs_in_the_order_added(team, alice):
+    run = start_manual_run(branching(team, alice), {}, user=alice)
+    log = RunLog(run)
+    for index in range(5):
+        log.add("note", {"status": "x", "n": index})
+
+    written = log.flush()
+
+    assert [e.seq for e in written] == [2, 3, 4, 5, 6]
+    stored = list(RunEvent.objects.filter(run=run, kind="note").order_by("seq"))
+    assert [(e.seq, e.data["n"]) for e in stored] == [(2, 0), (3, 1), (4, 2), (5, 3), (6, 4)]
+    run.refresh_from_db()
+    assert run.event_seq == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_writers_never_share_or_skip_a_seq(team, alice):
+    version = branching(team, alice)
+    # Not dispatched: a session worker must not add events of its own.
+    run = Run.objects.create(team=team, flow=version.flow, version=version, trigger_key="test:seqs")
+    run = Run.objects.select_related("flow").get(pk=run.pk)
+
+    def write(batch: int) -> None:
+        try:
+            for index in range(20):
+                record_run_events(run, [("note", {"status": "x", "w": batch, "n": index})] * (1 + index % 3))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(b,)) for b in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    seqs = list(RunEvent.objects.filter(run=run).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(seqs) == 4 * sum(1 + i % 3 for i in range(20))
+
+
+def test_pooled_clients_are_kept_per_name_and_address():
+    address = ipaddress.ip_address("127.0.0.1")
+    one = ssrf.Target(url="http://a.test/", scheme="http", host="a.test", port=80, address=address)
+    again = ssrf.Target(url="http://a.test/other", scheme="http", host="a.test", port=80, address=address)
+    other_name = ssrf.Target(url="http://b.test/", scheme="http", host="b.test", port=80, address=address)
+
+    assert ssrf.pooled_client(one) is ssrf.pooled_client(again)
+    # A connection checked for one name is never reused for another name on the same address.
+    assert ssrf.pooled_client(one) is not ssrf.pooled_client(other_name)
+    assert ssrf.pooled_client(one).follow_redirects is False
