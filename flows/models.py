@@ -10,7 +10,6 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-
 CODE_ALPHABET = string.ascii_letters + string.digits
 
 
