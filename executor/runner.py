@@ -21,7 +21,6 @@ with one of them itself and sends the others. See docs/dag.md, "Execution".
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -40,7 +39,7 @@ from executor.models import Notification, Run, StepRun
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
 from executor.steps.base import redact_value, to_jsonable
 from flows.expressions import redact
-from flows.models import Secret
+from flows.models import FlowVersion, Secret
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +102,10 @@ def _continue_with(kept: StepRun | None, run: Run | None, deadline: float) -> No
 # -- starting ------------------------------------------------------------------------
 
 
+# Runs its trigger fired (not manual, test or replay runs).
+_FIRED_BY_TRIGGER = ("log:", "block:", "schedule:", "webhook:")
+
+
 def start_run(run_id: int) -> None:
     """Move a QUEUED run to RUNNING, create its step rows, run its ready logic and queue the rest.
 
@@ -124,7 +127,12 @@ def start_run(run_id: int) -> None:
             kept = _hand_out(advance(run, log), keep_one)
         elif run.status == Run.Status.QUEUED:
             dag = run.version.dag
-            if not dag or not isinstance(dag.get("steps"), list):
+            if run.trigger_key.startswith(_FIRED_BY_TRIGGER) and (
+                run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED
+            ):
+                # Claimed just before the flow was paused or unpublished: the trigger is off now.
+                _finish_run(run, Run.Status.CANCELLED, "the flow was paused or unpublished before the run started", log)
+            elif not dag or not isinstance(dag.get("steps"), list):
                 _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG", log)
             else:
                 StepRun.objects.bulk_create(
@@ -286,9 +294,21 @@ def _step_event(log: RunLog, row: StepRun, **extra: Any) -> None:
 # -- running one step -----------------------------------------------------------------
 
 
+# How long a step kind may legitimately take on top of the base lease: a step
+# still working when its lease runs out would be taken over and run twice.
+# SMTP allows 20 s per operation; contract steps make several 15 s RPC calls.
+LEASE_EXTRA_SECONDS = {
+    "notify.slack": 30, "notify.discord": 30, "notify.telegram": 30, "notify.email": 120,
+    "contract.read": 60, "contract.write": 120,
+}
+
+
 def _lease_seconds(step: dict) -> float:
-    timeout = step["config"].get("timeout") if step["type"] == "http.request" else 0
-    return settings.KWALA_STEP_LEASE_SECONDS + float(timeout or 0)
+    if step["type"] == "http.request":
+        extra = float(step["config"].get("timeout") or 0)
+    else:
+        extra = LEASE_EXTRA_SECONDS.get(step["type"], 0)
+    return settings.KWALA_STEP_LEASE_SECONDS + extra
 
 
 _CLAIM_SQL = """
@@ -411,10 +431,20 @@ def _context(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun] | None
     return StepContext(run=run, step_run=row, step=step, values=values, secret_values=list(secrets.values()))
 
 
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
 def _secret_names(config: dict) -> set[str]:
     """The secrets a step's config refers to: only these are revealed for it."""
-    text = json.dumps(config)
-    names = {a or b for a, b in _SECRET_REF.findall(text)}
+    # The templates themselves, not their JSON text, where quotes are escaped.
+    names = {a or b for text in _strings(config) for a, b in _SECRET_REF.findall(text)}
     names.update(str(config[f]) for f in _SECRET_FIELDS if config.get(f))
     return names
 

@@ -1,0 +1,64 @@
+"""Small guards in the runner: what a run reveals, when a claimed run must not start, how long a lease lasts."""
+
+from __future__ import annotations
+
+import pytest
+
+from executor import runner
+from executor.models import Run
+from flows import actions
+from flows.models import FlowVersion
+
+
+def test_secrets_named_with_either_syntax_are_revealed_for_the_step():
+    config = {"headers": {"Authorization": "Bearer {{ secrets[\"API_TOKEN\"] }}"},
+              "body": {"k": "{{ secrets.OTHER }}", "n": ["{{ secrets['THIRD'] }}"]},
+              "webhook_secret": "SLACK_URL"}
+    assert runner._secret_names(config) == {"API_TOKEN", "OTHER", "THIRD", "SLACK_URL"}
+
+
+def test_slow_step_kinds_get_a_lease_longer_than_their_timeouts(settings):
+    settings.KWALA_STEP_LEASE_SECONDS = 30
+    assert runner._lease_seconds({"type": "http.request", "config": {"timeout": 40}}) == 70
+    assert runner._lease_seconds({"type": "notify.email", "config": {}}) >= 30 + 3 * 20
+    assert runner._lease_seconds({"type": "condition", "config": {}}) == 30
+
+
+@pytest.fixture
+def live_version(team, alice):
+    graph = {
+        "nodes": [
+            {"id": "start", "type": "manual", "name": "Start", "position": {"x": 0, "y": 0}, "config": {}},
+            {"id": "check", "type": "condition", "name": "Check", "position": {"x": 0, "y": 100},
+             "config": {"expression": "1 > 0"}},
+        ],
+        "edges": [{"source": "start", "source_port": "out", "target": "check"}],
+    }
+    flow = actions.create_flow(team, alice, "Guarded", graph=graph)
+    return actions.publish_version(flow, alice)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", ["pause", "unpublish"])
+def test_a_trigger_run_claimed_before_a_pause_or_unpublish_is_cancelled_not_started(live_version, alice, change):
+    flow = live_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="log:31337:0xabc:0")
+    if change == "pause":
+        actions.pause_flow(flow, alice)
+    else:
+        actions.unpublish_flow(flow, alice)
+    runner.start_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert "paused or unpublished" in run.error
+    assert not run.steps.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_manual_run_of_a_live_flow_still_runs(live_version, alice):
+    flow = live_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:1")
+    runner.start_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED
+    assert live_version.status == FlowVersion.Status.PUBLISHED
