@@ -79,7 +79,13 @@ export function nodeMeta(node, catalogue) {
   return { entry, height, items };
 }
 
-export function nodeCell(node, catalogue) {
+export function problemsByNode(problems) {
+  const byNode = {};
+  for (const p of problems) if (p.node_id) (byNode[p.node_id] ||= []).push(p);
+  return byNode;
+}
+
+export function nodeCell(node, catalogue, problems = []) {
   const { entry, height, items } = nodeMeta(node, catalogue);
   const label = node.name || entry?.label || node.type;
   return {
@@ -94,7 +100,7 @@ export function nodeCell(node, catalogue) {
       title: { text: clip(label, 26) },
       subtitle: { text: entry ? `${entry.label} · ${node.id}` : `Unknown type ${node.type}` },
       stripe: { fill: CATEGORY_COLOURS[entry?.category] ?? "#64748b" },
-      tip: { text: label },
+      ...problemAttrs(problems, label),
     },
     ports: { items },
   };
@@ -121,6 +127,10 @@ export function createGraph(container, { readonly = false, minimap = null } = {}
   const graph = new X6.Graph({
     container,
     autoResize: true,
+    // Only the cells in (or near) the visible area get SVG elements; the rest are
+    // drawn when panning or zooming brings them into view. Drawing the DOM of every
+    // node is what costs most when a large flow opens (see bench/editor_load.py).
+    virtual: true,
     grid: { size: 10, visible: true, type: "dot", args: { color: "#cbd5e1" } },
     background: { color: "#f8fafc" },
     panning: { enabled: true, eventTypes: ["leftMouseDown"] },
@@ -149,18 +159,75 @@ export function createGraph(container, { readonly = false, minimap = null } = {}
       magnetAvailable: { name: "stroke", args: { padding: 4, attrs: { stroke: "#2563eb", strokeWidth: 2 } } },
     },
   });
-  if (minimap) {
-    // The minimap draws a second copy of the graph: do it once the canvas is usable.
-    const addMinimap = () => graph.use(new X6.MiniMap({ container: minimap, width: 180, height: 120, padding: 8, scalable: false }));
-    if (window.requestIdleCallback) window.requestIdleCallback(addMinimap, { timeout: 1500 });
-    else setTimeout(addMinimap, 200);
-  }
+  if (minimap) deferMinimap(graph, minimap);
   return graph;
 }
 
-export function loadGraph(graph, data, catalogue) {
+// The minimap draws a second copy of the graph. It waits until the browser is idle
+// after the first paint, is skipped while its box is hidden (narrow screens), and
+// draws each node as a plain rectangle without edges, ports or text.
+function deferMinimap(graph, box) {
+  let added = false;
+  box.hidden = true;
+  const add = () => {
+    if (added) return;
+    box.hidden = false;
+    if (getComputedStyle(box).display === "none") { // the stylesheet hides it on narrow screens
+      box.hidden = true;
+      return;
+    }
+    added = true;
+    graph.use(new X6.MiniMap({
+      container: box, width: 180, height: 120, padding: 8, scalable: false,
+      // One synchronous pass of plain rectangles is cheaper than many async frames.
+      graphOptions: { async: false, createCellView: (cell) => (cell.isNode() ? MinimapNodeView() : null) },
+    }));
+  };
+  const later = () => (window.requestIdleCallback ? window.requestIdleCallback(add, { timeout: 3000 }) : setTimeout(add, 500));
+  // Late enough not to compete with the first clicks on a freshly opened flow.
+  setTimeout(later, 1500);
+  window.addEventListener("resize", () => { if (!added) later(); });
+}
+
+let minimapNodeView = null;
+
+function MinimapNodeView() {
+  if (!minimapNodeView) {
+    minimapNodeView = class extends X6.NodeView {
+      renderMarkup() {
+        return this.renderJSONMarkup({ tagName: "rect", selector: "body" });
+      }
+
+      renderPorts() {}
+
+      update() {
+        super.update({ body: { refWidth: "100%", refHeight: "100%", rx: 8, fill: "#cbd5e1" } });
+      }
+    };
+  }
+  return minimapNodeView;
+}
+
+// The view a flow opens with: all of it when it fits at a readable size, otherwise
+// its top-left part (where the trigger sits) at the smallest readable scale.
+export const READABLE_SCALE = 0.6;
+
+export function openView(graph, { minScale = READABLE_SCALE } = {}) {
+  if (!graph.getNodes().length) {
+    graph.centerContent();
+    return;
+  }
+  graph.zoomToFit({ padding: 40, maxScale: 1 });
+  if (graph.zoom() < minScale) {
+    graph.zoomTo(minScale);
+    graph.positionContent("top-left", { padding: 40 });
+  }
+}
+
+export function loadGraph(graph, data, catalogue, problems = []) {
+  const byNode = problemsByNode(problems);
   const cells = [
-    ...data.nodes.map((n) => nodeCell(n, catalogue)),
+    ...data.nodes.map((n) => nodeCell(n, catalogue, byNode[n.id])),
     ...data.edges.map((e, i) => edgeCell({ ...e, id: e.id || `e_${i}_${e.source}_${e.target}` })),
   ];
   graph.fromJSON({ cells });
@@ -201,22 +268,29 @@ export function setStatus(node, status) {
   node.attr("body", { fill, stroke, class: status ? `node-body status-${status.toLowerCase()}` : "node-body" }, { silent: false, history: false });
 }
 
-export function setProblems(node, problems) {
+function problemAttrs(problems, label) {
   const count = problems.length;
-  node.attr(
-    {
-      badge: { visibility: count ? "visible" : "hidden", class: count ? "node-badge has-problems" : "node-badge" },
-      badgeText: { visibility: count ? "visible" : "hidden", text: count ? String(count) : "" },
-      tip: { text: count ? problems.map((p) => p.message).join("\n") : node.getData()?.name || node.id },
-    },
-    { history: false },
-  );
+  return {
+    badge: { visibility: count ? "visible" : "hidden", class: count ? "node-badge has-problems" : "node-badge" },
+    badgeText: { visibility: count ? "visible" : "hidden", text: count ? String(count) : "" },
+    tip: { text: count ? problems.map((p) => p.message).join("\n") : label },
+  };
+}
+
+export function setProblems(node, problems, catalogue) {
+  const data = node.getData() || {};
+  const attrs = problemAttrs(problems, data.name || catalogue[data.type]?.label || data.type);
+  // Every save answers with the whole problem list: only redraw the nodes it changes.
+  if (node.attr("badgeText/text") === attrs.badgeText.text && node.attr("tip/text") === attrs.tip.text) return;
+  node.attr(attrs, { history: false });
 }
 
 export function refreshNode(node, catalogue) {
   const data = node.getData();
   const cell = nodeCell({ id: node.id, ...data, position: node.getPosition() }, catalogue);
-  node.attr(cell.attrs, { history: false });
+  // The problem badge belongs to the last answer from the server, not to the node's data.
+  const { badge, badgeText, tip, ...attrs } = cell.attrs;
+  node.attr(attrs, { history: false });
   node.resize(NODE_WIDTH, cell.height, { history: false });
   const wanted = cell.ports.items.map((p) => p.id).join("|");
   const have = node.getPorts().map((p) => p.id).join("|");

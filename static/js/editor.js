@@ -3,7 +3,8 @@
 // with the new revision and the compile problems, which the canvas then shows.
 /* global X6, htmx */
 import {
-  createGraph, edgeCell, liveSocket, loadGraph, nodeCell, refreshNode, serialize, setProblems, setStatus,
+  createGraph, edgeCell, liveSocket, loadGraph, nodeCell, openView, problemsByNode, refreshNode, serialize, setProblems,
+  setStatus,
 } from "./canvas.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -38,7 +39,6 @@ const undoStack = new X6.History({
       return true;
     },
 });
-graph.use(undoStack);
 
 let revision = state.revision;
 let problems = state.problems;
@@ -49,14 +49,16 @@ let dirty = false;
 let loading = true;
 let activeRun = null;
 
-loadGraph(graph, state.graph, catalogue);
-undoStack.clean();
+loadGraph(graph, state.graph, catalogue, state.problems);
+// Before the first frame: cells are drawn for the view the flow opens with, not for a
+// default view that is thrown away.
+openView(graph);
+// Only now: loading is not an undoable step, and recording it would cost a command per cell.
+graph.use(undoStack);
 loading = false;
-showProblems();
+showProblems({ canvas: false }); // loadGraph drew the badges already
 showStatus(state);
 requestAnimationFrame(() => {
-  if (graph.getNodes().length) graph.zoomToFit({ padding: 40, maxScale: 1 });
-  else graph.centerContent();
   document.documentElement.dataset.editorReady = "1";
 });
 
@@ -184,10 +186,11 @@ function selectOnly(node) {
 
 // -- problems ---------------------------------------------------------------------------
 
-function showProblems() {
-  const byNode = {};
-  for (const p of problems) if (p.node_id) (byNode[p.node_id] ||= []).push(p);
-  for (const node of graph.getNodes()) setProblems(node, byNode[node.id] || []);
+function showProblems({ canvas = true } = {}) {
+  if (canvas) {
+    const byNode = problemsByNode(problems);
+    for (const node of graph.getNodes()) setProblems(node, byNode[node.id] || [], catalogue);
+  }
   const list = $("#problems");
   list.replaceChildren();
   for (const p of problems) {
@@ -383,7 +386,7 @@ function addNode(type, position, select) {
     notice("A flow has exactly one trigger; this one will show as a problem until you remove one.");
   }
   const node = graph.addNode(nodeCell({ id: newNodeId(type), type, config: {}, position }, catalogue));
-  setProblems(node, []);
+  setProblems(node, [], catalogue);
   if (select) {
     selectOnly(node);
     container.focus({ preventScroll: true });
