@@ -118,6 +118,64 @@ export function edgeCell(edge) {
   };
 }
 
+// The server's rule for node ids (flows/graph.py); edge ids are at most 100 characters.
+export const NODE_ID = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+// `wanted` itself when it is a valid id that is free, else `<wanted>_<n>` for the
+// first free n (always numbered when `numbered`): valid under NODE_ID either way.
+export function uniqueNodeId(wanted, isTaken, { numbered = false } = {}) {
+  let base = String(wanted || "node").replace(/[^A-Za-z0-9_]/g, "_");
+  if (!/^[A-Za-z_]/.test(base)) base = `n_${base}`;
+  if (!numbered && NODE_ID.test(base) && !isTaken(base)) return base;
+  if (!numbered) base = base.replace(/_\d+$/, "") || "node"; // "notify_1" pasted again becomes "notify_2"
+  base = base.slice(0, 56);
+  for (let n = 1; ; n += 1) {
+    const id = `${base}_${n}`;
+    if (!isTaken(id)) return id;
+  }
+}
+
+export function freshEdgeId(isTaken) {
+  for (let n = 1; ; n += 1) {
+    const id = `e${n}`;
+    if (!isTaken(id)) return id;
+  }
+}
+
+// Nodes and edges copied from any flow (the clipboard is shared by every tab), ready to
+// add to this one: each node keeps its id when that id is free here, else gets a new
+// valid one; expressions of pasted nodes that read another pasted node follow the new
+// id; edges are remapped and dropped when either end was not pasted.
+export function prepareClipboard(clip, { isTaken, catalogue, offset = 40 }) {
+  const mapping = {};
+  const nodes = [];
+  const taken = new Set();
+  const busy = (id) => taken.has(id) || isTaken(id);
+  for (const node of Array.isArray(clip?.nodes) ? clip.nodes : []) {
+    if (!node || typeof node.id !== "string" || !catalogue[node.type] || node.id in mapping) continue;
+    const id = uniqueNodeId(node.id, busy);
+    taken.add(id);
+    mapping[node.id] = id;
+    const position = { x: (Number(node.position?.x) || 0) + offset, y: (Number(node.position?.y) || 0) + offset };
+    const config = node.config && typeof node.config === "object" && !Array.isArray(node.config) ? node.config : {};
+    nodes.push({ id, type: node.type, name: typeof node.name === "string" ? node.name : "", config, position });
+  }
+  const renamed = Object.entries(mapping).filter(([from, to]) => from !== to);
+  if (renamed.length) {
+    for (const node of nodes) {
+      let text = JSON.stringify(node.config);
+      for (const [from, to] of renamed) text = text.replace(new RegExp(`\\bsteps\\.${from}\\b`, "g"), `steps.${to}`);
+      node.config = JSON.parse(text);
+    }
+  }
+  const edges = [];
+  for (const edge of Array.isArray(clip?.edges) ? clip.edges : []) {
+    if (!edge || !mapping[edge.source] || !mapping[edge.target] || typeof edge.source_port !== "string") continue;
+    edges.push({ source: mapping[edge.source], source_port: edge.source_port, target: mapping[edge.target] });
+  }
+  return { nodes, edges };
+}
+
 function clip(text, n) {
   return text.length > n ? text.slice(0, n - 1) + "…" : text;
 }

@@ -3,8 +3,8 @@
 // with the new revision and the compile problems, which the canvas then shows.
 /* global X6, htmx */
 import {
-  createGraph, edgeCell, liveSocket, loadGraph, nodeCell, openView, problemsByNode, refreshNode, serialize, setProblems,
-  setStatus,
+  createGraph, edgeCell, freshEdgeId, liveSocket, loadGraph, nodeCell, openView, prepareClipboard, problemsByNode,
+  refreshNode, serialize, setProblems, setStatus, uniqueNodeId,
 } from "./canvas.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -373,11 +373,10 @@ container.addEventListener("drop", (e) => {
   addNode(type, { x: Math.round(p.x - 105), y: Math.round(p.y - 22) }, true);
 });
 
+const isTaken = (id) => Boolean(graph.getCellById(id));
+
 function newNodeId(type) {
-  const base = type.replace(/[^A-Za-z0-9_]/g, "_");
-  let n = 1;
-  while (graph.getCellById(`${base}_${n}`)) n += 1;
-  return `${base}_${n}`;
+  return uniqueNodeId(type, isTaken, { numbered: true });
 }
 
 function addNode(type, position, select) {
@@ -422,19 +421,11 @@ function copySelection() {
 function paste() {
   let clip;
   try { clip = JSON.parse(localStorage.getItem(CLIPBOARD_KEY) || "null"); } catch { clip = null; }
-  if (!clip?.nodes?.length) return;
-  const mapping = {};
+  const { nodes, edges } = prepareClipboard(clip, { isTaken, catalogue });
+  if (!nodes.length) return;
   graph.startBatch("paste");
-  const added = [];
-  for (const node of clip.nodes) {
-    const id = newNodeId(node.type);
-    mapping[node.id] = id;
-    const pos = { x: (node.position?.x ?? 0) + 40, y: (node.position?.y ?? 0) + 40 };
-    added.push(graph.addNode(nodeCell({ ...node, id, position: pos }, catalogue)));
-  }
-  for (const edge of clip.edges) {
-    graph.addEdge(edgeCell({ ...edge, id: `e_${mapping[edge.source]}_${edge.source_port}_${mapping[edge.target]}`, source: mapping[edge.source], target: mapping[edge.target] }));
-  }
+  const added = nodes.map((node) => graph.addNode(nodeCell(node, catalogue)));
+  for (const edge of edges) graph.addEdge(edgeCell({ ...edge, id: freshEdgeId(isTaken) }));
   graph.stopBatch("paste");
   selection.clean();
   selection.select(added);
