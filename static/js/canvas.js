@@ -268,17 +268,19 @@ function MinimapNodeView() {
 
 // The view a flow opens with: all of it when it fits at a readable size, otherwise
 // its top-left part (where the trigger sits) at the smallest readable scale.
-export const READABLE_SCALE = 0.6;
+export const READABLE_SCALE = 0.5;
 
 export function openView(graph, { minScale = READABLE_SCALE } = {}) {
   if (!graph.getNodes().length) {
     graph.centerContent();
     return;
   }
-  graph.zoomToFit({ padding: 40, maxScale: 1 });
+  // From the cells' geometry: their SVG may not be drawn yet (or at all, out of view).
+  graph.zoomToFit({ padding: 40, maxScale: 1, useCellGeometry: true });
   if (graph.zoom() < minScale) {
+    const box = graph.getCellsBBox(graph.getNodes());
     graph.zoomTo(minScale);
-    graph.positionContent("top-left", { padding: 40 });
+    graph.translate(40 - box.x * minScale, 40 - box.y * minScale);
   }
 }
 

@@ -58,7 +58,10 @@ graph.use(undoStack);
 loading = false;
 showProblems({ canvas: false }); // loadGraph drew the badges already
 showStatus(state);
+const openedAt = `${container.clientWidth}x${container.clientHeight}`;
 requestAnimationFrame(() => {
+  // The toolbar may wrap once fonts and styles settle, resizing the canvas: fit again.
+  if (`${container.clientWidth}x${container.clientHeight}` !== openedAt) openView(graph);
   document.documentElement.dataset.editorReady = "1";
 });
 

@@ -12,6 +12,7 @@ const graph = createGraph($("#canvas"), { readonly: true });
 loadGraph(graph, graphData, catalogue);
 paint();
 openView(graph);
+requestAnimationFrame(() => openView(graph)); // once the page's layout has settled
 
 function paint() {
   for (const node of graph.getNodes()) {
