@@ -18,6 +18,12 @@ from flows.nodes import NODE_TYPES, FieldSpec, NodeType
 RETRY_ATTEMPTS = "__max_attempts"
 RETRY_BACKOFF = "__backoff_seconds"
 NAME_FIELD = "_name"
+# List settings whose items are records (switch cases, transform fields, event filters)
+# are edited as rows of inputs named "<field>-<row>-<item field>", with the row count in
+# "<field>-count" (as Django formsets do). ROW_ACTION names an add/remove button.
+ROW_COUNT = "-count"
+ROW_ACTION = "_rows"
+MAX_ROWS = 100
 
 # Kinds that hold an expression or template: the inspector offers the data picker on these.
 EXPRESSION_KINDS = frozenset({"expression", "template", "url", "template_value", "headers", "emails"})
@@ -59,6 +65,86 @@ def _as_text(spec: FieldSpec, value: Any) -> Any:
     if kind in ("abi_event", "abi_function") and not isinstance(value, str):
         return json.dumps(value)
     return value
+
+
+def has_rows(spec: FieldSpec) -> bool:
+    return spec.kind == "list" and bool(spec.item_fields)
+
+
+def row_field_name(list_name: str, index: int, item_name: str) -> str:
+    return f"{list_name}-{index}-{item_name}"
+
+
+def _item_text(spec: FieldSpec, value: Any) -> Any:
+    """An item field's stored value as the text of its input (JSON values as JSON)."""
+    if value is None:
+        return ""
+    if spec.kind == "json":
+        return json.dumps(value)
+    return value
+
+
+def _parse_item(spec: FieldSpec, value: Any) -> Any:
+    """An item field's input -> its config value; None when left empty.
+
+    A JSON item (an event filter's value) that does not parse as JSON is kept as
+    text, so an address or a name can be typed without quotes."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return None
+    if spec.kind == "json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    if spec.kind in ("expression", "template"):
+        return value
+    return text
+
+
+def _row_count(data: Any, name: str) -> int:
+    try:
+        count = int(data.get(name + ROW_COUNT, 0))
+    except (TypeError, ValueError):
+        count = 0
+    return max(0, min(count, MAX_ROWS))
+
+
+def edit_rows(data: Any, specs: dict[str, FieldSpec], action: str) -> Any:
+    """POSTed form data with a row added ("add:<field>") or removed ("remove:<field>:<row>").
+
+    Returns a mutable copy; an action naming no list field changes nothing."""
+    data = data.copy()
+    verb, _, rest = action.partition(":")
+    name, _, index_text = rest.partition(":")
+    spec = specs.get(name)
+    if spec is None or not has_rows(spec):
+        return data
+    count = _row_count(data, name)
+    if verb == "add" and count < MAX_ROWS:
+        for item in spec.item_fields:
+            if item.default is not None:
+                data[row_field_name(name, count, item.name)] = _item_text(item, item.default)
+        data[name + ROW_COUNT] = str(count + 1)
+    elif verb == "remove" and index_text.isdigit() and int(index_text) < count:
+        for row in range(int(index_text), count - 1):
+            for item in spec.item_fields:
+                data[row_field_name(name, row, item.name)] = data.get(row_field_name(name, row + 1, item.name), "")
+        for item in spec.item_fields:
+            data.pop(row_field_name(name, count - 1, item.name), None)
+        data[name + ROW_COUNT] = str(count - 1)
+    return data
+
+
+def _item_form_field(spec: FieldSpec) -> forms.Field:
+    common = {"label": spec.label, "required": False, "help_text": spec.help}
+    if spec.kind == "choice":
+        return forms.ChoiceField(choices=[(c, c) for c in spec.choices], **common)
+    field = forms.CharField(strip=False, **common)
+    field.widget.attrs.update({"spellcheck": "false", "autocomplete": "off"})
+    return field
 
 
 def _form_field(spec: FieldSpec, chains: list[tuple[int, str]], secret_names: list[str]) -> forms.Field:
@@ -108,15 +194,27 @@ class NodeForm(forms.Form):
                 value = value or {}
                 initial[spec.name + RETRY_ATTEMPTS] = value.get("max_attempts", 1)
                 initial[spec.name + RETRY_BACKOFF] = value.get("backoff_seconds", 10)
+            elif has_rows(spec):
+                items = value if isinstance(value, list) else []
+                initial[spec.name + ROW_COUNT] = len(items)
+                for index, item in enumerate(items):
+                    item = item if isinstance(item, dict) else {}
+                    for sub in spec.item_fields:
+                        initial[row_field_name(spec.name, index, sub.name)] = _item_text(
+                            sub, item.get(sub.name, sub.default)
+                        )
             else:
                 initial[spec.name] = _as_text(spec, value)
         kwargs.setdefault("initial", initial)
         super().__init__(*args, **kwargs)
         self.fields[NAME_FIELD] = forms.CharField(label="Name", max_length=200, required=False)
         self.specs: dict[str, FieldSpec] = {}
+        self.row_counts: dict[str, int] = {}
         for spec in node_type.fields:
             self.specs[spec.name] = spec
-            if spec.kind == "retry":
+            if has_rows(spec):
+                self._add_row_fields(spec)
+            elif spec.kind == "retry":
                 self.fields[spec.name + RETRY_ATTEMPTS] = forms.IntegerField(
                     label="Attempts", min_value=1, max_value=25, required=False, help_text=spec.help
                 )
@@ -129,9 +227,40 @@ class NodeForm(forms.Form):
                 if spec.kind in EXPRESSION_KINDS:
                     self.fields[spec.name].widget.attrs["data-expression"] = "1"
 
+    def _add_row_fields(self, spec: FieldSpec) -> None:
+        count = _row_count(self.data, spec.name) if self.is_bound else self.initial.get(spec.name + ROW_COUNT, 0)
+        self.row_counts[spec.name] = count
+        self.fields[spec.name + ROW_COUNT] = forms.IntegerField(
+            widget=forms.HiddenInput, required=False, min_value=0, max_value=MAX_ROWS
+        )
+        for index in range(count):
+            for sub in spec.item_fields:
+                field = _item_form_field(sub)
+                field.widget.attrs["data-kind"] = sub.kind
+                if sub.kind in EXPRESSION_KINDS:
+                    field.widget.attrs["data-expression"] = "1"
+                self.fields[row_field_name(spec.name, index, sub.name)] = field
+
+    def _clean_rows(self, spec: FieldSpec, data: dict) -> list[dict]:
+        """The rows as the list the config holds; rows left entirely empty are dropped."""
+        items = []
+        for index in range(self.row_counts[spec.name]):
+            item = {}
+            for sub in spec.item_fields:
+                value = _parse_item(sub, data.get(row_field_name(spec.name, index, sub.name)))
+                if value is not None:
+                    item[sub.name] = value
+            defaults = _defaults(spec)
+            if any(value != defaults.get(key) for key, value in item.items()):
+                items.append(item)
+        return items
+
     def clean(self) -> dict:
         data = super().clean()
         for name, spec in self.specs.items():
+            if has_rows(spec):
+                data[name] = self._clean_rows(spec, data)
+                continue
             if spec.kind == "retry" or name not in data:
                 continue
             try:
@@ -152,7 +281,7 @@ class NodeForm(forms.Form):
                 }
                 continue
             value = self.cleaned_data.get(name)
-            if value is None or value == "":
+            if value is None or value == "" or (has_rows(spec) and not value and not spec.required):
                 continue
             config[name] = value
         return config
@@ -161,11 +290,62 @@ class NodeForm(forms.Form):
         return self.cleaned_data.get(NAME_FIELD, "").strip()
 
     def field_for_problem(self, path: str) -> str | None:
-        """The form field a compiler problem path ("filters.0.value") belongs to."""
-        head = path.split(".", 1)[0]
-        if head in self.specs:
-            return head + RETRY_ATTEMPTS if self.specs[head].kind == "retry" else head
-        return None
+        """The form field a compiler problem path ("filters.0.value") belongs to.
+
+        For a list edited as rows that is the input of the row's item field, or the
+        list as a whole ("filters") for a problem with no row."""
+        parts = path.split(".")
+        head = parts[0]
+        if head not in self.specs:
+            return None
+        spec = self.specs[head]
+        if spec.kind == "retry":
+            return head + RETRY_ATTEMPTS
+        if has_rows(spec) and len(parts) >= 3:
+            name = row_field_name(head, int(parts[1]) if parts[1].isdigit() else -1, parts[2])
+            return name if name in self.fields else head
+        return head
+
+    def layout(self, problems: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """What the inspector shows, in declared order: single fields, and lists edited as rows.
+
+        ``problems`` maps a form field name (see field_for_problem) to its messages."""
+
+        def single(name: str) -> dict[str, Any]:
+            return {"field": self[name], "problems": problems.get(name, [])}
+
+        entries = [single(NAME_FIELD)]
+        for name, spec in self.specs.items():
+            if spec.kind == "retry":
+                entries += [single(name + RETRY_ATTEMPTS), single(name + RETRY_BACKOFF)]
+            elif has_rows(spec):
+                rows = [
+                    [single(row_field_name(name, index, sub.name)) for sub in spec.item_fields]
+                    for index in range(self.row_counts[name])
+                ]
+                entries.append({
+                    "kind": "rows",
+                    "name": name,
+                    "label": spec.label,
+                    "help": spec.help,
+                    "item_noun": _item_noun(spec.label),
+                    "count_field": self[name + ROW_COUNT],
+                    "rows": rows,
+                    "problems": problems.get(name, []),
+                })
+            else:
+                entries.append(single(name))
+        return entries
+
+
+def _defaults(spec: FieldSpec) -> dict[str, Any]:
+    return {sub.name: sub.default for sub in spec.item_fields if sub.default is not None}
+
+
+def _item_noun(label: str) -> str:
+    """ "Argument filters" -> "argument filter", for the Add button. """
+    noun = label.lower()
+    return noun[:-1] if noun.endswith("s") else noun
 
 
 def _parse(spec: FieldSpec, value: Any) -> Any:

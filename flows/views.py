@@ -19,7 +19,7 @@ from executor.runs import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
 from flows.flowyaml import FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
-from flows.forms import ImportForm, NewFlowForm, NodeForm
+from flows.forms import ROW_ACTION, ImportForm, NewFlowForm, NodeForm, edit_rows
 from flows.graph import CompileError, graph_validator
 from flows.models import Flow, FlowVersion, Secret
 from flows.nodes import NODE_TYPES, ValidationContext
@@ -174,7 +174,7 @@ def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_ed
     field_problems: dict[str, list[str]] = {}
     for path, message in problems:
         field = form.field_for_problem(path)
-        if field is None or field not in form.fields:
+        if field is None or (field not in form.fields and field not in form.row_counts):
             loose.append(message)
         else:
             field_problems.setdefault(field, []).append(message)
@@ -184,7 +184,7 @@ def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_ed
         "node": node,
         "node_type": node_type,
         "form": form,
-        "fields": [(bound, field_problems.get(bound.name, [])) for bound in form],
+        "entries": form.layout(field_problems),
         "can_edit": can_edit,
         "saved": saved,
         "has_problems": bool(problems),
@@ -221,6 +221,12 @@ def node_inspector(request, code, node_id):
         problems = node_type.validate(node.get("config") or {}, vctx)
         return render(request, template, _node_context(flow, graph, node, form, can_edit=can_edit,
                                                        saved=False, problems=problems))
+    if ROW_ACTION in request.POST:
+        # Adding or removing a row of a list setting: show the form again, save nothing.
+        data = edit_rows(request.POST, {s.name: s for s in node_type.fields}, request.POST[ROW_ACTION])
+        form = NodeForm(node_type, node, data, **form_kwargs)
+        return render(request, template, _node_context(flow, graph, node, form, can_edit=True,
+                                                       saved=False, problems=[]))
     form = NodeForm(node_type, node, request.POST, **form_kwargs)
     if not form.is_valid():
         context = _node_context(flow, graph, node, form, can_edit=True, saved=False, problems=[])
@@ -241,6 +247,8 @@ def node_inspector(request, code, node_id):
         response = render(request, "flows/inspector.html#conflict", {"message": str(exc)}, status=409)
         return trigger_client_event(response, "kwala:conflict", {"message": str(exc)})
     problems = node_type.validate(node["config"], vctx)
+    # Shown as saved (rows left empty dropped), so problem paths match the rows on screen.
+    form = NodeForm(node_type, node, **form_kwargs)
     response = render(request, template, _node_context(flow, graph, node, form, can_edit=True,
                                                        saved=True, problems=problems))
     return trigger_client_event(

@@ -79,7 +79,13 @@ export function nodeMeta(node, catalogue) {
   return { entry, height, items };
 }
 
-export function nodeCell(node, catalogue) {
+export function problemsByNode(problems) {
+  const byNode = {};
+  for (const p of problems) if (p.node_id) (byNode[p.node_id] ||= []).push(p);
+  return byNode;
+}
+
+export function nodeCell(node, catalogue, problems = []) {
   const { entry, height, items } = nodeMeta(node, catalogue);
   const label = node.name || entry?.label || node.type;
   return {
@@ -94,7 +100,7 @@ export function nodeCell(node, catalogue) {
       title: { text: clip(label, 26) },
       subtitle: { text: entry ? `${entry.label} · ${node.id}` : `Unknown type ${node.type}` },
       stripe: { fill: CATEGORY_COLOURS[entry?.category] ?? "#64748b" },
-      tip: { text: label },
+      ...problemAttrs(problems, label),
     },
     ports: { items },
   };
@@ -112,6 +118,64 @@ export function edgeCell(edge) {
   };
 }
 
+// The server's rule for node ids (flows/graph.py); edge ids are at most 100 characters.
+export const NODE_ID = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+// `wanted` itself when it is a valid id that is free, else `<wanted>_<n>` for the
+// first free n (always numbered when `numbered`): valid under NODE_ID either way.
+export function uniqueNodeId(wanted, isTaken, { numbered = false } = {}) {
+  let base = String(wanted || "node").replace(/[^A-Za-z0-9_]/g, "_");
+  if (!/^[A-Za-z_]/.test(base)) base = `n_${base}`;
+  if (!numbered && NODE_ID.test(base) && !isTaken(base)) return base;
+  if (!numbered) base = base.replace(/_\d+$/, "") || "node"; // "notify_1" pasted again becomes "notify_2"
+  base = base.slice(0, 56);
+  for (let n = 1; ; n += 1) {
+    const id = `${base}_${n}`;
+    if (!isTaken(id)) return id;
+  }
+}
+
+export function freshEdgeId(isTaken) {
+  for (let n = 1; ; n += 1) {
+    const id = `e${n}`;
+    if (!isTaken(id)) return id;
+  }
+}
+
+// Nodes and edges copied from any flow (the clipboard is shared by every tab), ready to
+// add to this one: each node keeps its id when that id is free here, else gets a new
+// valid one; expressions of pasted nodes that read another pasted node follow the new
+// id; edges are remapped and dropped when either end was not pasted.
+export function prepareClipboard(clip, { isTaken, catalogue, offset = 40 }) {
+  const mapping = {};
+  const nodes = [];
+  const taken = new Set();
+  const busy = (id) => taken.has(id) || isTaken(id);
+  for (const node of Array.isArray(clip?.nodes) ? clip.nodes : []) {
+    if (!node || typeof node.id !== "string" || !catalogue[node.type] || node.id in mapping) continue;
+    const id = uniqueNodeId(node.id, busy);
+    taken.add(id);
+    mapping[node.id] = id;
+    const position = { x: (Number(node.position?.x) || 0) + offset, y: (Number(node.position?.y) || 0) + offset };
+    const config = node.config && typeof node.config === "object" && !Array.isArray(node.config) ? node.config : {};
+    nodes.push({ id, type: node.type, name: typeof node.name === "string" ? node.name : "", config, position });
+  }
+  const renamed = Object.entries(mapping).filter(([from, to]) => from !== to);
+  if (renamed.length) {
+    for (const node of nodes) {
+      let text = JSON.stringify(node.config);
+      for (const [from, to] of renamed) text = text.replace(new RegExp(`\\bsteps\\.${from}\\b`, "g"), `steps.${to}`);
+      node.config = JSON.parse(text);
+    }
+  }
+  const edges = [];
+  for (const edge of Array.isArray(clip?.edges) ? clip.edges : []) {
+    if (!edge || !mapping[edge.source] || !mapping[edge.target] || typeof edge.source_port !== "string") continue;
+    edges.push({ source: mapping[edge.source], source_port: edge.source_port, target: mapping[edge.target] });
+  }
+  return { nodes, edges };
+}
+
 function clip(text, n) {
   return text.length > n ? text.slice(0, n - 1) + "…" : text;
 }
@@ -121,6 +185,10 @@ export function createGraph(container, { readonly = false, minimap = null } = {}
   const graph = new X6.Graph({
     container,
     autoResize: true,
+    // Only the cells in (or near) the visible area get SVG elements; the rest are
+    // drawn when panning or zooming brings them into view. Drawing the DOM of every
+    // node is what costs most when a large flow opens (see bench/editor_load.py).
+    virtual: true,
     grid: { size: 10, visible: true, type: "dot", args: { color: "#cbd5e1" } },
     background: { color: "#f8fafc" },
     panning: { enabled: true, eventTypes: ["leftMouseDown"] },
@@ -149,18 +217,77 @@ export function createGraph(container, { readonly = false, minimap = null } = {}
       magnetAvailable: { name: "stroke", args: { padding: 4, attrs: { stroke: "#2563eb", strokeWidth: 2 } } },
     },
   });
-  if (minimap) {
-    // The minimap draws a second copy of the graph: do it once the canvas is usable.
-    const addMinimap = () => graph.use(new X6.MiniMap({ container: minimap, width: 180, height: 120, padding: 8, scalable: false }));
-    if (window.requestIdleCallback) window.requestIdleCallback(addMinimap, { timeout: 1500 });
-    else setTimeout(addMinimap, 200);
-  }
+  if (minimap) deferMinimap(graph, minimap);
   return graph;
 }
 
-export function loadGraph(graph, data, catalogue) {
+// The minimap draws a second copy of the graph. It waits until the browser is idle
+// after the first paint, is skipped while its box is hidden (narrow screens), and
+// draws each node as a plain rectangle without edges, ports or text.
+function deferMinimap(graph, box) {
+  let added = false;
+  box.hidden = true;
+  const add = () => {
+    if (added) return;
+    box.hidden = false;
+    if (getComputedStyle(box).display === "none") { // the stylesheet hides it on narrow screens
+      box.hidden = true;
+      return;
+    }
+    added = true;
+    graph.use(new X6.MiniMap({
+      container: box, width: 180, height: 120, padding: 8, scalable: false,
+      // One synchronous pass of plain rectangles is cheaper than many async frames.
+      graphOptions: { async: false, createCellView: (cell) => (cell.isNode() ? MinimapNodeView() : null) },
+    }));
+  };
+  const later = () => (window.requestIdleCallback ? window.requestIdleCallback(add, { timeout: 3000 }) : setTimeout(add, 500));
+  // Late enough not to compete with the first clicks on a freshly opened flow.
+  setTimeout(later, 1500);
+  window.addEventListener("resize", () => { if (!added) later(); });
+}
+
+let minimapNodeView = null;
+
+function MinimapNodeView() {
+  if (!minimapNodeView) {
+    minimapNodeView = class extends X6.NodeView {
+      renderMarkup() {
+        return this.renderJSONMarkup({ tagName: "rect", selector: "body" });
+      }
+
+      renderPorts() {}
+
+      update() {
+        super.update({ body: { refWidth: "100%", refHeight: "100%", rx: 8, fill: "#cbd5e1" } });
+      }
+    };
+  }
+  return minimapNodeView;
+}
+
+// The view a flow opens with: all of it when it fits at a readable size, otherwise
+// its top-left part (where the trigger sits) at the smallest readable scale.
+export const READABLE_SCALE = 0.5;
+
+export function openView(graph, { minScale = READABLE_SCALE } = {}) {
+  if (!graph.getNodes().length) {
+    graph.centerContent();
+    return;
+  }
+  // From the cells' geometry: their SVG may not be drawn yet (or at all, out of view).
+  graph.zoomToFit({ padding: 40, maxScale: 1, useCellGeometry: true });
+  if (graph.zoom() < minScale) {
+    const box = graph.getCellsBBox(graph.getNodes());
+    graph.zoomTo(minScale);
+    graph.translate(40 - box.x * minScale, 40 - box.y * minScale);
+  }
+}
+
+export function loadGraph(graph, data, catalogue, problems = []) {
+  const byNode = problemsByNode(problems);
   const cells = [
-    ...data.nodes.map((n) => nodeCell(n, catalogue)),
+    ...data.nodes.map((n) => nodeCell(n, catalogue, byNode[n.id])),
     ...data.edges.map((e, i) => edgeCell({ ...e, id: e.id || `e_${i}_${e.source}_${e.target}` })),
   ];
   graph.fromJSON({ cells });
@@ -201,22 +328,29 @@ export function setStatus(node, status) {
   node.attr("body", { fill, stroke, class: status ? `node-body status-${status.toLowerCase()}` : "node-body" }, { silent: false, history: false });
 }
 
-export function setProblems(node, problems) {
+function problemAttrs(problems, label) {
   const count = problems.length;
-  node.attr(
-    {
-      badge: { visibility: count ? "visible" : "hidden", class: count ? "node-badge has-problems" : "node-badge" },
-      badgeText: { visibility: count ? "visible" : "hidden", text: count ? String(count) : "" },
-      tip: { text: count ? problems.map((p) => p.message).join("\n") : node.getData()?.name || node.id },
-    },
-    { history: false },
-  );
+  return {
+    badge: { visibility: count ? "visible" : "hidden", class: count ? "node-badge has-problems" : "node-badge" },
+    badgeText: { visibility: count ? "visible" : "hidden", text: count ? String(count) : "" },
+    tip: { text: count ? problems.map((p) => p.message).join("\n") : label },
+  };
+}
+
+export function setProblems(node, problems, catalogue) {
+  const data = node.getData() || {};
+  const attrs = problemAttrs(problems, data.name || catalogue[data.type]?.label || data.type);
+  // Every save answers with the whole problem list: only redraw the nodes it changes.
+  if (node.attr("badgeText/text") === attrs.badgeText.text && node.attr("tip/text") === attrs.tip.text) return;
+  node.attr(attrs, { history: false });
 }
 
 export function refreshNode(node, catalogue) {
   const data = node.getData();
   const cell = nodeCell({ id: node.id, ...data, position: node.getPosition() }, catalogue);
-  node.attr(cell.attrs, { history: false });
+  // The problem badge belongs to the last answer from the server, not to the node's data.
+  const { badge, badgeText, tip, ...attrs } = cell.attrs;
+  node.attr(attrs, { history: false });
   node.resize(NODE_WIDTH, cell.height, { history: false });
   const wanted = cell.ports.items.map((p) => p.id).join("|");
   const have = node.getPorts().map((p) => p.id).join("|");

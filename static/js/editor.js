@@ -3,7 +3,8 @@
 // with the new revision and the compile problems, which the canvas then shows.
 /* global X6, htmx */
 import {
-  createGraph, edgeCell, liveSocket, loadGraph, nodeCell, refreshNode, serialize, setProblems, setStatus,
+  createGraph, edgeCell, freshEdgeId, liveSocket, loadGraph, nodeCell, openView, prepareClipboard, problemsByNode,
+  refreshNode, serialize, setProblems, setStatus, uniqueNodeId,
 } from "./canvas.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -38,7 +39,6 @@ const undoStack = new X6.History({
       return true;
     },
 });
-graph.use(undoStack);
 
 let revision = state.revision;
 let problems = state.problems;
@@ -49,14 +49,19 @@ let dirty = false;
 let loading = true;
 let activeRun = null;
 
-loadGraph(graph, state.graph, catalogue);
-undoStack.clean();
+loadGraph(graph, state.graph, catalogue, state.problems);
+// Before the first frame: cells are drawn for the view the flow opens with, not for a
+// default view that is thrown away.
+openView(graph);
+// Only now: loading is not an undoable step, and recording it would cost a command per cell.
+graph.use(undoStack);
 loading = false;
-showProblems();
+showProblems({ canvas: false }); // loadGraph drew the badges already
 showStatus(state);
+const openedAt = `${container.clientWidth}x${container.clientHeight}`;
 requestAnimationFrame(() => {
-  if (graph.getNodes().length) graph.zoomToFit({ padding: 40, maxScale: 1 });
-  else graph.centerContent();
+  // The toolbar may wrap once fonts and styles settle, resizing the canvas: fit again.
+  if (`${container.clientWidth}x${container.clientHeight}` !== openedAt) openView(graph);
   document.documentElement.dataset.editorReady = "1";
 });
 
@@ -184,10 +189,11 @@ function selectOnly(node) {
 
 // -- problems ---------------------------------------------------------------------------
 
-function showProblems() {
-  const byNode = {};
-  for (const p of problems) if (p.node_id) (byNode[p.node_id] ||= []).push(p);
-  for (const node of graph.getNodes()) setProblems(node, byNode[node.id] || []);
+function showProblems({ canvas = true } = {}) {
+  if (canvas) {
+    const byNode = problemsByNode(problems);
+    for (const node of graph.getNodes()) setProblems(node, byNode[node.id] || [], catalogue);
+  }
   const list = $("#problems");
   list.replaceChildren();
   for (const p of problems) {
@@ -370,11 +376,10 @@ container.addEventListener("drop", (e) => {
   addNode(type, { x: Math.round(p.x - 105), y: Math.round(p.y - 22) }, true);
 });
 
+const isTaken = (id) => Boolean(graph.getCellById(id));
+
 function newNodeId(type) {
-  const base = type.replace(/[^A-Za-z0-9_]/g, "_");
-  let n = 1;
-  while (graph.getCellById(`${base}_${n}`)) n += 1;
-  return `${base}_${n}`;
+  return uniqueNodeId(type, isTaken, { numbered: true });
 }
 
 function addNode(type, position, select) {
@@ -383,7 +388,7 @@ function addNode(type, position, select) {
     notice("A flow has exactly one trigger; this one will show as a problem until you remove one.");
   }
   const node = graph.addNode(nodeCell({ id: newNodeId(type), type, config: {}, position }, catalogue));
-  setProblems(node, []);
+  setProblems(node, [], catalogue);
   if (select) {
     selectOnly(node);
     container.focus({ preventScroll: true });
@@ -419,19 +424,11 @@ function copySelection() {
 function paste() {
   let clip;
   try { clip = JSON.parse(localStorage.getItem(CLIPBOARD_KEY) || "null"); } catch { clip = null; }
-  if (!clip?.nodes?.length) return;
-  const mapping = {};
+  const { nodes, edges } = prepareClipboard(clip, { isTaken, catalogue });
+  if (!nodes.length) return;
   graph.startBatch("paste");
-  const added = [];
-  for (const node of clip.nodes) {
-    const id = newNodeId(node.type);
-    mapping[node.id] = id;
-    const pos = { x: (node.position?.x ?? 0) + 40, y: (node.position?.y ?? 0) + 40 };
-    added.push(graph.addNode(nodeCell({ ...node, id, position: pos }, catalogue)));
-  }
-  for (const edge of clip.edges) {
-    graph.addEdge(edgeCell({ ...edge, id: `e_${mapping[edge.source]}_${edge.source_port}_${mapping[edge.target]}`, source: mapping[edge.source], target: mapping[edge.target] }));
-  }
+  const added = nodes.map((node) => graph.addNode(nodeCell(node, catalogue)));
+  for (const edge of edges) graph.addEdge(edgeCell({ ...edge, id: freshEdgeId(isTaken) }));
   graph.stopBatch("paste");
   selection.clean();
   selection.select(added);

@@ -1,7 +1,7 @@
 // The run page: the flow's graph, read-only, with each step's status updated live.
 // The websocket only says "something changed"; the state is read back from the server.
 /* global htmx */
-import { createGraph, liveSocket, loadGraph, setStatus } from "./canvas.js";
+import { createGraph, liveSocket, loadGraph, openView, setStatus } from "./canvas.js";
 
 const $ = (sel) => document.querySelector(sel);
 const graphData = JSON.parse($("#run-graph").textContent);
@@ -11,7 +11,8 @@ const catalogue = Object.fromEntries(JSON.parse($("#run-catalogue").textContent)
 const graph = createGraph($("#canvas"), { readonly: true });
 loadGraph(graph, graphData, catalogue);
 paint();
-requestAnimationFrame(() => graph.zoomToFit({ padding: 40, maxScale: 1 }));
+openView(graph);
+requestAnimationFrame(() => openView(graph)); // once the page's layout has settled
 
 function paint() {
   for (const node of graph.getNodes()) {

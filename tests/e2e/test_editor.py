@@ -168,3 +168,34 @@ def test_a_node_can_be_selected_and_deleted_with_the_keyboard_alone(asgi_server,
     assert edge_keys(page) == []
     wait_saved(page)
     assert {n["id"] for n in saved_graph(flow)["nodes"]} == {"manual_1", "http_request_1"}
+
+
+def test_nodes_pasted_from_another_flow_get_free_valid_ids_and_keep_their_edges(asgi_server, page, team, alice):
+    import re
+
+    local_chain()
+    source = make_flow(team, alice, "Source")
+    target = make_flow(team, alice, "Target")  # the same node ids: every pasted id is taken
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, source)
+    page.locator("#canvas").focus()
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Control+c")
+
+    open_editor(page, asgi_server.url, target)
+    page.locator("#canvas").focus()
+    page.keyboard.press("Control+v")
+    page.keyboard.press("Control+v")  # twice: the second copy needs other ids again
+    wait_saved(page)
+
+    graph = saved_graph(target)
+    ids = [n["id"] for n in graph["nodes"]]
+    assert len(ids) == 9 and len(set(ids)) == 9
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", i) for i in ids)
+    assert {"manual_2", "condition_2", "http_request_2", "manual_3", "condition_3", "http_request_3"} <= set(ids)
+    edges = {(e["source"], e["source_port"], e["target"]) for e in graph["edges"]}
+    for n in (2, 3):
+        assert (f"manual_{n}", "out", f"condition_{n}") in edges
+        assert (f"condition_{n}", "true", f"http_request_{n}") in edges
+    assert len(graph["edges"]) == 6 and len({e["id"] for e in graph["edges"]}) == 6
+    assert page.console_errors == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html import unescape
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -273,3 +274,115 @@ def test_a_reorged_run_says_so(client, alice, run):
     page = client.get(f"/runs/{run.code}/").content.decode()
     assert "This run was reorged" in page
     assert 'id="reorg-banner" role="alert" hidden' not in page
+
+
+# -- list settings edited as rows ------------------------------------------------------------
+
+TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
+HOLDER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+
+
+@pytest.fixture
+def rows_flow(team, alice):
+    local_chain()
+    graph = {
+        "nodes": [
+            {"id": "on_transfer", "type": "chain.event", "position": {"x": 0, "y": 0},
+             "config": {"chain": 31337, "event": TRANSFER,
+                        "filters": [{"arg": "to", "op": "eq", "value": HOLDER}]}},
+            {"id": "route", "type": "switch", "position": {"x": 300, "y": 0},
+             "config": {"cases": [{"name": "big", "expression": "trigger.args.value > 100"},
+                                  {"name": "small", "expression": "true"}]}},
+        ],
+        "edges": [{"id": "e1", "source": "on_transfer", "source_port": "out", "target": "route"}],
+    }
+    return actions.create_flow(team, alice, "Rows", graph=graph)
+
+
+def cell(html: str, field: str) -> str:
+    """The markup of one row input's cell, from its opening tag to the next cell."""
+    start = html.index(f'data-field="{field}"')
+    end = html.find('class="row-cell', start + 1)
+    return unescape(html[start:end if end != -1 else None])
+
+
+def node_config(flow, node_id: str) -> dict:
+    flow.refresh_from_db()
+    return next(n for n in actions.current_graph(flow)[1]["nodes"] if n["id"] == node_id)["config"]
+
+
+def test_switch_cases_are_shown_as_rows_of_labelled_inputs(client, alice, rows_flow):
+    as_user(client, alice)
+    html = client.get(f"/flows/{rows_flow.code}/nodes/route/").content.decode()
+    assert '<legend>Cases</legend>' in html
+    assert 'name="cases-count" value="2"' in html
+    assert 'name="cases-0-name" value="big"' in html
+    assert 'name="cases-1-expression" value="true"' in html
+    assert '<label for="id_cases-0-name">Case name</label>' in html
+    assert "Add case" in html and 'aria-label="Remove case 2"' in html
+    assert 'name="cases"' not in html  # no raw JSON text area any more
+
+
+def test_adding_and_removing_a_row_redraws_the_form_and_saves_nothing(client, alice, rows_flow):
+    as_user(client, alice)
+    url = f"/flows/{rows_flow.code}/nodes/route/"
+    before = node_config(rows_flow, "route")
+    form = {"cases-count": "2", "cases-0-name": "big", "cases-0-expression": "x > 1",
+            "cases-1-name": "small", "cases-1-expression": "true"}
+    added = client.post(url, {**form, "_rows": "add:cases"}, HTTP_X_KWALA_REVISION=str(rows_flow.revision))
+    assert added.status_code == 200
+    html = added.content.decode()
+    assert 'name="cases-count" value="3"' in html and 'name="cases-2-name"' in html
+    assert 'name="cases-0-expression" value="x &gt; 1"' in html  # what was typed is kept
+
+    removed = client.post(url, {**form, "_rows": "remove:cases:0"}, HTTP_X_KWALA_REVISION=str(rows_flow.revision))
+    html = removed.content.decode()
+    assert 'name="cases-count" value="1"' in html
+    assert 'name="cases-0-name" value="small"' in html and 'name="cases-1-name"' not in html
+    assert "HX-Trigger" not in removed
+    assert node_config(rows_flow, "route") == before
+
+
+def test_rows_are_saved_as_a_list_and_checked_by_the_node_type_inline(client, alice, rows_flow):
+    as_user(client, alice)
+    data = {"cases-count": "3", "cases-0-name": "big", "cases-0-expression": "x > 1",
+            "cases-1-name": "", "cases-1-expression": "",  # left empty: dropped
+            "cases-2-name": "big", "cases-2-expression": "true"}
+    response = client.post(f"/flows/{rows_flow.code}/nodes/route/", data,
+                           HTTP_X_KWALA_REVISION=str(rows_flow.revision))
+    assert response.status_code == 200
+    assert node_config(rows_flow, "route")["cases"] == [
+        {"name": "big", "expression": "x > 1"}, {"name": "big", "expression": "true"},
+    ]
+    html = response.content.decode()
+    assert "Case 'big' is listed twice" in cell(html, "cases-1-name")
+    assert "listed twice" not in cell(html, "cases-0-name")
+    assert "kwala:node-saved" in response["HX-Trigger"]
+
+
+def test_event_filter_rows_take_plain_text_or_json_values(client, alice, rows_flow):
+    as_user(client, alice)
+    data = {"chain": "31337", "event": TRANSFER, "confirmations": "1",
+            "filters-count": "3",
+            "filters-0-arg": "to", "filters-0-op": "eq", "filters-0-value": HOLDER,
+            "filters-1-arg": "value", "filters-1-op": "in", "filters-1-value": "[1, 2]",
+            "filters-2-arg": "amount", "filters-2-op": "gt", "filters-2-value": "5"}
+    response = client.post(f"/flows/{rows_flow.code}/nodes/on_transfer/", data,
+                           HTTP_X_KWALA_REVISION=str(rows_flow.revision))
+    assert response.status_code == 200
+    filters = node_config(rows_flow, "on_transfer")["filters"]
+    assert filters[0] == {"arg": "to", "op": "eq", "value": HOLDER}
+    assert filters[1] == {"arg": "value", "op": "in", "value": [1, 2]}
+    html = response.content.decode()
+    assert "The event has no argument 'amount'" in cell(html, "filters-2-arg")
+    assert 'name="filters-1-value" value="[1, 2]"' in html
+
+
+def test_a_viewer_sees_rows_without_add_or_remove_buttons(client, viewer, rows_flow):
+    as_user(client, viewer)
+    html = client.get(f"/flows/{rows_flow.code}/nodes/route/").content.decode()
+    assert 'name="cases-0-name" value="big"' in html
+    assert "Add case" not in html and "row-remove" not in html
+    response = client.post(f"/flows/{rows_flow.code}/nodes/route/", {"_rows": "add:cases"},
+                           HTTP_X_KWALA_REVISION=str(rows_flow.revision))
+    assert response.status_code == 404
