@@ -22,7 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 from eth_abi import decode, encode
 from eth_account import Account
@@ -149,11 +149,14 @@ def _allocate_nonce(chain: Chain, address: str, chain_pending: int) -> tuple[int
     NonceCursor.objects.get_or_create(chain=chain, address=address)
     cursor = NonceCursor.objects.select_for_update().get(chain=chain, address=address)
     if cursor.next_nonce > chain_pending:
+        # A nonce is held while its step may still send it, and for good once any of its
+        # transactions was broadcast (it may be pending or mined, whatever `chain_pending`,
+        # read a moment ago, says).
         held = set(
-            Transaction.objects.filter(
-                chain=chain, from_address=address, nonce__gte=chain_pending, nonce__lt=cursor.next_nonce,
-                step_run__status__in=LIVE_STEP_STATUSES,
-            ).values_list("nonce", flat=True)
+            Transaction.objects.filter(chain=chain, from_address=address, nonce__gte=chain_pending,
+                                       nonce__lt=cursor.next_nonce)
+            .filter(Q(step_run__status__in=LIVE_STEP_STATUSES) | Q(broadcast_at__isnull=False))
+            .values_list("nonce", flat=True)
         )
         gap = next((n for n in range(chain_pending, cursor.next_nonce) if n not in held), None)
         if gap is not None:

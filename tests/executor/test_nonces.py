@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 
 from executor.models import Chain, NonceCursor, Run, StepRun, Transaction
 from executor.steps.contract import _allocate_nonce
@@ -60,3 +61,11 @@ def test_a_nonce_held_by_a_failed_step_is_handed_out_again(chain, sign):
     assert sign(1).nonce == 1
     # Once the chain is past the gap, the cursor goes on.
     assert sign(3).nonce == 3
+
+
+def test_a_broadcast_nonce_is_never_handed_out_again(chain, sign):
+    done = sign(0)
+    # Its step finished and the count we read is stale (the transaction is pending or just mined).
+    StepRun.objects.filter(pk=done.pk).update(status=StepRun.Status.SUCCEEDED)
+    Transaction.objects.filter(step_run=done).update(broadcast_at=timezone.now())
+    assert sign(0).nonce == 1
