@@ -134,12 +134,18 @@ def do_remove_member(actor: Membership, target: Membership) -> None:
         _check_manages(actor, target.role)
         if target.role == Role.OWNER and len(owners) == 1:
             raise TeamError("last_owner", "A team must keep at least one owner.")
-        target.delete()
-        ApiToken.objects.filter(user_id=target.user_id, team_id=target.team_id, revoked_at=None).update(
-            revoked_at=timezone.now()
-        )
-        revoke_sockets(target.user_id, target.team_id)
+        _end_membership(target)
         audit.record(actor.team, actor.user, "member.removed", target.user.get_username(), role=target.role)
+
+
+def _end_membership(membership: Membership) -> None:
+    """Delete the membership and everything that acted on it: the user's tokens for the
+    team stop working and their open sockets on its runs close. Call inside a transaction."""
+    membership.delete()
+    ApiToken.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None).update(
+        revoked_at=timezone.now()
+    )
+    revoke_sockets(membership.user_id, membership.team_id)
 
 
 def do_leave_team(membership: Membership) -> None:
@@ -148,11 +154,7 @@ def do_leave_team(membership: Membership) -> None:
         owners = _locked_owners(membership.team)
         if membership.role == Role.OWNER and len(owners) == 1:
             raise TeamError("last_owner", "You are the team's last owner: make someone else owner before leaving.")
-        membership.delete()
-        ApiToken.objects.filter(user_id=membership.user_id, team_id=membership.team_id, revoked_at=None).update(
-            revoked_at=timezone.now()
-        )
-        revoke_sockets(membership.user_id, membership.team_id)
+        _end_membership(membership)
         audit.record(membership.team, membership.user, "member.left", membership.user.get_username())
 
 

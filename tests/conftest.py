@@ -244,3 +244,28 @@ def login(page, base_url: str, username: str, password: str) -> None:
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(f"{base_url}/")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_retries_on_deadlock():
+    """Between transactional tests pytest-django TRUNCATEs every table while the session's
+    workers, sweepers and listeners keep working; PostgreSQL may then pick the TRUNCATE as a
+    deadlock victim. Its transaction was rolled back whole, so trying again is safe."""
+    from django.core.management.commands import flush
+    from django.db import OperationalError
+
+    original = flush.Command.handle
+
+    def handle(self, *args, **options):
+        for attempt in range(5):
+            try:
+                return original(self, *args, **options)
+            except Exception as exc:
+                deadlock = isinstance(exc.__cause__, OperationalError) and "deadlock detected" in str(exc.__cause__)
+                if not deadlock or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    flush.Command.handle = handle
+    yield
+    flush.Command.handle = original
