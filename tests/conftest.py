@@ -149,7 +149,17 @@ def start_worker(child_env: dict, log_dir: Path, name: str = "worker", threads: 
         log_dir,
     )
     worker.wait_for_output("Worker process is ready for action", timeout=30)
+    WORKERS.append(worker)
     return worker
+
+
+# Every Dramatiq worker the tests started and have not stopped: a test that needs one
+# particular worker to take a message must pause the others (any of them may take it).
+WORKERS: list[Service] = []
+
+
+def running_workers() -> list[Service]:
+    return [worker for worker in WORKERS if worker.process.poll() is None]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from django.conf import settings
 
 from executor.models import Run, RunEvent, StepRun
 from executor.runs import start_manual_run
-from tests.conftest import Service, start_worker
+from tests.conftest import Service, running_workers, start_worker
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
 from tests.sinks import Reply
 
@@ -54,8 +54,10 @@ def test_a_worker_killed_mid_step_is_taken_over_and_each_result_is_recorded_once
 ):
     # The first delivery hangs long enough for the worker to be killed while it waits.
     http_sink.script("/slow", Reply(delay=30))
+    others = running_workers()
     victim = start_worker(executor_env, service_logs, "victim-worker", threads=2)
-    signal_tree(executor_worker.process.pid, signal.SIGSTOP)  # let the victim take the step
+    for worker in others:  # let the victim take the step
+        signal_tree(worker.process.pid, signal.SIGSTOP)
     try:
         version = make_version(
             team, alice,
@@ -68,7 +70,8 @@ def test_a_worker_killed_mid_step_is_taken_over_and_each_result_is_recorded_once
     finally:
         signal_tree(victim.process.pid, signal.SIGKILL)
         victim.process.wait()
-        signal_tree(executor_worker.process.pid, signal.SIGCONT)
+        for worker in others:
+            signal_tree(worker.process.pid, signal.SIGCONT)
 
     run = wait_for_run(run, timeout=90)
 
@@ -89,12 +92,15 @@ def test_a_flushed_redis_loses_no_run_the_sweeper_sends_it_again(executor_worker
         [manual(), node("call", "http.request", {"url": f"{http_sink.url}/after-flush", "body": {}})],
         [edge("start", "call")],
     )
-    signal_tree(executor_worker.process.pid, signal.SIGSTOP)  # hold the queue still while it is flushed
+    workers = running_workers()
+    for worker in workers:  # hold the queue still while it is flushed
+        signal_tree(worker.process.pid, signal.SIGSTOP)
     try:
         run = start_manual_run(version, {}, user=alice)
         redis.Redis.from_url(settings.REDIS_URL).flushall()
     finally:
-        signal_tree(executor_worker.process.pid, signal.SIGCONT)
+        for worker in workers:
+            signal_tree(worker.process.pid, signal.SIGCONT)
 
     run = wait_for_run(run, timeout=60)
 
