@@ -67,6 +67,22 @@ def schedule_versions() -> list[dict]:
     ]
 
 
+def _previous_tick(row: dict, key: str) -> str:
+    """The scheduled time of the version's run before this one, or when the schedule began."""
+    from executor.models import Run
+
+    last = (
+        Run.objects.filter(version_id=row["version_id"], trigger_key__startswith="schedule:", trigger_key__lt=key)
+        .order_by("-trigger_key")
+        .values_list("trigger_key", flat=True)
+        .first()
+    )
+    if last is not None:
+        return last.removeprefix("schedule:")
+    began = _when(row["spec"].get("start_at")) or row["published_at"]
+    return began.astimezone(ZoneInfo("UTC")).isoformat()
+
+
 def tick(now: datetime | None = None) -> list[int]:
     """Claim the due run of every schedule flow; returns the ids of runs created by this call."""
     now = now or timezone.now()
@@ -80,11 +96,15 @@ def tick(now: datetime | None = None) -> list[int]:
         if due is None:
             continue
         at = due.astimezone(ZoneInfo("UTC")).isoformat()
+        key = f"schedule:{at}"
+        previous = _previous_tick(row, key)
         claims.append(
             RunClaim(
                 version_id=row["version_id"], flow_id=row["flow_id"], team_id=row["team_id"],
-                trigger_key=f"schedule:{at}",
-                trigger={"type": "schedule", "scheduled_at": at, "fired_at": now.isoformat()},
+                trigger_key=key,
+                # previous_at..scheduled_at tile time with no gap or overlap, whenever each run
+                # actually starts: a flow that reports "since the last run" uses that window.
+                trigger={"type": "schedule", "scheduled_at": at, "previous_at": previous, "fired_at": now.isoformat()},
             )
         )
     return claim_runs(claims)

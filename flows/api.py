@@ -597,6 +597,8 @@ def list_runs(
     flow: str = Query("", max_length=16),
     status: RunStatus | None = None,
     within_seconds: int | None = Query(None, ge=1, le=366 * 86400, description="Only runs created this recently"),
+    finished_after: datetime | None = Query(None, description="Only runs that finished at or after this time"),
+    finished_before: datetime | None = Query(None, description="Only runs that finished before this time"),
     limit: int = Query(50, ge=1, le=500),
     offset: int = Query(0, ge=0, le=10_000_000),
 ):
@@ -610,6 +612,10 @@ def list_runs(
         runs = runs.filter(status=status)
     if within_seconds:
         runs = runs.filter(created_at__gte=timezone.now() - timedelta(seconds=within_seconds))
+    if finished_after:
+        runs = runs.filter(finished_at__gte=finished_after)
+    if finished_before:
+        runs = runs.filter(finished_at__lt=finished_before)
     runs = runs.order_by("-created_at", "-pk")
     return {"items": [_run_out(r) for r in runs[offset: offset + limit]], "count": runs.count()}
 

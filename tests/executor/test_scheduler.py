@@ -103,3 +103,21 @@ def test_run_scheduler_processes_share_the_ticks(team, alice, child_env, service
             scheduler.stop()
     keys = list(Run.objects.filter(version=version).values_list("trigger_key", flat=True))
     assert keys and len(keys) == len(set(keys))
+
+
+@pytest.mark.django_db
+def test_each_schedule_run_knows_the_window_since_the_previous_one(team, alice):
+    from datetime import UTC, datetime, timedelta
+
+    from executor.scheduler import tick
+    from flows import actions
+
+    graph = {"nodes": [{"id": "every", "type": "schedule", "name": "Every minute", "position": {"x": 0, "y": 0},
+                        "config": {"interval": 60}}], "edges": []}
+    flow = actions.create_flow(team, alice, "Windowed", graph=graph)
+    version = actions.publish_version(flow, alice)
+    published = version.published_at
+    first = Run.objects.get(pk=tick(published + timedelta(seconds=61))[0])
+    second = Run.objects.get(pk=tick(published + timedelta(seconds=125))[0])
+    assert datetime.fromisoformat(first.trigger["previous_at"]) == published.astimezone(UTC)
+    assert first.trigger["scheduled_at"] == second.trigger["previous_at"]

@@ -20,10 +20,11 @@ import urllib.request
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 from eth_account import Account
 
 from executor.devchain import DEV_ACCOUNTS, load_artifact
-from executor.models import Chain, ChainCursor, RpcEndpoint, Run
+from executor.models import Chain, ChainCursor, RpcEndpoint, Run, TriggerState
 from flows.models import Flow, Membership, Secret, SignerKey, Team
 from tests.conftest import Service, start_worker
 from tests.team_fixtures import api_client, token_for
@@ -251,6 +252,9 @@ def test_the_health_watcher_calls_the_webhook_once_per_crossing(g):
     flow = g.use("lending-health-watcher", {"chain": 31337, "pool": g.a["PriceFeed"], "account": borrower,
                                             "every": 1, "webhook_url": f"{g.http.url}/health"})
     g.w3_a.provider.make_request("anvil_mine", [hex(2)])
+    # The listener must have read the healthy value first; only then is the drop a crossing.
+    wait_until(lambda: TriggerState.objects.filter(version__flow__code=flow["code"], value=False).exists(),
+               what="the first reading")
     receipt = transact(g.w3_a, feed.functions.setHealthFactor(borrower, 10**18))
     (call,) = g.http.wait_for("/health")
     assert call.json() == {"account": borrower, "health_factor": 10**18, "block": receipt["blockNumber"]}
@@ -298,12 +302,10 @@ def test_escalation_polls_the_api_and_alerts_when_the_watched_flow_failed(g):
     flow = g.use("flow-failure-escalation", {"kwala_url": g.web.url, "flow_code": watched.code, "interval": 10,
                                              "email": "oncall@example.com"})
     version = watched.versions.create(number=1, graph={}, status="PUBLISHED")
-    # Fail in the middle of the first 10 s window: the template's window is `within_seconds=interval`
-    # counted back from when the check actually runs, so a failure right after a tick can fall between windows.
-    time.sleep(6)
+    # Right after publishing: the first check's window starts at publication.
     for n in range(2):
         Run.objects.create(team=g.team, flow=watched, version=version, trigger_key=f"manual:{n}",
-                           status=Run.Status.FAILED, error="boom")
+                           status=Run.Status.FAILED, error="boom", finished_at=timezone.now())
     try:
         (mail,) = g.smtp.wait_for(1, timeout=30)
     except TimeoutError:
