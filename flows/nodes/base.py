@@ -8,6 +8,7 @@ JSON and the compiler can check them without a database.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -427,15 +428,16 @@ def _expressions_in(
                     yield from _expressions_in(spec.item_fields, item, f"{path}.{index}.")
 
 
-class TriggerType(NodeType):
+class TriggerType(NodeType, ABC):
     """Triggers start a run: no input port, one ``out`` port, and a spec the
     listener/scheduler indexes directly."""
 
     category = "trigger"
     input_ports = ()
 
+    @abstractmethod
     def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """What the listener or scheduler indexes: every trigger type says it."""
 
 
 RETRY_FIELD = FieldSpec(
