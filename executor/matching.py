@@ -14,6 +14,7 @@ import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -32,6 +33,26 @@ class MatchError(Exception):
 # -- values ----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=65536)
+def checksum(address: str) -> str:
+    """EIP-55 form of an address; cached because checksumming hashes (keccak) and the same
+    contracts and senders come back in log after log."""
+    return to_checksum_address(address)
+
+
+def _topic_value(type_str: str, raw_topic: str) -> Any:
+    """A static indexed argument from its 32-byte topic, without the generic ABI decoder
+    for the common types (this is the per-log hot path)."""
+    if type_str == "address":
+        return checksum("0x" + raw_topic[-40:].lower())
+    if type_str.startswith("uint") or type_str == "bool":
+        value = int(raw_topic, 16)
+        return bool(value) if type_str == "bool" else value
+    if type_str == "bytes32":
+        return raw_topic.lower()
+    return to_json_value(type_str, abi_decode([type_str], bytes.fromhex(raw_topic[2:]))[0])
+
+
 def to_json_value(type_str: str, value: Any) -> Any:
     """A decoded ABI value as JSON: ints stay exact ints, bytes become 0x-hex,
     addresses are checksummed, tuples and arrays become lists."""
@@ -44,7 +65,7 @@ def to_json_value(type_str: str, value: Any) -> Any:
         members = _tuple_member_types(type_str)
         return [to_json_value(t, v) for t, v in zip(members, value, strict=False)]
     if type_str == "address" and isinstance(value, str):
-        return to_checksum_address(value)
+        return checksum(value)
     return value
 
 
@@ -156,7 +177,7 @@ class EventDecoder:
                         # Only the hash of the value is on chain.
                         value = raw_topic
                     else:
-                        value = to_json_value(type_str, abi_decode([type_str], bytes.fromhex(raw_topic[2:]))[0])
+                        value = _topic_value(type_str, raw_topic)
                 else:
                     value = to_json_value(type_str, next(data_values))
                 args[name] = value
@@ -382,7 +403,7 @@ def log_payload(candidate: Candidate, log: Mapping[str, Any], *, chain_id: int, 
         "event": candidate.trigger.decoder.name,
         "args": candidate.args,
         "args_list": candidate.args_list,
-        "contract": to_checksum_address(log["address"]),
+        "contract": checksum(log["address"]),
         "chain_id": chain_id,
         "tx_hash": log["tx_hash"],
         "block_number": log["block_number"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from eth_abi import decode as abi_decode
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 from hypothesis import given, settings
@@ -180,3 +181,18 @@ def test_the_index_matches_exactly_what_a_brute_force_check_matches(triggers, lo
     for address, id_, value in logs:
         expected = [i for i, t in enumerate(triggers, start=1) if oracle(t, address, id_, value)]
         assert matched_versions(index, big_log(id_, value, address=address)) == expected
+
+
+@given(
+    address=st.binary(min_size=20, max_size=20),
+    number=st.integers(min_value=0, max_value=2**256 - 1),
+    flag=st.booleans(),
+    tag=st.binary(min_size=32, max_size=32),
+)
+def test_the_fast_topic_decoding_agrees_with_the_abi_decoder(address, number, flag, tag):
+    from executor.matching import _topic_value, to_json_value
+
+    for type_str, value in (("address", "0x" + address.hex()), ("uint256", number), ("bool", flag), ("bytes32", tag)):
+        topic = "0x" + encode([type_str], [value]).hex()
+        expected = to_json_value(type_str, abi_decode([type_str], bytes.fromhex(topic[2:]))[0])
+        assert _topic_value(type_str, topic) == expected
