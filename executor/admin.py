@@ -18,7 +18,8 @@ class RpcEndpointInline(admin.TabularInline):
 
 @admin.register(Chain)
 class ChainAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "chain_id", "enabled", "head", "processed", "lag", "last_error"]
+    list_display = ["name", "slug", "chain_id", "enabled", "default_confirmations", "head", "processed", "lag",
+                    "last_error"]
     list_filter = ["enabled"]
     search_fields = ["name", "slug", "chain_id"]
     inlines = [RpcEndpointInline]

@@ -55,7 +55,7 @@ class ChainCursor(models.Model):
     chain = models.OneToOneField(Chain, models.CASCADE, related_name="cursor")
     block_number = models.BigIntegerField(null=True, blank=True)
     block_hash = models.CharField(max_length=66, blank=True)
-    # [[number, hash, parent_hash], ...] of recent unfinalized blocks, oldest first.
+    # [[number, hash, parent_hash, timestamp], ...] of recent unfinalized blocks, oldest first.
     recent_blocks = models.JSONField(default=list, blank=True)
     head_block = models.BigIntegerField(null=True, blank=True)
     head_seen_at = models.DateTimeField(null=True, blank=True)

@@ -457,11 +457,11 @@ def backoff_seconds(retry: dict, attempt: int) -> float:
 
 
 def _settle(run: Run, row: StepRun, step: dict, ctx: StepContext, outcome, log: RunLog, *,
-            inline: bool = False) -> list[int]:
+            inline: bool = False) -> list[StepRun]:
     """Record a step's outcome if this worker still holds its claim, then advance or end the run.
 
     Call inside a transaction that holds the run row (select_for_update).
-    Returns the ids of the steps it set QUEUED, for the caller to hand out after
+    Returns the steps it set QUEUED, for the caller to hand out after
     commit. An `inline` step is settled inside advance()'s pass, which goes on
     from the updated `row` itself, so it is not advanced again here.
     """

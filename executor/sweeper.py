@@ -5,8 +5,7 @@ mid-step leaves a RUNNING row whose lease runs out; a flushed or lost Redis
 leaves QUEUED rows (steps and runs) nobody will ever receive. Both are re-sent
 here; the conditional claims in executor.runner make a duplicate harmless.
 
-Run it every few seconds: `manage.py sweep` (a loop), the `sweep` actor, or the
-scheduler process.
+It runs every few seconds as `manage.py sweep` (a loop; `make run` starts it).
 """
 
 from __future__ import annotations

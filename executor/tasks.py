@@ -13,7 +13,7 @@ from django.utils import timezone
 
 # Imported when the worker starts, not on its first message: the step kinds pull in
 # web3 and friends (about a second), which the first run would otherwise wait for.
-from executor import runner, sweeper
+from executor import runner
 from executor.models import WorkerProbe
 
 
@@ -36,12 +36,6 @@ def start_run(run_id: int) -> None:
 def run_step(step_run_id: int) -> None:
     """Claim one step, run it, record it and queue its successors (safe to deliver twice)."""
     runner.run_step(step_run_id)
-
-
-@dramatiq.actor(queue_name="default", max_retries=0, time_limit=120_000)
-def sweep() -> None:
-    """Re-send lost work: expired leases, QUEUED steps and runs nobody picked up."""
-    sweeper.sweep()
 
 
 def enqueue_step(step_run_id: int, *, delay_ms: int = 0) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from django.conf import settings
 
 from flows import abi as abi_lib
-from flows.graph import CompileError
 from flows.nodes import NODE_TYPES, TriggerType
 
 CATEGORY_ORDER = ("trigger", "logic", "action")
@@ -100,17 +99,6 @@ def picker_entries(
         groups.append({"label": "Secrets", "items": secrets})
     groups.append({"label": "Flow", "items": [("flow.name", "text"), ("now", "datetime")]})
     return groups
-
-
-def problems_by_node(error: CompileError | None) -> tuple[dict[str, list[dict]], list[dict]]:
-    """(node id -> its problems, every problem) as JSON for the canvas."""
-    if error is None:
-        return {}, []
-    per_node: dict[str, list[dict]] = {}
-    for problem in error.problems:
-        if problem.node_id:
-            per_node.setdefault(problem.node_id, []).append(problem.as_dict())
-    return per_node, error.as_list()
 
 
 # -- the ABI helper ----------------------------------------------------------------

@@ -57,7 +57,6 @@ MAX_RANGE = 10_000
 MAX_LOOP_ITERATIONS = 100_000
 DEFAULT_TIMEOUT_S = 0.25
 
-ROOT_NAMES = frozenset({"trigger", "steps", "secrets", "flow", "now"})
 _GLOBAL_NAMES = frozenset({"range", "dict", "namespace", "loop", "true", "false", "none"})
 _FORBIDDEN_STATEMENTS = (
     nodes.Import,

@@ -13,7 +13,7 @@ from typing import Any
 
 from django import forms
 
-from flows.nodes import NODE_TYPES, FieldSpec, NodeType
+from flows.nodes import FieldSpec, NodeType
 
 RETRY_ATTEMPTS = "__max_attempts"
 RETRY_BACKOFF = "__backoff_seconds"
@@ -399,5 +399,3 @@ def _parse(spec: FieldSpec, value: Any) -> Any:
     return text
 
 
-def node_type_for(node: dict) -> NodeType | None:
-    return NODE_TYPES.get(node.get("type", ""))

@@ -28,7 +28,6 @@ from flows.models import (
     ApiToken,
     Flow,
     FlowShare,
-    FlowVersion,
     Invitation,
     Membership,
     PublicLink,
@@ -433,9 +432,3 @@ def role_choices_for(actor: Membership) -> list[tuple[str, str]]:
     )]
 
 
-def shared_flows_for(team: Team):
-    return Flow.objects.filter(shares__team=team).select_related("team").order_by("name")
-
-
-def published_versions(flow: Flow):
-    return flow.versions.filter(status=FlowVersion.Status.PUBLISHED)

@@ -30,6 +30,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception, Web3RPCError
 
 from executor.chain import ChainError, client_for_chain
+from executor.matching import to_json_value
 from executor.models import Chain, NonceCursor, StepRun, Transaction
 from executor.steps.base import Reschedule, StepContext, StepError, StepResult, to_jsonable
 from flows import abi as abi_lib
@@ -90,7 +91,9 @@ def _decode_outputs(function: dict, raw: bytes) -> dict:
         values = decode(types, raw)
     except Exception as exc:  # eth_abi raises several unrelated types for short/garbled data
         raise StepError(f"could not decode the result of {function['name']}: {exc}", permanent=True) from None
-    values = [to_jsonable(v) for v in values]
+    # The same JSON shape as event arguments (addresses checksummed, ints exact), so that
+    # a read result and an event argument compare equal in an expression.
+    values = [to_json_value(t, v) for t, v in zip(types, values, strict=True)]
     named = {(p.get("name") or str(i)): v for i, (p, v) in enumerate(zip(outputs, values, strict=True))}
     return {"result": values[0] if len(values) == 1 else values, "outputs": named}
 

@@ -16,7 +16,6 @@ from flows.nodes.base import (
 )
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
-_COMMON_SHAPE = {"status": {"type": "string", "description": "succeeded or failed"}}
 
 
 class Action(NodeType):

@@ -312,6 +312,8 @@ class Schedule(TriggerType):
     def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         return {
             "scheduled_at": {"type": "datetime", "description": "When the run was due"},
+            "previous_at": {"type": "datetime",
+                            "description": "When the previous run was due (or the schedule began)"},
             "fired_at": {"type": "datetime", "description": "When it actually started"},
         }
 
