@@ -1,4 +1,4 @@
-"""Nonce allocation per (chain, address): consecutive, and a nonce lost to a failed step is reused."""
+"""Nonce allocation per (chain, address), and how contract steps decode what the chain returns."""
 
 from __future__ import annotations
 
@@ -69,3 +69,14 @@ def test_a_broadcast_nonce_is_never_handed_out_again(chain, sign):
     StepRun.objects.filter(pk=done.pk).update(status=StepRun.Status.SUCCEEDED)
     Transaction.objects.filter(step_run=done).update(broadcast_at=timezone.now())
     assert sign(0).nonce == 1
+
+
+def test_a_contract_read_decodes_like_an_event_argument():
+    from eth_abi import encode
+
+    from executor.steps.contract import _decode_outputs
+
+    owner = "0x19e7e376e7c213b7e7e7e46cc70a5dd086daff2a"
+    function = {"name": "last", "outputs": [{"name": "owner", "type": "address"}, {"name": "value", "type": "uint256"}]}
+    decoded = _decode_outputs(function, encode(["address", "uint256"], [owner, 2**200]))
+    assert decoded["outputs"] == {"owner": "0x19E7E376E7C213B7E7e7e46cc70A5dD086DAff2A", "value": 2**200}
