@@ -133,10 +133,10 @@ def claim_runs(claims: Sequence[RunClaim], *, send: bool = True) -> list[int]:
 
 
 def _send_start(run_id: int) -> None:
-    from executor.tasks import start_run
+    from executor.tasks import enqueue_run
 
     # If the broker is down the run stays QUEUED; the executor's sweeper re-sends it.
-    start_run.send(run_id)
+    enqueue_run(run_id)
 
 
 # -- triggers -------------------------------------------------------------------------------

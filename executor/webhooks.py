@@ -22,7 +22,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from executor.listener import RunClaim, claim_runs
 from executor.models import Run
-from flows.models import Flow, FlowVersion, Secret
+from flows.actions import live_version
+from flows.models import Flow, Secret
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def inbound_webhook(request: HttpRequest, code: str) -> JsonResponse:
         return _error(405, "method_not_allowed", "Send a POST.")
     flow = Flow.objects.filter(code=code).first()
     version = (
-        flow.versions.filter(status=FlowVersion.Status.PUBLISHED).first() if flow is not None and not flow.paused
+        live_version(flow) if flow is not None and not flow.paused
         else None
     )
     spec = (version.dag or {}).get("trigger") or {} if version is not None else {}

@@ -53,12 +53,18 @@ def check_graph_shape(graph: Any) -> None:
         raise InvalidGraph(problems)
 
 
-def compile_context(team: Team) -> dict:
-    """What the compiler checks names against: the enabled chains, the team's secrets and signer keys."""
+def enabled_chains() -> dict[int, str]:
+    """The chains flows may use, {chain id: slug}, in chain-id order."""
     from executor.models import Chain
 
+    return dict(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "slug"))
+
+
+def compile_context(team: Team) -> dict:
+    """What the compiler checks names against: the enabled chains, the team's secrets and signer keys."""
+
     return {
-        "chains": dict(Chain.objects.filter(enabled=True).values_list("chain_id", "slug")),
+        "chains": enabled_chains(),
         "secret_names": set(Secret.objects.filter(team=team).values_list("name", flat=True)),
         "signer_names": set(SignerKey.objects.filter(team=team).values_list("name", flat=True)),
     }
@@ -172,7 +178,7 @@ def unpublish_flow(flow: Flow, user) -> FlowVersion | None:
     """Stop the flow's trigger: its live version is archived. Returns it, or None if none was live."""
     with transaction.atomic():
         Flow.objects.select_for_update().get(pk=flow.pk)
-        live = FlowVersion.objects.filter(flow=flow, status=FlowVersion.Status.PUBLISHED).first()
+        live = live_version(flow)
         if live is None:
             return None
         live.status = FlowVersion.Status.ARCHIVED

@@ -37,6 +37,7 @@ from flows.actions import (
     compile_for,
     create_flow,
     current_graph,
+    enabled_chains,
     live_version,
     publish_version,
     save_draft,
@@ -832,11 +833,10 @@ def get_template(request, slug: str):
 @misc_router.post("/templates/{slug}/use", response={201: FlowDetailOut, **COMMON_ERRORS}, tags=["templates"])
 def use_template(request, slug: str, payload: UseTemplateIn):
     """Create a draft flow from a template with these input values (400 lists the bad ones)."""
-    from executor.models import Chain
 
     membership = _membership(request, Role.EDITOR)
     template = _template(slug)
-    chains = dict(Chain.objects.filter(enabled=True).values_list("chain_id", "slug"))
+    chains = enabled_chains()
     try:
         values = gallery.clean_inputs(template, payload.inputs, chains=chains)
     except gallery.TemplateError as exc:

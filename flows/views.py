@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from executor.listener_health import chain_health
-from executor.models import Chain, Run
+from executor.models import Run
 from executor.runs import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
@@ -82,7 +82,7 @@ def flow_create(request):
 
 
 def _chains() -> list[tuple[int, str]]:
-    return list(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "slug"))
+    return list(actions.enabled_chains().items())
 
 
 def _secret_names(flow: Flow) -> list[str]:

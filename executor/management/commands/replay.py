@@ -6,7 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from executor.models import Chain
 from executor.replay import ReplayError, replay_blocks
-from flows.models import Flow, FlowVersion
+from flows.actions import live_version
+from flows.models import Flow
 
 
 class Command(BaseCommand):
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         flow = Flow.objects.filter(code=options["flow_code"]).first()
         if flow is None:
             raise CommandError(f"No flow has the code {options['flow_code']!r}.")
-        version = flow.versions.filter(status=FlowVersion.Status.PUBLISHED).first()
+        version = live_version(flow)
         if version is None:
             raise CommandError(f"Flow {flow.code} ({flow.name}) has no published version to replay.")
         chain_id = (version.dag or {}).get("trigger", {}).get("chain_id")
