@@ -40,23 +40,40 @@ def record_run_event(run: Run, kind: str, data: dict) -> RunEvent:
     return record_run_events(run, [(kind, data)])[0]
 
 
-def record_run_events(run: Run, events: list[tuple[str, dict]]) -> list[RunEvent]:
+# Run columns a RunLog may set along with its events (see RunLog.set_run).
+_RUN_FIELDS = ("status", "error", "started_at", "finished_at")
+
+
+def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | None = None) -> list[RunEvent]:
     """Append several events to the run's log in one statement, in order; broadcast them after commit.
 
     The seq bump and the inserts are one statement (an UPDATE ... RETURNING feeding
     an INSERT ... SELECT), so the run row's lock orders concurrent writers and seqs
     never collide or leave gaps, at one round trip whatever the number of events.
+    `fields` (status, error, started_at, finished_at) are set on the run row by the
+    same UPDATE.
     """
-    if not events:
+    fields = fields or {}
+    if not events and not fields:
         return []
+    unknown = set(fields) - set(_RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"record_run_events cannot set {sorted(unknown)}")
     now = timezone.now()
+    # Only column names from _RUN_FIELDS and placeholders are joined in; every value is a parameter.
+    sets = "".join(f", {name} = %s" for name in fields)
+    if not events:
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE executor_run SET event_seq = event_seq{sets} WHERE id = %s",  # noqa: S608
+                           [*fields.values(), run.pk])
+        return []
     rows = ", ".join(["(%s::int, %s, %s::jsonb)"] * len(events))
-    params: list = [len(events), run.pk, run.pk, len(events), now]
+    params: list = [len(events), *fields.values(), run.pk, run.pk, len(events), now]
     for index, (kind, data) in enumerate(events, start=1):
         params += [index, kind, json.dumps(data)]
     sql = (
-        # Only placeholders are joined in; every value is a parameter.
-        "WITH bumped AS (UPDATE executor_run SET event_seq = event_seq + %s WHERE id = %s RETURNING event_seq) "  # noqa: S608
+        f"WITH bumped AS (UPDATE executor_run SET event_seq = event_seq + %s{sets} WHERE id = %s "  # noqa: S608
+        "RETURNING event_seq) "
         "INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
         "SELECT %s, bumped.event_seq - %s + v.ord, v.kind, v.data, %s "
         f"FROM bumped, (VALUES {rows}) AS v(ord, kind, data) RETURNING id, seq"
@@ -81,20 +98,29 @@ def record_run_events(run: Run, events: list[tuple[str, dict]]) -> list[RunEvent
 class RunLog:
     """Events of one run gathered during a transaction, written by flush() with one statement.
 
-    The events keep the order they were added in. Flush before the transaction
-    ends; events added after the last flush are not written.
+    The events keep the order they were added in; set_run() adds changes to the
+    run row itself, written by the same statement. Flush before the transaction
+    ends; what is added after the last flush is not written.
     """
 
     def __init__(self, run: Run) -> None:
         self.run = run
         self.events: list[tuple[str, dict]] = []
+        self.fields: dict = {}
 
     def add(self, kind: str, data: dict) -> None:
         self.events.append((kind, data))
 
+    def set_run(self, **fields) -> None:
+        """Set columns of the run row (and the in-memory run) at the next flush."""
+        for name, value in fields.items():
+            setattr(self.run, name, value)
+        self.fields.update(fields)
+
     def flush(self) -> list[RunEvent]:
         events, self.events = self.events, []
-        return record_run_events(self.run, events)
+        fields, self.fields = self.fields, {}
+        return record_run_events(self.run, events, fields)
 
 
 def broadcast(message: dict, flow_code: str) -> None:
@@ -111,35 +137,59 @@ def broadcast_all(messages: list[dict], flow_code: str) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    asyncio.run_coroutine_threadsafe(_send(layer, messages, flow_code), _loop())
+    loop, queue = _loop()
+    loop.call_soon_threadsafe(queue.put_nowait, (layer, messages, flow_code))
 
 
-async def _send(layer, messages: list[dict], flow_code: str) -> None:
-    # One channel-layer message per transaction and group: "run.events" carries the
-    # events in seq order and the consumers unpack it (see executor.consumers).
-    batch = messages[0] if len(messages) == 1 else {"type": "run.events", "events": messages}
-    try:
-        await asyncio.gather(
-            layer.group_send(run_group(messages[0]["run"]), batch),
-            layer.group_send(flow_group(flow_code), batch),
-        )
-    except Exception:
-        # The log already holds the events; browsers catch up on reconnect.
-        logger.warning("could not broadcast run events %s/%s", messages[0]["run"], messages[0]["seq"], exc_info=True)
+# Group sends in flight at once: each holds one of the channel layer's Redis connections.
+SEND_CONCURRENCY = 8
+
+
+async def _sender(queue: asyncio.Queue) -> None:
+    """Send what the workers hand over, one channel-layer message per group for all that is waiting.
+
+    Idle, a transaction's events go out at once; under load, whatever piles up
+    while the previous sends are in flight goes out together, so a busy worker
+    sends one message per run and per flow, not one per transaction, and never
+    opens more connections than SEND_CONCURRENCY. Each group's "run.events" batch
+    is in commit order, so a run's events stay in seq order (see executor.consumers).
+    """
+    limit = asyncio.Semaphore(SEND_CONCURRENCY)
+
+    async def send(layer, group: str, events: list[dict]) -> None:
+        batch = events[0] if len(events) == 1 else {"type": "run.events", "events": events}
+        async with limit:
+            try:
+                await layer.group_send(group, batch)
+            except Exception:
+                # The log already holds the events; browsers catch up from it.
+                logger.warning("could not broadcast %s run events to %s", len(events), group, exc_info=True)
+
+    while True:
+        items = [await queue.get()]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        groups: dict[tuple, list[dict]] = {}
+        for layer, messages, flow_code in items:
+            groups.setdefault((layer, run_group(messages[0]["run"])), []).extend(messages)
+            groups.setdefault((layer, flow_group(flow_code)), []).extend(messages)
+        await asyncio.gather(*(send(layer, group, events) for (layer, group), events in groups.items()))
 
 
 _loop_lock = threading.Lock()
 _loop_state: dict = {}
 
 
-def _loop() -> asyncio.AbstractEventLoop:
+def _loop() -> tuple[asyncio.AbstractEventLoop, asyncio.Queue]:
     with _loop_lock:
         # A forked child must not use its parent's loop (its thread did not survive the fork).
         if _loop_state.get("pid") != os.getpid():
             loop = asyncio.new_event_loop()
+            queue: asyncio.Queue = asyncio.Queue()
             threading.Thread(target=loop.run_forever, name="run-event-broadcast", daemon=True).start()
-            _loop_state.update(pid=os.getpid(), loop=loop)
-        return _loop_state["loop"]
+            _loop_state.update(pid=os.getpid(), loop=loop, queue=queue,
+                               sender=asyncio.run_coroutine_threadsafe(_sender(queue), loop))
+        return _loop_state["loop"], _loop_state["queue"]
 
 
 def event_as_message(event: RunEvent, run_code) -> dict:
@@ -166,6 +216,6 @@ def revoke_sockets(user_id: int, team_id: int) -> None:
     def schedule() -> None:
         layer = get_channel_layer()
         if layer is not None:
-            asyncio.run_coroutine_threadsafe(send(layer), _loop())
+            asyncio.run_coroutine_threadsafe(send(layer), _loop()[0])
 
     transaction.on_commit(schedule)

@@ -92,7 +92,7 @@ class TriggerState(models.Model):
 class Event(models.Model):
     """A log seen on a chain; the (chain, block hash, log index) key makes it unique."""
 
-    chain = models.ForeignKey(Chain, models.CASCADE, related_name="events")
+    chain = models.ForeignKey(Chain, models.CASCADE, related_name="events", db_index=False)  # see the (chain, block_number) index
     block_number = models.BigIntegerField()
     block_hash = models.CharField(max_length=66)
     log_index = models.PositiveIntegerField()
@@ -125,15 +125,17 @@ class Run(models.Model):
     FINISHED = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.REORGED}
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="runs")
-    flow = models.ForeignKey("flows.Flow", models.CASCADE, related_name="runs")
-    version = models.ForeignKey("flows.FlowVersion", models.CASCADE, related_name="runs")
+    # These three foreign keys lead the indexes and the unique constraint in Meta, which
+    # serve their lookups; an index of their own would only slow every write down.
+    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="runs", db_index=False)
+    flow = models.ForeignKey("flows.Flow", models.CASCADE, related_name="runs", db_index=False)
+    version = models.ForeignKey("flows.FlowVersion", models.CASCADE, related_name="runs", db_index=False)
     # What fired it, as a key unique per version: log:<chain>:<block hash>:<log index>,
     # block:<chain>:<block hash>, schedule:<iso time>, manual:<uuid>, webhook:<id>.
     trigger_key = models.CharField(max_length=200)
     trigger = models.JSONField(default=dict)
     event = models.ForeignKey(Event, models.SET_NULL, null=True, blank=True, related_name="runs")
-    chain = models.ForeignKey(Chain, models.SET_NULL, null=True, blank=True, related_name="runs")
+    chain = models.ForeignKey(Chain, models.SET_NULL, null=True, blank=True, related_name="runs", db_index=False)
     block_number = models.BigIntegerField(null=True, blank=True)
     block_hash = models.CharField(max_length=66, blank=True)
     dry_run = models.BooleanField(default=False)
@@ -174,7 +176,7 @@ class StepRun(models.Model):
         SKIPPED = "SKIPPED", "Skipped"
         CANCELLED = "CANCELLED", "Cancelled"
 
-    run = models.ForeignKey(Run, models.CASCADE, related_name="steps")
+    run = models.ForeignKey(Run, models.CASCADE, related_name="steps", db_index=False)  # see steprun_unique_step
     step_id = models.CharField(max_length=64)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempt = models.PositiveIntegerField(default=0)
@@ -196,7 +198,9 @@ class StepRun(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "step_id"], name="steprun_unique_step")]
-        indexes = [models.Index(fields=["status", "lease_expires_at"])]
+        # For the sweeper, which looks only at unfinished steps: finished ones (nearly all) stay out.
+        indexes = [models.Index(fields=["status", "lease_expires_at"], name="steprun_unfinished",
+                                condition=models.Q(status__in=["QUEUED", "RUNNING"]))]
 
     def __str__(self) -> str:
         return f"{self.run_id}/{self.step_id} ({self.status})"
@@ -205,7 +209,7 @@ class StepRun(models.Model):
 class RunEvent(models.Model):
     """The sequence-numbered log of a run's changes, replayed to reconnecting browsers."""
 
-    run = models.ForeignKey(Run, models.CASCADE, related_name="log")
+    run = models.ForeignKey(Run, models.CASCADE, related_name="log", db_index=False)  # see runevent_unique_seq
     seq = models.PositiveIntegerField()
     kind = models.CharField(max_length=40)
     data = models.JSONField(default=dict)

@@ -21,6 +21,7 @@ with one of them itself and sends the others. See docs/dag.md, "Execution".
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -30,8 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
 from executor.live import RunLog, record_run_event
@@ -39,7 +39,7 @@ from executor.models import Notification, Run, StepRun
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
 from executor.steps.base import redact_value, to_jsonable
 from flows.expressions import redact
-from flows.models import FlowVersion, Secret
+from flows.models import Flow, FlowVersion, Secret
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +50,6 @@ _SECRET_REF = re.compile(r"secrets\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['\"]([A-Za-z_]
 _SECRET_FIELDS = ("webhook_secret", "bot_token_secret")
 # Logic without side effects: run by the worker that made it ready, in the same transaction.
 INLINE_KINDS = frozenset({"condition", "switch", "transform", "join", "stop"})
-# The editor's graph and the flow's description: large, and never needed to run a step.
-_UNUSED_VERSION_FIELDS = ("run__version__graph", "run__flow__description")
 # How long one worker thread goes on from step to step before leaving the rest to messages.
 CHAIN_SECONDS = 20.0
 
@@ -80,23 +78,182 @@ def _committed_on_return() -> bool:
     return not transaction.get_connection().in_atomic_block
 
 
-def _hand_out(ready: list[StepRun], keep_one: bool) -> StepRun | None:
-    """Send the ready steps after commit; with `keep_one`, keep the first for this thread to run next.
+# -- rows in memory, written in one statement ------------------------------------------------
 
-    The kept step is QUEUED like the others: if this thread dies before claiming
-    it, the sweeper sends it after its grace period.
+# The SQL below joins in only these fixed column names and placeholders; every value is a parameter.
+# Run columns read with the run (the rest, if ever needed, load on access).
+_RUN_COLUMNS = ("id", "code", "team_id", "flow_id", "version_id", "trigger_key", "trigger", "event_id",
+                "chain_id", "block_number", "block_hash", "dry_run", "status", "error", "event_seq",
+                "created_by_id", "created_at", "dispatched_at", "started_at", "finished_at")
+_FLOW_COLUMNS = ("code", "name", "paused", "signing_secret")
+_VERSION_COLUMNS = ("number", "status", "created_at")
+_RUN_SQL = (
+    f"SELECT {', '.join('r.' + c for c in _RUN_COLUMNS)}, {', '.join('f.' + c for c in _FLOW_COLUMNS)}, "  # noqa: S608
+    f"{', '.join('v.' + c for c in _VERSION_COLUMNS)} "
+    "FROM executor_run r JOIN flows_flow f ON f.id = r.flow_id JOIN flows_flowversion v ON v.id = r.version_id "
+    "WHERE r.id = %s"
+)
+_STEP_COLUMNS = tuple(f.attname for f in StepRun._meta.concrete_fields)
+_STEP_JSON = frozenset({"input", "output", "logs", "state"})
+# What a transition may change, written as a whole from the row in memory.
+_STEP_MUTABLE = ("status", "attempt", "input", "output", "error", "logs", "port", "handled", "state",
+                 "lease_expires_at", "next_attempt_at", "queued_at", "started_at", "finished_at")
+_STEP_TYPES = {"status": "varchar", "attempt": "int", "input": "jsonb", "output": "jsonb", "error": "text",
+               "logs": "jsonb", "port": "varchar", "handled": "boolean", "state": "jsonb",
+               "lease_expires_at": "timestamptz", "next_attempt_at": "timestamptz", "queued_at": "timestamptz",
+               "started_at": "timestamptz", "finished_at": "timestamptz"}
+_STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
+_STEP_PLACEHOLDERS = ", ".join(f"%s::{_STEP_TYPES[c]}" for c in _STEP_MUTABLE)
+_STEP_UPDATE = (
+    "UPDATE executor_steprun AS s SET " + ", ".join(f"{c} = v.{c}" for c in _STEP_MUTABLE)  # noqa: S608
+    + " FROM (VALUES {rows}) AS v(id, expected_status, expected_attempt, " + ", ".join(_STEP_MUTABLE) + ")"
+    " WHERE s.id = v.id AND s.status = v.expected_status AND s.attempt = v.expected_attempt RETURNING s.id"
+)
+_STEP_INSERT = (
+    "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") VALUES {rows} "  # noqa: S608
+    "RETURNING id, step_id"
+)
+# A version's compiled DAG never changes once it is set; keyed with created_at so a reused id cannot match.
+_dags: dict[tuple[int, Any], dict] = {}
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _jsonb(value) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _instance(model, values: dict):
+    """A model instance as loaded from the database; fields not in `values` load on access."""
+    fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db("default", fields, [values[name] for name in fields])
+
+
+def _load_run(run_id: int, *, lock: bool) -> Run | None:
+    """The run with its flow and version (DAG included) in one query; `lock` takes the run row FOR UPDATE."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RUN_SQL + (" FOR UPDATE OF r" if lock else ""), [run_id])
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    values = dict(zip(_RUN_COLUMNS, found, strict=False))
+    values["trigger"] = _json(values["trigger"])
+    run = _instance(Run, values)
+    flow = dict(zip(_FLOW_COLUMNS, found[len(_RUN_COLUMNS):], strict=False))
+    run.flow = _instance(Flow, {"id": run.flow_id, "team_id": run.team_id, **flow})
+    number, status, created_at = found[len(_RUN_COLUMNS) + len(_FLOW_COLUMNS):]
+    key = (run.version_id, created_at)
+    dag = _dags.get(key)
+    if dag is None:
+        dag = FlowVersion.objects.filter(pk=run.version_id).values_list("dag", flat=True).first()
+        if dag is not None:
+            if len(_dags) > 10_000:
+                _dags.clear()
+            _dags[key] = dag
+    run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": number,
+                                          "status": status, "created_at": created_at, "dag": dag})
+    return run
+
+
+def _load_steps(run: Run) -> dict[str, StepRun]:
+    """The run's step rows as they are now, by step id."""
+    rows = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_STEP_SELECT, [run.pk])
+        for found in cursor.fetchall():
+            values = [_json(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
+            row = StepRun.from_db("default", _STEP_COLUMNS, values)
+            row.run = run
+            rows[row.step_id] = row
+    return rows
+
+
+class ClaimLost(Exception):
+    """A step row this worker held changed under it (its lease ran out and another worker took it)."""
+
+
+class StepChanges:
+    """Step rows changed in memory under the run's lock, written together by flush().
+
+    New rows are inserted as they end up (a run's first steps go in already run
+    or queued); existing rows are updated in one statement guarded by the status
+    and attempt they had when first changed. A `strict` change that no longer
+    matches raises ClaimLost, rolling the transaction back; a lenient one (a
+    cancellation racing a claim) is dropped. Messages for queued rows go out
+    after commit, once their ids are known.
+    """
+
+    def __init__(self) -> None:
+        self.new: list[StepRun] = []
+        self.changed: dict[int, tuple[StepRun, str, int, bool]] = {}
+        self.sends: list[tuple[StepRun, float]] = []
+
+    def change(self, row: StepRun, *, strict: bool = True, **fields) -> None:
+        if row.pk is not None and id(row) not in self.changed:
+            self.changed[id(row)] = (row, row.status, row.attempt, strict)
+        for name, value in fields.items():
+            setattr(row, name, value)
+
+    def send(self, row: StepRun, delay_seconds: float = 0) -> None:
+        self.sends.append((row, delay_seconds))
+
+    def flush(self) -> None:
+        new, self.new = self.new, []
+        changed, self.changed = list(self.changed.values()), {}
+        sends, self.sends = self.sends, []
+        with connection.cursor() as cursor:
+            if new:
+                params: list = []
+                for row in new:
+                    params += [row.run_id, row.step_id, *self._values(row)]
+                rows = ", ".join([f"(%s::bigint, %s::varchar, {_STEP_PLACEHOLDERS})"] * len(new))
+                cursor.execute(_STEP_INSERT.format(rows=rows), params)
+                ids = dict((step_id, pk) for pk, step_id in cursor.fetchall())
+                for row in new:
+                    row.pk = ids[row.step_id]
+                    row._state.adding = False
+            if changed:
+                params = []
+                for row, status, attempt, _ in changed:
+                    params += [row.pk, status, attempt, *self._values(row)]
+                rows = ", ".join([f"(%s::bigint, %s::varchar, %s::int, {_STEP_PLACEHOLDERS})"] * len(changed))
+                cursor.execute(_STEP_UPDATE.format(rows=rows), params)
+                written = {pk for (pk,) in cursor.fetchall()}
+                if any(strict and row.pk not in written for row, _, _, strict in changed):
+                    raise ClaimLost("a step row changed while its run was locked")
+        for row, delay in sends:
+            transaction.on_commit(lambda pk=row.pk, delay=delay: _send_step(pk, delay))
+
+    @staticmethod
+    def _values(row: StepRun) -> list:
+        return [_jsonb(getattr(row, c)) if c in _STEP_JSON else getattr(row, c) for c in _STEP_MUTABLE]
+
+
+def _hand_out(ready: list[StepRun], keep_one: bool, run: Run, log: RunLog, changes: StepChanges) -> StepRun | None:
+    """Send the ready steps after commit; with `keep_one`, claim the first for this thread to run next.
+
+    The kept step is claimed (RUNNING, with a lease) in this transaction: if this
+    thread dies before it finishes, the lease runs out and the sweeper sends it.
     """
     kept = ready[0] if keep_one and ready else None
     for row in ready:
         if row is not kept:
-            transaction.on_commit(lambda row_id=row.pk: _send_step(row_id))
+            changes.send(row)
+    if kept is not None:
+        now = timezone.now()
+        step = _dag_step(run, kept.step_id)
+        changes.change(kept, status=S.RUNNING, attempt=kept.attempt + 1, started_at=now, next_attempt_at=None,
+                       lease_expires_at=now + timedelta(seconds=_lease_seconds(step)))
+        _step_event(log, kept)
     return kept
 
 
-def _continue_with(kept: StepRun | None, run: Run | None, deadline: float) -> None:
+def _continue_with(kept: StepRun | None, run: Run | None, rows: dict[str, StepRun] | None, deadline: float) -> None:
     """Run the kept step, and the one each of those keeps, until none is left or the budget is spent."""
     while kept is not None and run is not None:
-        kept, run = _run_step_once(kept.pk, keep_one=time.monotonic() < deadline, known=(run, kept.step_id))
+        kept, run, rows = _run_step_once(kept.pk, keep_one=time.monotonic() < deadline, held=(run, kept, rows))
 
 
 # -- starting ------------------------------------------------------------------------
@@ -111,40 +268,42 @@ def start_run(run_id: int) -> None:
 
     Safe to call twice: a run that is already RUNNING is only re-advanced.
     Called outside a transaction, the thread then goes on with one of the steps it
-    queued (see _continue_with) instead of waiting for that step's message.
+    made ready (see _continue_with) instead of waiting for that step's message.
+    The step rows are written once, as the logic left them: three statements and
+    a commit for a run whose first side effect is one step away.
     """
     deadline = time.monotonic() + CHAIN_SECONDS
     keep_one = _committed_on_return()
-    kept = run = None
+    kept = rows = None
     with transaction.atomic():
-        run = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").defer(
-            *(f.removeprefix("run__") for f in _UNUSED_VERSION_FIELDS)).filter(pk=run_id).first()
+        run = _load_run(run_id, lock=True)
         if run is None:
             logger.warning("start_run: run %s does not exist", run_id)
             return
-        log = RunLog(run)
+        log, changes, ready = RunLog(run), StepChanges(), []
         if run.status == Run.Status.RUNNING:
-            kept = _hand_out(advance(run, log), keep_one)
+            rows = _load_steps(run)
+            ready = _advance(run, rows, log, changes)
         elif run.status == Run.Status.QUEUED:
             dag = run.version.dag
             if run.trigger_key.startswith(_FIRED_BY_TRIGGER) and (
                 run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED
             ):
                 # Claimed just before the flow was paused or unpublished: the trigger is off now.
-                _finish_run(run, Run.Status.CANCELLED, "the flow was paused or unpublished before the run started", log)
+                _finish_run(run, Run.Status.CANCELLED, "the flow was paused or unpublished before the run started",
+                            log, changes, {})
             elif not dag or not isinstance(dag.get("steps"), list):
-                _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG", log)
+                _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG", log, changes, {})
             else:
-                StepRun.objects.bulk_create(
-                    [StepRun(run=run, step_id=step["id"]) for step in dag["steps"]], ignore_conflicts=True
-                )
-                run.status = Run.Status.RUNNING
-                run.started_at = timezone.now()
-                Run.objects.filter(pk=run.pk).update(status=run.status, started_at=run.started_at)
+                rows = {step["id"]: StepRun(run=run, step_id=step["id"], logs=[], state={}) for step in dag["steps"]}
+                changes.new = list(rows.values())
+                log.set_run(status=Run.Status.RUNNING, started_at=timezone.now())
                 log.add("run.status", {"status": run.status})
-                kept = _hand_out(advance(run, log), keep_one)
+                ready = _advance(run, rows, log, changes)
+        kept = _hand_out(ready, keep_one, run, log, changes)
+        changes.flush()
         log.flush()
-    _continue_with(kept, run, deadline)
+    _continue_with(kept, run, rows, deadline)
 
 
 # -- deciding what runs next ------------------------------------------------------------
@@ -184,81 +343,70 @@ def runs_inline(step: dict) -> bool:
     return step["type"] in INLINE_KINDS and not step.get("side_effect")
 
 
-def advance(run: Run, log: RunLog | None = None) -> list[StepRun]:
+def advance(run: Run) -> None:
     """Run or queue every PENDING step whose inputs allow it, skip the unreachable, finish the run when done.
 
     Call inside a transaction that holds the run row (select_for_update). Logic
-    steps (runs_inline) run here and now; every other ready step is set QUEUED.
-    With a `log` the caller owns, the QUEUED steps are returned for the caller
-    to hand out after commit; without one, the events are written and the
-    messages sent on commit here, and [] is returned.
+    steps (runs_inline) run here and now; messages for the queued steps and the
+    run's events go out when the transaction commits.
     """
-    own_log = log is None
-    log = log if log is not None else RunLog(run)
-    ready: list[StepRun] = []
+    log, changes = RunLog(run), StepChanges()
     if run.status == Run.Status.RUNNING:
-        rows = {row.step_id: row for row in StepRun.objects.filter(run=run)}
-        ready = _advance(run, rows, log)
-    if own_log:
-        log.flush()
-        _hand_out(ready, keep_one=False)
-        return []
-    return ready
+        for row in _advance(run, _load_steps(run), log, changes):
+            changes.send(row)
+    changes.flush()
+    log.flush()
 
 
-def _advance(run: Run, rows: dict[str, StepRun], log: RunLog) -> list[StepRun]:
+def _advance(run: Run, rows: dict[str, StepRun], log: RunLog, changes: StepChanges) -> list[StepRun]:
+    """advance() on rows in memory: changes go to `changes`; returns the steps it set QUEUED."""
     ready: list[StepRun] = []
+    now = timezone.now()
     for step in run.version.dag["steps"]:  # topological order: a skip or an inline result cascades in one pass
         row = rows.get(step["id"])
         if row is None or row.status != S.PENDING:
             continue
         verdict = readiness(step, rows)
         if verdict == "ready" and runs_inline(step):
-            _run_inline(run, row, step, rows, log)
+            _run_inline(run, row, step, rows, log, changes)
             if run.status != Run.Status.RUNNING:
                 return []  # a stop step or an unhandled failure ended the run; the rest is cancelled
         elif verdict == "ready":
-            if StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(status=S.QUEUED, queued_at=timezone.now()):
-                row.status = S.QUEUED
-                _step_event(log, row)
-                ready.append(row)
-        elif verdict == "skip" and StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(
-            status=S.SKIPPED, finished_at=timezone.now()
-        ):
-            row.status = S.SKIPPED
+            changes.change(row, status=S.QUEUED, queued_at=now)
+            _step_event(log, row)
+            ready.append(row)
+        elif verdict == "skip":
+            changes.change(row, status=S.SKIPPED, finished_at=now)
             _step_event(log, row)
     if not any(row.status in ACTIVE for row in rows.values()):
-        _finish_run(run, Run.Status.SUCCEEDED, "", log, steps_left=False)
+        _finish_run(run, Run.Status.SUCCEEDED, "", log, changes, rows)
     return ready
 
 
-def _run_inline(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun], log: RunLog) -> None:
+def _run_inline(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun], log: RunLog,
+                changes: StepChanges) -> None:
     """Claim, run and record a logic step without a message; the caller holds the run row."""
     now = timezone.now()
-    if not StepRun.objects.filter(pk=row.pk, status=S.PENDING).update(
-        status=S.RUNNING, attempt=F("attempt") + 1, queued_at=now, started_at=now,
-        lease_expires_at=now + timedelta(seconds=settings.KWALA_STEP_LEASE_SECONDS),
-    ):
-        return
-    row.status, row.attempt, row.started_at = S.RUNNING, row.attempt + 1, now
+    changes.change(row, status=S.RUNNING, attempt=row.attempt + 1, queued_at=now, started_at=now,
+                   lease_expires_at=now + timedelta(seconds=settings.KWALA_STEP_LEASE_SECONDS))
     ctx = _context(run, row, step, rows)
-    _settle(run, row, step, ctx, _execute(run, row, step, ctx), log, inline=True)
+    _settle(run, row, step, ctx, _execute(run, row, step, ctx), log, changes, rows, inline=True)
 
 
-def _finish_run(run: Run, status: str, error: str, log: RunLog, *, steps_left: bool = True) -> None:
+def _finish_run(run: Run, status: str, error: str, log: RunLog, changes: StepChanges,
+                rows: dict[str, StepRun]) -> None:
     """End the run: cancel what has not started, record it, tell the team about a failure (once).
 
-    `steps_left=False` says the caller has just seen every step finished (nothing to cancel).
+    Call with the run row held; `rows` are its step rows in memory.
     """
-    now = timezone.now()
-    if steps_left:
-        StepRun.objects.filter(run=run, status__in=[S.PENDING, S.QUEUED]).update(status=S.CANCELLED, finished_at=now)
-    updated = Run.objects.filter(pk=run.pk, status__in=[Run.Status.QUEUED, Run.Status.RUNNING]).update(
-        status=status, error=error, finished_at=now
-    )
-    if not updated:
+    if run.status not in (Run.Status.QUEUED, Run.Status.RUNNING):
         return
-    run.status, run.error, run.finished_at = status, error, now
+    now = timezone.now()
+    for row in rows.values():
+        if row.status in (S.PENDING, S.QUEUED):
+            # A queued step may be claimed meanwhile (it does not take the run's lock): then it stays.
+            changes.change(row, strict=False, status=S.CANCELLED, finished_at=now)
+    log.set_run(status=status, error=error, finished_at=now)
     log.add("run.status", {"status": status, "error": error})
     if status == Run.Status.FAILED:
         notify_run_failed(run)
@@ -337,9 +485,7 @@ def claim_step(step_run_id: int, lease_seconds: float, run: Run | None = None) -
     if not claimed:
         return None
     row = claimed[0]
-    row.run = run if run is not None else (
-        Run.objects.select_related("flow", "version", "team").get(pk=row.run_id)
-    )
+    row.run = run if run is not None else _load_run(row.run_id, lock=False)
     return row
 
 
@@ -353,35 +499,53 @@ def run_step(step_run_id: int) -> None:
     _continue_with(*_run_step_once(step_run_id, keep_one=_committed_on_return()), deadline)
 
 
+_NOTHING = (None, None, None)
+
+
 def _run_step_once(step_run_id: int, *, keep_one: bool,
-                   known: tuple[Run, str] | None = None) -> tuple[StepRun | None, Run | None]:
-    """One step: claim, run, record. Returns the step this thread should run next, if it kept one, and its run.
+                   held: tuple[Run, StepRun, dict[str, StepRun] | None] | None = None,
+                   ) -> tuple[StepRun | None, Run | None, dict[str, StepRun] | None]:
+    """One step: claim, run, record. Returns the step this thread claimed to run next (if any), its run and rows.
 
-    `known` is (the run, the step id) when the caller has them, which saves reading the row first.
+    `held` is (the run, the step row, the run's rows) for a step this thread already
+    claimed in the transaction that made it ready; otherwise the step is claimed here.
     """
-    if known is None:
-        row = (StepRun.objects.select_related("run__flow", "run__version").defer(*_UNUSED_VERSION_FIELDS)
-               .filter(pk=step_run_id).first())
-        if row is None or row.status not in (S.QUEUED, S.RUNNING):
-            return None, None
-        known = (row.run, row.step_id)
-    run, step_id = known
-    step = _dag_step(run, step_id)
-    with transaction.atomic():
-        row = claim_step(step_run_id, _lease_seconds(step), run=run)
-        if row is None:
-            return None, None
-        record_run_event(run, "step.status", {"step": row.step_id, "status": S.RUNNING, "attempt": row.attempt})
+    if held is None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT run_id, step_id, status FROM executor_steprun WHERE id = %s", [step_run_id])
+            found = cursor.fetchone()
+        if found is None or found[2] not in (S.QUEUED, S.RUNNING):
+            return _NOTHING
+        run = _load_run(found[0], lock=False)
+        step = _dag_step(run, found[1])
+        with transaction.atomic():
+            row = claim_step(step_run_id, _lease_seconds(step), run=run)
+            if row is None:
+                return _NOTHING
+            record_run_event(run, "step.status", {"step": row.step_id, "status": S.RUNNING, "attempt": row.attempt})
+        rows = None
+    else:
+        run, row, rows = held
+        step = _dag_step(run, row.step_id)
 
-    ctx = _context(run, row, step)
+    ctx = _context(run, row, step, rows)
     outcome = _execute(run, row, step, ctx)
-    with transaction.atomic():
-        run = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").defer(
-            *(f.removeprefix("run__") for f in _UNUSED_VERSION_FIELDS)).get(pk=run.pk)
-        log = RunLog(run)
-        ready = _settle(run, row, step, ctx, outcome, log)
-        log.flush()
-        return _hand_out(ready, keep_one), run
+    try:
+        with transaction.atomic():
+            run = _load_run(run.pk, lock=True)
+            rows = _load_steps(run)
+            current = rows.get(row.step_id)
+            if current is None or current.status != S.RUNNING or current.attempt != row.attempt:
+                return _NOTHING  # our claim was taken over; the new holder records the result
+            log, changes = RunLog(run), StepChanges()
+            ready = _settle(run, current, step, ctx, outcome, log, changes, rows)
+            kept = _hand_out(ready, keep_one, run, log, changes)
+            changes.flush()
+            log.flush()
+            return kept, run, rows
+    except ClaimLost:
+        logger.info("step %s of run %s: claim lost while recording its result", row.step_id, run.code)
+        return _NOTHING
 
 
 def _execute(run: Run, row: StepRun, step: dict, ctx: StepContext) -> StepResult | Reschedule | StepError:
@@ -456,64 +620,54 @@ def backoff_seconds(retry: dict, attempt: int) -> float:
     return ceiling / 2 + random.random() * ceiling / 2
 
 
-def _settle(run: Run, row: StepRun, step: dict, ctx: StepContext, outcome, log: RunLog, *,
-            inline: bool = False) -> list[StepRun]:
-    """Record a step's outcome if this worker still holds its claim, then advance or end the run.
+def _settle(run: Run, row: StepRun, step: dict, ctx: StepContext, outcome, log: RunLog, changes: StepChanges,
+            rows: dict[str, StepRun], *, inline: bool = False) -> list[StepRun]:
+    """Record a step's outcome on its row (RUNNING, held by this worker), then advance or end the run.
 
-    Call inside a transaction that holds the run row (select_for_update).
-    Returns the steps it set QUEUED, for the caller to hand out after
-    commit. An `inline` step is settled inside advance()'s pass, which goes on
-    from the updated `row` itself, so it is not advanced again here.
+    Call inside a transaction that holds the run row, with `rows` its step rows.
+    Returns the steps it set QUEUED, for the caller to hand out. An `inline` step
+    is settled inside _advance()'s pass, which goes on from the updated `row`
+    itself, so it is not advanced again here.
     """
     now = timezone.now()
     secrets = ctx.secret_values
     sent = redact_value(ctx.sent, secrets) if ctx.sent is not None else None
     logs = (row.logs or []) + [redact(line, secrets) for line in ctx.logs]
-    mine = StepRun.objects.filter(pk=row.pk, status=S.RUNNING, attempt=row.attempt)
     if isinstance(outcome, Reschedule):
         when = now + timedelta(seconds=outcome.delay_seconds)
-        if mine.update(status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
-                       state=outcome.state, logs=logs, input=sent, attempt=F("attempt") - 1):
-            row.status, row.attempt = S.QUEUED, row.attempt - 1
-            _step_event(log, row, waiting_until=when.isoformat())
-            row_id, delay = row.pk, outcome.delay_seconds
-            transaction.on_commit(lambda: _send_step(row_id, delay))
+        changes.change(row, status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
+                       state=outcome.state, logs=logs, input=sent, attempt=row.attempt - 1)
+        _step_event(log, row, waiting_until=when.isoformat())
+        changes.send(row, outcome.delay_seconds)
         return []
 
     if isinstance(outcome, StepResult):
         output = redact_value(to_jsonable(outcome.output), secrets)
-        if not mine.update(status=S.SUCCEEDED, output=output, port=outcome.port, error="", finished_at=now,
-                           lease_expires_at=None, logs=logs, input=sent):
-            return []  # our claim was taken over; the new holder records the result
-        row.status, row.port, row.output, row.error = S.SUCCEEDED, outcome.port, output, ""
+        changes.change(row, status=S.SUCCEEDED, output=output, port=outcome.port, error="", finished_at=now,
+                       lease_expires_at=None, logs=logs, input=sent)
         _step_event(log, row)
         if outcome.stop:
             status = Run.Status.FAILED if outcome.stop == "failed" else Run.Status.SUCCEEDED
-            _finish_run(run, status, outcome.stop_message if status == Run.Status.FAILED else "", log)
+            _finish_run(run, status, outcome.stop_message if status == Run.Status.FAILED else "", log, changes, rows)
             return []
-        return [] if inline else advance(run, log)
+        return [] if inline else _advance(run, rows, log, changes)
 
     error = outcome.message
     retry = step["config"].get("retry") or {"max_attempts": 1, "backoff_seconds": 10}
     if not outcome.permanent and row.attempt < int(retry.get("max_attempts", 1)):
         wait = backoff_seconds(retry, row.attempt)
         when = now + timedelta(seconds=wait)
-        if mine.update(status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
-                       error=error, logs=logs + [f"attempt {row.attempt} failed: {error}"], input=sent):
-            row.status, row.error = S.QUEUED, error
-            _step_event(log, row, error=error, retry_at=when.isoformat())
-            row_id = row.pk
-            transaction.on_commit(lambda: _send_step(row_id, wait))
+        changes.change(row, status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
+                       error=error, logs=logs + [f"attempt {row.attempt} failed: {error}"], input=sent)
+        _step_event(log, row, error=error, retry_at=when.isoformat())
+        changes.send(row, wait)
         return []
 
     handled = bool(step["successors"].get("error"))
-    if not mine.update(status=S.FAILED, error=error, port="error" if handled else "", handled=handled,
-                       output={"error": error}, finished_at=now, lease_expires_at=None, logs=logs,
-                       input=sent):
-        return []
-    row.status, row.port, row.output, row.error = S.FAILED, "error" if handled else "", {"error": error}, error
+    changes.change(row, status=S.FAILED, error=error, port="error" if handled else "", handled=handled,
+                   output={"error": error}, finished_at=now, lease_expires_at=None, logs=logs, input=sent)
     _step_event(log, row, error=error)
     if handled:
-        return [] if inline else advance(run, log)
-    _finish_run(run, Run.Status.FAILED, f"step “{step['name']}” failed: {error}", log)
+        return [] if inline else _advance(run, rows, log, changes)
+    _finish_run(run, Run.Status.FAILED, f"step “{step['name']}” failed: {error}", log, changes, rows)
     return []

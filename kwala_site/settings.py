@@ -396,7 +396,7 @@ CHANNEL_LAYERS = {
 # every second: with the default 60 s timeout and 0.1% chance work sat for minutes.
 DRAMATIQ_HEARTBEAT_TIMEOUT_MS = env_int("DRAMATIQ_HEARTBEAT_TIMEOUT_MS", 5_000, minimum=1_000)
 DRAMATIQ_BROKER = {
-    "BROKER": "dramatiq.brokers.redis.RedisBroker",
+    "BROKER": "executor.broker.WakingRedisBroker",
     "OPTIONS": {
         "url": REDIS_URL,
         "heartbeat_timeout": DRAMATIQ_HEARTBEAT_TIMEOUT_MS,
@@ -412,11 +412,11 @@ DRAMATIQ_BROKER = {
     ],
 }
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
-# An idle Dramatiq consumer polls Redis with a backoff that grows to this many ms
-# (dramatiq's default, 1000, adds up to a second to the first step of a quiet
-# flow). 20 ms costs an idle worker about 50 cheap Redis calls a second per queue.
-# Dramatiq reads it from the environment, which `rundramatiq` passes to its workers.
-DRAMATIQ_WORKER_TIMEOUT_MS = env_int("DRAMATIQ_WORKER_TIMEOUT_MS", 20, minimum=1)
+# An idle consumer waits on its queue's doorbell (executor.broker) for up to this
+# many ms, then fetches anyway: messages re-queued from a dead worker come with no
+# doorbell, and each fetch also refreshes the worker's heartbeat and gives
+# maintenance (above) its chance to run.
+DRAMATIQ_WORKER_TIMEOUT_MS = env_int("DRAMATIQ_WORKER_TIMEOUT_MS", 500, minimum=1)
 os.environ.setdefault("dramatiq_worker_timeout", str(DRAMATIQ_WORKER_TIMEOUT_MS))
 
 # -- logging --------------------------------------------------------------------------
