@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from executor import runner
-from executor.models import Run
+from executor.models import Run, StepRun
 from flows import actions
 from flows.models import FlowVersion
 
@@ -62,3 +62,57 @@ def test_a_manual_run_of_a_live_flow_still_runs(live_version, alice):
     run.refresh_from_db()
     assert run.status == Run.Status.SUCCEEDED
     assert live_version.status == FlowVersion.Status.PUBLISHED
+
+
+@pytest.fixture
+def hook_version(team, alice):
+    graph = {
+        "nodes": [
+            {"id": "start", "type": "manual", "name": "Start", "position": {"x": 0, "y": 0}, "config": {}},
+            {"id": "check", "type": "condition", "name": "Check", "position": {"x": 0, "y": 100},
+             "config": {"expression": "1 > 0"}},
+            {"id": "hook", "type": "http.request", "name": "Hook", "position": {"x": 0, "y": 200},
+             "config": {"method": "POST", "url": "http://127.0.0.1:9/never"}},
+        ],
+        "edges": [{"source": "start", "source_port": "out", "target": "check"},
+                  {"source": "check", "source_port": "true", "target": "hook"}],
+    }
+    flow = actions.create_flow(team, alice, "Hooked", graph=graph)
+    return actions.publish_version(flow, alice)
+
+
+@pytest.mark.django_db
+def test_a_run_starts_with_its_rows_written_as_the_logic_left_them(hook_version):
+    flow = hook_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:rows")
+    runner.start_run(run.pk)  # inside the test's transaction: nothing is kept, the hook is queued
+    run.refresh_from_db()
+    rows = {row.step_id: row for row in run.steps.all()}
+    assert run.status == Run.Status.RUNNING and run.started_at is not None
+    assert (rows["check"].status, rows["check"].port, rows["check"].output) == ("SUCCEEDED", "true", {"result": True})
+    assert (rows["hook"].status, rows["hook"].attempt) == ("QUEUED", 0)
+    assert [e.data.get("status") for e in run.log.order_by("seq")] == ["RUNNING", "SUCCEEDED", "QUEUED"]
+
+
+@pytest.mark.django_db
+def test_a_guarded_step_write_that_lost_its_row_raises_and_writes_nothing(hook_version):
+    flow = hook_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:guard")
+    runner.start_run(run.pk)
+    loaded = runner._load_run(run.pk, lock=True)
+    rows = runner._load_steps(loaded)
+    # Another worker claims the queued hook after we read it.
+    StepRun.objects.filter(pk=rows["hook"].pk).update(status="RUNNING", attempt=1)
+
+    changes = runner.StepChanges()
+    changes.change(rows["hook"], status="CANCELLED")
+    with pytest.raises(runner.ClaimLost):
+        changes.flush()
+    assert StepRun.objects.get(pk=rows["hook"].pk).status == "RUNNING"
+
+    lenient = runner.StepChanges()
+    lenient.change(runner._load_steps(loaded)["check"], strict=False, status="CANCELLED")
+    lenient.change(rows["hook"], strict=False, status="CANCELLED")  # still stale: dropped, no error
+    lenient.flush()
+    assert StepRun.objects.get(pk=rows["hook"].pk).status == "RUNNING"
+    assert StepRun.objects.get(pk=rows["check"].pk).status == "CANCELLED"

@@ -1,0 +1,77 @@
+"""The broker's doorbell (executor.broker), against the real embedded Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import dramatiq
+import pytest
+from dramatiq import Message
+
+from executor.broker import MAX_TOKENS, WakingRedisBroker
+
+
+@pytest.fixture
+def queue():
+    """A queue of its own, which no running worker consumes."""
+    broker = dramatiq.get_broker()
+    name = f"doorbell-{uuid.uuid4().hex[:8]}"
+    broker.declare_queue(name)
+    yield broker, name
+    broker.flush(name)
+    broker.client.delete(broker.wake_key(name))
+
+
+def message(name: str, n: int) -> Message:
+    return Message(queue_name=name, actor_name="answer_probe", args=(n,), kwargs={}, options={})
+
+
+def test_the_configured_broker_is_the_waking_one():
+    assert isinstance(dramatiq.get_broker(), WakingRedisBroker)
+
+
+def test_each_message_rings_the_doorbell_and_unused_tokens_stay_few(queue):
+    broker, name = queue
+    for n in range(MAX_TOKENS + 10):
+        broker.enqueue(message(name, n))
+    assert broker.client.llen(broker.wake_key(name)) == MAX_TOKENS
+
+    consumer = broker.consume(name, prefetch=100, timeout=100)
+    received = [next(consumer) for _ in range(MAX_TOKENS + 10)]
+    assert [m.args[0] for m in received] == list(range(MAX_TOKENS + 10))
+    for m in received:
+        consumer.ack(m)
+
+
+def test_a_delayed_message_rings_its_delay_queue(queue):
+    broker, name = queue
+    broker.enqueue(message(name, 1), delay=60_000)
+    assert broker.client.llen(broker.wake_key(f"{name}.DQ")) == 1
+    assert broker.client.llen(broker.wake_key(name)) == 0
+
+
+def test_an_idle_consumer_waits_for_the_doorbell_not_its_timeout(queue):
+    broker, name = queue
+    consumer = broker.consume(name, prefetch=1, timeout=30_000)
+    threading.Timer(0.3, lambda: broker.enqueue(message(name, 7))).start()
+
+    started = time.monotonic()
+    first = next(consumer)  # woken by the token: no message yet, the next call fetches it
+    second = first or next(consumer)
+    woke_after = time.monotonic() - started
+
+    assert second is not None and second.args == (7,)
+    assert woke_after < 15, "the consumer slept through its timeout instead of waking on the doorbell"
+    consumer.ack(second)
+
+
+def test_a_message_without_a_token_is_still_fetched_after_the_idle_timeout(queue):
+    broker, name = queue
+    broker.enqueue(message(name, 3))
+    broker.client.delete(broker.wake_key(name))  # as for work re-queued from a dead worker
+    consumer = broker.consume(name, prefetch=1, timeout=200)
+    received = next(consumer) or next(consumer)
+    assert received is not None and received.args == (3,)
+    consumer.ack(received)
