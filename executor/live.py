@@ -64,7 +64,7 @@ def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | N
     sets = "".join(f", {name} = %s" for name in fields)
     if not events:
         with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE executor_run SET event_seq = event_seq{sets} WHERE id = %s",  # noqa: S608
+            cursor.execute(f"UPDATE executor_run SET {sets.removeprefix(', ')} WHERE id = %s",  # noqa: S608
                            [*fields.values(), run.pk])
         return []
     rows = ", ".join(["(%s::int, %s, %s::jsonb)"] * len(events))
@@ -121,10 +121,6 @@ class RunLog:
         events, self.events = self.events, []
         fields, self.fields = self.fields, {}
         return record_run_events(self.run, events, fields)
-
-
-def broadcast(message: dict, flow_code: str) -> None:
-    broadcast_all([message], flow_code)
 
 
 def broadcast_all(messages: list[dict], flow_code: str) -> None:

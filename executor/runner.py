@@ -388,7 +388,7 @@ def _run_inline(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun], lo
     """Claim, run and record a logic step without a message; the caller holds the run row."""
     now = timezone.now()
     changes.change(row, status=S.RUNNING, attempt=row.attempt + 1, queued_at=now, started_at=now,
-                   lease_expires_at=now + timedelta(seconds=settings.KWALA_STEP_LEASE_SECONDS))
+                   lease_expires_at=now + timedelta(seconds=_lease_seconds(step)))
     ctx = _context(run, row, step, rows)
     _settle(run, row, step, ctx, _execute(run, row, step, ctx), log, changes, rows, inline=True)
 
