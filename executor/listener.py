@@ -22,8 +22,14 @@ The lock serialises listeners on a chain and the unique keys make a repeated
 block harmless, so two listeners, a crash between commit and anything else, or
 a replayed range all yield each run exactly once.
 
-A websocket `newHeads` subscription only wakes the loop; it polls when the
-socket is down. A reorg is found when a block's parent is not the cursor's hash
+A websocket `newHeads` subscription wakes the loop; it polls when the socket
+is down. On the same socket a `logs` subscription (filtered like the loop's
+eth_getLogs) lets `claim_pushed_logs` store a block's logs and claim their
+depth-0 runs the moment the node pushes them, before the loop has read the
+block: the same rows the loop would write, so the loop then skips them or finds
+them there. That is what makes event-to-run latency close to the node's own. A
+pushed block that is orphaned before the loop reaches it is retracted when the
+loop processes its replacement at that height. A reorg is found when a block's parent is not the cursor's hash
 (or the head at the cursor's height has another hash); the listener walks back
 through the recent blocks to the common ancestor and `rewind`s: the orphaned
 blocks' events are retracted, their runs cancelled (not started) or marked
@@ -33,12 +39,12 @@ like any other block. A reorg deeper than the kept window halts the chain.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +53,16 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from executor.chain import BATCH_SIZE, Block, ChainClient, ChainError, client_for_chain
+from executor.chain import (
+    BATCH_SIZE,
+    Block,
+    ChainClient,
+    ChainError,
+    block_from_rpc,
+    client_for_chain,
+    log_from_rpc,
+)
+from executor.chainsocket import SOCKET_ERRORS, SubscriptionSocket
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -69,6 +84,12 @@ MAX_LOG_RANGE = getattr(settings, "KWALA_LOG_RANGE", 2000)
 CHAIN_TRIGGER_TYPES = ("chain.event", "chain.block", "chain.state")
 # How often a halted listener looks whether an operator has resumed its chain.
 HALT_RECHECK_SECONDS = 5.0
+# How long the block loop lets freshly claimed runs go first (see ChainListener._yield_to_claimed_runs).
+YIELD_SECONDS = getattr(settings, "KWALA_LISTENER_YIELD_SECONDS", 0.03)
+# How often the websocket thread looks whether the trigger index changed (to resubscribe).
+RESUBSCRIBE_CHECK_SECONDS = 0.2
+# Blocks whose pushed logs (and headers) a listener remembers until its loop reaches them.
+PUSHED_BLOCKS_KEPT = 1024
 
 PROCESSED, ALREADY_DONE, GAP, REORG = "processed", "already done", "gap", "reorg"
 
@@ -201,11 +222,15 @@ def process_block(
     client: ChainClient | None = None,
     *,
     window: int = REORG_WINDOW,
+    pushed: frozenset[int] | set[int] = frozenset(),
 ) -> str:
     """Process one block that may extend the chain's cursor; see the module docstring.
 
     `logs` are the block's logs (at least those matching `triggers.logs`'s
     filter), all with this block's hash. `client` is needed for state triggers.
+    `pushed` names the log indexes `claim_pushed_logs` already stored and claimed
+    with these same `triggers`: they are skipped (doing them again would only
+    find every row there).
     Returns PROCESSED, ALREADY_DONE (another listener or an earlier attempt
     did it), GAP (blocks between the cursor and this one are missing) or REORG
     (the block does not extend the cursor's hash): nothing is written then.
@@ -232,10 +257,13 @@ def process_block(
         # Events: this block's logs that some trigger matches, stored at once.
         matched: list[tuple[dict, list[Candidate]]] = []
         for log in logs:
+            if log["log_index"] in pushed:
+                continue
             found = log_triggers.candidates(log, now)
             if found:
                 matched.append((log, found))
-        event_ids = _store_events(chain, block, [log for log, _ in matched]) if matched else {}
+        _settle_height(chain, block)
+        event_ids = _store_events(chain, block.number, block.hash, [log for log, _ in matched]) if matched else {}
 
         for log, found in matched:
             _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], event_ids, block.timestamp, now, claims)
@@ -289,6 +317,66 @@ def process_block(
     return PROCESSED
 
 
+@dataclass
+class PushedBlock:
+    """Logs a node pushed over its websocket, all of one block (not yet processed by the loop)."""
+
+    number: int
+    hash: str
+    timestamp: int
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def claim_pushed_logs(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTriggers) -> dict[str, set[int]]:
+    """Store pushed logs and claim their runs at 0 confirmations, ahead of the block loop.
+
+    This is the low-latency path: the node pushes a block's logs as it is mined,
+    and the runs they trigger start without waiting for the block loop to read
+    the head, the cursor and the block's logs. It is safe because it only adds
+    rows the loop would add itself: the same Events and the same runs (same
+    trigger keys), so whichever comes second finds them there. Only blocks above
+    the cursor are taken (the loop has decided on everything at or below it), and
+    the cursor row is share-locked meanwhile, so a loop that processes the block
+    or rewinds waits for this transaction and then sees its rows. If the block is
+    orphaned instead, the loop retracts these events and runs when it processes
+    the block that replaced it (`_settle_height`).
+
+    Returns {block hash: log indexes stored and claimed} for the loop to skip.
+    """
+    now = timezone.now()
+    # As process_block does: every matching log is stored (deeper triggers fire from
+    # the stored events later), runs are claimed for the depth-0 triggers.
+    matched = {block.hash: [(log, found) for log in block.logs if (found := triggers.logs.candidates(log, now))]
+               for block in blocks}
+    flow_ids = sorted({c.trigger.flow_id for pairs in matched.values() for _, found in pairs for c in found})
+    done: dict[str, set[int]] = {}
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            # The cursor (share-locked) and which of these flows are paused, in one round trip.
+            cursor.execute(
+                "SELECT block_number, halted, ARRAY(SELECT id FROM flows_flow WHERE id = ANY(%s::bigint[]) AND paused) "
+                "FROM executor_chaincursor WHERE chain_id = %s FOR SHARE",
+                [flow_ids, chain.pk],
+            )
+            row = cursor.fetchone()
+        if row is None or row[0] is None or row[1]:
+            return done  # never started (the loop starts it at the head) or halted
+        cursor_number, paused = row[0], set(row[2])
+        claims: list[RunClaim] = []
+        for block in blocks:
+            if block.number <= cursor_number:
+                continue
+            pairs = matched[block.hash]
+            if pairs:
+                event_ids = _store_events(chain, block.number, block.hash, [log for log, _ in pairs])
+                for log, found in pairs:
+                    _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], event_ids,
+                                block.timestamp, now, claims)
+            done.setdefault(block.hash, set()).update(log["log_index"] for log in block.logs)
+        claim_runs([c for c in claims if c.flow_id not in paused])
+    return done
+
+
 class ChainHalted(Exception):
     """The chain's listener is halted (a reorg deeper than the window); an operator must act."""
 
@@ -305,31 +393,56 @@ def _event_log(event: Event) -> dict[str, Any]:
     }
 
 
-def _store_events(chain: Chain, block: Block, logs: list[dict]) -> dict[int, int]:
-    """Insert the logs as Events (existing ones kept); return {log_index: event id}."""
+def _store_events(chain: Chain, number: int, block_hash: str, logs: list[dict]) -> dict[int, int]:
+    """Insert the logs of one block as Events (existing ones kept); return {log_index: event id}."""
     now = timezone.now()
     values, params = [], []
     for log in logs:
         values.append("(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
-        params += [chain.pk, block.number, block.hash, log["log_index"], log["tx_hash"], log["address"],
+        params += [chain.pk, number, block_hash, log["log_index"], log["tx_hash"], log["address"],
                    json.dumps(log["topics"]), log["data"], now]
+    # One statement: the rows it inserts, plus the ones that were there before it (the
+    # statement's snapshot does not see its own inserts, so nothing is listed twice).
     # Only placeholders are joined in; every value is a parameter.
-    insert = (
-        "INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, topics, "  # noqa: S608
-        f"data, created_at) VALUES {', '.join(values)} ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING"
+    sql = (
+        "WITH new AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, "  # noqa: S608
+        f"address, topics, data, created_at) VALUES {', '.join(values)} "
+        "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING log_index, id) "
+        "SELECT log_index, id FROM new UNION ALL "
+        "SELECT log_index, id FROM executor_event WHERE chain_id = %s AND block_hash = %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(insert, params)
-        # The block is canonical again if it had been orphaned and came back.
-        cursor.execute(
-            "UPDATE executor_event SET retracted_at = NULL WHERE chain_id = %s AND block_hash = %s "
-            "AND retracted_at IS NOT NULL",
-            [chain.pk, block.hash],
-        )
-        cursor.execute(
-            "SELECT log_index, id FROM executor_event WHERE chain_id = %s AND block_hash = %s", [chain.pk, block.hash]
-        )
+        cursor.execute(sql, [*params, chain.pk, block_hash])
         return dict(cursor.fetchall())
+
+
+def _settle_height(chain: Chain, block: Block) -> None:
+    """Make `block` the only block at its height with live events.
+
+    Events stored at this height under another hash came from logs the node pushed
+    for a block that was then orphaned before the block loop reached it (so no
+    rewind knew about it): they are retracted with their runs, as in a reorg. This
+    block's own events are live again if an earlier reorg had retracted them.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT block_hash, bool_or(retracted_at IS NULL), bool_or(retracted_at IS NOT NULL) "
+            "FROM executor_event WHERE chain_id = %s AND block_number = %s GROUP BY block_hash",
+            [chain.pk, block.number],
+        )
+        rows = cursor.fetchall()
+        orphaned = [h for h, live, _ in rows if h != block.hash and live]
+        if any(h == block.hash and retracted for h, _, retracted in rows):
+            cursor.execute(
+                "UPDATE executor_event SET retracted_at = NULL WHERE chain_id = %s AND block_hash = %s "
+                "AND retracted_at IS NOT NULL",
+                [chain.pk, block.hash],
+            )
+    if orphaned:
+        logger.warning("chain %s: block %s replaced a block whose pushed logs were claimed; retracting them",
+                       chain.slug, block.number)
+        retract_blocks(chain, orphaned, f"Block reorganised away (chain {chain.slug}, block {block.number} "
+                                        f"is {block.hash})")
 
 
 def _log_claims(chain: Chain, log: dict, found: list[Candidate], event_ids: dict[int, int], timestamp: int,
@@ -602,6 +715,27 @@ class ChainListener:
             self.client = client_for_chain(self.chain)
         self.range_size = self.max_range
         self.registry.listeners.append(self.wake)
+        # Block hash -> (the triggers used, log indexes) claim_pushed_logs has done.
+        self._pushed: OrderedDict[str, tuple[ChainTriggers, set[int]]] = OrderedDict()
+        self._pushed_lock = threading.Lock()
+        self._claimed_at = float("-inf")  # when pushed logs were last claimed (monotonic)
+
+    def _note_pushed(self, triggers: ChainTriggers, done: dict[str, set[int]]) -> None:
+        with self._pushed_lock:
+            for block_hash, indexes in done.items():
+                entry = self._pushed.setdefault(block_hash, (triggers, set()))
+                if entry[0] is triggers:
+                    entry[1].update(indexes)
+                else:
+                    self._pushed[block_hash] = (triggers, set(indexes))
+            while len(self._pushed) > PUSHED_BLOCKS_KEPT:  # orphans the loop never reached
+                self._pushed.popitem(last=False)
+
+    def _take_pushed(self, block_hash: str, triggers: ChainTriggers) -> set[int]:
+        """The log indexes of this block already claimed from a push with these same triggers."""
+        with self._pushed_lock:
+            entry = self._pushed.pop(block_hash, None)
+        return entry[1] if entry is not None and entry[0] is triggers else set()
 
     # one pass: catch up to the head ----------------------------------------------------
 
@@ -680,7 +814,7 @@ class ChainListener:
                         if any(log["block_hash"] != block.hash for log in logs):
                             # The range answer straddled a reorg: ask for this block's own logs.
                             logs = self.client.get_logs_by_hash(block.hash, addresses, topics)
-                    if not self.process(block, logs, triggers):
+                    if not self.process(block, logs, triggers, self._take_pushed(block.hash, triggers)):
                         return
                     if self.stop.is_set():
                         return
@@ -688,9 +822,10 @@ class ChainListener:
             if by_block is not None:
                 self.range_size = min(self.max_range, self.range_size * 2)
 
-    def process(self, block: Block, logs: list[dict], triggers: ChainTriggers) -> bool:
+    def process(self, block: Block, logs: list[dict], triggers: ChainTriggers,
+                pushed: frozenset[int] | set[int] = frozenset()) -> bool:
         """Process a block; False when the caller must stop and look again (reorg or gap)."""
-        result = process_block(self.chain, block, logs, triggers, self.client, window=self.window)
+        result = process_block(self.chain, block, logs, triggers, self.client, window=self.window, pushed=pushed)
         if result == REORG:
             self.recover_from_reorg()
             return False
@@ -729,6 +864,7 @@ class ChainListener:
                     self.wake.wait(self.poll_seconds * 5)
                 else:
                     self.wake.wait(self.poll_seconds)
+                self._yield_to_claimed_runs()
             except ChainHalted:
                 # Halted by this or another listener: wait for `manage.py resume_chain`.
                 if not halted:
@@ -750,37 +886,118 @@ class ChainListener:
                 self.stop.wait(min(0.5 * 2 ** min(failures, 7), 60))
         connection.close()
 
-    def watch_heads(self, ws_urls: list[str]) -> None:
-        """Wake the loop on every newHeads notification; reconnect with backoff."""
-        asyncio.run(self._watch_heads(ws_urls))
+    def _yield_to_claimed_runs(self) -> None:
+        """Let runs just claimed from pushed logs go first.
 
-    async def _watch_heads(self, ws_urls: list[str]) -> None:
-        from web3 import AsyncWeb3, WebSocketProvider
+        When the node pushed a block's logs, their runs are already claimed and
+        starting by the time its header wakes the loop; the loop's reads of that
+        block (head, cursor, logs, then its transaction) would only confirm them,
+        and on a small machine they compete with those runs for the CPU and the
+        database. So the loop waits a moment after such a block (one run's worth,
+        YIELD_SECONDS); block and state triggers of that block fire that much later.
+        """
+        wait = self._claimed_at + YIELD_SECONDS - time.monotonic()
+        if wait > 0:
+            self.stop.wait(wait)
 
+    def watch(self, ws_urls: list[str]) -> None:
+        """Follow the node's websocket: newHeads wakes the loop, pushed logs are claimed at once.
+
+        Tries each URL in turn and backs off when all fail; the loop polls meanwhile.
+        The logs subscription follows the trigger index: when it changes, the old
+        subscription is replaced by one with the new filter (a log missed in between
+        is still claimed by the loop, only later).
+        """
+        try:
+            self._watch(ws_urls)
+        finally:
+            connection.close()  # this thread's, used by claim_pushed_logs
+
+    def _watch(self, ws_urls: list[str]) -> None:
         delay = 0.5
         while not self.stop.is_set():
             for url in ws_urls:
                 try:
-                    # One attempt per URL: this loop fails over to the next URL and backs off
-                    # itself (web3's own retries would hold a dead URL for ~15 s).
-                    async with AsyncWeb3(WebSocketProvider(url, max_connection_retries=1)) as w3:
-                        await w3.eth.subscribe("newHeads")
-                        self.ws_connected = True
+                    with SubscriptionSocket(url) as socket:
+                        self._follow(socket)
                         delay = 0.5
-                        logger.info("chain %s: subscribed to new heads at %s", self.chain.slug, url)
-                        async for _ in w3.socket.process_subscriptions():
-                            self.wake.set()
-                            if self.stop.is_set():
-                                return
-                except Exception as exc:
+                except SOCKET_ERRORS as exc:
                     logger.warning("chain %s: websocket %s failed (%s); polling", self.chain.slug, url,
                                    f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    logger.exception("chain %s: websocket %s failed; polling", self.chain.slug, url)
                 finally:
                     self.ws_connected = False
                 if self.stop.is_set():
                     return
-            await asyncio.sleep(delay)
+            self.stop.wait(delay)
             delay = min(delay * 2, 30)
+
+    def _follow(self, socket: SubscriptionSocket) -> None:
+        heads = socket.subscribe("newHeads")
+        logs_subscription, triggers = None, None
+        self.ws_connected = True
+        logger.info("chain %s: subscribed to new heads at %s", self.chain.slug, socket.url)
+        headers: OrderedDict[str, int] = OrderedDict()  # recent block hash -> timestamp
+        waiting: dict[str, PushedBlock] = {}  # pushed logs whose block's timestamp is not known yet
+        while not self.stop.is_set():
+            current = self.registry.get(self.chain.chain_id)
+            if current is not triggers:
+                logs_subscription = self._resubscribe_logs(socket, logs_subscription, current)
+                triggers = current
+            ready: dict[str, PushedBlock] = {}
+            new_head = False
+            for subscription, result in socket.notifications(timeout=RESUBSCRIBE_CHECK_SECONDS):
+                if subscription == heads:
+                    block = block_from_rpc(result)
+                    headers[block.hash] = block.timestamp
+                    if len(headers) > PUSHED_BLOCKS_KEPT:
+                        headers.popitem(last=False)
+                    if block.hash in waiting:
+                        ready[block.hash] = waiting.pop(block.hash)
+                        ready[block.hash].timestamp = block.timestamp
+                    new_head = True
+                elif subscription == logs_subscription and subscription is not None:
+                    log = log_from_rpc(result)
+                    if log["removed"]:
+                        continue  # the loop finds the reorg itself
+                    block_hash = log["block_hash"]
+                    pending = ready.get(block_hash) or waiting.get(block_hash)
+                    if pending is None:
+                        stamp = result.get("blockTimestamp")
+                        timestamp = int(stamp, 16) if stamp else headers.get(block_hash)
+                        pending = PushedBlock(log["block_number"], block_hash, timestamp or 0)
+                        (ready if timestamp is not None else waiting)[block_hash] = pending
+                    pending.logs.append(log)
+            if ready:
+                self._claim_pushed(list(ready.values()), triggers)
+            if new_head:
+                # After the claims (see _yield_to_claimed_runs).
+                self.wake.set()
+            while len(waiting) > PUSHED_BLOCKS_KEPT:  # a header that never came: the loop has them
+                waiting.pop(next(iter(waiting)))
+
+    def _resubscribe_logs(self, socket: SubscriptionSocket, old: str | None, triggers: ChainTriggers) -> str | None:
+        if old is not None:
+            socket.unsubscribe(old)
+        if not any(t.confirmations == 0 for t in triggers.logs.triggers):
+            return None
+        addresses, topics = triggers.logs.log_filter()
+        log_filter: dict[str, Any] = {"topics": topics}
+        if addresses is not None:
+            log_filter["address"] = addresses
+        return socket.subscribe("logs", log_filter)
+
+    def _claim_pushed(self, blocks: list[PushedBlock], triggers: ChainTriggers) -> None:
+        try:
+            done = claim_pushed_logs(self.chain, blocks, triggers)
+            self._claimed_at = time.monotonic()
+        except Exception:
+            # Nothing is lost: the loop stores and claims the same logs from the block.
+            logger.exception("chain %s: claiming pushed logs failed; the block loop will", self.chain.slug)
+            connection.close()
+            return
+        self._note_pushed(triggers, done)
 
 
 def listen(chains: list[Chain], stop: threading.Event, *, poll_seconds: float = POLL_SECONDS,
@@ -798,7 +1015,7 @@ def listen(chains: list[Chain], stop: threading.Event, *, poll_seconds: float = 
             chain.endpoints.filter(kind=RpcEndpoint.Kind.WS, enabled=True).order_by("priority").values_list("url", flat=True)
         )
         if use_websocket and ws_urls:
-            threads.append(threading.Thread(target=listener.watch_heads, args=(ws_urls,),
+            threads.append(threading.Thread(target=listener.watch, args=(ws_urls,),
                                             name=f"heads-{chain.slug}", daemon=True))
     for thread in threads:
         thread.start()

@@ -408,7 +408,7 @@ DRAMATIQ_BROKER = {
         "dramatiq.middleware.TimeLimit",
         "dramatiq.middleware.Callbacks",
         "dramatiq.middleware.Retries",
-        "django_dramatiq.middleware.DbConnectionsMiddleware",
+        "executor.middleware.WarmDbConnections",  # django_dramatiq's, plus connecting ahead of work
     ],
 }
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]

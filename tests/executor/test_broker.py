@@ -75,3 +75,23 @@ def test_a_message_without_a_token_is_still_fetched_after_the_idle_timeout(queue
     received = next(consumer) or next(consumer)
     assert received is not None and received.args == (3,)
     consumer.ack(received)
+
+
+def test_worker_threads_hold_a_connection_before_their_first_message(transactional_db):
+    from django.db import connection
+
+    from executor.middleware import WarmDbConnections
+
+    broker = dramatiq.get_broker()
+    assert any(isinstance(m, WarmDbConnections) for m in broker.middleware)
+    middleware = WarmDbConnections()
+    connection.close()
+    middleware.after_worker_thread_boot(broker, threading.current_thread())
+    assert connection.connection is not None
+    # A connection past CONN_MAX_AGE is closed after its message, as before, and its
+    # replacement is opened right away rather than inside the next message's transaction.
+    old = connection.connection
+    connection.close_at = time.monotonic() - 1
+    middleware.after_process_message(broker, None)
+    assert connection.connection is not None and connection.connection is not old
+    assert old.closed

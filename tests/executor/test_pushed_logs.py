@@ -1,0 +1,140 @@
+"""Logs the node pushes over its websocket are claimed at once, and the block loop agrees.
+
+Real anvil, real websocket subscriptions, real PostgreSQL: the loop is driven by
+hand (`step()`) so each test decides which of the two paths goes first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from executor.chain import log_from_rpc
+from executor.devchain import mine, reorg, transact
+from executor.listener import ChainListener, PushedBlock, TriggerRegistry, claim_pushed_logs
+from executor.models import ChainCursor, Event, Run
+from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def zoo_setup(fresh_anvil, team, alice):
+    w3 = fresh_anvil.web3()
+    zoo = deploy_zoo(w3)
+    chain = make_chain(fresh_anvil)
+    return w3, zoo, chain
+
+
+def pushed(w3, receipt) -> PushedBlock:
+    """The block of `receipt` with its logs, as the node would push them."""
+    block = w3.eth.get_block(receipt["blockNumber"])
+    raw = w3.provider.make_request("eth_getLogs", [{"blockHash": block["hash"].to_0x_hex()}])["result"]
+    return PushedBlock(block["number"], block["hash"].to_0x_hex(), block["timestamp"], [log_from_rpc(r) for r in raw])
+
+
+def wait_for(predicate, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_the_websocket_claims_a_pushed_log_before_the_loop_reads_its_block(zoo_setup, fresh_anvil, team, alice):
+    w3, zoo, chain = zoo_setup
+    registry = TriggerRegistry()
+    registry.reload()  # nothing published yet: no logs subscription
+    stop = threading.Event()
+    listener = ChainListener(chain, registry, stop)
+    listener.step()  # the cursor starts at the head
+    start = ChainCursor.objects.get(chain=chain).block_number
+    watcher = threading.Thread(target=listener.watch, args=([fresh_anvil.ws_url],), daemon=True)
+    watcher.start()
+    try:
+        wait_for(lambda: listener.ws_connected)
+        version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
+        registry.reload()  # what the NOTIFY watcher does: the socket subscribes to the new filter
+        time.sleep(0.5)  # the socket looks for a new trigger index every 0.2 s
+        transact(w3, zoo.functions.emitBig(7, 70))
+        wait_for(lambda: Run.objects.filter(version=version).exists())
+    finally:
+        stop.set()
+        watcher.join(5)
+    # Claimed by the push alone: the loop never ran, its cursor did not move.
+    assert ChainCursor.objects.get(chain=chain).block_number == start
+    (run,) = Run.objects.filter(version=version)
+    assert run.trigger["args"] == {"id": 7, "value": 70} and run.event_id is not None
+    assert listener.wake.is_set()  # the header woke the loop
+    # The loop then processes the block, skips what the push did, and adds nothing.
+    stop.clear()
+    listener.step()
+    assert Run.objects.filter(version=version).count() == 1 and Event.objects.count() == 1
+    assert ChainCursor.objects.get(chain=chain).block_number == w3.eth.block_number
+
+
+def test_a_loop_that_was_not_told_claims_the_same_runs_once(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG))
+    listener = listener_for(chain)
+    listener.step()
+    block = pushed(w3, transact(w3, zoo.functions.emitBatch(3)))
+    claim_pushed_logs(chain, [block], listener.registry.get(31337))
+    claim_pushed_logs(chain, [block], listener.registry.get(31337))  # a second listener's push
+    assert Run.objects.filter(version=version).count() == 3
+    listener.step()  # another process's loop: it reads, stores and claims again, finding every row
+    runs = Run.objects.filter(version=version)
+    assert sorted(r.trigger["args"]["id"] for r in runs) == [0, 1, 2]
+    assert Event.objects.count() == 3
+    assert {r.event_id for r in runs} == set(Event.objects.values_list("id", flat=True))
+
+
+def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG))
+    listener = listener_for(chain)
+    listener.step()
+    orphan = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
+    claim_pushed_logs(chain, [orphan], listener.registry.get(31337))
+    (early,) = Run.objects.filter(version=version)
+    # The block is replaced at the same height before the loop ever saw it.
+    sender = w3.eth.accounts[1]
+    tx = zoo.functions.emitBig(2, 2).build_transaction({"from": sender, "gas": 300_000})
+    reorg(w3, 1, [({"from": sender, "to": tx["to"], "data": tx["data"], "gas": 300_000}, 0)])
+    mine(w3)
+    listener.step()
+    early.refresh_from_db()
+    assert early.status == Run.Status.CANCELLED and "reorganised" in early.error
+    assert early.log.filter(kind="run.cancelled").exists()
+    assert Event.objects.get(block_hash=orphan.hash).retracted_at is not None
+    live = Run.objects.filter(version=version, status=Run.Status.QUEUED)
+    assert [r.trigger["args"]["id"] for r in live] == [2]
+
+
+def test_pushed_logs_the_loop_has_decided_or_a_halted_chain_are_not_claimed(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG))
+    listener = listener_for(chain)
+    listener.step()
+    late = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
+    ChainCursor.objects.filter(chain=chain).update(block_number=late.number)  # the loop is past it
+    assert claim_pushed_logs(chain, [late], listener.registry.get(31337)) == {}
+    ChainCursor.objects.filter(chain=chain).update(block_number=late.number - 1, halted=True)
+    assert claim_pushed_logs(chain, [late], listener.registry.get(31337)) == {}
+    assert not Run.objects.filter(version=version).exists() and not Event.objects.exists()
+
+
+def test_a_paused_flow_is_not_claimed_from_a_push(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG))
+    other = publish(team, alice, event_graph(31337, BIG), name="Other")
+    listener = listener_for(chain)
+    listener.step()
+    version.flow.paused = True
+    version.flow.save(update_fields=["paused"])
+    block = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
+    claim_pushed_logs(chain, [block], listener.registry.get(31337))
+    assert not Run.objects.filter(version=version).exists()
+    assert Run.objects.filter(version=other).count() == 1
