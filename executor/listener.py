@@ -344,37 +344,85 @@ def claim_pushed_logs(chain: Chain, blocks: Sequence[PushedBlock], triggers: Cha
     Returns {block hash: log indexes stored and claimed} for the loop to skip.
     """
     now = timezone.now()
-    # As process_block does: every matching log is stored (deeper triggers fire from
-    # the stored events later), runs are claimed for the depth-0 triggers.
-    matched = {block.hash: [(log, found) for log in block.logs if (found := triggers.logs.candidates(log, now))]
-               for block in blocks}
-    flow_ids = sorted({c.trigger.flow_id for pairs in matched.values() for _, found in pairs for c in found})
-    done: dict[str, set[int]] = {}
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            # The cursor (share-locked) and which of these flows are paused, in one round trip.
-            cursor.execute(
-                "SELECT block_number, halted, ARRAY(SELECT id FROM flows_flow WHERE id = ANY(%s::bigint[]) AND paused) "
-                "FROM executor_chaincursor WHERE chain_id = %s FOR SHARE",
-                [flow_ids, chain.pk],
-            )
-            row = cursor.fetchone()
-        if row is None or row[0] is None or row[1]:
-            return done  # never started (the loop starts it at the head) or halted
-        cursor_number, paused = row[0], set(row[2])
-        claims: list[RunClaim] = []
-        for block in blocks:
-            if block.number <= cursor_number:
+    events: list[tuple[PushedBlock, dict]] = []
+    claims: list[RunClaim] = []
+    for block in blocks:
+        for log in block.logs:
+            found = triggers.logs.candidates(log, now)
+            if not found:
                 continue
-            pairs = matched[block.hash]
-            if pairs:
-                event_ids = _store_events(chain, block.number, block.hash, [log for log, _ in pairs])
-                for log, found in pairs:
-                    _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], event_ids,
-                                block.timestamp, now, claims)
-            done.setdefault(block.hash, set()).update(log["log_index"] for log in block.logs)
-        claim_runs([c for c in claims if c.flow_id not in paused])
-    return done
+            # As process_block does: every matching log is stored (deeper triggers fire
+            # from the stored events later), runs are claimed for the depth-0 triggers.
+            events.append((block, log))
+            _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], {}, block.timestamp, now,
+                        claims)
+    if not events:
+        return {block.hash: {log["log_index"] for log in block.logs} for block in blocks}
+    cursor_number, run_ids = _claim_pushed_sql(chain, events, claims, now)
+    for run_id in run_ids:
+        transaction.on_commit(lambda run_id=run_id: _send_start(run_id), robust=True)  # now, unless in an atomic block
+    if cursor_number is None:
+        return {}  # halted, or never started: nothing was written, the loop does it all
+    return {block.hash: {log["log_index"] for log in block.logs} for block in blocks if block.number > cursor_number}
+
+
+def _claim_pushed_sql(chain: Chain, events: list[tuple[PushedBlock, dict]], claims: list[RunClaim],
+                      now) -> tuple[int | None, list[int]]:
+    """Store the events and insert their runs in one statement: one round trip, one commit.
+
+    The statement share-locks the chain's cursor and writes only for blocks above
+    it, on a chain that is started and not halted; the runs of paused flows are
+    left out; each run takes the id of its event, new or stored before. Returns
+    (the cursor's block number, or None if halted or not started; the ids of the
+    new runs that are not dry runs).
+    """
+    params: list[Any] = [chain.pk]
+    sql = [
+        "WITH cur AS (SELECT block_number FROM executor_chaincursor "
+        "WHERE chain_id = %s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
+        "ev(block_number, block_hash, log_index, tx_hash, address, topics, data) AS (VALUES ",
+    ]
+    rows = []
+    for block, log in events:
+        rows.append("(%s::bigint, %s, %s::int, %s, %s, %s::jsonb, %s)")
+        params += [block.number, block.hash, log["log_index"], log["tx_hash"], log["address"],
+                   json.dumps(log["topics"]), log["data"]]
+    sql += [", ".join(rows), "), "]
+    sql.append(
+        "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
+        "topics, data, created_at) SELECT %s, ev.*, %s FROM ev, cur WHERE ev.block_number > cur.block_number "
+        "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING id, block_hash, log_index), "
+        "ids AS (SELECT id, block_hash, log_index FROM new_ev UNION ALL "
+        "SELECT e.id, e.block_hash, e.log_index FROM executor_event e JOIN ev ON e.chain_id = %s "
+        "AND e.block_hash = ev.block_hash AND e.log_index = ev.log_index)"
+    )
+    params += [chain.pk, now, chain.pk]
+    if claims:
+        rows = []
+        params += [chain.pk, now]  # the two placeholders before the VALUES
+        for c in claims:
+            rows.append("(%s::uuid, %s::bigint, %s::bigint, %s::bigint, %s, %s::jsonb, %s::bigint, %s, %s::int, "
+                        "%s::boolean)")
+            params += [uuid.uuid4(), c.team_id, c.flow_id, c.version_id, c.trigger_key, json.dumps(c.trigger),
+                       c.block_number, c.block_hash, c.trigger["log_index"], c.dry_run]
+        sql += [
+            f", new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
+            "SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, ids.id, %s, "
+            "r.block_number, r.block_hash, r.dry_run, 'QUEUED', '', 0, %s FROM (VALUES ",
+            ", ".join(rows),
+            ") AS r(code, team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash, log_index, "
+            "dry_run) JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
+            "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
+            "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id, dry_run) "
+            "SELECT (SELECT block_number FROM cur), ARRAY(SELECT id FROM new_runs WHERE NOT dry_run)",
+        ]
+    else:
+        sql.append(" SELECT (SELECT block_number FROM cur), ARRAY[]::bigint[]")
+    # Only placeholders and fixed names are joined in; every value is a parameter.
+    with connection.cursor() as cursor:
+        cursor.execute("".join(sql), params)
+        cursor_number, run_ids = cursor.fetchone()
+    return cursor_number, list(run_ids)
 
 
 class ChainHalted(Exception):
