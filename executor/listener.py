@@ -24,10 +24,11 @@ a replayed range all yield each run exactly once.
 
 A websocket `newHeads` subscription wakes the loop; it polls when the socket
 is down. On the same socket a `logs` subscription (filtered like the loop's
-eth_getLogs) lets `claim_pushed_logs` store a block's logs and claim their
-depth-0 runs the moment the node pushes them, before the loop has read the
-block: the same rows the loop would write, so the loop then skips them or finds
-them there. That is what makes event-to-run latency close to the node's own. A
+eth_getLogs) sends each pushed block's matching logs straight to a worker,
+which stores them, claims their depth-0 runs and starts the first run in one
+transaction (`claim_pushed`, runner.start_pushed_runs), before the loop has
+read the block: the same rows the loop would write, so the loop then skips
+them (once it has checked they are there) or finds them there. That is what makes event-to-run latency close to the node's own. A
 pushed block that is orphaned before the loop reaches it is retracted when the
 loop processes its replacement at that height. A reorg is found when a block's parent is not the cursor's hash
 (or the head at the cursor's height has another hash); the listener walks back
@@ -228,9 +229,9 @@ def process_block(
 
     `logs` are the block's logs (at least those matching `triggers.logs`'s
     filter), all with this block's hash. `client` is needed for state triggers.
-    `pushed` names the log indexes `claim_pushed_logs` already stored and claimed
-    with these same `triggers`: they are skipped (doing them again would only
-    find every row there).
+    `pushed` names the log indexes whose events and depth-0 runs `claim_pushed`
+    already stored with these same `triggers`: they are skipped (doing them again
+    would only find every row there).
     Returns PROCESSED, ALREADY_DONE (another listener or an earlier attempt
     did it), GAP (blocks between the cursor and this one are missing) or REORG
     (the block does not extend the cursor's hash): nothing is written then.
@@ -327,66 +328,82 @@ class PushedBlock:
     logs: list[dict[str, Any]] = field(default_factory=list)
 
 
-def claim_pushed_logs(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTriggers) -> dict[str, set[int]]:
-    """Store pushed logs and claim their runs at 0 confirmations, ahead of the block loop.
+# Runs claimed by one start_pushed_runs message at most: a burst is spread over the workers.
+CLAIMS_PER_MESSAGE = 100
 
-    This is the low-latency path: the node pushes a block's logs as it is mined,
-    and the runs they trigger start without waiting for the block loop to read
-    the head, the cursor and the block's logs. It is safe because it only adds
-    rows the loop would add itself: the same Events and the same runs (same
-    trigger keys), so whichever comes second finds them there. Only blocks above
-    the cursor are taken (the loop has decided on everything at or below it), and
-    the cursor row is share-locked meanwhile, so a loop that processes the block
-    or rewinds waits for this transaction and then sees its rows. If the block is
-    orphaned instead, the loop retracts these events and runs when it processes
-    the block that replaced it (`_settle_height`).
 
-    Returns {block hash: log indexes stored and claimed} for the loop to skip.
+@dataclass
+class PushedClaims:
+    """What a batch of pushed logs asks for, as a worker message carries it (see pushed_claims)."""
+
+    chain: int  # the Chain row's id
+    # [block number, block hash, log index, tx hash, address, topics, data] of every matching log
+    events: list[list[Any]] = field(default_factory=list)
+    # the depth-0 runs: {team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash}
+    claims: list[dict[str, Any]] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        return {"chain": self.chain, "events": self.events, "claims": self.claims}
+
+
+def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTriggers) -> list[PushedClaims]:
+    """Match pushed logs against the triggers: the events to store and the runs to claim, in batches.
+
+    As process_block does, every matching log is stored (deeper triggers fire from
+    the stored events later) and runs are claimed for the depth-0 triggers, with
+    the same trigger keys and payloads, so whichever of the two comes second finds
+    every row there. Batches hold at most CLAIMS_PER_MESSAGE runs, each with its logs.
     """
     now = timezone.now()
-    events: list[tuple[PushedBlock, dict]] = []
-    claims: list[RunClaim] = []
+    batches = [PushedClaims(chain.pk)]
     for block in blocks:
         for log in block.logs:
             found = triggers.logs.candidates(log, now)
             if not found:
                 continue
-            # As process_block does: every matching log is stored (deeper triggers fire
-            # from the stored events later), runs are claimed for the depth-0 triggers.
-            events.append((block, log))
+            claims: list[RunClaim] = []
             _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], {}, block.timestamp, now,
                         claims)
-    if not events:
-        return {block.hash: {log["log_index"] for log in block.logs} for block in blocks}
-    cursor_number, run_ids = _claim_pushed_sql(chain, events, claims, now)
-    for run_id in run_ids:
-        transaction.on_commit(lambda run_id=run_id: _send_start(run_id), robust=True)  # now, unless in an atomic block
-    if cursor_number is None:
-        return {}  # halted, or never started: nothing was written, the loop does it all
-    return {block.hash: {log["log_index"] for log in block.logs} for block in blocks if block.number > cursor_number}
+            batch = batches[-1]
+            if batch.claims and len(batch.claims) + len(claims) > CLAIMS_PER_MESSAGE:
+                batch = PushedClaims(chain.pk)
+                batches.append(batch)
+            batch.events.append([block.number, block.hash, log["log_index"], log["tx_hash"], log["address"],
+                                 log["topics"], log["data"]])
+            batch.claims += [
+                {"team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
+                 "trigger_key": c.trigger_key, "trigger": c.trigger, "block_number": c.block_number,
+                 "block_hash": c.block_hash}
+                for c in claims
+            ]
+    return [batch for batch in batches if batch.events]
 
 
-def _claim_pushed_sql(chain: Chain, events: list[tuple[PushedBlock, dict]], claims: list[RunClaim],
-                      now) -> tuple[int | None, list[int]]:
-    """Store the events and insert their runs in one statement: one round trip, one commit.
+def claim_pushed(payload: dict[str, Any]) -> list[int]:
+    """Store a PushedClaims payload's events and insert its runs, in one statement; return the new runs' ids.
 
-    The statement share-locks the chain's cursor and writes only for blocks above
-    it, on a chain that is started and not halted; the runs of paused flows are
-    left out; each run takes the id of its event, new or stored before. Returns
-    (the cursor's block number, or None if halted or not started; the ids of the
-    new runs that are not dry runs).
+    Called by the worker that then starts the first of them in the same
+    transaction (runner.start_pushed_runs). The statement share-locks the chain's
+    cursor and writes only for blocks above it on a started, unhalted chain: the
+    loop has decided everything at or below the cursor, and a loop processing a
+    block or rewinding waits for this transaction and then sees its rows. If the
+    block is orphaned later, the loop retracts these events and runs when it
+    processes the block that replaced it (`_settle_height`). Runs of paused flows
+    are left out; each run takes the id of its event, new or stored before; runs
+    that exist already (the loop or another listener was first) are left as they are.
     """
-    params: list[Any] = [chain.pk]
+    chain_id, events, claims = payload["chain"], payload["events"], payload["claims"]
+    now = timezone.now()
+    params: list[Any] = [chain_id]
     sql = [
         "WITH cur AS (SELECT block_number FROM executor_chaincursor "
         "WHERE chain_id = %s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
         "ev(block_number, block_hash, log_index, tx_hash, address, topics, data) AS (VALUES ",
     ]
     rows = []
-    for block, log in events:
+    for number, block_hash, log_index, tx_hash, address, topics, data in events:
         rows.append("(%s::bigint, %s, %s::int, %s, %s, %s::jsonb, %s)")
-        params += [block.number, block.hash, log["log_index"], log["tx_hash"], log["address"],
-                   json.dumps(log["topics"]), log["data"]]
+        params += [number, block_hash, log_index, tx_hash, address, json.dumps(topics), data]
     sql += [", ".join(rows), "), "]
     sql.append(
         "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
@@ -396,33 +413,46 @@ def _claim_pushed_sql(chain: Chain, events: list[tuple[PushedBlock, dict]], clai
         "SELECT e.id, e.block_hash, e.log_index FROM executor_event e JOIN ev ON e.chain_id = %s "
         "AND e.block_hash = ev.block_hash AND e.log_index = ev.log_index)"
     )
-    params += [chain.pk, now, chain.pk]
-    if claims:
+    params += [chain_id, now, chain_id]
+    if not claims:
+        sql.append(" SELECT ARRAY[]::bigint[]")
+    else:
         rows = []
-        params += [chain.pk, now]  # the two placeholders before the VALUES
+        params += [chain_id, now]  # the two placeholders before the VALUES
         for c in claims:
-            rows.append("(%s::uuid, %s::bigint, %s::bigint, %s::bigint, %s, %s::jsonb, %s::bigint, %s, %s::int, "
-                        "%s::boolean)")
-            params += [uuid.uuid4(), c.team_id, c.flow_id, c.version_id, c.trigger_key, json.dumps(c.trigger),
-                       c.block_number, c.block_hash, c.trigger["log_index"], c.dry_run]
+            rows.append("(%s::uuid, %s::bigint, %s::bigint, %s::bigint, %s, %s::jsonb, %s::bigint, %s, %s::int)")
+            params += [uuid.uuid4(), c["team_id"], c["flow_id"], c["version_id"], c["trigger_key"],
+                       json.dumps(c["trigger"]), c["block_number"], c["block_hash"], c["trigger"]["log_index"]]
         sql += [
             f", new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
             "SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, ids.id, %s, "
-            "r.block_number, r.block_hash, r.dry_run, 'QUEUED', '', 0, %s FROM (VALUES ",
+            "r.block_number, r.block_hash, false, 'QUEUED', '', 0, %s FROM (VALUES ",
             ", ".join(rows),
-            ") AS r(code, team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash, log_index, "
-            "dry_run) JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
+            ") AS r(code, team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash, log_index) "
+            "JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
             "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
-            "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id, dry_run) "
-            "SELECT (SELECT block_number FROM cur), ARRAY(SELECT id FROM new_runs WHERE NOT dry_run)",
+            "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id) "
+            "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id)",
         ]
-    else:
-        sql.append(" SELECT (SELECT block_number FROM cur), ARRAY[]::bigint[]")
     # Only placeholders and fixed names are joined in; every value is a parameter.
     with connection.cursor() as cursor:
         cursor.execute("".join(sql), params)
-        cursor_number, run_ids = cursor.fetchone()
-    return cursor_number, list(run_ids)
+        return list(cursor.fetchone()[0])
+
+
+def pushed_claims_landed(chain: Chain, block_hash: str, log_indexes: Sequence[int],
+                         keys: Sequence[tuple[int, str]]) -> bool:
+    """Whether every event and run a block's pushed claims asked for is stored (so the loop may skip them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT count(*) FROM executor_event WHERE chain_id = %s AND block_hash = %s "
+            "AND log_index = ANY(%s::int[])), "
+            "(SELECT count(*) FROM executor_run r JOIN unnest(%s::bigint[], %s::varchar[]) AS k(version_id, key) "
+            "ON r.version_id = k.version_id AND r.trigger_key = k.key)",
+            [chain.pk, block_hash, list(log_indexes), [v for v, _ in keys], [k for _, k in keys]],
+        )
+        events, runs = cursor.fetchone()
+    return events == len(log_indexes) and runs == len(keys)
 
 
 class ChainHalted(Exception):
@@ -763,27 +793,42 @@ class ChainListener:
             self.client = client_for_chain(self.chain)
         self.range_size = self.max_range
         self.registry.listeners.append(self.wake)
-        # Block hash -> (the triggers used, log indexes) claim_pushed_logs has done.
-        self._pushed: OrderedDict[str, tuple[ChainTriggers, set[int]]] = OrderedDict()
+        # Block hash -> what was asked for its pushed logs (see _note_pushed).
+        self._pushed: OrderedDict[str, _Pushed] = OrderedDict()
         self._pushed_lock = threading.Lock()
         self._claimed_at = float("-inf")  # when pushed logs were last claimed (monotonic)
 
-    def _note_pushed(self, triggers: ChainTriggers, done: dict[str, set[int]]) -> None:
+    def _note_pushed(self, triggers: ChainTriggers, blocks: list[PushedBlock], batches: list[PushedClaims]) -> None:
+        """Remember what was asked for each pushed block, for the loop to check and skip."""
         with self._pushed_lock:
-            for block_hash, indexes in done.items():
-                entry = self._pushed.setdefault(block_hash, (triggers, set()))
-                if entry[0] is triggers:
-                    entry[1].update(indexes)
+            for block in blocks:
+                indexes = {log["log_index"] for log in block.logs}
+                events = [e[2] for batch in batches for e in batch.events if e[1] == block.hash]
+                keys = [(c["version_id"], c["trigger_key"]) for batch in batches for c in batch.claims
+                        if c["block_hash"] == block.hash]
+                entry = self._pushed.get(block.hash)
+                if entry is not None and entry.triggers is triggers:
+                    entry.indexes |= indexes
+                    entry.events += events
+                    entry.keys += keys
                 else:
-                    self._pushed[block_hash] = (triggers, set(indexes))
+                    self._pushed[block.hash] = _Pushed(triggers, indexes, events, keys)
             while len(self._pushed) > PUSHED_BLOCKS_KEPT:  # orphans the loop never reached
                 self._pushed.popitem(last=False)
 
     def _take_pushed(self, block_hash: str, triggers: ChainTriggers) -> set[int]:
-        """The log indexes of this block already claimed from a push with these same triggers."""
+        """The log indexes of this block whose events and runs a pushed claim stored, with these same triggers.
+
+        Checked in the database (one query): a worker may not have taken the
+        message yet, or it may have failed; then the loop does it all itself.
+        """
         with self._pushed_lock:
             entry = self._pushed.pop(block_hash, None)
-        return entry[1] if entry is not None and entry[0] is triggers else set()
+        if entry is None or entry.triggers is not triggers:
+            return set()
+        if (entry.events or entry.keys) and not pushed_claims_landed(self.chain, block_hash, entry.events, entry.keys):
+            return set()
+        return entry.indexes
 
     # one pass: catch up to the head ----------------------------------------------------
 
@@ -959,7 +1004,7 @@ class ChainListener:
         try:
             self._watch(ws_urls)
         finally:
-            connection.close()  # this thread's, used by claim_pushed_logs
+            connection.close()  # this thread's, if it ever used one
 
     def _watch(self, ws_urls: list[str]) -> None:
         delay = 0.5
@@ -1037,15 +1082,28 @@ class ChainListener:
         return socket.subscribe("logs", log_filter)
 
     def _claim_pushed(self, blocks: list[PushedBlock], triggers: ChainTriggers) -> None:
+        """Send the pushed logs' claims to the workers, which claim and start the runs in one transaction."""
+        from executor.tasks import start_pushed_runs
+
         try:
-            done = claim_pushed_logs(self.chain, blocks, triggers)
-            self._claimed_at = time.monotonic()
+            batches = pushed_claims(self.chain, blocks, triggers)
+            for batch in batches:
+                start_pushed_runs.send(batch.payload())
         except Exception:
             # Nothing is lost: the loop stores and claims the same logs from the block.
-            logger.exception("chain %s: claiming pushed logs failed; the block loop will", self.chain.slug)
+            logger.exception("chain %s: sending pushed logs' claims failed; the block loop will", self.chain.slug)
             connection.close()
             return
-        self._note_pushed(triggers, done)
+        self._claimed_at = time.monotonic()
+        self._note_pushed(triggers, blocks, batches)
+
+
+@dataclass
+class _Pushed:
+    triggers: ChainTriggers
+    indexes: set[int]  # every log index the node pushed for the block
+    events: list[int]  # the log indexes sent to be stored
+    keys: list[tuple[int, str]]  # the (version id, trigger key) of the runs sent to be claimed
 
 
 def listen(chains: list[Chain], stop: threading.Event, *, poll_seconds: float = POLL_SECONDS,

@@ -274,36 +274,66 @@ def start_run(run_id: int) -> None:
     """
     deadline = time.monotonic() + CHAIN_SECONDS
     keep_one = _committed_on_return()
-    kept = rows = None
     with transaction.atomic():
-        run = _load_run(run_id, lock=True)
-        if run is None:
-            logger.warning("start_run: run %s does not exist", run_id)
-            return
-        log, changes, ready = RunLog(run), StepChanges(), []
-        if run.status == Run.Status.RUNNING:
-            rows = _load_steps(run)
-            ready = _advance(run, rows, log, changes)
-        elif run.status == Run.Status.QUEUED:
-            dag = run.version.dag
-            if run.trigger_key.startswith(_FIRED_BY_TRIGGER) and (
-                run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED
-            ):
-                # Claimed just before the flow was paused or unpublished: the trigger is off now.
-                _finish_run(run, Run.Status.CANCELLED, "the flow was paused or unpublished before the run started",
-                            log, changes, {})
-            elif not dag or not isinstance(dag.get("steps"), list):
-                _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG", log, changes, {})
-            else:
-                rows = {step["id"]: StepRun(run=run, step_id=step["id"], logs=[], state={}) for step in dag["steps"]}
-                changes.new = list(rows.values())
-                log.set_run(status=Run.Status.RUNNING, started_at=timezone.now())
-                log.add("run.status", {"status": run.status})
-                ready = _advance(run, rows, log, changes)
-        kept = _hand_out(ready, keep_one, run, log, changes)
-        changes.flush()
-        log.flush()
+        kept, run, rows = _start(_load_run(run_id, lock=True), run_id, keep_one)
     _continue_with(kept, run, rows, deadline)
+
+
+def start_pushed_runs(payload: dict) -> None:
+    """Claim the runs of logs a node pushed and start the first, in one transaction.
+
+    `payload` is what the listener matched (listener.PushedClaims): the claim and
+    the first run's start share a transaction and a commit, which is what makes a
+    pushed event's run start within a few milliseconds. The other new runs (a
+    burst) get start_run messages after commit. Runs already claimed (the block
+    loop or another listener was first) are left alone: whoever claimed them sent
+    their start_run.
+    """
+    from executor.listener import claim_pushed
+
+    deadline = time.monotonic() + CHAIN_SECONDS
+    keep_one = _committed_on_return()
+    with transaction.atomic():
+        run_ids = claim_pushed(payload)
+        if not run_ids:
+            return
+        for run_id in run_ids[1:]:
+            transaction.on_commit(lambda run_id=run_id: _send_run(run_id))
+        # Inserted by this transaction, so no other can see, let alone lock, the row yet.
+        kept, run, rows = _start(_load_run(run_ids[0], lock=False), run_ids[0], keep_one)
+    _continue_with(kept, run, rows, deadline)
+
+
+def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | None, dict | None]:
+    """start_run's transaction, for a run loaded (and locked) in it; returns what _continue_with takes."""
+    if run is None:
+        logger.warning("start_run: run %s does not exist", run_id)
+        return None, None, None
+    rows = None
+    log, changes, ready = RunLog(run), StepChanges(), []
+    if run.status == Run.Status.RUNNING:
+        rows = _load_steps(run)
+        ready = _advance(run, rows, log, changes)
+    elif run.status == Run.Status.QUEUED:
+        dag = run.version.dag
+        if run.trigger_key.startswith(_FIRED_BY_TRIGGER) and (
+            run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED
+        ):
+            # Claimed just before the flow was paused or unpublished: the trigger is off now.
+            _finish_run(run, Run.Status.CANCELLED, "the flow was paused or unpublished before the run started",
+                        log, changes, {})
+        elif not dag or not isinstance(dag.get("steps"), list):
+            _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG", log, changes, {})
+        else:
+            rows = {step["id"]: StepRun(run=run, step_id=step["id"], logs=[], state={}) for step in dag["steps"]}
+            changes.new = list(rows.values())
+            log.set_run(status=Run.Status.RUNNING, started_at=timezone.now())
+            log.add("run.status", {"status": run.status})
+            ready = _advance(run, rows, log, changes)
+    kept = _hand_out(ready, keep_one, run, log, changes)
+    changes.flush()
+    log.flush()
+    return kept, run, rows
 
 
 # -- deciding what runs next ------------------------------------------------------------

@@ -31,6 +31,13 @@ def start_run(run_id: int) -> None:
     runner.start_run(run_id)
 
 
+# Like start_run, it goes on to run a step of the run it started.
+@dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=300_000)
+def start_pushed_runs(payload: dict) -> None:
+    """Claim the runs of logs a chain's node pushed (listener.PushedClaims) and start the first."""
+    runner.start_pushed_runs(payload)
+
+
 # A step's own timeout is far below this; the limit only stops a wedged thread.
 @dramatiq.actor(queue_name="runs", max_retries=5, min_backoff=500, max_backoff=10_000, time_limit=300_000)
 def run_step(step_run_id: int) -> None:

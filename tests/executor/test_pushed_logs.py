@@ -1,7 +1,8 @@
-"""Logs the node pushes over its websocket are claimed at once, and the block loop agrees.
+"""Logs the node pushes over its websocket are claimed and started at once, and the block loop agrees.
 
-Real anvil, real websocket subscriptions, real PostgreSQL: the loop is driven by
-hand (`step()`) so each test decides which of the two paths goes first.
+Real anvil, real websocket subscriptions, real PostgreSQL and a real worker: the
+loop is driven by hand (`step()`) so each test decides which of the two paths
+goes first.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import threading
 import time
 
 import pytest
+from django.db import transaction
 
 from executor.chain import log_from_rpc
 from executor.devchain import mine, reorg, transact
-from executor.listener import ChainListener, PushedBlock, TriggerRegistry, claim_pushed_logs
+from executor.listener import ChainListener, PushedBlock, TriggerRegistry, pushed_claims
 from executor.models import ChainCursor, Event, Run
+from executor.runner import start_pushed_runs
 from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,6 +38,13 @@ def pushed(w3, receipt) -> PushedBlock:
     return PushedBlock(block["number"], block["hash"].to_0x_hex(), block["timestamp"], [log_from_rpc(r) for r in raw])
 
 
+def claim(chain, block: PushedBlock, triggers) -> None:
+    """What a worker does with the listener's message (inside a transaction: it does not go on to run steps)."""
+    for batch in pushed_claims(chain, [block], triggers):
+        with transaction.atomic():
+            start_pushed_runs(batch.payload())
+
+
 def wait_for(predicate, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -43,7 +53,8 @@ def wait_for(predicate, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-def test_the_websocket_claims_a_pushed_log_before_the_loop_reads_its_block(zoo_setup, fresh_anvil, team, alice):
+def test_a_pushed_log_is_claimed_and_started_before_the_loop_reads_its_block(zoo_setup, fresh_anvil, team, alice,
+                                                                              executor_worker):
     w3, zoo, chain = zoo_setup
     registry = TriggerRegistry()
     registry.reload()  # nothing published yet: no logs subscription
@@ -59,11 +70,11 @@ def test_the_websocket_claims_a_pushed_log_before_the_loop_reads_its_block(zoo_s
         registry.reload()  # what the NOTIFY watcher does: the socket subscribes to the new filter
         time.sleep(0.5)  # the socket looks for a new trigger index every 0.2 s
         transact(w3, zoo.functions.emitBig(7, 70))
-        wait_for(lambda: Run.objects.filter(version=version).exists())
+        wait_for(lambda: Run.objects.filter(version=version, started_at__isnull=False).exists())
     finally:
         stop.set()
         watcher.join(5)
-    # Claimed by the push alone: the loop never ran, its cursor did not move.
+    # Claimed and started by the push and a worker alone: the loop never ran, its cursor did not move.
     assert ChainCursor.objects.get(chain=chain).block_number == start
     (run,) = Run.objects.filter(version=version)
     assert run.trigger["args"] == {"id": 7, "value": 70} and run.event_id is not None
@@ -81,9 +92,11 @@ def test_a_loop_that_was_not_told_claims_the_same_runs_once(zoo_setup, team, ali
     listener = listener_for(chain)
     listener.step()
     block = pushed(w3, transact(w3, zoo.functions.emitBatch(3)))
-    claim_pushed_logs(chain, [block], listener.registry.get(31337))
-    claim_pushed_logs(chain, [block], listener.registry.get(31337))  # a second listener's push
+    claim(chain, block, listener.registry.get(31337))
+    claim(chain, block, listener.registry.get(31337))  # a second listener's push, or a message delivered twice
     assert Run.objects.filter(version=version).count() == 3
+    # The first is started in the claim's own transaction, the others are sent to start_run.
+    assert Run.objects.filter(version=version, started_at__isnull=False).exists()
     listener.step()  # another process's loop: it reads, stores and claims again, finding every row
     runs = Run.objects.filter(version=version)
     assert sorted(r.trigger["args"]["id"] for r in runs) == [0, 1, 2]
@@ -97,7 +110,7 @@ def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(zoo_set
     listener = listener_for(chain)
     listener.step()
     orphan = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
-    claim_pushed_logs(chain, [orphan], listener.registry.get(31337))
+    claim(chain, orphan, listener.registry.get(31337))
     (early,) = Run.objects.filter(version=version)
     # The block is replaced at the same height before the loop ever saw it.
     sender = w3.eth.accounts[1]
@@ -110,7 +123,7 @@ def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(zoo_set
     assert early.status in (Run.Status.CANCELLED, Run.Status.REORGED) and "reorganised" in early.error
     assert early.log.filter(kind__in=["run.cancelled", "run.reorged"]).exists()
     assert Event.objects.get(block_hash=orphan.hash).retracted_at is not None
-    live = Run.objects.filter(version=version, status=Run.Status.QUEUED)
+    live = Run.objects.filter(version=version).exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED])
     assert [r.trigger["args"]["id"] for r in live] == [2]
 
 
@@ -121,9 +134,9 @@ def test_pushed_logs_the_loop_has_decided_or_a_halted_chain_are_not_claimed(zoo_
     listener.step()
     late = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
     ChainCursor.objects.filter(chain=chain).update(block_number=late.number)  # the loop is past it
-    assert claim_pushed_logs(chain, [late], listener.registry.get(31337)) == {}
+    claim(chain, late, listener.registry.get(31337))
     ChainCursor.objects.filter(chain=chain).update(block_number=late.number - 1, halted=True)
-    assert claim_pushed_logs(chain, [late], listener.registry.get(31337)) == {}
+    claim(chain, late, listener.registry.get(31337))
     assert not Run.objects.filter(version=version).exists() and not Event.objects.exists()
 
 
@@ -136,6 +149,6 @@ def test_a_paused_flow_is_not_claimed_from_a_push(zoo_setup, team, alice):
     version.flow.paused = True
     version.flow.save(update_fields=["paused"])
     block = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
-    claim_pushed_logs(chain, [block], listener.registry.get(31337))
+    claim(chain, block, listener.registry.get(31337))
     assert not Run.objects.filter(version=version).exists()
     assert Run.objects.filter(version=other).count() == 1
