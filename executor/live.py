@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
@@ -44,6 +46,32 @@ def record_run_event(run: Run, kind: str, data: dict) -> RunEvent:
 _RUN_FIELDS = ("status", "error", "started_at", "finished_at")
 
 
+@dataclass
+class Statement:
+    """One SQL statement to send along with others (see execute_together), and what to do with its rows."""
+
+    sql: str
+    params: list
+    done: Callable[[list[tuple] | None], None]
+    returns_rows: bool = True
+
+
+def execute_together(statements: list[Statement]) -> None:
+    """Send the statements as one query (one round trip), in order; hand each its own result rows.
+
+    Call inside a transaction. They succeed or fail together: an error in any
+    fails the query, and the caller's transaction with it.
+    """
+    if not statements:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("; ".join(s.sql for s in statements), [p for s in statements for p in s.params])
+        for index, statement in enumerate(statements):
+            if index:
+                cursor.nextset()
+            statement.done(cursor.fetchall() if statement.returns_rows else None)
+
+
 def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | None = None) -> list[RunEvent]:
     """Append several events to the run's log in one statement, in order; broadcast them after commit.
 
@@ -53,9 +81,20 @@ def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | N
     `fields` (status, error, started_at, finished_at) are set on the run row by the
     same UPDATE.
     """
-    fields = fields or {}
+    recorded: list[RunEvent] = []
+    statement = run_events_statement(run, events, fields or {}, recorded)
+    if statement is not None:
+        # One statement needs no savepoint of its own: it either happens or the caller's transaction fails.
+        with transaction.atomic(savepoint=False):
+            execute_together([statement])
+    return recorded
+
+
+def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
+                         recorded: list[RunEvent]) -> Statement | None:
+    """record_run_events as a Statement; the RunEvents go into `recorded` once it has run."""
     if not events and not fields:
-        return []
+        return None
     unknown = set(fields) - set(_RUN_FIELDS)
     if unknown:
         raise ValueError(f"record_run_events cannot set {sorted(unknown)}")
@@ -63,10 +102,8 @@ def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | N
     # Only column names from _RUN_FIELDS and placeholders are joined in; every value is a parameter.
     sets = "".join(f", {name} = %s" for name in fields)
     if not events:
-        with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE executor_run SET {sets.removeprefix(', ')} WHERE id = %s",  # noqa: S608
-                           [*fields.values(), run.pk])
-        return []
+        return Statement(f"UPDATE executor_run SET {sets.removeprefix(', ')} WHERE id = %s",  # noqa: S608
+                         [*fields.values(), run.pk], lambda rows: None, returns_rows=False)
     rows = ", ".join(["(%s::int, %s, %s::jsonb)"] * len(events))
     params: list = [len(events), *fields.values(), run.pk, run.pk, len(events), now]
     for index, (kind, data) in enumerate(events, start=1):
@@ -78,21 +115,20 @@ def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | N
         "SELECT %s, bumped.event_seq - %s + v.ord, v.kind, v.data, %s "
         f"FROM bumped, (VALUES {rows}) AS v(ord, kind, data) RETURNING id, seq"
     )
-    # One statement needs no savepoint of its own: it either happens or the caller's transaction fails.
-    with transaction.atomic(savepoint=False):
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            ids = sorted(cursor.fetchall(), key=lambda row: row[1])
+
+    def done(result: list[tuple] | None) -> None:
+        ids = sorted(result or [], key=lambda row: row[1])
         if len(ids) != len(events):
             raise Run.DoesNotExist(f"run {run.pk} does not exist")
-        recorded = [
+        recorded.extend(
             RunEvent(pk=pk, run=run, seq=seq, kind=kind, data=data, created_at=now)
             for (pk, seq), (kind, data) in zip(ids, events, strict=True)
-        ]
+        )
         messages = [event_as_message(event, run.code) for event in recorded]
         flow_code = run.flow.code
         transaction.on_commit(lambda: broadcast_all(messages, flow_code))
-    return recorded
+
+    return Statement(sql, params, done)
 
 
 class RunLog:
@@ -117,10 +153,21 @@ class RunLog:
             setattr(self.run, name, value)
         self.fields.update(fields)
 
-    def flush(self) -> list[RunEvent]:
+    def take_statements(self, recorded: list[RunEvent] | None = None) -> list[Statement]:
+        """What flush() would write, for execute_together (the RunEvents go into `recorded`).
+
+        The log is empty afterwards.
+        """
         events, self.events = self.events, []
         fields, self.fields = self.fields, {}
-        return record_run_events(self.run, events, fields)
+        statement = run_events_statement(self.run, events, fields, [] if recorded is None else recorded)
+        return [statement] if statement is not None else []
+
+    def flush(self) -> list[RunEvent]:
+        recorded: list[RunEvent] = []
+        with transaction.atomic(savepoint=False):
+            execute_together(self.take_statements(recorded))
+        return recorded
 
 
 def broadcast_all(messages: list[dict], flow_code: str) -> None:

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from executor.live import RunLog, record_run_event
+from executor.live import RunLog, Statement, execute_together, record_run_event
 from executor.models import Notification, Run, StepRun
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
 from executor.steps.base import redact_value, to_jsonable
@@ -189,6 +189,7 @@ class StepChanges:
         self.new: list[StepRun] = []
         self.changed: dict[int, tuple[StepRun, str, int, bool]] = {}
         self.sends: list[tuple[StepRun, float]] = []
+        self._sends: list[tuple[StepRun, float]] = []
 
     def change(self, row: StepRun, *, strict: bool = True, **fields) -> None:
         if row.pk is not None and id(row) not in self.changed:
@@ -199,36 +200,57 @@ class StepChanges:
     def send(self, row: StepRun, delay_seconds: float = 0) -> None:
         self.sends.append((row, delay_seconds))
 
-    def flush(self) -> None:
+    def take_statements(self) -> list[Statement]:
+        """The insert and the guarded update, for execute_together; the messages wait for after_write()."""
         new, self.new = self.new, []
         changed, self.changed = list(self.changed.values()), {}
-        sends, self.sends = self.sends, []
-        with connection.cursor() as cursor:
-            if new:
-                params: list = []
-                for row in new:
-                    params += [row.run_id, row.step_id, *self._values(row)]
-                rows = ", ".join([f"(%s::bigint, %s::varchar, {_STEP_PLACEHOLDERS})"] * len(new))
-                cursor.execute(_STEP_INSERT.format(rows=rows), params)
-                ids = dict((step_id, pk) for pk, step_id in cursor.fetchall())
+        self._sends, self.sends = self.sends, []
+        statements = []
+        if new:
+            params: list = []
+            for row in new:
+                params += [row.run_id, row.step_id, *self._values(row)]
+            rows = ", ".join([f"(%s::bigint, %s::varchar, {_STEP_PLACEHOLDERS})"] * len(new))
+
+            def inserted(result, new=new) -> None:
+                ids = {step_id: pk for pk, step_id in result}
                 for row in new:
                     row.pk = ids[row.step_id]
                     row._state.adding = False
-            if changed:
-                params = []
-                for row, status, attempt, _ in changed:
-                    params += [row.pk, status, attempt, *self._values(row)]
-                rows = ", ".join([f"(%s::bigint, %s::varchar, %s::int, {_STEP_PLACEHOLDERS})"] * len(changed))
-                cursor.execute(_STEP_UPDATE.format(rows=rows), params)
-                written = {pk for (pk,) in cursor.fetchall()}
+
+            statements.append(Statement(_STEP_INSERT.format(rows=rows), params, inserted))
+        if changed:
+            params = []
+            for row, status, attempt, _ in changed:
+                params += [row.pk, status, attempt, *self._values(row)]
+            rows = ", ".join([f"(%s::bigint, %s::varchar, %s::int, {_STEP_PLACEHOLDERS})"] * len(changed))
+
+            def updated(result, changed=changed) -> None:
+                written = {pk for (pk,) in result}
                 if any(strict and row.pk not in written for row, _, _, strict in changed):
                     raise ClaimLost("a step row changed while its run was locked")
+
+            statements.append(Statement(_STEP_UPDATE.format(rows=rows), params, updated))
+        return statements
+
+    def after_write(self) -> None:
+        """Send the queued rows' messages once the transaction commits (their ids are known now)."""
+        sends, self._sends = self._sends, []
         for row, delay in sends:
             transaction.on_commit(lambda pk=row.pk, delay=delay: _send_step(pk, delay))
+
+    def flush(self) -> None:
+        write(self)
 
     @staticmethod
     def _values(row: StepRun) -> list:
         return [_jsonb(getattr(row, c)) if c in _STEP_JSON else getattr(row, c) for c in _STEP_MUTABLE]
+
+
+def write(changes: StepChanges, log: RunLog | None = None) -> None:
+    """Write the step rows and then the run's log (and run row) in one round trip."""
+    execute_together(changes.take_statements() + (log.take_statements() if log is not None else []))
+    changes.after_write()
 
 
 def _hand_out(ready: list[StepRun], keep_one: bool, run: Run, log: RunLog, changes: StepChanges) -> StepRun | None:
@@ -331,8 +353,7 @@ def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None
             log.add("run.status", {"status": run.status})
             ready = _advance(run, rows, log, changes)
     kept = _hand_out(ready, keep_one, run, log, changes)
-    changes.flush()
-    log.flush()
+    write(changes, log)
     return kept, run, rows
 
 
@@ -384,8 +405,7 @@ def advance(run: Run) -> None:
     if run.status == Run.Status.RUNNING:
         for row in _advance(run, _load_steps(run), log, changes):
             changes.send(row)
-    changes.flush()
-    log.flush()
+    write(changes, log)
 
 
 def _advance(run: Run, rows: dict[str, StepRun], log: RunLog, changes: StepChanges) -> list[StepRun]:
@@ -570,8 +590,7 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
             log, changes = RunLog(run), StepChanges()
             ready = _settle(run, current, step, ctx, outcome, log, changes, rows)
             kept = _hand_out(ready, keep_one, run, log, changes)
-            changes.flush()
-            log.flush()
+            write(changes, log)
             return kept, run, rows
     except ClaimLost:
         logger.info("step %s of run %s: claim lost while recording its result", row.step_id, run.code)
