@@ -379,8 +379,11 @@ def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTr
     return [batch for batch in batches if batch.events]
 
 
-def claim_pushed(payload: dict[str, Any]) -> list[int]:
-    """Store a PushedClaims payload's events and insert its runs, in one statement; return the new runs' ids.
+def claim_pushed(payload: dict[str, Any], *, first: str = "") -> tuple[list[int], tuple | None]:
+    """Store a PushedClaims payload's events and insert its runs, in one statement.
+
+    Returns the new runs' ids and, when `first` is given (a select list over the
+    new run `r`, its flow `f` and its version `v`), that row for the first of them.
 
     Called by the worker that then starts the first of them in the same
     transaction (runner.start_pushed_runs). The statement share-locks the chain's
@@ -416,6 +419,7 @@ def claim_pushed(payload: dict[str, Any]) -> list[int]:
     params += [chain_id, now, chain_id]
     if not claims:
         sql.append(" SELECT ARRAY[]::bigint[]")
+        first = ""
     else:
         rows = []
         params += [chain_id, now]  # the two placeholders before the VALUES
@@ -431,13 +435,24 @@ def claim_pushed(payload: dict[str, Any]) -> list[int]:
             ") AS r(code, team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash, log_index) "
             "JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
             "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
-            "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id) "
-            "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id)",
+            "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *) ",
         ]
+        if first:
+            sql.append(
+                # `first` is a fixed column list from the caller's code, never input.
+                f", first AS (SELECT {first} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "  # noqa: S608
+                "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.id LIMIT 1) "
+                "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), first.* FROM (SELECT 1) AS one "
+                "LEFT JOIN first ON true"
+            )
+        else:
+            sql.append("SELECT ARRAY(SELECT id FROM new_runs ORDER BY id)")
     # Only placeholders and fixed names are joined in; every value is a parameter.
     with connection.cursor() as cursor:
         cursor.execute("".join(sql), params)
-        return list(cursor.fetchone()[0])
+        found = cursor.fetchone()
+    run_ids = list(found[0])
+    return run_ids, (tuple(found[1:]) if first and run_ids else None)
 
 
 def pushed_claims_landed(chain: Chain, block_hash: str, log_indexes: Sequence[int],

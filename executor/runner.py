@@ -87,9 +87,12 @@ _RUN_COLUMNS = ("id", "code", "team_id", "flow_id", "version_id", "trigger_key",
                 "created_by_id", "created_at", "dispatched_at", "started_at", "finished_at")
 _FLOW_COLUMNS = ("code", "name", "paused", "signing_secret")
 _VERSION_COLUMNS = ("number", "status", "created_at")
+_RUN_SELECT = (
+    f"{', '.join('r.' + c for c in _RUN_COLUMNS)}, {', '.join('f.' + c for c in _FLOW_COLUMNS)}, "
+    f"{', '.join('v.' + c for c in _VERSION_COLUMNS)}"
+)
 _RUN_SQL = (
-    f"SELECT {', '.join('r.' + c for c in _RUN_COLUMNS)}, {', '.join('f.' + c for c in _FLOW_COLUMNS)}, "  # noqa: S608
-    f"{', '.join('v.' + c for c in _VERSION_COLUMNS)} "
+    f"SELECT {_RUN_SELECT} "  # noqa: S608
     "FROM executor_run r JOIN flows_flow f ON f.id = r.flow_id JOIN flows_flowversion v ON v.id = r.version_id "
     "WHERE r.id = %s"
 )
@@ -136,8 +139,11 @@ def _load_run(run_id: int, *, lock: bool) -> Run | None:
     with connection.cursor() as cursor:
         cursor.execute(_RUN_SQL + (" FOR UPDATE OF r" if lock else ""), [run_id])
         found = cursor.fetchone()
-    if found is None:
-        return None
+    return None if found is None else _run_from_row(found)
+
+
+def _run_from_row(found: tuple) -> Run:
+    """A Run (with .flow and .version, DAG included) from a row of _RUN_SELECT."""
     values = dict(zip(_RUN_COLUMNS, found, strict=False))
     values["trigger"] = _json(values["trigger"])
     run = _instance(Run, values)
@@ -316,13 +322,13 @@ def start_pushed_runs(payload: dict) -> None:
     deadline = time.monotonic() + CHAIN_SECONDS
     keep_one = _committed_on_return()
     with transaction.atomic():
-        run_ids = claim_pushed(payload)
+        # The first new run comes back loaded; inserted by this transaction, no other can see it yet.
+        run_ids, first = claim_pushed(payload, first=_RUN_SELECT)
         if not run_ids:
             return
         for run_id in run_ids[1:]:
             transaction.on_commit(lambda run_id=run_id: _send_run(run_id))
-        # Inserted by this transaction, so no other can see, let alone lock, the row yet.
-        kept, run, rows = _start(_load_run(run_ids[0], lock=False), run_ids[0], keep_one)
+        kept, run, rows = _start(_run_from_row(first), run_ids[0], keep_one)
     _continue_with(kept, run, rows, deadline)
 
 
