@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from executor import runner
 from executor.models import Run, StepRun
@@ -85,7 +87,13 @@ def hook_version(team, alice):
 def test_a_run_starts_with_its_rows_written_as_the_logic_left_them(hook_version):
     flow = hook_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:rows")
-    runner.start_run(run.pk)  # inside the test's transaction: nothing is kept, the hook is queued
+    with CaptureQueriesContext(connection) as queries:
+        runner.start_run(run.pk)  # inside the test's transaction: nothing is kept, the hook is queued
+    # One query loads the run (locked), one reads its version's DAG (once per worker process),
+    # one writes the step rows and the run's log together; the rest is this test's savepoint.
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 3, statements
+    assert "executor_steprun" in statements[2] and "executor_runevent" in statements[2]
     run.refresh_from_db()
     rows = {row.step_id: row for row in run.steps.all()}
     assert run.status == Run.Status.RUNNING and run.started_at is not None
