@@ -625,11 +625,15 @@ const refreshActive = debounce(() => { if (activeRun) refreshRun(activeRun); }, 
 const seenRuns = new Set();
 
 function watchRun(code, url, label = "Run started.") {
+  // The run's first broadcast can beat the response of the request that started it:
+  // a second watchRun for the same run must not paint finished nodes pending again.
+  if (code === activeRun) { refreshRun(code); return; }
   activeRun = code;
   seenRuns.add(code);
   for (const node of graph.getNodes()) setStatus(node, "PENDING");
   const status = $("#test-status") || $("#live-run");
   if (status) {
+    delete status.dataset.status;
     status.innerHTML = "";
     const link = document.createElement("a");
     link.href = url;
