@@ -655,11 +655,16 @@ liveSocket(urls.ws_flow, (msg) => {
   refreshActive();
 });
 
+// Refreshes can overlap (a start response and a broadcast, or two broadcasts): only the
+// newest request's answer is shown, so an older snapshot never lands on a newer one.
+let refreshSeq = 0;
+
 async function refreshRun(code) {
+  const seq = ++refreshSeq;
   const res = await fetch(urls.run_state.replace("00000000-0000-0000-0000-000000000000", code), { credentials: "same-origin" });
   if (!res.ok) return;
   const run = await res.json();
-  if (code !== activeRun) return;
+  if (code !== activeRun || seq !== refreshSeq) return;
   for (const node of graph.getNodes()) setStatus(node, run.steps[node.id]?.status || (catalogue[node.getData().type]?.category === "trigger" ? "SUCCEEDED" : "PENDING"));
   const box = $("#test-status") || $("#live-run");
   box.dataset.status = run.status;
