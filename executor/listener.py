@@ -758,8 +758,9 @@ class TriggerRegistry:
             wake.set()
 
     def get(self, chain_id: int) -> ChainTriggers:
+        """The chain's triggers: the same object until the next reload, so callers can tell a change by identity."""
         with self._lock:
-            return self._by_chain.get(chain_id) or ChainTriggers(chain_id)
+            return self._by_chain.setdefault(chain_id, ChainTriggers(chain_id))
 
     def watch(self, stop: threading.Event) -> None:
         import psycopg

@@ -6,11 +6,12 @@ The chains themselves come from tests/chain_fixtures.py (executor.devchain.Anvil
 from __future__ import annotations
 
 import threading
+import time
 
 from web3 import Web3
 from web3.contract import Contract
 
-from executor.devchain import AnvilProcess, contract, deploy
+from executor.devchain import DEV_ACCOUNTS, AnvilProcess, contract, deploy
 from executor.listener import ChainListener, TriggerRegistry
 from executor.models import Chain, RpcEndpoint
 from flows import actions
@@ -67,3 +68,18 @@ def publish(team, user, graph: dict, name: str = "Flow") -> FlowVersion:
 BIG = "Big(uint256 indexed id, uint256 value)"
 TAGGED = "Tagged(bytes32 indexed tag, address indexed who, uint256[] amounts, string note)"
 MANY = "Many(address indexed a, uint256 indexed b, bytes32 indexed c, bool flag)"
+
+
+def replacing(*calls) -> list[tuple[dict, int]]:
+    """The calls as transactions from account 1, all in the first block of a reorg's new branch."""
+    sender = DEV_ACCOUNTS[1].address
+    txs = [call.build_transaction({"from": sender, "gas": 300_000}) for call in calls]
+    return [({"from": sender, "to": tx["to"], "data": tx["data"], "gas": 300_000}, 0) for tx in txs]
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)

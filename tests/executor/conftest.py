@@ -14,13 +14,22 @@ from flows.actions import compile_context, new_signing_secret
 from flows.graph import compile_graph
 from flows.models import Flow, FlowVersion
 from tests.conftest import Service, start_worker
-from tests.executor.chainkit import make_chain
+from tests.executor.chainkit import deploy_zoo, make_chain
 
 
 @pytest.fixture
 def chains(db, anvil_a, anvil_b) -> dict[str, Chain]:
     """Chain rows (with their HTTP endpoints) for both session anvils, in the test database."""
     return {slug: make_chain(node, slug, ws=False) for slug, node in (("anvil-a", anvil_a), ("anvil-b", anvil_b))}
+
+
+@pytest.fixture
+def zoo_setup(fresh_anvil, team, alice):
+    """A fresh anvil with the EventZoo contract deployed and its Chain row: (web3, zoo, chain)."""
+    w3 = fresh_anvil.web3()
+    zoo = deploy_zoo(w3)
+    chain = make_chain(fresh_anvil)
+    return w3, zoo, chain
 
 
 @pytest.fixture(scope="session")

@@ -24,20 +24,14 @@ from tests.executor.chainkit import (
     listener_for,
     make_chain,
     publish,
+    replacing,
     trigger_graph,
+    wait_for,
 )
 
 
 def live_runs(version):
     return Run.objects.filter(version=version).order_by("block_number", "trigger__log_index")
-
-
-@pytest.fixture
-def zoo_setup(fresh_anvil, team, alice):
-    w3 = fresh_anvil.web3()
-    zoo = deploy_zoo(w3)
-    chain = make_chain(fresh_anvil)
-    return w3, zoo, chain
 
 
 def test_it_fires_once_per_event_with_exact_big_values(zoo_setup, team, alice):
@@ -115,13 +109,6 @@ def test_confirmations_hold_the_run_until_the_block_is_deep_enough(zoo_setup, te
     listener.step()
     (run,) = live_runs(version)
     assert run.trigger["args"]["id"] == 1 and run.block_hash == Event.objects.get().block_hash
-
-
-def replacing(*calls) -> list[tuple[dict, int]]:
-    """The calls as transactions from account 1, all in the first block of a reorg's new branch."""
-    sender = DEV_ACCOUNTS[1].address
-    txs = [call.build_transaction({"from": sender, "gas": 300_000}) for call in calls]
-    return [({"from": sender, "to": tx["to"], "data": tx["data"], "gas": 300_000}, 0) for tx in txs]
 
 
 def test_a_reorg_retracts_orphaned_events_and_fires_the_replacements_once(zoo_setup, team, alice):
@@ -289,14 +276,6 @@ def start_listener(child_env, service_logs, name: str) -> Service:
     service = Service(name, [sys.executable, "manage.py", "listen_chains", "--poll", "0.2"], child_env, service_logs)
     service.wait_for_output("listening to", timeout=30)
     return service
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(interval)
 
 
 @pytest.mark.django_db(transaction=True)

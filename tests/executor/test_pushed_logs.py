@@ -18,17 +18,9 @@ from executor.devchain import mine, reorg, transact
 from executor.listener import ChainListener, PushedBlock, TriggerRegistry, pushed_claims
 from executor.models import ChainCursor, Event, Run
 from executor.runner import start_pushed_runs
-from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish
+from tests.executor.chainkit import BIG, event_graph, listener_for, publish, replacing, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def zoo_setup(fresh_anvil, team, alice):
-    w3 = fresh_anvil.web3()
-    zoo = deploy_zoo(w3)
-    chain = make_chain(fresh_anvil)
-    return w3, zoo, chain
 
 
 def pushed(w3, receipt) -> PushedBlock:
@@ -45,14 +37,6 @@ def claim(chain, block: PushedBlock, triggers) -> None:
             start_pushed_runs(batch.payload())
 
 
-def wait_for(predicate, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        time.sleep(0.02)
-
-
 def test_a_pushed_log_is_claimed_and_started_before_the_loop_reads_its_block(zoo_setup, fresh_anvil, team, alice,
                                                                               executor_worker):
     w3, zoo, chain = zoo_setup
@@ -65,12 +49,13 @@ def test_a_pushed_log_is_claimed_and_started_before_the_loop_reads_its_block(zoo
     watcher = threading.Thread(target=listener.watch, args=([fresh_anvil.ws_url],), daemon=True)
     watcher.start()
     try:
-        wait_for(lambda: listener.ws_connected)
+        wait_for(lambda: listener.ws_connected, timeout=10, interval=0.02)
         version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
         registry.reload()  # what the NOTIFY watcher does: the socket subscribes to the new filter
         time.sleep(0.5)  # the socket looks for a new trigger index every 0.2 s
         transact(w3, zoo.functions.emitBig(7, 70))
-        wait_for(lambda: Run.objects.filter(version=version, started_at__isnull=False).exists())
+        wait_for(lambda: Run.objects.filter(version=version, started_at__isnull=False).exists(), timeout=10,
+                 interval=0.02)
     finally:
         stop.set()
         watcher.join(5)
@@ -113,9 +98,7 @@ def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(zoo_set
     claim(chain, orphan, listener.registry.get(31337))
     (early,) = Run.objects.filter(version=version)
     # The block is replaced at the same height before the loop ever saw it.
-    sender = w3.eth.accounts[1]
-    tx = zoo.functions.emitBig(2, 2).build_transaction({"from": sender, "gas": 300_000})
-    reorg(w3, 1, [({"from": sender, "to": tx["to"], "data": tx["data"], "gas": 300_000}, 0)])
+    reorg(w3, 1, replacing(zoo.functions.emitBig(2, 2)))
     mine(w3)
     listener.step()
     early.refresh_from_db()
