@@ -40,6 +40,7 @@ like any other block. A reorg deeper than the kept window halts the chain.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -64,6 +65,7 @@ from executor.chain import (
     log_from_rpc,
 )
 from executor.chainsocket import SOCKET_ERRORS, SubscriptionSocket
+from executor.live import prepared_cursor
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -379,6 +381,44 @@ def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTr
     return [batch for batch in batches if batch.events]
 
 
+@functools.cache
+def _claim_pushed_sql(first: str) -> str:
+    """claim_pushed's statement: one fixed text per `first`, whatever the number of rows, so it is prepared once."""
+    # Only fixed names and placeholders are joined in (`first` is a column list from the caller's code).
+    parts = [
+        "WITH cur AS (SELECT block_number FROM executor_chaincursor "
+        "WHERE chain_id = %(chain)s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
+        "ev AS (SELECT * FROM unnest(%(e_number)s::bigint[], %(e_hash)s::varchar[], %(e_index)s::int[], "
+        "%(e_tx)s::varchar[], %(e_address)s::varchar[], %(e_topics)s::jsonb[], %(e_data)s::text[]) "
+        "AS ev(block_number, block_hash, log_index, tx_hash, address, topics, data)), "
+        "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
+        "topics, data, created_at) SELECT %(chain)s, ev.*, %(now)s FROM ev, cur WHERE ev.block_number > cur.block_number "
+        "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING id, block_hash, log_index), "
+        "ids AS (SELECT id, block_hash, log_index FROM new_ev UNION ALL "
+        "SELECT e.id, e.block_hash, e.log_index FROM executor_event e JOIN ev ON e.chain_id = %(chain)s "
+        "AND e.block_hash = ev.block_hash AND e.log_index = ev.log_index), ",
+        f"new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
+        "SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, ids.id, %(chain)s, "
+        "r.block_number, r.block_hash, false, 'QUEUED', '', 0, %(now)s "
+        "FROM unnest(%(r_code)s::uuid[], %(r_team)s::bigint[], %(r_flow)s::bigint[], %(r_version)s::bigint[], "
+        "%(r_key)s::varchar[], %(r_trigger)s::jsonb[], %(r_number)s::bigint[], %(r_hash)s::varchar[], "
+        "%(r_index)s::int[]) "
+        "AS r(code, team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash, log_index) "
+        "JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
+        "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
+        "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *) ",
+    ]
+    if first:
+        parts += [
+            f", first AS (SELECT {first} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "  # noqa: S608
+            "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.id LIMIT 1) ",
+            "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), first.* FROM (SELECT 1) AS one LEFT JOIN first ON true",
+        ]
+    else:
+        parts.append("SELECT ARRAY(SELECT id FROM new_runs ORDER BY id)")
+    return "".join(parts)
+
+
 def claim_pushed(payload: dict[str, Any], *, first: str = "") -> tuple[list[int], tuple | None]:
     """Store a PushedClaims payload's events and insert its runs, in one statement.
 
@@ -396,60 +436,19 @@ def claim_pushed(payload: dict[str, Any], *, first: str = "") -> tuple[list[int]
     that exist already (the loop or another listener was first) are left as they are.
     """
     chain_id, events, claims = payload["chain"], payload["events"], payload["claims"]
-    now = timezone.now()
-    params: list[Any] = [chain_id]
-    sql = [
-        "WITH cur AS (SELECT block_number FROM executor_chaincursor "
-        "WHERE chain_id = %s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
-        "ev(block_number, block_hash, log_index, tx_hash, address, topics, data) AS (VALUES ",
-    ]
-    rows = []
-    for number, block_hash, log_index, tx_hash, address, topics, data in events:
-        rows.append("(%s::bigint, %s, %s::int, %s, %s, %s::jsonb, %s)")
-        params += [number, block_hash, log_index, tx_hash, address, json.dumps(topics), data]
-    sql += [", ".join(rows), "), "]
-    sql.append(
-        "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
-        "topics, data, created_at) SELECT %s, ev.*, %s FROM ev, cur WHERE ev.block_number > cur.block_number "
-        "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING id, block_hash, log_index), "
-        "ids AS (SELECT id, block_hash, log_index FROM new_ev UNION ALL "
-        "SELECT e.id, e.block_hash, e.log_index FROM executor_event e JOIN ev ON e.chain_id = %s "
-        "AND e.block_hash = ev.block_hash AND e.log_index = ev.log_index)"
-    )
-    params += [chain_id, now, chain_id]
-    if not claims:
-        sql.append(" SELECT ARRAY[]::bigint[]")
-        first = ""
-    else:
-        rows = []
-        params += [chain_id, now]  # the two placeholders before the VALUES
-        for c in claims:
-            rows.append("(%s::uuid, %s::bigint, %s::bigint, %s::bigint, %s, %s::jsonb, %s::bigint, %s, %s::int)")
-            params += [uuid.uuid4(), c["team_id"], c["flow_id"], c["version_id"], c["trigger_key"],
-                       json.dumps(c["trigger"]), c["block_number"], c["block_hash"], c["trigger"]["log_index"]]
-        sql += [
-            f", new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
-            "SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, ids.id, %s, "
-            "r.block_number, r.block_hash, false, 'QUEUED', '', 0, %s FROM (VALUES ",
-            ", ".join(rows),
-            ") AS r(code, team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash, log_index) "
-            "JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
-            "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
-            "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *) ",
-        ]
-        if first:
-            sql.append(
-                # `first` is a fixed column list from the caller's code, never input.
-                f", first AS (SELECT {first} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "  # noqa: S608
-                "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.id LIMIT 1) "
-                "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), first.* FROM (SELECT 1) AS one "
-                "LEFT JOIN first ON true"
-            )
-        else:
-            sql.append("SELECT ARRAY(SELECT id FROM new_runs ORDER BY id)")
-    # Only placeholders and fixed names are joined in; every value is a parameter.
-    with connection.cursor() as cursor:
-        cursor.execute("".join(sql), params)
+    numbers, hashes, indexes, txs, addresses, topics, data = [list(c) for c in zip(*events, strict=True)] or [[]] * 7
+    params = {
+        "chain": chain_id, "now": timezone.now(),
+        "e_number": numbers, "e_hash": hashes, "e_index": indexes, "e_tx": txs, "e_address": addresses,
+        "e_topics": [json.dumps(t) for t in topics], "e_data": data,
+        "r_code": [uuid.uuid4() for _ in claims], "r_team": [c["team_id"] for c in claims],
+        "r_flow": [c["flow_id"] for c in claims], "r_version": [c["version_id"] for c in claims],
+        "r_key": [c["trigger_key"] for c in claims], "r_trigger": [json.dumps(c["trigger"]) for c in claims],
+        "r_number": [c["block_number"] for c in claims], "r_hash": [c["block_hash"] for c in claims],
+        "r_index": [c["trigger"]["log_index"] for c in claims],
+    }
+    with prepared_cursor() as cursor:
+        cursor.execute(_claim_pushed_sql(first), params)
         found = cursor.fetchone()
     run_ids = list(found[0])
     return run_ids, (tuple(found[1:]) if first and run_ids else None)

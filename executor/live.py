@@ -72,6 +72,27 @@ def execute_together(statements: list[Statement]) -> None:
             statement.done(cursor.fetchall() if statement.returns_rows else None)
 
 
+def prepared_cursor():
+    """A cursor on this thread's connection that binds parameters server-side, so its statements are prepared.
+
+    For the hot statements whose planning costs more than running them (the
+    pushed-claim statement plans in ~0.6 ms and runs in ~0.25). Give such a
+    statement a fixed text (arrays, not a VALUES list per row): psycopg prepares
+    it at first use on each connection and PostgreSQL keeps one generic plan for
+    it (see DATABASES in the settings). Django's own cursors bind client-side and
+    never prepare. Errors come out as Django's, and the queries are logged as
+    Django's are.
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        cursor = ServerBindingCursor(connection.connection)
+    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
+
+
 def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | None = None) -> list[RunEvent]:
     """Append several events to the run's log in one statement, in order; broadcast them after commit.
 

@@ -108,6 +108,13 @@ def _database_from_url(url: str) -> dict:
     if not config.get("NAME"):
         raise ImproperlyConfigured("DATABASE_URL must name a database (…/dbname).")
     config["ENGINE"] = "django.db.backends.postgresql"
+    options = config.setdefault("OPTIONS", {})
+    # Django binds parameters client-side and never prepares. The executor's hot statements
+    # use a server-binding cursor (executor.live.prepared_cursor): psycopg prepares what it
+    # runs at first use, and PostgreSQL keeps one generic plan per connection instead of
+    # planning each time (planning the pushed-claim statement costs more than running it).
+    options.setdefault("prepare_threshold", 0)
+    options["options"] = f"{options.get('options', '')} -c plan_cache_mode=force_generic_plan".strip()
     return config
 
 
