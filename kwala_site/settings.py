@@ -112,9 +112,9 @@ def _database_from_url(url: str) -> dict:
     # Django binds parameters client-side and never prepares. The executor's hot statements
     # use a server-binding cursor (executor.live.prepared_cursor): psycopg prepares what it
     # runs at first use, and PostgreSQL keeps one generic plan per connection instead of
-    # planning each time (planning the pushed-claim statement costs more than running it).
+    # planning each time (planning the pushed-claim statement costs more than running it;
+    # see executor.apps.use_generic_plans).
     options.setdefault("prepare_threshold", 0)
-    options["options"] = f"{options.get('options', '')} -c plan_cache_mode=force_generic_plan".strip()
     return config
 
 

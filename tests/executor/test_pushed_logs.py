@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 
 from executor.chain import log_from_rpc
 from executor.devchain import mine, reorg, transact
@@ -87,6 +87,22 @@ def test_a_loop_that_was_not_told_claims_the_same_runs_once(zoo_setup, team, ali
     assert sorted(r.trigger["args"]["id"] for r in runs) == [0, 1, 2]
     assert Event.objects.count() == 3
     assert {r.event_id for r in runs} == set(Event.objects.values_list("id", flat=True))
+
+
+def test_the_claim_statement_is_prepared_once_with_one_plan_whatever_the_number_of_logs(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    publish(team, alice, event_graph(31337, BIG))
+    listener = listener_for(chain)
+    listener.step()
+    claim(chain, pushed(w3, transact(w3, zoo.functions.emitBatch(3))), listener.registry.get(31337))
+    claim(chain, pushed(w3, transact(w3, zoo.functions.emitBig(1, 1))), listener.registry.get(31337))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+                       ["WITH cur AS (SELECT block_number FROM executor_chaincursor %"])
+        plans = cursor.fetchall()
+    assert len(plans) == 1  # three logs or one: the same text
+    generic, custom = plans[0]
+    assert generic >= 2 and custom == 0  # planned once for the connection, not once per claim
 
 
 def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(zoo_setup, team, alice):
