@@ -108,7 +108,7 @@ def retry_failed_runs(modeladmin, request, queryset):
     retried, refused = 0, []
     for run in queryset.order_by("pk"):
         try:
-            retry_run(run)
+            retry_run(run, user=request.user)
         except RunError as exc:
             refused.append(f"{run.code}: {exc}")
             continue

@@ -12,6 +12,7 @@ from executor import runner
 from executor.live import record_run_event
 from executor.models import Chain, Run, StepRun
 from executor.replay import ReplayError, ReplayResult, replay_blocks
+from flows import audit
 from flows.models import FlowVersion
 
 S = StepRun.Status
@@ -31,6 +32,7 @@ def start_manual_run(version: FlowVersion, payload: Any, *, user, dry_run: bool 
 
     A dry run executes the logic but records what side-effecting steps would
     send instead of sending it. The caller has checked that `user` may run the flow.
+    A run that acts (not a dry run) goes into the team's audit log.
     """
     _check_version(version)
     flow = version.flow
@@ -46,16 +48,22 @@ def start_manual_run(version: FlowVersion, payload: Any, *, user, dry_run: bool 
         )
         run.flow = flow
         record_run_event(run, "run.status", {"status": Run.Status.QUEUED, "dry_run": dry_run})
+        if not dry_run:
+            audit.record(flow.team, user, "run.started", str(run.code), flow=flow.code, version=version.number)
         runner.dispatch_run(run)
     return run
 
 
-def retry_run(run: Run) -> Run:
-    """Run a FAILED run's failed and cancelled steps again; finished steps keep their results."""
+def retry_run(run: Run, *, user=None) -> Run:
+    """Run a FAILED run's failed and cancelled steps again; finished steps keep their results.
+
+    Audited as done by `user` (None: by the system).
+    """
     with transaction.atomic():
-        run = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").get(pk=run.pk)
+        run = Run.objects.select_for_update(of=("self",)).select_related("flow__team", "version").get(pk=run.pk)
         if run.status != Run.Status.FAILED:
             raise RunError("Only a failed run can be retried.")
+        audit.record(run.flow.team, user, "run.retried", str(run.code), flow=run.flow.code)
         if not run.steps.exists():
             # It failed before it started (e.g. no DAG): start it over.
             run.status, run.error, run.finished_at = Run.Status.QUEUED, "", None
@@ -123,6 +131,8 @@ def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
                                     logs=[f"reused from run {run.code}"], finished_at=now))
         StepRun.objects.bulk_create(rows)
         record_run_event(new, "run.status", {"status": new.status, "rerun_of": str(run.code), "from_step": step_id})
+        audit.record(run.flow.team, user, "run.rerun", str(new.code), flow=run.flow.code, rerun_of=str(run.code),
+                     from_step=step_id)
         new = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").get(pk=new.pk)
         runner.advance(new)
     return new

@@ -144,7 +144,7 @@ def run_retry(request, code):
         messages.error(request, "Only a failed run can be retried.")
         return redirect("run_detail", code=run.code)
     try:
-        new_run = retry_run(run)
+        new_run = retry_run(run, user=request.user)
     except RunError as exc:
         messages.error(request, str(exc))
         return redirect("run_detail", code=run.code)

@@ -115,6 +115,9 @@ def test_the_retry_action_retries_failed_runs_and_reports_the_others(alice, team
     done.refresh_from_db()
     assert (failed.status, done.status) == (Run.Status.RUNNING, Run.Status.SUCCEEDED)
     assert failed.steps.get().status == StepRun.Status.QUEUED
+    # The team sees that an operator retried its run.
+    (entry,) = audit.events_for(team, action="run.retried")
+    assert (entry.actor, entry.target) == (root, str(failed.code))
 
 
 def test_staff_without_the_change_permission_cannot_retry_runs(alice, team):

@@ -82,6 +82,15 @@ def test_a_dry_run_is_marked_as_such(alice, live_flow):
     assert data["dry_run"] is True and Run.objects.get(code=data["code"]).dry_run
 
 
+def test_a_run_started_by_hand_is_audited_and_a_dry_run_is_not(alice, live_flow, team):
+    client = api_client(alice)
+    real = body(client.post(f"/api/v1/flows/{live_flow.code}/runs", {}, content_type="application/json"))
+    client.post(f"/api/v1/flows/{live_flow.code}/runs", {"dry_run": True}, content_type="application/json")
+    entry = AuditEvent.objects.get(team=team, action="run.started")
+    assert (entry.actor, entry.target) == (alice, real["code"])
+    assert entry.data == {"flow": live_flow.code, "version": 1}
+
+
 def test_an_unpublished_flow_runs_only_as_a_draft_test_run(alice, team):
     flow = create_flow(team, alice, "Draft only", graph=graph())
     client = api_client(alice)
@@ -148,6 +157,9 @@ def test_rerunning_from_a_step_creates_a_new_run_of_the_same_trigger(alice, live
     new = Run.objects.get(code=body(response)["code"])
     assert new.pk != run.pk and new.trigger == run.trigger and new.created_by == alice
     assert new.steps.get().status == S.QUEUED
+    entry = AuditEvent.objects.get(action="run.rerun")
+    assert (entry.team, entry.actor, entry.target) == (live_flow.team, alice, str(new.code))
+    assert entry.data == {"flow": live_flow.code, "rerun_of": str(run.code), "from_step": "h"}
 
 
 def test_rerunning_from_an_unknown_step_is_a_clear_409(alice, live_flow):
@@ -155,6 +167,7 @@ def test_rerunning_from_an_unknown_step_is_a_clear_409(alice, live_flow):
     error = assert_error(api_client(alice).post(f"/api/v1/runs/{run.code}/rerun", {"step_id": "nope"},
                                                 content_type="application/json"), 409, "run_error")
     assert "nope" in error["message"] and Run.objects.count() == 1
+    assert not AuditEvent.objects.filter(action="run.rerun").exists()
 
 
 def test_another_teams_run_cannot_be_retried_or_rerun(alice, charlie, live_flow):

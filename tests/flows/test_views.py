@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from executor.models import Run, StepRun
-from flows import actions
+from flows import actions, audit
 from flows.models import Flow, FlowVersion, Membership
 from tests.e2e.editor_helpers import local_chain, sample_graph
 
@@ -386,3 +386,13 @@ def test_a_viewer_sees_rows_without_add_or_remove_buttons(client, viewer, rows_f
     response = client.post(f"/flows/{rows_flow.code}/nodes/route/", {"_rows": "add:cases"},
                            HTTP_X_KWALA_REVISION=str(rows_flow.revision))
     assert response.status_code == 404
+
+
+def test_retrying_a_run_from_its_page_is_audited(client, alice, team, run):
+    as_user(client, alice)
+    response = client.post(f"/runs/{run.code}/retry/")
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.status != Run.Status.FAILED
+    (entry,) = audit.events_for(team, action="run.retried")
+    assert (entry.actor, entry.target, entry.data) == (alice, str(run.code), {"flow": run.flow.code})
