@@ -18,12 +18,10 @@ restarted while the worker idled is reconnected, not failed on.
 
 from __future__ import annotations
 
-import gc
 import logging
 
 from django.db import close_old_connections, connection
 from django_dramatiq.middleware import DbConnectionsMiddleware
-from dramatiq.middleware import Middleware
 
 logger = logging.getLogger(__name__)
 
@@ -58,26 +56,3 @@ class WarmDbConnections(DbConnectionsMiddleware):
 
     after_process_message = _close_and_reopen
     after_skip_message = _close_and_reopen
-
-
-def freeze_startup_objects() -> None:
-    """Keep what a long-running process loaded at startup out of the garbage collector's full passes.
-
-    A worker or listener imports Django, web3 and their dependencies: some
-    160,000 objects that live as long as the process. Every full collection
-    walked them all again, 40 to 70 ms with the GIL held, which whatever run was
-    in flight waited out. gc.freeze() moves them to a permanent generation the
-    collector skips; what the process allocates afterwards is collected as before.
-    Once per process: later calls do nothing.
-    """
-    if gc.get_freeze_count():
-        return
-    gc.collect()
-    gc.freeze()
-
-
-class FreezeStartupObjects(Middleware):
-    """freeze_startup_objects() in each worker process, once the actors' modules are imported."""
-
-    def before_worker_boot(self, broker, worker) -> None:
-        freeze_startup_objects()

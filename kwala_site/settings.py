@@ -416,7 +416,6 @@ DRAMATIQ_BROKER = {
         "dramatiq.middleware.Callbacks",
         "dramatiq.middleware.Retries",
         "executor.middleware.WarmDbConnections",  # django_dramatiq's, plus connecting ahead of work
-        "executor.middleware.FreezeStartupObjects",
     ],
 }
 DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -97,23 +95,3 @@ def test_worker_threads_hold_a_connection_before_their_first_message(transaction
     middleware.after_process_message(broker, None)
     assert connection.connection is not None and connection.connection is not old
     assert old.closed
-
-
-def test_worker_processes_freeze_what_they_loaded_at_startup():
-    from executor.middleware import FreezeStartupObjects
-
-    assert any(isinstance(m, FreezeStartupObjects) for m in dramatiq.get_broker().middleware)
-    # In a process of its own: freezing is for the life of the process.
-    probe = (
-        "import gc, dramatiq.middleware, django_dramatiq.middleware\n"
-        "from executor.middleware import FreezeStartupObjects\n"
-        "FreezeStartupObjects().before_worker_boot(None, None)\n"
-        "first = gc.get_freeze_count()\n"
-        "garbage = [object() for _ in range(1000)]\n"
-        "FreezeStartupObjects().before_worker_boot(None, None)\n"
-        "print(first, gc.get_freeze_count())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
-    first, second = int(out[0]), int(out[1])
-    assert first > 10_000  # Django and Dramatiq's own objects at least
-    assert second == first  # once per process: what came later is collected as usual

@@ -9,7 +9,6 @@ import threading
 from django.core.management.base import BaseCommand, CommandError
 
 from executor.listener import POLL_SECONDS, listen
-from executor.middleware import freeze_startup_objects
 from executor.models import Chain, ChainCursor
 
 
@@ -46,7 +45,6 @@ class Command(BaseCommand):
             if not chains:
                 raise CommandError("Every chain asked for is halted; clear ChainCursor.halted after checking.")
 
-        freeze_startup_objects()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
