@@ -78,10 +78,10 @@ def prepared_cursor():
     For the hot statements whose planning costs more than running them (the
     pushed-claim statement plans in ~0.6 ms and runs in ~0.25). Give such a
     statement a fixed text (arrays, not a VALUES list per row): psycopg prepares
-    it at first use on each connection and PostgreSQL keeps one generic plan for
-    it (see DATABASES in the settings). Django's own cursors bind client-side and
-    never prepare. Errors come out as Django's, and the queries are logged as
-    Django's are.
+    it at first use on each connection (prepare_threshold in DATABASES) and
+    PostgreSQL keeps one generic plan for it (executor.apps.use_generic_plans).
+    Django's own cursors bind client-side and never prepare. Errors come out as
+    Django's, and the queries are logged as Django's are.
     """
     from django.db.backends.postgresql.base import ServerBindingCursor
 
