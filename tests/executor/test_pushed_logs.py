@@ -30,11 +30,21 @@ def pushed(w3, receipt) -> PushedBlock:
     return PushedBlock(block["number"], block["hash"].to_0x_hex(), block["timestamp"], [log_from_rpc(r) for r in raw])
 
 
-def claim(chain, block: PushedBlock, triggers) -> None:
+def claim(listener: ChainListener, block: PushedBlock) -> None:
     """What a worker does with the listener's message (inside a transaction: it does not go on to run steps)."""
-    for batch in pushed_claims(chain, [block], triggers):
+    for batch in pushed_claims(listener.chain, [block], listener.registry.get(listener.chain.chain_id)):
         with transaction.atomic():
             start_pushed_runs(batch.payload())
+
+
+@pytest.fixture
+def watched(zoo_setup, team, alice):
+    """A published flow on the zoo's BIG event and a loop that has read the head: (w3, zoo, chain, version, listener)."""
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG))
+    listener = listener_for(chain)
+    listener.step()
+    return w3, zoo, chain, version, listener
 
 
 def test_a_pushed_log_is_claimed_and_started_before_the_loop_reads_its_block(zoo_setup, fresh_anvil, team, alice,
@@ -71,14 +81,11 @@ def test_a_pushed_log_is_claimed_and_started_before_the_loop_reads_its_block(zoo
     assert ChainCursor.objects.get(chain=chain).block_number == w3.eth.block_number
 
 
-def test_a_loop_that_was_not_told_claims_the_same_runs_once(zoo_setup, team, alice):
-    w3, zoo, chain = zoo_setup
-    version = publish(team, alice, event_graph(31337, BIG))
-    listener = listener_for(chain)
-    listener.step()
+def test_a_loop_that_was_not_told_claims_the_same_runs_once(watched):
+    w3, zoo, chain, version, listener = watched
     block = pushed(w3, transact(w3, zoo.functions.emitBatch(3)))
-    claim(chain, block, listener.registry.get(31337))
-    claim(chain, block, listener.registry.get(31337))  # a second listener's push, or a message delivered twice
+    claim(listener, block)
+    claim(listener, block)  # a second listener's push, or a message delivered twice
     assert Run.objects.filter(version=version).count() == 3
     # The first is started in the claim's own transaction, the others are sent to start_run.
     assert Run.objects.filter(version=version, started_at__isnull=False).exists()
@@ -89,13 +96,10 @@ def test_a_loop_that_was_not_told_claims_the_same_runs_once(zoo_setup, team, ali
     assert {r.event_id for r in runs} == set(Event.objects.values_list("id", flat=True))
 
 
-def test_the_claim_statement_is_prepared_once_with_one_plan_whatever_the_number_of_logs(zoo_setup, team, alice):
-    w3, zoo, chain = zoo_setup
-    publish(team, alice, event_graph(31337, BIG))
-    listener = listener_for(chain)
-    listener.step()
-    claim(chain, pushed(w3, transact(w3, zoo.functions.emitBatch(3))), listener.registry.get(31337))
-    claim(chain, pushed(w3, transact(w3, zoo.functions.emitBig(1, 1))), listener.registry.get(31337))
+def test_the_claim_statement_is_prepared_once_with_one_plan_whatever_the_number_of_logs(watched):
+    w3, zoo, _, _, listener = watched
+    claim(listener, pushed(w3, transact(w3, zoo.functions.emitBatch(3))))
+    claim(listener, pushed(w3, transact(w3, zoo.functions.emitBig(1, 1))))
     with connection.cursor() as cursor:
         cursor.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
                        ["WITH cur AS (SELECT block_number FROM executor_chaincursor %"])
@@ -105,13 +109,10 @@ def test_the_claim_statement_is_prepared_once_with_one_plan_whatever_the_number_
     assert generic >= 2 and custom == 0  # planned once for the connection, not once per claim
 
 
-def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(zoo_setup, team, alice):
-    w3, zoo, chain = zoo_setup
-    version = publish(team, alice, event_graph(31337, BIG))
-    listener = listener_for(chain)
-    listener.step()
+def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(watched):
+    w3, zoo, chain, version, listener = watched
     orphan = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
-    claim(chain, orphan, listener.registry.get(31337))
+    claim(listener, orphan)
     (early,) = Run.objects.filter(version=version)
     # The block is replaced at the same height before the loop ever saw it.
     reorg(w3, 1, replacing(zoo.functions.emitBig(2, 2)))
@@ -126,16 +127,13 @@ def test_a_pushed_block_orphaned_before_the_loop_reached_it_is_retracted(zoo_set
     assert [r.trigger["args"]["id"] for r in live] == [2]
 
 
-def test_pushed_logs_the_loop_has_decided_or_a_halted_chain_are_not_claimed(zoo_setup, team, alice):
-    w3, zoo, chain = zoo_setup
-    version = publish(team, alice, event_graph(31337, BIG))
-    listener = listener_for(chain)
-    listener.step()
+def test_pushed_logs_the_loop_has_decided_or_a_halted_chain_are_not_claimed(watched):
+    w3, zoo, chain, version, listener = watched
     late = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
     ChainCursor.objects.filter(chain=chain).update(block_number=late.number)  # the loop is past it
-    claim(chain, late, listener.registry.get(31337))
+    claim(listener, late)
     ChainCursor.objects.filter(chain=chain).update(block_number=late.number - 1, halted=True)
-    claim(chain, late, listener.registry.get(31337))
+    claim(listener, late)
     assert not Run.objects.filter(version=version).exists() and not Event.objects.exists()
 
 
@@ -148,6 +146,6 @@ def test_a_paused_flow_is_not_claimed_from_a_push(zoo_setup, team, alice):
     version.flow.paused = True
     version.flow.save(update_fields=["paused"])
     block = pushed(w3, transact(w3, zoo.functions.emitBig(1, 1)))
-    claim(chain, block, listener.registry.get(31337))
+    claim(listener, block)
     assert not Run.objects.filter(version=version).exists()
     assert Run.objects.filter(version=other).count() == 1

@@ -26,8 +26,8 @@ def test_slow_step_kinds_get_a_lease_longer_than_their_timeouts(settings):
     assert runner._lease_seconds({"type": "condition", "config": {}}) == 30
 
 
-@pytest.fixture
-def live_version(team, alice):
+def checked_graph(*, hook: bool = False) -> dict:
+    """A manual trigger and a condition that is always true; with `hook`, an HTTP step after it."""
     graph = {
         "nodes": [
             {"id": "start", "type": "manual", "name": "Start", "position": {"x": 0, "y": 0}, "config": {}},
@@ -36,7 +36,16 @@ def live_version(team, alice):
         ],
         "edges": [{"source": "start", "source_port": "out", "target": "check"}],
     }
-    flow = actions.create_flow(team, alice, "Guarded", graph=graph)
+    if hook:
+        graph["nodes"].append({"id": "hook", "type": "http.request", "name": "Hook", "position": {"x": 0, "y": 200},
+                               "config": {"method": "POST", "url": "http://127.0.0.1:9/never"}})
+        graph["edges"].append({"source": "check", "source_port": "true", "target": "hook"})
+    return graph
+
+
+@pytest.fixture
+def live_version(team, alice):
+    flow = actions.create_flow(team, alice, "Guarded", graph=checked_graph())
     return actions.publish_version(flow, alice)
 
 
@@ -68,18 +77,7 @@ def test_a_manual_run_of_a_live_flow_still_runs(live_version, alice):
 
 @pytest.fixture
 def hook_version(team, alice):
-    graph = {
-        "nodes": [
-            {"id": "start", "type": "manual", "name": "Start", "position": {"x": 0, "y": 0}, "config": {}},
-            {"id": "check", "type": "condition", "name": "Check", "position": {"x": 0, "y": 100},
-             "config": {"expression": "1 > 0"}},
-            {"id": "hook", "type": "http.request", "name": "Hook", "position": {"x": 0, "y": 200},
-             "config": {"method": "POST", "url": "http://127.0.0.1:9/never"}},
-        ],
-        "edges": [{"source": "start", "source_port": "out", "target": "check"},
-                  {"source": "check", "source_port": "true", "target": "hook"}],
-    }
-    flow = actions.create_flow(team, alice, "Hooked", graph=graph)
+    flow = actions.create_flow(team, alice, "Hooked", graph=checked_graph(hook=True))
     return actions.publish_version(flow, alice)
 
 
