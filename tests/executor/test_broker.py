@@ -95,3 +95,51 @@ def test_worker_threads_hold_a_connection_before_their_first_message(transaction
     middleware.after_process_message(broker, None)
     assert connection.connection is not None and connection.connection is not old
     assert old.closed
+
+
+def _terminate(backend_pid: int) -> None:
+    """End a backend from another connection, as a database restart or an operator would, and wait until it is gone."""
+    from django.db import connection
+
+    other = connection.get_new_connection(connection.get_connection_params())
+    try:
+        other.autocommit = True
+        other.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+        deadline = time.monotonic() + 10
+        while other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [backend_pid]).fetchone():
+            assert time.monotonic() < deadline, "the backend did not exit"
+            time.sleep(0.01)
+    finally:
+        other.close()
+
+
+def test_a_message_on_a_quiet_connection_skips_the_health_check_round_trip(transactional_db):
+    from django.db import connection
+
+    from executor.middleware import WarmDbConnections
+
+    middleware = WarmDbConnections()
+    connection.ensure_connection()
+    middleware.before_process_message(dramatiq.get_broker(), None)
+    assert connection.health_check_enabled
+    assert connection.health_check_done  # Django will not send SELECT 1 before the first query
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 2")
+        assert cursor.fetchone() == (2,)
+
+
+def test_a_connection_the_server_ended_while_idle_is_replaced_before_the_message_runs(transactional_db):
+    from django.db import connection
+
+    from executor.middleware import WarmDbConnections
+
+    middleware = WarmDbConnections()
+    connection.ensure_connection()
+    old = connection.connection
+    _terminate(old.info.backend_pid)
+    middleware.before_process_message(dramatiq.get_broker(), None)
+    assert not connection.health_check_done  # the socket had the server's goodbye on it: Django checks
+    with connection.cursor() as cursor:  # reconnects instead of failing
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != old.info.backend_pid
+    assert connection.connection is not old
