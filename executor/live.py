@@ -125,16 +125,15 @@ def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
     if not events:
         return Statement(f"UPDATE executor_run SET {sets.removeprefix(', ')} WHERE id = %s",  # noqa: S608
                          [*fields.values(), run.pk], lambda rows: None, returns_rows=False)
-    rows = ", ".join(["(%s::int, %s, %s::jsonb)"] * len(events))
-    params: list = [len(events), *fields.values(), run.pk, run.pk, len(events), now]
-    for index, (kind, data) in enumerate(events, start=1):
-        params += [index, kind, json.dumps(data)]
+    # The events go in as arrays, so the text depends only on which run fields are set.
+    params: list = [len(events), *fields.values(), run.pk, run.pk, len(events), now,
+                    [kind for kind, _ in events], [json.dumps(data) for _, data in events]]
     sql = (
         f"WITH bumped AS (UPDATE executor_run SET event_seq = event_seq + %s{sets} WHERE id = %s "  # noqa: S608
         "RETURNING event_seq) "
         "INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
         "SELECT %s, bumped.event_seq - %s + v.ord, v.kind, v.data, %s "
-        f"FROM bumped, (VALUES {rows}) AS v(ord, kind, data) RETURNING id, seq"
+        "FROM bumped, unnest(%s::varchar[], %s::jsonb[]) WITH ORDINALITY AS v(kind, data, ord) RETURNING id, seq"
     )
 
     def done(result: list[tuple] | None) -> None:

@@ -106,15 +106,18 @@ _STEP_TYPES = {"status": "varchar", "attempt": "int", "input": "jsonb", "output"
                "lease_expires_at": "timestamptz", "next_attempt_at": "timestamptz", "queued_at": "timestamptz",
                "started_at": "timestamptz", "finished_at": "timestamptz"}
 _STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
-_STEP_PLACEHOLDERS = ", ".join(f"%s::{_STEP_TYPES[c]}" for c in _STEP_MUTABLE)
+# Rows go in as one array per column, so each statement's text is the same whatever the number
+# of rows: psycopg converts it once per process, not once per call.
+_STEP_ARRAYS = ", ".join(f"%s::{_STEP_TYPES[c]}[]" for c in _STEP_MUTABLE)
 _STEP_UPDATE = (
     "UPDATE executor_steprun AS s SET " + ", ".join(f"{c} = v.{c}" for c in _STEP_MUTABLE)  # noqa: S608
-    + " FROM (VALUES {rows}) AS v(id, expected_status, expected_attempt, " + ", ".join(_STEP_MUTABLE) + ")"
+    + f" FROM unnest(%s::bigint[], %s::varchar[], %s::int[], {_STEP_ARRAYS})"
+    " AS v(id, expected_status, expected_attempt, " + ", ".join(_STEP_MUTABLE) + ")"
     " WHERE s.id = v.id AND s.status = v.expected_status AND s.attempt = v.expected_attempt RETURNING s.id"
 )
 _STEP_INSERT = (
-    "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") VALUES {rows} "  # noqa: S608
-    "RETURNING id, step_id"
+    "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
+    f"SELECT * FROM unnest(%s::bigint[], %s::varchar[], {_STEP_ARRAYS}) RETURNING id, step_id"
 )
 # A version's compiled DAG never changes once it is set; keyed with created_at so a reused id cannot match.
 _dags: dict[tuple[int, Any], dict] = {}
@@ -165,14 +168,31 @@ def _run_from_row(found: tuple) -> Run:
 
 def _load_steps(run: Run) -> dict[str, StepRun]:
     """The run's step rows as they are now, by step id."""
-    rows = {}
     with connection.cursor() as cursor:
         cursor.execute(_STEP_SELECT, [run.pk])
-        for found in cursor.fetchall():
-            values = [_json(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
-            row = StepRun.from_db("default", _STEP_COLUMNS, values)
-            row.run = run
-            rows[row.step_id] = row
+        return _step_rows(run, cursor.fetchall())
+
+
+def _load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
+    """_load_run(lock=True) and then _load_steps, in one round trip."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"{_RUN_SQL} FOR UPDATE OF r; {_STEP_SELECT}", [run_id, run_id])
+        found = cursor.fetchone()
+        cursor.nextset()
+        steps = cursor.fetchall()
+    if found is None:
+        return None, {}
+    run = _run_from_row(found)
+    return run, _step_rows(run, steps)
+
+
+def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
+    rows = {}
+    for found in found_rows:
+        values = [_json(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
+        row = StepRun.from_db("default", _STEP_COLUMNS, values)
+        row.run = run
+        rows[row.step_id] = row
     return rows
 
 
@@ -213,10 +233,6 @@ class StepChanges:
         self._sends, self.sends = self.sends, []
         statements = []
         if new:
-            params: list = []
-            for row in new:
-                params += [row.run_id, row.step_id, *self._values(row)]
-            rows = ", ".join([f"(%s::bigint, %s::varchar, {_STEP_PLACEHOLDERS})"] * len(new))
 
             def inserted(result, new=new) -> None:
                 ids = {step_id: pk for pk, step_id in result}
@@ -224,19 +240,18 @@ class StepChanges:
                     row.pk = ids[row.step_id]
                     row._state.adding = False
 
-            statements.append(Statement(_STEP_INSERT.format(rows=rows), params, inserted))
+            params = [[row.run_id for row in new], [row.step_id for row in new], *self._columns(new)]
+            statements.append(Statement(_STEP_INSERT, params, inserted))
         if changed:
-            params = []
-            for row, status, attempt, _ in changed:
-                params += [row.pk, status, attempt, *self._values(row)]
-            rows = ", ".join([f"(%s::bigint, %s::varchar, %s::int, {_STEP_PLACEHOLDERS})"] * len(changed))
 
             def updated(result, changed=changed) -> None:
                 written = {pk for (pk,) in result}
                 if any(strict and row.pk not in written for row, _, _, strict in changed):
                     raise ClaimLost("a step row changed while its run was locked")
 
-            statements.append(Statement(_STEP_UPDATE.format(rows=rows), params, updated))
+            params = [[row.pk for row, _, _, _ in changed], [status for _, status, _, _ in changed],
+                      [attempt for _, _, attempt, _ in changed], *self._columns([row for row, _, _, _ in changed])]
+            statements.append(Statement(_STEP_UPDATE, params, updated))
         return statements
 
     def after_write(self) -> None:
@@ -249,8 +264,10 @@ class StepChanges:
         write(self)
 
     @staticmethod
-    def _values(row: StepRun) -> list:
-        return [_jsonb(getattr(row, c)) if c in _STEP_JSON else getattr(row, c) for c in _STEP_MUTABLE]
+    def _columns(rows: list[StepRun]) -> list[list]:
+        """The rows' _STEP_MUTABLE values, one list per column."""
+        return [[_jsonb(getattr(row, c)) for row in rows] if c in _STEP_JSON else [getattr(row, c) for row in rows]
+                for c in _STEP_MUTABLE]
 
 
 def write(changes: StepChanges, log: RunLog | None = None) -> None:
@@ -588,8 +605,7 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
     outcome = _execute(run, row, step, ctx)
     try:
         with transaction.atomic():
-            run = _load_run(run.pk, lock=True)
-            rows = _load_steps(run)
+            run, rows = _load_locked(run.pk)
             current = rows.get(row.step_id)
             if current is None or current.status != S.RUNNING or current.attempt != row.attempt:
                 return _NOTHING  # our claim was taken over; the new holder records the result
