@@ -56,16 +56,27 @@ class Statement:
     returns_rows: bool = True
 
 
-def execute_together(statements: list[Statement]) -> None:
+def execute_together(statements: list[Statement], *, commit: bool = False) -> None:
     """Send the statements as one query (one round trip), in order; hand each its own result rows.
 
     Call inside a transaction. They succeed or fail together: an error in any
     fails the query, and the caller's transaction with it.
+
+    With `commit`, the same query ends with COMMIT, which saves the commit's own
+    round trip. Only for the last statements of the outermost atomic block, and
+    only when no `done` can raise: it runs after the commit. Django's commit at
+    the block's end then finds no transaction open and sends nothing, and runs
+    the on_commit callbacks as usual.
     """
     if not statements:
         return
+    sql = "; ".join(s.sql for s in statements)
+    if commit:
+        if not connection.in_atomic_block or len(connection.atomic_blocks) != 1:
+            raise RuntimeError("execute_together(commit=True) must end the outermost atomic block")
+        sql += "; COMMIT"
     with connection.cursor() as cursor:
-        cursor.execute("; ".join(s.sql for s in statements), [p for s in statements for p in s.params])
+        cursor.execute(sql, [p for s in statements for p in s.params])
         for index, statement in enumerate(statements):
             if index:
                 cursor.nextset()

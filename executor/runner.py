@@ -270,9 +270,16 @@ class StepChanges:
                 for c in _STEP_MUTABLE]
 
 
-def write(changes: StepChanges, log: RunLog | None = None) -> None:
-    """Write the step rows and then the run's log (and run row) in one round trip."""
-    execute_together(changes.take_statements() + (log.take_statements() if log is not None else []))
+def write(changes: StepChanges, log: RunLog | None = None, *, commit: bool = False) -> None:
+    """Write the step rows and then the run's log (and run row) in one round trip.
+
+    `commit` (from the end of the outermost atomic block) commits in the same
+    round trip when nothing written could still be refused afterwards: a guarded
+    step update (ClaimLost) is checked from its result, so with one the commit
+    stays Django's.
+    """
+    commit = commit and not changes.changed
+    execute_together(changes.take_statements() + (log.take_statements() if log is not None else []), commit=commit)
     changes.after_write()
 
 
@@ -376,7 +383,8 @@ def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None
             log.add("run.status", {"status": run.status})
             ready = _advance(run, rows, log, changes)
     kept = _hand_out(ready, keep_one, run, log, changes)
-    write(changes, log)
+    # With keep_one the caller's block is the outermost, and this write is its last statement.
+    write(changes, log, commit=keep_one)
     return kept, run, rows
 
 

@@ -122,3 +122,48 @@ def test_a_guarded_step_write_that_lost_its_row_raises_and_writes_nothing(hook_v
     lenient.flush()
     assert StepRun.objects.get(pk=rows["hook"].pk).status == "RUNNING"
     assert StepRun.objects.get(pk=rows["check"].pk).status == "CANCELLED"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_started_outside_a_transaction_commits_with_its_rows(live_version):
+    flow = live_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:commit")
+    with CaptureQueriesContext(connection) as queries:
+        runner.start_run(run.pk)
+    writes = [q["sql"] for q in queries.captured_queries if "INSERT INTO executor_steprun" in q["sql"]]
+    assert len(writes) == 1 and writes[0].endswith("; COMMIT")  # no round trip of its own for the commit
+    run.refresh_from_db()
+    assert run.status == Run.Status.SUCCEEDED
+    assert run.steps.get().status == StepRun.Status.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_commits_keeps_on_commit_callbacks_and_only_ends_the_outermost_block(live_version):
+    from django.db import transaction
+
+    from executor.live import Statement, execute_together
+
+    flow = live_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:end")
+
+    def mark(error: str) -> Statement:
+        return Statement("UPDATE executor_run SET error = %s WHERE id = %s", [error, run.pk], lambda rows: None,
+                         returns_rows=False)
+
+    other = connection.get_new_connection(connection.get_connection_params())
+    other.autocommit = True
+    try:
+        ran = []
+        with transaction.atomic():
+            transaction.on_commit(lambda: ran.append("after commit"))
+            execute_together([mark("committed")], commit=True)
+            # Committed already: another connection sees it, and the callbacks wait for the block's end.
+            assert other.execute("SELECT error FROM executor_run WHERE id = %s", [run.pk]).fetchone() == ("committed",)
+            assert ran == []
+        assert ran == ["after commit"]
+
+        with pytest.raises(RuntimeError, match="outermost"), transaction.atomic(), transaction.atomic():
+            execute_together([mark("nested")], commit=True)
+        assert other.execute("SELECT error FROM executor_run WHERE id = %s", [run.pk]).fetchone() == ("committed",)
+    finally:
+        other.close()
