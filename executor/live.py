@@ -15,6 +15,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
@@ -44,6 +45,17 @@ def record_run_event(run: Run, kind: str, data: dict) -> RunEvent:
 
 # Run columns a RunLog may set along with its events (see RunLog.set_run).
 _RUN_FIELDS = ("status", "error", "started_at", "finished_at")
+
+
+def rows_json(rows: list[dict]) -> str:
+    """Rows for jsonb_to_recordset (or jsonb_array_elements): one JSON text, timestamps in ISO 8601."""
+    return json.dumps(rows, default=_iso_datetime, separators=(",", ":"))
+
+
+def _iso_datetime(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 @dataclass
@@ -136,15 +148,15 @@ def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
     if not events:
         return Statement(f"UPDATE executor_run SET {sets.removeprefix(', ')} WHERE id = %s",  # noqa: S608
                          [*fields.values(), run.pk], lambda rows: None, returns_rows=False)
-    # The events go in as arrays, so the text depends only on which run fields are set.
+    # The events go in as one JSON list (rows_json), so the text depends only on which run fields are set.
     params: list = [len(events), *fields.values(), run.pk, run.pk, len(events), now,
-                    [kind for kind, _ in events], [json.dumps(data) for _, data in events]]
+                    rows_json([{"kind": kind, "data": data} for kind, data in events])]
     sql = (
         f"WITH bumped AS (UPDATE executor_run SET event_seq = event_seq + %s{sets} WHERE id = %s "  # noqa: S608
         "RETURNING event_seq) "
         "INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
-        "SELECT %s, bumped.event_seq - %s + v.ord, v.kind, v.data, %s "
-        "FROM bumped, unnest(%s::varchar[], %s::jsonb[]) WITH ORDINALITY AS v(kind, data, ord) RETURNING id, seq"
+        "SELECT %s, bumped.event_seq - %s + v.ord, v.e->>'kind', v.e->'data', %s "
+        "FROM bumped, jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS v(e, ord) RETURNING id, seq"
     )
 
     def done(result: list[tuple] | None) -> None:

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from executor.live import RunLog, Statement, execute_together, record_run_event
+from executor.live import RunLog, Statement, execute_together, record_run_event, rows_json
 from executor.models import Notification, Run, StepRun
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
 from executor.steps.base import redact_value, to_jsonable
@@ -106,18 +106,20 @@ _STEP_TYPES = {"status": "varchar", "attempt": "int", "input": "jsonb", "output"
                "lease_expires_at": "timestamptz", "next_attempt_at": "timestamptz", "queued_at": "timestamptz",
                "started_at": "timestamptz", "finished_at": "timestamptz"}
 _STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
-# Rows go in as one array per column, so each statement's text is the same whatever the number
-# of rows: psycopg converts it once per process, not once per call.
-_STEP_ARRAYS = ", ".join(f"%s::{_STEP_TYPES[c]}[]" for c in _STEP_MUTABLE)
+# Rows go in as one JSON document (live.rows_json), unpacked by jsonb_to_recordset: the text
+# of each statement is the same whatever the number of rows, so psycopg converts it once per
+# process, and the one parameter is encoded by json in C, not element by element as arrays are.
+_STEP_RECORD = ", ".join(f"{c} {_STEP_TYPES[c]}" for c in _STEP_MUTABLE)
 _STEP_UPDATE = (
     "UPDATE executor_steprun AS s SET " + ", ".join(f"{c} = v.{c}" for c in _STEP_MUTABLE)  # noqa: S608
-    + f" FROM unnest(%s::bigint[], %s::varchar[], %s::int[], {_STEP_ARRAYS})"
-    " AS v(id, expected_status, expected_attempt, " + ", ".join(_STEP_MUTABLE) + ")"
+    + " FROM jsonb_to_recordset(%s::jsonb)"
+    f" AS v(id bigint, expected_status varchar, expected_attempt int, {_STEP_RECORD})"
     " WHERE s.id = v.id AND s.status = v.expected_status AND s.attempt = v.expected_attempt RETURNING s.id"
 )
 _STEP_INSERT = (
     "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
-    f"SELECT * FROM unnest(%s::bigint[], %s::varchar[], {_STEP_ARRAYS}) RETURNING id, step_id"
+    f"SELECT run_id, step_id, {', '.join(_STEP_MUTABLE)} "
+    f"FROM jsonb_to_recordset(%s::jsonb) AS r(run_id bigint, step_id varchar, {_STEP_RECORD}) RETURNING id, step_id"
 )
 # A version's compiled DAG never changes once it is set; keyed with created_at so a reused id cannot match.
 _dags: dict[tuple[int, Any], dict] = {}
@@ -125,10 +127,6 @@ _dags: dict[tuple[int, Any], dict] = {}
 
 def _json(value):
     return json.loads(value) if isinstance(value, str) else value
-
-
-def _jsonb(value) -> str | None:
-    return None if value is None else json.dumps(value)
 
 
 def _instance(model, values: dict):
@@ -240,8 +238,8 @@ class StepChanges:
                     row.pk = ids[row.step_id]
                     row._state.adding = False
 
-            params = [[row.run_id for row in new], [row.step_id for row in new], *self._columns(new)]
-            statements.append(Statement(_STEP_INSERT, params, inserted))
+            records = [{"run_id": row.run_id, "step_id": row.step_id, **self._values(row)} for row in new]
+            statements.append(Statement(_STEP_INSERT, [rows_json(records)], inserted))
         if changed:
 
             def updated(result, changed=changed) -> None:
@@ -249,9 +247,9 @@ class StepChanges:
                 if any(strict and row.pk not in written for row, _, _, strict in changed):
                     raise ClaimLost("a step row changed while its run was locked")
 
-            params = [[row.pk for row, _, _, _ in changed], [status for _, status, _, _ in changed],
-                      [attempt for _, _, attempt, _ in changed], *self._columns([row for row, _, _, _ in changed])]
-            statements.append(Statement(_STEP_UPDATE, params, updated))
+            records = [{"id": row.pk, "expected_status": status, "expected_attempt": attempt, **self._values(row)}
+                       for row, status, attempt, _ in changed]
+            statements.append(Statement(_STEP_UPDATE, [rows_json(records)], updated))
         return statements
 
     def after_write(self) -> None:
@@ -264,10 +262,8 @@ class StepChanges:
         write(self)
 
     @staticmethod
-    def _columns(rows: list[StepRun]) -> list[list]:
-        """The rows' _STEP_MUTABLE values, one list per column."""
-        return [[_jsonb(getattr(row, c)) for row in rows] if c in _STEP_JSON else [getattr(row, c) for row in rows]
-                for c in _STEP_MUTABLE]
+    def _values(row: StepRun) -> dict:
+        return {c: getattr(row, c) for c in _STEP_MUTABLE}
 
 
 def write(changes: StepChanges, log: RunLog | None = None, *, commit: bool = False) -> None:
