@@ -65,7 +65,7 @@ from executor.chain import (
     log_from_rpc,
 )
 from executor.chainsocket import SOCKET_ERRORS, SubscriptionSocket
-from executor.live import prepared_cursor
+from executor.live import prepared_cursor, rows_json
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -381,6 +381,10 @@ def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTr
     return [batch for batch in batches if batch.events]
 
 
+# What each entry of PushedClaims.events holds, in order.
+_EVENT_FIELDS = ("block_number", "block_hash", "log_index", "tx_hash", "address", "topics", "data")
+
+
 @functools.cache
 def _claim_pushed_sql(first: str) -> str:
     """claim_pushed's statement: one fixed text per `first`, whatever the number of rows, so it is prepared once."""
@@ -388,9 +392,8 @@ def _claim_pushed_sql(first: str) -> str:
     parts = [
         "WITH cur AS (SELECT block_number FROM executor_chaincursor "
         "WHERE chain_id = %(chain)s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
-        "ev AS (SELECT * FROM unnest(%(e_number)s::bigint[], %(e_hash)s::varchar[], %(e_index)s::int[], "
-        "%(e_tx)s::varchar[], %(e_address)s::varchar[], %(e_topics)s::jsonb[], %(e_data)s::text[]) "
-        "AS ev(block_number, block_hash, log_index, tx_hash, address, topics, data)), "
+        "ev AS (SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS ev(block_number bigint, block_hash varchar, "
+        "log_index int, tx_hash varchar, address varchar, topics jsonb, data text)), "
         "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
         "topics, data, created_at) SELECT %(chain)s, ev.*, %(now)s FROM ev, cur WHERE ev.block_number > cur.block_number "
         "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING id, block_hash, log_index), "
@@ -400,10 +403,8 @@ def _claim_pushed_sql(first: str) -> str:
         f"new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
         "SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, ids.id, %(chain)s, "
         "r.block_number, r.block_hash, false, 'QUEUED', '', 0, %(now)s "
-        "FROM unnest(%(r_code)s::uuid[], %(r_team)s::bigint[], %(r_flow)s::bigint[], %(r_version)s::bigint[], "
-        "%(r_key)s::varchar[], %(r_trigger)s::jsonb[], %(r_number)s::bigint[], %(r_hash)s::varchar[], "
-        "%(r_index)s::int[]) "
-        "AS r(code, team_id, flow_id, version_id, trigger_key, trigger, block_number, block_hash, log_index) "
+        "FROM jsonb_to_recordset(%(runs)s::jsonb) AS r(code uuid, team_id bigint, flow_id bigint, "
+        "version_id bigint, trigger_key varchar, trigger jsonb, block_number bigint, block_hash varchar, log_index int) "
         "JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
         "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
         "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *) ",
@@ -435,18 +436,9 @@ def claim_pushed(payload: dict[str, Any], *, first: str = "") -> tuple[list[int]
     are left out; each run takes the id of its event, new or stored before; runs
     that exist already (the loop or another listener was first) are left as they are.
     """
-    chain_id, events, claims = payload["chain"], payload["events"], payload["claims"]
-    numbers, hashes, indexes, txs, addresses, topics, data = [list(c) for c in zip(*events, strict=True)] or [[]] * 7
-    params = {
-        "chain": chain_id, "now": timezone.now(),
-        "e_number": numbers, "e_hash": hashes, "e_index": indexes, "e_tx": txs, "e_address": addresses,
-        "e_topics": [json.dumps(t) for t in topics], "e_data": data,
-        "r_code": [uuid.uuid4() for _ in claims], "r_team": [c["team_id"] for c in claims],
-        "r_flow": [c["flow_id"] for c in claims], "r_version": [c["version_id"] for c in claims],
-        "r_key": [c["trigger_key"] for c in claims], "r_trigger": [json.dumps(c["trigger"]) for c in claims],
-        "r_number": [c["block_number"] for c in claims], "r_hash": [c["block_hash"] for c in claims],
-        "r_index": [c["trigger"]["log_index"] for c in claims],
-    }
+    events = [dict(zip(_EVENT_FIELDS, event, strict=True)) for event in payload["events"]]
+    runs = [{"code": str(uuid.uuid4()), "log_index": claim["trigger"]["log_index"], **claim} for claim in payload["claims"]]
+    params = {"chain": payload["chain"], "now": timezone.now(), "events": rows_json(events), "runs": rows_json(runs)}
     with prepared_cursor() as cursor:
         cursor.execute(_claim_pushed_sql(first), params)
         found = cursor.fetchone()
