@@ -100,7 +100,7 @@ def prepared_cursor():
 
     For the hot statements whose planning costs more than running them (the
     pushed-claim statement plans in ~0.6 ms and runs in ~0.25). Give such a
-    statement a fixed text (arrays, not a VALUES list per row): psycopg prepares
+    statement a fixed text (rows as one JSON parameter, see rows_json): psycopg prepares
     it at first use on each connection (prepare_threshold in DATABASES) and
     PostgreSQL keeps one generic plan for it (executor.apps.use_generic_plans).
     Django's own cursors bind client-side and never prepare. Errors come out as

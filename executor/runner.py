@@ -317,8 +317,8 @@ def start_run(run_id: int) -> None:
     Safe to call twice: a run that is already RUNNING is only re-advanced.
     Called outside a transaction, the thread then goes on with one of the steps it
     made ready (see _continue_with) instead of waiting for that step's message.
-    The step rows are written once, as the logic left them: three statements and
-    a commit for a run whose first side effect is one step away.
+    The step rows are written once, as the logic left them: for a run whose first
+    side effect is one step away, three statements, the last of which commits.
     """
     deadline = time.monotonic() + CHAIN_SECONDS
     keep_one = _committed_on_return()
