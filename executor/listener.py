@@ -28,9 +28,12 @@ eth_getLogs) sends each pushed block's matching logs straight to a worker,
 which stores them, claims their depth-0 runs and starts the first run in one
 transaction (`claim_pushed`, runner.start_pushed_runs), before the loop has
 read the block: the same rows the loop would write, so the loop then skips
-them (once it has checked they are there) or finds them there. That is what makes event-to-run latency close to the node's own. A
-pushed block that is orphaned before the loop reaches it is retracted when the
-loop processes its replacement at that height. A reorg is found when a block's parent is not the cursor's hash
+them (once it has checked they are there) or finds them there. That is what
+makes event-to-run latency close to the node's own. A pushed block that is
+orphaned before the loop reaches it is retracted when the loop processes its
+replacement at that height.
+
+A reorg is found when a block's parent is not the cursor's hash
 (or the head at the cursor's height has another hash); the listener walks back
 through the recent blocks to the common ancestor and `rewind`s: the orphaned
 blocks' events are retracted, their runs cancelled (not started) or marked
@@ -41,7 +44,6 @@ like any other block. A reorg deeper than the kept window halts the chain.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -122,6 +124,17 @@ _RUN_COLUMNS = (
 )
 
 
+# The rows go in as one JSON parameter (live.rows_json), so the text is the same for any number of runs.
+_CLAIM_RUNS_SQL = (
+    f"INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
+    "SELECT code, team_id, flow_id, version_id, trigger_key, trigger, event_id, chain_id, block_number, block_hash, "
+    "dry_run, 'QUEUED', '', 0, %s FROM jsonb_to_recordset(%s::jsonb) AS r(code uuid, team_id bigint, "
+    "flow_id bigint, version_id bigint, trigger_key varchar, trigger jsonb, event_id bigint, chain_id bigint, "
+    "block_number bigint, block_hash varchar, dry_run boolean) "
+    "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id, dry_run"
+)
+
+
 def claim_runs(claims: Sequence[RunClaim], *, send: bool = True) -> list[int]:
     """Insert the runs that do not exist yet, in one statement; return the new ids.
 
@@ -132,22 +145,12 @@ def claim_runs(claims: Sequence[RunClaim], *, send: bool = True) -> list[int]:
     """
     if not claims:
         return []
-    now = timezone.now()
-    values, params = [], []
-    for c in claims:
-        values.append("(%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, 'QUEUED', '', 0, %s)")
-        params += [
-            uuid.uuid4(), c.team_id, c.flow_id, c.version_id, c.trigger_key, json.dumps(c.trigger),
-            c.event_id, c.chain_id, c.block_number, c.block_hash, c.dry_run, now,
-        ]
-    sql = (
-        # Only placeholders are joined in; every value is a parameter.
-        f"INSERT INTO executor_run ({_RUN_COLUMNS}) VALUES {', '.join(values)} "  # noqa: S608
-        "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id, dry_run"
-    )
+    rows = [{"code": str(uuid.uuid4()), "team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
+             "trigger_key": c.trigger_key, "trigger": c.trigger, "event_id": c.event_id, "chain_id": c.chain_id,
+             "block_number": c.block_number, "block_hash": c.block_hash, "dry_run": c.dry_run} for c in claims]
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(_CLAIM_RUNS_SQL, [timezone.now(), rows_json(rows)])
             rows = cursor.fetchall()
         if send:
             for run_id, dry_run in rows:
@@ -479,25 +482,25 @@ def _event_log(event: Event) -> dict[str, Any]:
 
 def _store_events(chain: Chain, number: int, block_hash: str, logs: list[dict]) -> dict[int, int]:
     """Insert the logs of one block as Events (existing ones kept); return {log_index: event id}."""
-    now = timezone.now()
-    values, params = [], []
-    for log in logs:
-        values.append("(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)")
-        params += [chain.pk, number, block_hash, log["log_index"], log["tx_hash"], log["address"],
-                   json.dumps(log["topics"]), log["data"], now]
-    # One statement: the rows it inserts, plus the ones that were there before it (the
-    # statement's snapshot does not see its own inserts, so nothing is listed twice).
-    # Only placeholders are joined in; every value is a parameter.
-    sql = (
-        "WITH new AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, "  # noqa: S608
-        f"address, topics, data, created_at) VALUES {', '.join(values)} "
-        "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING log_index, id) "
-        "SELECT log_index, id FROM new UNION ALL "
-        "SELECT log_index, id FROM executor_event WHERE chain_id = %s AND block_hash = %s"
-    )
+    rows = [{"log_index": log["log_index"], "tx_hash": log["tx_hash"], "address": log["address"],
+             "topics": log["topics"], "data": log["data"]} for log in logs]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, chain.pk, block_hash])
+        cursor.execute(_STORE_EVENTS_SQL, {"chain": chain.pk, "number": number, "hash": block_hash,
+                                           "now": timezone.now(), "rows": rows_json(rows)})
         return dict(cursor.fetchall())
+
+
+# One statement: the rows it inserts, plus the ones that were there before it (the statement's
+# snapshot does not see its own inserts, so nothing is listed twice). Rows as one JSON parameter.
+_STORE_EVENTS_SQL = (
+    "WITH new AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, "
+    "address, topics, data, created_at) SELECT %(chain)s, %(number)s, %(hash)s, log_index, tx_hash, address, "
+    "topics, data, %(now)s FROM jsonb_to_recordset(%(rows)s::jsonb) "
+    "AS r(log_index int, tx_hash varchar, address varchar, topics jsonb, data text) "
+    "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING log_index, id) "
+    "SELECT log_index, id FROM new UNION ALL "
+    "SELECT log_index, id FROM executor_event WHERE chain_id = %(chain)s AND block_hash = %(hash)s"
+)
 
 
 def _settle_height(chain: Chain, block: Block) -> None:

@@ -272,7 +272,8 @@ def write(changes: StepChanges, log: RunLog | None = None, *, commit: bool = Fal
     `commit` (from the end of the outermost atomic block) commits in the same
     round trip when nothing written could still be refused afterwards: a guarded
     step update (ClaimLost) is checked from its result, so with one the commit
-    stays Django's.
+    stays Django's. The log's own check (the run row exists) cannot fail for a
+    caller that holds the run row, as every caller of write does.
     """
     commit = commit and not changes.changed
     execute_together(changes.take_statements() + (log.take_statements() if log is not None else []), commit=commit)
