@@ -16,11 +16,12 @@ never pile up.
 from __future__ import annotations
 
 import time
+from uuid import uuid4
 
 import redis
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import dq_name
+from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
@@ -39,12 +40,34 @@ class WakingRedisBroker(RedisBroker):
         return _WakingConsumer
 
     def enqueue(self, message, *, delay=None):
-        message = super().enqueue(message, delay=delay)
-        key = self.wake_key(message.queue_name if delay is None else dq_name(message.queue_name))
+        """RedisBroker.enqueue, with the doorbell in the message's own round trip.
+
+        A doorbell sent after the message's reply reaches the consumer a round trip
+        later, and on a quiet machine each round trip wakes two idle processes.
+        """
+        queue_name = message.queue_name
+        # As RedisBroker.enqueue: each enqueue gets its own id in Redis (a retried message is enqueued again).
+        message = message.copy(options={"redis_message_id": str(uuid4())})
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        self.emit_before("enqueue", message, delay)
+        # The arguments RedisBroker._dispatch gives Dramatiq's dispatch script.
+        args = ["enqueue", current_millis(), queue_name, self.broker_id, self.heartbeat_timeout,
+                self.dead_message_ttl, self._should_do_maintenance("enqueue"), self._max_unpack_size(),
+                message.options["redis_message_id"], message.encode()]
+        script = self.scripts["dispatch"]
+        key = self.wake_key(queue_name)
         pipe = self.client.pipeline(transaction=False)
+        # EVALSHA itself, not the Script: a pipeline holding a Script asks Redis whether it is loaded first.
+        pipe.evalsha(script.sha, 1, self.namespace, *args)
         pipe.lpush(key, 1)
         pipe.ltrim(key, 0, MAX_TOKENS - 1)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.exceptions.NoScriptError:
+            script(keys=[self.namespace], args=args)  # Redis restarted: the Script loads itself and runs
+        self.emit_after("enqueue", message, delay)
         return message
 
 

@@ -45,6 +45,19 @@ def test_each_message_rings_the_doorbell_and_unused_tokens_stay_few(queue):
         consumer.ack(m)
 
 
+def test_a_message_still_goes_in_after_redis_forgot_the_script(queue):
+    broker, name = queue
+    broker.enqueue(message(name, 1))
+    broker.client.script_flush()  # what a Redis restart does
+    broker.enqueue(message(name, 2))
+    assert broker.client.llen(broker.wake_key(name)) == 2
+    consumer = broker.consume(name, prefetch=10, timeout=100)
+    received = [next(consumer) for _ in range(2)]
+    assert [m.args[0] for m in received] == [1, 2]
+    for m in received:
+        consumer.ack(m)
+
+
 def test_a_delayed_message_rings_its_delay_queue(queue):
     broker, name = queue
     broker.enqueue(message(name, 1), delay=60_000)
