@@ -44,6 +44,7 @@ like any other block. A reorg deeper than the kept window halts the chain.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
@@ -51,6 +52,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -78,6 +80,7 @@ from executor.matching import (
 )
 from executor.models import Chain, ChainCursor, Event, Run, TriggerState
 from flows.expressions import ExpressionError
+from flows.models import FlowVersion
 
 logger = logging.getLogger(__name__)
 
@@ -389,64 +392,114 @@ _EVENT_FIELDS = ("block_number", "block_hash", "log_index", "tx_hash", "address"
 
 
 @functools.cache
-def _claim_pushed_sql(first: str) -> str:
-    """claim_pushed's statement: one fixed text per `first`, whatever the number of rows, so it is prepared once."""
-    # Only fixed names and placeholders are joined in (`first` is a column list from the caller's code).
-    parts = [
-        "WITH cur AS (SELECT block_number FROM executor_chaincursor "
+def _claim_pushed_sql() -> str:
+    """claim_pushed's statement: one fixed text whatever the number of rows, so it is prepared once."""
+    from executor.runner import _RUN_SELECT, _STEP_MUTABLE, _STEP_RECORD
+
+    # Only fixed names and placeholders are joined in; every value is a parameter.
+    mutable = ", ".join(_STEP_MUTABLE)
+    return (
+        "WITH cur AS (SELECT block_number FROM executor_chaincursor "  # noqa: S608
         "WHERE chain_id = %(chain)s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
         "ev AS (SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS ev(block_number bigint, block_hash varchar, "
         "log_index int, tx_hash varchar, address varchar, topics jsonb, data text)), "
         "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
         "topics, data, created_at) SELECT %(chain)s, ev.*, %(now)s FROM ev, cur WHERE ev.block_number > cur.block_number "
         "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING id, block_hash, log_index), "
+        # The events stored before: looked up one by one (LIMIT keeps the lookup from being
+        # flattened into a join that the planner, expecting 100 rows from ev, would hash).
         "ids AS (SELECT id, block_hash, log_index FROM new_ev UNION ALL "
-        "SELECT e.id, e.block_hash, e.log_index FROM executor_event e JOIN ev ON e.chain_id = %(chain)s "
-        "AND e.block_hash = ev.block_hash AND e.log_index = ev.log_index), ",
-        f"new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
+        "SELECT e.id, ev.block_hash, ev.log_index FROM ev CROSS JOIN LATERAL (SELECT id FROM executor_event "
+        "WHERE chain_id = %(chain)s AND block_hash = ev.block_hash AND log_index = ev.log_index LIMIT 1) AS e), "
+        # A run with a start (status and the rest set) goes in started only if what its start was
+        # worked out from still holds: the version published, with the flow name it was run with.
+        f"new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}, started_at, finished_at) "
         "SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, ids.id, %(chain)s, "
-        "r.block_number, r.block_hash, false, 'QUEUED', '', 0, %(now)s "
+        "r.block_number, r.block_hash, false, CASE WHEN s.ok THEN r.status ELSE 'QUEUED' END, "
+        "CASE WHEN s.ok THEN r.error ELSE '' END, CASE WHEN s.ok THEN r.event_seq ELSE 0 END, %(now)s, "
+        "CASE WHEN s.ok THEN r.started_at END, CASE WHEN s.ok THEN r.finished_at END "
         "FROM jsonb_to_recordset(%(runs)s::jsonb) AS r(code uuid, team_id bigint, flow_id bigint, "
-        "version_id bigint, trigger_key varchar, trigger jsonb, block_number bigint, block_hash varchar, log_index int) "
+        "version_id bigint, trigger_key varchar, trigger jsonb, block_number bigint, block_hash varchar, log_index int, "
+        "status varchar, error text, event_seq int, started_at timestamptz, finished_at timestamptz, "
+        "flow_name varchar, version_created timestamptz) "
         "JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
         "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
-        "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *) ",
-    ]
-    if first:
-        parts += [
-            f", first AS (SELECT {first} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "  # noqa: S608
-            "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.id LIMIT 1) ",
-            "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), first.* FROM (SELECT 1) AS one LEFT JOIN first ON true",
-        ]
-    else:
-        parts.append("SELECT ARRAY(SELECT id FROM new_runs ORDER BY id)")
-    return "".join(parts)
+        "JOIN flows_flowversion v ON v.id = r.version_id "
+        "CROSS JOIN LATERAL (SELECT r.status IS NOT NULL AND v.status = %(published)s "
+        "AND v.created_at = r.version_created AND f.name = r.flow_name AS ok) AS s "
+        "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *), "
+        "started AS (SELECT id FROM new_runs WHERE status <> 'QUEUED'), "
+        f"new_steps AS (INSERT INTO executor_steprun (run_id, step_id, {mutable}) "
+        f"SELECT started.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM started, "
+        f"jsonb_to_recordset(%(steps)s::jsonb) AS s(step_id varchar, {_STEP_RECORD}) RETURNING id, step_id), "
+        "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
+        "SELECT started.id, e.ord, e.e->>'kind', e.e->'data', %(now)s FROM started, "
+        "jsonb_array_elements(%(log)s::jsonb) WITH ORDINALITY AS e(e, ord) RETURNING id, seq), "
+        f"first AS (SELECT {_RUN_SELECT} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "
+        "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
+        "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), "
+        "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, step_id)), '[]') FROM new_steps), "
+        "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, seq)), '[]') FROM new_log), first.* "
+        "FROM (SELECT 1) AS one LEFT JOIN first ON true"
+    )
 
 
-def claim_pushed(payload: dict[str, Any], *, first: str = "") -> tuple[list[int], tuple | None]:
+@dataclass
+class PushedStart:
+    """The start of a pushed claim's run, worked out before the claim (see runner.start_pushed_runs).
+
+    `run` holds the run row's values as its start leaves them (code, status,
+    error, event_seq, started_at, finished_at) and what they were worked out
+    from (flow_name, version_created); `steps` the new step rows and `log` the
+    run's first events ({kind, data}), both as JSON text (live.rows_json).
+    """
+
+    run: dict[str, Any]
+    steps: str
+    log: str
+    now: datetime  # the run's (and its events') created_at
+
+
+@dataclass
+class ClaimedPushed:
+    run_ids: list[int]  # the new runs
+    first: tuple | None  # runner._RUN_SELECT's row for the started run, else for the first new run
+    steps: list[list]  # [id, step_id] of the started run's new step rows
+    log: list[list]  # [id, seq] of its events
+
+
+def claim_pushed(payload: dict[str, Any], start: PushedStart | None = None) -> ClaimedPushed:
     """Store a PushedClaims payload's events and insert its runs, in one statement.
 
-    Returns the new runs' ids and, when `first` is given (a select list over the
-    new run `r`, its flow `f` and its version `v`), that row for the first of them.
+    Called by a worker (runner.start_pushed_runs). The statement share-locks the
+    chain's cursor and writes only for blocks above it on a started, unhalted
+    chain: the loop has decided everything at or below the cursor, and a loop
+    processing a block or rewinding waits for this transaction and then sees its
+    rows. If the block is orphaned later, the loop retracts these events and runs
+    when it processes the block that replaced it (`_settle_height`). Runs of
+    paused flows are left out; each run takes the id of its event, new or stored
+    before; runs that exist already (the loop or another listener was first) are
+    left as they are.
 
-    Called by the worker that then starts the first of them in the same
-    transaction (runner.start_pushed_runs). The statement share-locks the chain's
-    cursor and writes only for blocks above it on a started, unhalted chain: the
-    loop has decided everything at or below the cursor, and a loop processing a
-    block or rewinding waits for this transaction and then sees its rows. If the
-    block is orphaned later, the loop retracts these events and runs when it
-    processes the block that replaced it (`_settle_height`). Runs of paused flows
-    are left out; each run takes the id of its event, new or stored before; runs
-    that exist already (the loop or another listener was first) are left as they are.
+    With `start` (the first claim's run, started in memory), that run goes in
+    started, with its step rows and events, in the same statement: unless it
+    existed already, or what its start was worked out from changed meanwhile
+    (then it goes in QUEUED like the others).
     """
     events = [dict(zip(_EVENT_FIELDS, event, strict=True)) for event in payload["events"]]
     runs = [{"code": str(uuid.uuid4()), "log_index": claim["trigger"]["log_index"], **claim} for claim in payload["claims"]]
-    params = {"chain": payload["chain"], "now": timezone.now(), "events": rows_json(events), "runs": rows_json(runs)}
+    if start is not None:
+        runs[0].update(start.run)
+    params = {"chain": payload["chain"], "now": start.now if start else timezone.now(), "events": rows_json(events), "runs": rows_json(runs),
+              "published": FlowVersion.Status.PUBLISHED, "steps": start.steps if start else "[]",
+              "log": start.log if start else "[]"}
     with prepared_cursor() as cursor:
-        cursor.execute(_claim_pushed_sql(first), params)
+        cursor.execute(_claim_pushed_sql(), params)
         found = cursor.fetchone()
     run_ids = list(found[0])
-    return run_ids, (tuple(found[1:]) if first and run_ids else None)
+    # Django's psycopg connections load jsonb as text.
+    steps, log = (json.loads(value) if isinstance(value, str) else value for value in found[1:3])
+    return ClaimedPushed(run_ids, tuple(found[3:]) if run_ids else None, steps, log)
 
 
 def pushed_claims_landed(chain: Chain, block_hash: str, log_indexes: Sequence[int],

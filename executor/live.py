@@ -135,14 +135,17 @@ def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | N
 
 
 def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
-                         recorded: list[RunEvent]) -> Statement | None:
-    """record_run_events as a Statement; the RunEvents go into `recorded` once it has run."""
+                         recorded: list[RunEvent], now: datetime | None = None) -> Statement | None:
+    """record_run_events as a Statement; the RunEvents go into `recorded` once it has run.
+
+    `now` is the events' time (by default, now).
+    """
     if not events and not fields:
         return None
     unknown = set(fields) - set(_RUN_FIELDS)
     if unknown:
         raise ValueError(f"record_run_events cannot set {sorted(unknown)}")
-    now = timezone.now()
+    now = now or timezone.now()
     # Only column names from _RUN_FIELDS and placeholders are joined in; every value is a parameter.
     sets = "".join(f", {name} = %s" for name in fields)
     if not events:
@@ -196,14 +199,14 @@ class RunLog:
             setattr(self.run, name, value)
         self.fields.update(fields)
 
-    def take_statements(self, recorded: list[RunEvent] | None = None) -> list[Statement]:
+    def take_statements(self, recorded: list[RunEvent] | None = None, *, now: datetime | None = None) -> list[Statement]:
         """What flush() would write, for execute_together (the RunEvents go into `recorded`).
 
-        The log is empty afterwards.
+        The log is empty afterwards. `now` is the events' time (by default, now).
         """
         events, self.events = self.events, []
         fields, self.fields = self.fields, {}
-        statement = run_events_statement(self.run, events, fields, [] if recorded is None else recorded)
+        statement = run_events_statement(self.run, events, fields, [] if recorded is None else recorded, now)
         return [statement] if statement is not None else []
 
     def flush(self) -> list[RunEvent]:

@@ -21,14 +21,17 @@ with one of them itself and sends the others. See docs/dag.md, "Execution".
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import re
 import time
 import traceback
+import uuid
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -40,6 +43,9 @@ from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepR
 from executor.steps.base import redact_value, to_jsonable
 from flows.expressions import redact
 from flows.models import Flow, FlowVersion, Secret
+
+if TYPE_CHECKING:
+    from executor.listener import PushedStart
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +127,15 @@ _STEP_INSERT = (
     f"SELECT run_id, step_id, {', '.join(_STEP_MUTABLE)} "
     f"FROM jsonb_to_recordset(%s::jsonb) AS r(run_id bigint, step_id varchar, {_STEP_RECORD}) RETURNING id, step_id"
 )
-# A version's compiled DAG never changes once it is set; keyed with created_at so a reused id cannot match.
-_dags: dict[tuple[int, Any], dict] = {}
+# What a run's start needs of its version and flow, by version id: (created_at, number, dag, flow
+# code, flow name). A version's compiled DAG never changes once it is set; created_at tells a
+# reused id apart. The flow's name can change: a start worked out from this is checked against
+# the row when it is written (see start_pushed_runs).
+_versions: dict[int, tuple] = {}
+_VERSION_SQL = (
+    "SELECT v.created_at, v.number, v.dag, f.code, f.name FROM flows_flowversion v "
+    "JOIN flows_flow f ON f.id = v.flow_id WHERE v.id = %s"
+)
 
 
 def _json(value):
@@ -151,17 +164,36 @@ def _run_from_row(found: tuple) -> Run:
     flow = dict(zip(_FLOW_COLUMNS, found[len(_RUN_COLUMNS):], strict=False))
     run.flow = _instance(Flow, {"id": run.flow_id, "team_id": run.team_id, **flow})
     number, status, created_at = found[len(_RUN_COLUMNS) + len(_FLOW_COLUMNS):]
-    key = (run.version_id, created_at)
-    dag = _dags.get(key)
-    if dag is None:
+    known = _versions.get(run.version_id)
+    if known is not None and known[0] == created_at:
+        dag = known[2]
+    else:
         dag = FlowVersion.objects.filter(pk=run.version_id).values_list("dag", flat=True).first()
-        if dag is not None:
-            if len(_dags) > 10_000:
-                _dags.clear()
-            _dags[key] = dag
+    _remember(run.version_id, (created_at, number, dag, run.flow.code, run.flow.name))
     run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": number,
                                           "status": status, "created_at": created_at, "dag": dag})
     return run
+
+
+def _remember(version_id: int, known: tuple) -> None:
+    if known[2] is None:
+        return  # not compiled (yet)
+    if len(_versions) > 10_000:
+        _versions.clear()
+    _versions[version_id] = known
+
+
+def _known_version(version_id: int) -> tuple | None:
+    """_versions' entry for the version, read if this process has none."""
+    known = _versions.get(version_id)
+    if known is None:
+        with connection.cursor() as cursor:
+            cursor.execute(_VERSION_SQL, [version_id])
+            found = cursor.fetchone()
+        if found is not None:
+            known = (found[0], found[1], _json(found[2]), found[3], found[4])
+            _remember(version_id, known)
+    return known
 
 
 def _load_steps(run: Run) -> dict[str, StepRun]:
@@ -224,22 +256,20 @@ class StepChanges:
     def send(self, row: StepRun, delay_seconds: float = 0) -> None:
         self.sends.append((row, delay_seconds))
 
-    def take_statements(self) -> list[Statement]:
-        """The insert and the guarded update, for execute_together; the messages wait for after_write()."""
+    def take(self) -> tuple[list[StepRun], list[tuple[StepRun, str, int, bool]]]:
+        """The new rows and the changed ones (with what they were); the messages wait for after_write()."""
         new, self.new = self.new, []
         changed, self.changed = list(self.changed.values()), {}
         self._sends, self.sends = self.sends, []
+        return new, changed
+
+    def take_statements(self) -> list[Statement]:
+        """The insert and the guarded update, for execute_together; the messages wait for after_write()."""
+        new, changed = self.take()
         statements = []
         if new:
-
-            def inserted(result, new=new) -> None:
-                ids = {step_id: pk for pk, step_id in result}
-                for row in new:
-                    row.pk = ids[row.step_id]
-                    row._state.adding = False
-
-            records = [{"run_id": row.run_id, "step_id": row.step_id, **self._values(row)} for row in new]
-            statements.append(Statement(_STEP_INSERT, [rows_json(records)], inserted))
+            records = [{"run_id": row.run_id, **record} for row, record in zip(new, self.records(new), strict=True)]
+            statements.append(Statement(_STEP_INSERT, [rows_json(records)], functools.partial(_inserted, new)))
         if changed:
 
             def updated(result, changed=changed) -> None:
@@ -261,9 +291,22 @@ class StepChanges:
     def flush(self) -> None:
         write(self)
 
+    @classmethod
+    def records(cls, rows: list[StepRun]) -> list[dict]:
+        """New rows as _STEP_INSERT takes them (but for run_id)."""
+        return [{"step_id": row.step_id, **cls._values(row)} for row in rows]
+
     @staticmethod
     def _values(row: StepRun) -> dict:
         return {c: getattr(row, c) for c in _STEP_MUTABLE}
+
+
+def _inserted(new: list[StepRun], result: list) -> None:
+    """Give the new rows the ids the insert returned ([id, step_id] rows)."""
+    ids = {step_id: pk for pk, step_id in result}
+    for row in new:
+        row.pk = ids[row.step_id]
+        row._state.adding = False
 
 
 def write(changes: StepChanges, log: RunLog | None = None, *, commit: bool = False) -> None:
@@ -275,9 +318,13 @@ def write(changes: StepChanges, log: RunLog | None = None, *, commit: bool = Fal
     stays Django's. The log's own check (the run row exists) cannot fail for a
     caller that holds the run row, as every caller of write does.
     """
-    commit = commit and not changes.changed
+    # A failed run's notification is written in the same transaction, after the run.
+    failed = log is not None and log.fields.get("status") == Run.Status.FAILED
+    commit = commit and not changes.changed and not failed
     execute_together(changes.take_statements() + (log.take_statements() if log is not None else []), commit=commit)
     changes.after_write()
+    if failed:
+        notify_run_failed(log.run)
 
 
 def _hand_out(ready: list[StepRun], keep_one: bool, run: Run, log: RunLog, changes: StepChanges) -> StepRun | None:
@@ -322,35 +369,106 @@ def start_run(run_id: int) -> None:
     side effect is one step away, three statements, the last of which commits.
     """
     deadline = time.monotonic() + CHAIN_SECONDS
-    keep_one = _committed_on_return()
+    _continue_with(*_start_locked(run_id, _committed_on_return()), deadline)
+
+
+def _start_locked(run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | None, dict | None]:
     with transaction.atomic():
-        kept, run, rows = _start(_load_run(run_id, lock=True), run_id, keep_one)
-    _continue_with(kept, run, rows, deadline)
+        return _start(_load_run(run_id, lock=True), run_id, keep_one)
 
 
 def start_pushed_runs(payload: dict) -> None:
-    """Claim the runs of logs a node pushed and start the first, in one transaction.
+    """Claim the runs of logs a node pushed and start the first, in one statement.
 
-    `payload` is what the listener matched (listener.PushedClaims): the claim and
-    the first run's start share a transaction and a commit, which is what makes a
-    pushed event's run start within a few milliseconds. The other new runs (a
-    burst) get start_run messages after commit. Runs already claimed (the block
-    loop or another listener was first) are left alone: whoever claimed them sent
+    `payload` is what the listener matched (listener.PushedClaims). The first
+    claim's run is started in memory before anything is written (its version and
+    flow are known to this process, the trigger is in the payload), and goes in
+    already started, with its step rows and events, in the claim's own statement:
+    outside a transaction that is one round trip, committed, before the side
+    effect, which is what makes a pushed event's webhook go out within a few
+    milliseconds. If that run existed already, or its version or flow changed
+    meanwhile, the first new run is started the usual way instead. The other new
+    runs (a burst) get start_run messages. Runs already claimed (the block loop
+    or another listener was first) are left alone: whoever claimed them sent
     their start_run.
     """
     from executor.listener import claim_pushed
 
     deadline = time.monotonic() + CHAIN_SECONDS
     keep_one = _committed_on_return()
-    with transaction.atomic():
-        # The first new run comes back loaded; inserted by this transaction, no other can see it yet.
-        run_ids, first = claim_pushed(payload, first=_RUN_SELECT)
-        if not run_ids:
-            return
-        for run_id in run_ids[1:]:
+    begun = _begin_pushed(payload, keep_one)
+    claimed = claim_pushed(payload, begun.start if begun is not None else None)
+    if not claimed.run_ids:
+        return
+    run = _run_from_row(claimed.first)
+    for run_id in claimed.run_ids:
+        if run_id != run.pk:
             transaction.on_commit(lambda run_id=run_id: _send_run(run_id))
-        kept, run, rows = _start(_run_from_row(first), run_ids[0], keep_one)
+    if begun is not None and run.code == begun.run.code and run.status != Run.Status.QUEUED:
+        kept, rows = begun.landed(run, claimed.steps, claimed.log)
+    else:
+        kept, run, rows = _start_locked(run.pk, keep_one)
     _continue_with(kept, run, rows, deadline)
+
+
+@dataclass
+class _Begun:
+    """A pushed claim's run started in memory (see start_pushed_runs), and what to write for it."""
+
+    run: Run
+    rows: dict[str, StepRun]
+    new: list[StepRun]
+    log: RunLog
+    changes: StepChanges
+    kept: StepRun | None
+    start: PushedStart
+
+    def landed(self, run: Run, steps: list, log: list) -> tuple[StepRun | None, dict[str, StepRun]]:
+        """The claim wrote the start as `run` (read back): give the rows their ids, send what waits on commit."""
+        for row in self.rows.values():
+            row.run = run
+        _inserted(self.new, steps)
+        self.log.run = run
+        (statement,) = self.log.take_statements(now=self.start.now)
+        statement.done(log)
+        self.changes.after_write()
+        return self.kept, self.rows
+
+
+def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
+    """The first claim's run, started in memory; None when it cannot be worked out before it is written."""
+    from executor.listener import PushedStart  # noqa: F811 (at run time; the module imports this one)
+
+    if not payload["claims"]:
+        return None
+    claim = payload["claims"][0]
+    known = _known_version(claim["version_id"])
+    if known is None or not isinstance(known[2].get("steps"), list):
+        return None
+    created_at, number, dag, flow_code, flow_name = known
+    now = timezone.now()
+    run = Run(code=uuid.uuid4(), team_id=claim["team_id"], flow_id=claim["flow_id"], version_id=claim["version_id"],
+              trigger_key=claim["trigger_key"], trigger=claim["trigger"], chain_id=payload["chain"],
+              block_number=claim["block_number"], block_hash=claim["block_hash"], created_at=now)
+    run.flow = _instance(Flow, {"id": run.flow_id, "team_id": run.team_id, "code": flow_code, "name": flow_name})
+    run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": number,
+                                          "status": FlowVersion.Status.PUBLISHED, "created_at": created_at, "dag": dag})
+    log, changes = RunLog(run), StepChanges()
+    rows, ready = _begin(run, log, changes)
+    if run.status == Run.Status.FAILED:
+        return None  # its notification is written with it: the usual start
+    kept = _hand_out(ready, keep_one, run, log, changes)
+    new, changed = changes.take()
+    assert not changed  # every row is new
+    start = PushedStart(
+        run={"code": str(run.code), "status": run.status, "error": run.error, "event_seq": len(log.events),
+             "started_at": run.started_at, "finished_at": run.finished_at,
+             "flow_name": flow_name, "version_created": created_at},
+        steps=rows_json(StepChanges.records(new)),
+        log=rows_json([{"kind": kind, "data": data} for kind, data in log.events]),
+        now=now,
+    )
+    return _Begun(run, rows, new, log, changes, kept, start)
 
 
 def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | None, dict | None]:
@@ -374,15 +492,20 @@ def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None
         elif not dag or not isinstance(dag.get("steps"), list):
             _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG", log, changes, {})
         else:
-            rows = {step["id"]: StepRun(run=run, step_id=step["id"], logs=[], state={}) for step in dag["steps"]}
-            changes.new = list(rows.values())
-            log.set_run(status=Run.Status.RUNNING, started_at=timezone.now())
-            log.add("run.status", {"status": run.status})
-            ready = _advance(run, rows, log, changes)
+            rows, ready = _begin(run, log, changes)
     kept = _hand_out(ready, keep_one, run, log, changes)
     # With keep_one the caller's block is the outermost, and this write is its last statement.
     write(changes, log, commit=keep_one)
     return kept, run, rows
+
+
+def _begin(run: Run, log: RunLog, changes: StepChanges) -> tuple[dict[str, StepRun], list[StepRun]]:
+    """A QUEUED run's start in memory: its step rows, RUNNING, its ready logic run; returns (rows, ready steps)."""
+    rows = {step["id"]: StepRun(run=run, step_id=step["id"], logs=[], state={}) for step in run.version.dag["steps"]}
+    changes.new = list(rows.values())
+    log.set_run(status=Run.Status.RUNNING, started_at=timezone.now())
+    log.add("run.status", {"status": run.status})
+    return rows, _advance(run, rows, log, changes)
 
 
 # -- deciding what runs next ------------------------------------------------------------
@@ -473,7 +596,7 @@ def _run_inline(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun], lo
 
 def _finish_run(run: Run, status: str, error: str, log: RunLog, changes: StepChanges,
                 rows: dict[str, StepRun]) -> None:
-    """End the run: cancel what has not started, record it, tell the team about a failure (once).
+    """End the run: cancel what has not started, record it (write() tells the team about a failure, once).
 
     Call with the run row held; `rows` are its step rows in memory.
     """
@@ -485,9 +608,7 @@ def _finish_run(run: Run, status: str, error: str, log: RunLog, changes: StepCha
             # A queued step may be claimed meanwhile (it does not take the run's lock): then it stays.
             changes.change(row, strict=False, status=S.CANCELLED, finished_at=now)
     log.set_run(status=status, error=error, finished_at=now)
-    log.add("run.status", {"status": status, "error": error})
-    if status == Run.Status.FAILED:
-        notify_run_failed(run)
+    log.add("run.status", {"status": status, "error": error})  # a failure's notification: see write()
 
 
 def notify_run_failed(run: Run) -> None:

@@ -12,12 +12,15 @@ import time
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from executor.chain import log_from_rpc
 from executor.devchain import mine, reorg, transact
 from executor.listener import ChainListener, PushedBlock, TriggerRegistry, pushed_claims
-from executor.models import ChainCursor, Event, Run
+from executor.models import ChainCursor, Event, Run, StepRun
 from executor.runner import start_pushed_runs
+from flows import actions
+from flows.models import Flow
 from tests.executor.chainkit import BIG, event_graph, listener_for, publish, replacing, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -149,3 +152,57 @@ def test_a_paused_flow_is_not_claimed_from_a_push(zoo_setup, team, alice):
     claim(listener, block)
     assert not Run.objects.filter(version=version).exists()
     assert Run.objects.filter(version=other).count() == 1
+
+
+def named_graph() -> dict:
+    """BIG → a transform that records the flow's name (so a start shows which name it was worked out with) → hook."""
+    graph = event_graph(31337, BIG)
+    graph["nodes"].insert(1, {"id": "name", "type": "transform", "name": "Name", "position": {"x": 120, "y": 0},
+                              "config": {"fields": [{"name": "flow", "expression": "flow.name"}]}})
+    graph["edges"] = [{"source": "start", "source_port": "out", "target": "name"},
+                      {"source": "name", "source_port": "out", "target": "hook"}]
+    return graph
+
+
+def test_the_first_pushed_run_goes_in_started_with_the_claim_in_one_statement(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, named_graph(), name="Payouts")
+    listener = listener_for(chain)
+    listener.step()
+    claim(listener, pushed(w3, transact(w3, zoo.functions.emitBig(1, 1))))  # this process now knows the version
+    block = pushed(w3, transact(w3, zoo.functions.emitBig(2, 20)))
+    with CaptureQueriesContext(connection) as queries:
+        claim(listener, block)
+    statements = [q for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    assert len(statements) == 1  # the claim, the start and the events: no lock, no write after it
+    run = Run.objects.get(version=version, block_hash=block.hash)
+    assert run.status == Run.Status.RUNNING and run.started_at is not None and run.event_id is not None
+    steps = {s.step_id: s for s in run.steps.all()}
+    assert steps["name"].status == StepRun.Status.SUCCEEDED and steps["name"].output == {"flow": "Payouts"}
+    assert steps["hook"].status == StepRun.Status.QUEUED  # sent to a worker (this test holds no worker)
+    log = list(run.log.order_by("seq").values_list("seq", "kind", "data"))
+    assert [seq for seq, _, _ in log] == list(range(1, len(log) + 1)) and run.event_seq == len(log)
+    assert [(kind, data.get("step"), data["status"]) for _, kind, data in log] == [
+        ("run.status", None, "RUNNING"), ("step.status", "name", "SUCCEEDED"), ("step.status", "hook", "QUEUED")]
+
+
+def test_a_start_worked_out_before_the_flow_changed_is_not_written(zoo_setup, team, alice):
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, named_graph(), name="Payouts")
+    listener = listener_for(chain)
+    listener.step()
+    claim(listener, pushed(w3, transact(w3, zoo.functions.emitBig(1, 1))))
+    # Renamed by another process: this worker's copy of the name is out of date.
+    Flow.objects.filter(pk=version.flow_id).update(name="Refunds")
+    block = pushed(w3, transact(w3, zoo.functions.emitBig(2, 20)))
+    claim(listener, block)
+    run = Run.objects.get(version=version, block_hash=block.hash)
+    assert run.status == Run.Status.RUNNING
+    assert run.steps.get(step_id="name").output == {"flow": "Refunds"}  # started again, from the row
+    assert run.log.filter(kind="run.status").count() == 1
+    # Unpublished meanwhile: the run goes in QUEUED, and its start cancels it as start_run would.
+    actions.unpublish_flow(version.flow, alice)
+    block = pushed(w3, transact(w3, zoo.functions.emitBig(3, 30)))
+    claim(listener, block)
+    run = Run.objects.get(version=version, block_hash=block.hash)
+    assert run.status == Run.Status.CANCELLED and not run.steps.exclude(status=StepRun.Status.CANCELLED).exists()
