@@ -26,7 +26,7 @@ A websocket `newHeads` subscription wakes the loop; it polls when the socket
 is down. On the same socket a `logs` subscription (filtered like the loop's
 eth_getLogs) sends each pushed block's matching logs straight to a worker,
 which stores them, claims their depth-0 runs and starts the first run in one
-transaction (`claim_pushed`, runner.start_pushed_runs), before the loop has
+statement (`claim_pushed`, runner.start_pushed_runs), before the loop has
 read the block: the same rows the loop would write, so the loop then skips
 them (once it has checked they are there) or finds them there. That is what
 makes event-to-run latency close to the node's own. A pushed block that is
@@ -44,7 +44,6 @@ like any other block. A reorg deeper than the kept window halts the chain.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -69,7 +68,7 @@ from executor.chain import (
     log_from_rpc,
 )
 from executor.chainsocket import SOCKET_ERRORS, SubscriptionSocket
-from executor.live import prepared_cursor, rows_json
+from executor.live import from_jsonb, prepared_cursor, rows_json
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -497,9 +496,7 @@ def claim_pushed(payload: dict[str, Any], start: PushedStart | None = None) -> C
         cursor.execute(_claim_pushed_sql(), params)
         found = cursor.fetchone()
     run_ids = list(found[0])
-    # Django's psycopg connections load jsonb as text.
-    steps, log = (json.loads(value) if isinstance(value, str) else value for value in found[1:3])
-    return ClaimedPushed(run_ids, tuple(found[3:]) if run_ids else None, steps, log)
+    return ClaimedPushed(run_ids, tuple(found[3:]) if run_ids else None, from_jsonb(found[1]), from_jsonb(found[2]))
 
 
 def pushed_claims_landed(chain: Chain, block_hash: str, log_indexes: Sequence[int],

@@ -52,6 +52,11 @@ def rows_json(rows: list[dict]) -> str:
     return json.dumps(rows, default=_iso_datetime, separators=(",", ":"))
 
 
+def from_jsonb(value):
+    """A jsonb column's value: Django's psycopg connections load jsonb as text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _iso_datetime(value):
     if isinstance(value, datetime):
         return value.isoformat()

@@ -22,7 +22,6 @@ with one of them itself and sends the others. See docs/dag.md, "Execution".
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 import re
@@ -31,13 +30,13 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from executor.live import RunLog, Statement, execute_together, record_run_event, rows_json
+from executor.live import RunLog, Statement, execute_together, from_jsonb, record_run_event, rows_json
 from executor.models import Notification, Run, StepRun
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
 from executor.steps.base import redact_value, to_jsonable
@@ -127,19 +126,24 @@ _STEP_INSERT = (
     f"SELECT run_id, step_id, {', '.join(_STEP_MUTABLE)} "
     f"FROM jsonb_to_recordset(%s::jsonb) AS r(run_id bigint, step_id varchar, {_STEP_RECORD}) RETURNING id, step_id"
 )
-# What a run's start needs of its version and flow, by version id: (created_at, number, dag, flow
-# code, flow name). A version's compiled DAG never changes once it is set; created_at tells a
+class _Known(NamedTuple):
+    """What a run's start needs of its version and flow (see _versions)."""
+
+    created_at: Any
+    number: int
+    dag: dict | None
+    flow_code: str
+    flow_name: str
+
+
+# _Known by version id. A version's compiled DAG never changes once it is set; created_at tells a
 # reused id apart. The flow's name can change: a start worked out from this is checked against
 # the row when it is written (see start_pushed_runs).
-_versions: dict[int, tuple] = {}
+_versions: dict[int, _Known] = {}
 _VERSION_SQL = (
     "SELECT v.created_at, v.number, v.dag, f.code, f.name FROM flows_flowversion v "
     "JOIN flows_flow f ON f.id = v.flow_id WHERE v.id = %s"
 )
-
-
-def _json(value):
-    return json.loads(value) if isinstance(value, str) else value
 
 
 def _instance(model, values: dict):
@@ -159,31 +163,31 @@ def _load_run(run_id: int, *, lock: bool) -> Run | None:
 def _run_from_row(found: tuple) -> Run:
     """A Run (with .flow and .version, DAG included) from a row of _RUN_SELECT."""
     values = dict(zip(_RUN_COLUMNS, found, strict=False))
-    values["trigger"] = _json(values["trigger"])
+    values["trigger"] = from_jsonb(values["trigger"])
     run = _instance(Run, values)
     flow = dict(zip(_FLOW_COLUMNS, found[len(_RUN_COLUMNS):], strict=False))
     run.flow = _instance(Flow, {"id": run.flow_id, "team_id": run.team_id, **flow})
     number, status, created_at = found[len(_RUN_COLUMNS) + len(_FLOW_COLUMNS):]
     known = _versions.get(run.version_id)
-    if known is not None and known[0] == created_at:
-        dag = known[2]
+    if known is not None and known.created_at == created_at:
+        dag = known.dag
     else:
         dag = FlowVersion.objects.filter(pk=run.version_id).values_list("dag", flat=True).first()
-    _remember(run.version_id, (created_at, number, dag, run.flow.code, run.flow.name))
+    _remember(run.version_id, _Known(created_at, number, dag, run.flow.code, run.flow.name))
     run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": number,
                                           "status": status, "created_at": created_at, "dag": dag})
     return run
 
 
-def _remember(version_id: int, known: tuple) -> None:
-    if known[2] is None:
+def _remember(version_id: int, known: _Known) -> None:
+    if known.dag is None:
         return  # not compiled (yet)
     if len(_versions) > 10_000:
         _versions.clear()
     _versions[version_id] = known
 
 
-def _known_version(version_id: int) -> tuple | None:
+def _known_version(version_id: int) -> _Known | None:
     """_versions' entry for the version, read if this process has none."""
     known = _versions.get(version_id)
     if known is None:
@@ -191,7 +195,7 @@ def _known_version(version_id: int) -> tuple | None:
             cursor.execute(_VERSION_SQL, [version_id])
             found = cursor.fetchone()
         if found is not None:
-            known = (found[0], found[1], _json(found[2]), found[3], found[4])
+            known = _Known(found[0], found[1], from_jsonb(found[2]), found[3], found[4])
             _remember(version_id, known)
     return known
 
@@ -219,7 +223,7 @@ def _load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
 def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
     rows = {}
     for found in found_rows:
-        values = [_json(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
+        values = [from_jsonb(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
         row = StepRun.from_db("default", _STEP_COLUMNS, values)
         row.run = run
         rows[row.step_id] = row
@@ -416,8 +420,7 @@ class _Begun:
     """A pushed claim's run started in memory (see start_pushed_runs), and what to write for it."""
 
     run: Run
-    rows: dict[str, StepRun]
-    new: list[StepRun]
+    rows: dict[str, StepRun]  # all new
     log: RunLog
     changes: StepChanges
     kept: StepRun | None
@@ -427,7 +430,7 @@ class _Begun:
         """The claim wrote the start as `run` (read back): give the rows their ids, send what waits on commit."""
         for row in self.rows.values():
             row.run = run
-        _inserted(self.new, steps)
+        _inserted(list(self.rows.values()), steps)
         self.log.run = run
         (statement,) = self.log.take_statements(now=self.start.now)
         statement.done(log)
@@ -443,16 +446,17 @@ def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
         return None
     claim = payload["claims"][0]
     known = _known_version(claim["version_id"])
-    if known is None or not isinstance(known[2].get("steps"), list):
+    if known is None or not isinstance(known.dag.get("steps"), list):
         return None
-    created_at, number, dag, flow_code, flow_name = known
     now = timezone.now()
     run = Run(code=uuid.uuid4(), team_id=claim["team_id"], flow_id=claim["flow_id"], version_id=claim["version_id"],
               trigger_key=claim["trigger_key"], trigger=claim["trigger"], chain_id=payload["chain"],
               block_number=claim["block_number"], block_hash=claim["block_hash"], created_at=now)
-    run.flow = _instance(Flow, {"id": run.flow_id, "team_id": run.team_id, "code": flow_code, "name": flow_name})
-    run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": number,
-                                          "status": FlowVersion.Status.PUBLISHED, "created_at": created_at, "dag": dag})
+    run.flow = _instance(Flow, {"id": run.flow_id, "team_id": run.team_id, "code": known.flow_code,
+                                "name": known.flow_name})
+    run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": known.number,
+                                          "status": FlowVersion.Status.PUBLISHED, "created_at": known.created_at,
+                                          "dag": known.dag})
     log, changes = RunLog(run), StepChanges()
     rows, ready = _begin(run, log, changes)
     if run.status == Run.Status.FAILED:
@@ -463,12 +467,12 @@ def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
     start = PushedStart(
         run={"code": str(run.code), "status": run.status, "error": run.error, "event_seq": len(log.events),
              "started_at": run.started_at, "finished_at": run.finished_at,
-             "flow_name": flow_name, "version_created": created_at},
+             "flow_name": known.flow_name, "version_created": known.created_at},
         steps=rows_json(StepChanges.records(new)),
         log=rows_json([{"kind": kind, "data": data} for kind, data in log.events]),
         now=now,
     )
-    return _Begun(run, rows, new, log, changes, kept, start)
+    return _Begun(run, rows, log, changes, kept, start)
 
 
 def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | None, dict | None]:
