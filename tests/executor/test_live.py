@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -53,3 +54,43 @@ def test_anonymous_and_outsider_cannot_watch_a_run_or_its_flow(asgi_server, team
         with pytest.raises((ConnectionClosed, InvalidStatus)):
             with open_socket(asgi_server, path, user) as socket:
                 socket.recv(timeout=5)
+
+
+def redis_calls(command: str) -> int:
+    import redis
+    from django.conf import settings
+
+    stats = redis.Redis.from_url(settings.REDIS_URL).info("commandstats")
+    return stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+def broadcasts_sent() -> None:
+    """Wait until this process's broadcast loop has sent everything handed to it."""
+    from executor.live import _outbox
+
+    outbox = _outbox()
+    for _ in range(500):
+        with outbox.lock:
+            if outbox.idle and not outbox.items:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the broadcast loop did not go idle")
+
+
+def test_events_go_only_to_the_groups_somebody_watches(asgi_server, team, alice):
+    from executor.live import record_run_event
+    from tests.site.test_socket_permissions import make_run
+
+    run = make_run(team, alice)
+    broadcasts_sent()
+    # A group send reads the group's members (ZRANGE); a group nobody is in is not sent to at all.
+    group_reads = redis_calls("zrange")
+    record_run_event(run, "step.update", {"n": 1})
+    broadcasts_sent()
+    assert redis_calls("zrange") == group_reads
+
+    with open_socket(asgi_server, f"/ws/runs/{run.code}/", alice) as socket:
+        assert [json.loads(socket.recv(timeout=5))["seq"] for _ in range(2)] == [1, 2]
+        record_run_event(run, "step.update", {"n": 2})
+        live = json.loads(socket.recv(timeout=5))
+    assert (live["seq"], live["data"]) == (3, {"n": 2})
