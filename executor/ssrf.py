@@ -5,7 +5,8 @@ on, its private network or a cloud metadata service. The guard resolves the
 host once, refuses every address that is not plainly public, and pins the
 connection to the address it checked: the request goes to the IP, with the
 Host header and TLS SNI set to the name, so a second DNS answer (rebinding)
-is never consulted. Redirects are never followed.
+is never consulted. Redirects are never followed, and no cookie is kept from
+one request for the next (the connections are shared by every team).
 
 ``settings.KWALA_OUTBOUND_ALLOW`` (a list of networks) lets chosen ranges
 through, e.g. loopback in development and tests; it is empty in production.
@@ -144,49 +145,51 @@ def resolve(url: str) -> Target:
     return Target(url=url, scheme=parts.scheme, host=host, port=port, address=addresses[0])
 
 
-def build_request(client: httpx.Client, target: Target, method: str, *, headers: dict[str, str],
-                  content: bytes | None, timeout: float | None = None) -> httpx.Request:
+# What httpx.Client would add; the transport adds nothing of its own.
+_DEFAULT_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate"}
+
+
+def build_request(target: Target, method: str, *, headers: dict[str, str], content: bytes | None,
+                  timeout: float) -> httpx.Request:
     """A request to the pinned address that still presents the name (Host header, TLS SNI and certificate)."""
-    request = client.build_request(
-        method,
-        target.pinned_url,
-        headers={**headers, "Host": target.host_header},
-        content=content,
-        timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-    )
+    extensions: dict = {"timeout": httpx.Timeout(timeout).as_dict()}
     if target.scheme == "https":
         # httpcore verifies the certificate against sni_hostname, not the IP.
-        request.extensions["sni_hostname"] = target.host
-    return request
+        extensions["sni_hostname"] = target.host
+    return httpx.Request(method, target.pinned_url, headers={**_DEFAULT_HEADERS, **headers, "Host": target.host_header},
+                         content=content, extensions=extensions)
+
+
+def send(target: Target, request: httpx.Request) -> httpx.Response:
+    """Send the request on a kept-alive connection to its target; read the body from the response, then close it.
+
+    Straight to the transport, not through an httpx.Client: a client follows
+    redirects if asked, and keeps the cookies every response sets and sends them
+    with the next request, and its connections are shared by every flow of every
+    team that calls the same host. Errors are httpx's.
+    """
+    response = pooled_transport(target).handle_request(request)
+    response.request = request
+    return response
 
 
 # Without TCP_NODELAY a request whose body goes out in a second write waits for the
 # server's delayed ACK of the headers (up to 40 ms on Linux) on a kept-alive connection.
 _SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
-
-def _transport(limits: httpx.Limits | None = None) -> httpx.HTTPTransport:
-    return httpx.HTTPTransport(limits=limits or httpx.Limits(), trust_env=False, socket_options=_SOCKET_OPTIONS)
-
-
-def client(timeout: float) -> httpx.Client:
-    """An httpx client for pinned requests: no redirects, no proxies from the environment."""
-    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=_transport())
-
-
-POOLED_CLIENTS = 256
-_pooled: OrderedDict[tuple, httpx.Client] = OrderedDict()
+POOLED_TRANSPORTS = 256
+_pooled: OrderedDict[tuple, httpx.HTTPTransport] = OrderedDict()
 _pooled_lock = threading.Lock()
 
 
-def pooled_client(target: Target) -> httpx.Client:
-    """A keep-alive client for one checked (scheme, name, port, address); pass the timeout per request.
+def pooled_transport(target: Target) -> httpx.HTTPTransport:
+    """A keep-alive connection pool for one checked (scheme, name, port, address).
 
-    Building a client costs a TLS context (milliseconds of CPU), so each process
-    keeps one per target. The key holds the name as well as the pinned address:
-    a connection opened (and, for https, verified) for one name is never reused
-    for another name that happens to share the address. Clients beyond the
-    newest POOLED_CLIENTS are dropped (their idle connections close with them).
+    Building one costs a TLS context (milliseconds of CPU), so each process keeps
+    one per target. The key holds the name as well as the pinned address: a
+    connection opened (and, for https, verified) for one name is never reused for
+    another name that happens to share the address. Pools beyond the newest
+    POOLED_TRANSPORTS are dropped (their idle connections close with them).
     """
     key = (target.scheme, target.host, target.port, target.address)
     with _pooled_lock:
@@ -195,8 +198,8 @@ def pooled_client(target: Target) -> httpx.Client:
             _pooled.move_to_end(key)
             return found
         limits = httpx.Limits(max_connections=32, max_keepalive_connections=8, keepalive_expiry=30)
-        made = httpx.Client(follow_redirects=False, trust_env=False, transport=_transport(limits))
+        made = httpx.HTTPTransport(limits=limits, trust_env=False, socket_options=_SOCKET_OPTIONS)
         _pooled[key] = made
-        while len(_pooled) > POOLED_CLIENTS:
+        while len(_pooled) > POOLED_TRANSPORTS:
             _pooled.popitem(last=False)
         return made

@@ -81,10 +81,9 @@ def send(
         target = ssrf.resolve(url)
     except ssrf.OutboundBlocked as exc:
         raise StepError(f"refused to call {ctx.redact(shown_url or url)}: {exc}", permanent=True) from None
-    client = ssrf.pooled_client(target)
-    request = ssrf.build_request(client, target, method, headers=out_headers, content=content, timeout=timeout)
+    request = ssrf.build_request(target, method, headers=out_headers, content=content, timeout=timeout)
     try:
-        response = client.send(request, stream=True)
+        response = ssrf.send(target, request)
     except httpx.TimeoutException:
         raise StepError(f"no answer within {timeout:g}s") from None
     except httpx.HTTPError as exc:

@@ -166,13 +166,12 @@ def test_concurrent_writers_never_share_or_skip_a_seq(team, alice):
     assert len(seqs) == 4 * sum(1 + i % 3 for i in range(20))
 
 
-def test_pooled_clients_are_kept_per_name_and_address():
+def test_connection_pools_are_kept_per_name_and_address():
     address = ipaddress.ip_address("127.0.0.1")
     one = ssrf.Target(url="http://a.test/", scheme="http", host="a.test", port=80, address=address)
     again = ssrf.Target(url="http://a.test/other", scheme="http", host="a.test", port=80, address=address)
     other_name = ssrf.Target(url="http://b.test/", scheme="http", host="b.test", port=80, address=address)
 
-    assert ssrf.pooled_client(one) is ssrf.pooled_client(again)
+    assert ssrf.pooled_transport(one) is ssrf.pooled_transport(again)
     # A connection checked for one name is never reused for another name on the same address.
-    assert ssrf.pooled_client(one) is not ssrf.pooled_client(other_name)
-    assert ssrf.pooled_client(one).follow_redirects is False
+    assert ssrf.pooled_transport(one) is not ssrf.pooled_transport(other_name)

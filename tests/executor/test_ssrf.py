@@ -58,8 +58,7 @@ def test_a_public_address_passes_and_the_request_is_pinned_to_it(no_allowlist):
     assert target.address == ipaddress.ip_address("93.184.215.14")
     assert target.pinned_url == "https://93.184.215.14:8443/path?q=1"
     assert target.host_header == "93.184.215.14:8443"
-    with ssrf.client(5) as client:
-        request = ssrf.build_request(client, target, "GET", headers={}, content=None)
+    request = ssrf.build_request(target, "GET", headers={}, content=None, timeout=5)
     assert request.headers["Host"] == "93.184.215.14:8443"
     assert request.extensions["sni_hostname"] == "93.184.215.14"
 
@@ -116,3 +115,21 @@ def test_a_redirect_to_an_internal_address_is_not_followed(settings, http_sink, 
     assert "redirect" in steps_of(run)["a"].error
     assert len(http_sink.to("/jump")) == 1  # a redirect is permanent: no retry
     assert http_sink.to("/inside") == []
+
+
+@pytest.mark.django_db
+def test_a_cookie_one_flow_was_given_is_never_sent_by_another(settings, http_sink, team, alice, charlie):
+    from flows.models import Team
+
+    settings.KWALA_OUTBOUND_ALLOW = [ipaddress.ip_network("127.0.0.1/32")]
+    http_sink.script("/login", Reply(headers={"Set-Cookie": "session=team-a-secret; Path=/"}))
+    mine = make_version(team, alice, [manual(), node("a", "http.request", {"url": f"{http_sink.url}/login"})],
+                        [edge("start", "a")])
+    other_team = Team.objects.create(name="Other")
+    theirs = make_version(other_team, charlie, [manual(), node("b", "http.request", {"url": f"{http_sink.url}/next"})],
+                          [edge("start", "b")])
+    assert _drive(start_manual_run(mine, {}, user=alice)).status == Run.Status.SUCCEEDED
+    assert _drive(start_manual_run(theirs, {}, user=charlie)).status == Run.Status.SUCCEEDED
+
+    (received,) = http_sink.to("/next")
+    assert "Cookie" not in received.headers
