@@ -444,7 +444,7 @@ def _claim_pushed_sql() -> str:
 
 
 @dataclass
-class PushedStart:
+class RunStart:
     """The start of a pushed claim's run, worked out before the claim (see runner.start_pushed_runs).
 
     `run` holds the run row's values as its start leaves them (code, status,
@@ -467,7 +467,7 @@ class ClaimedPushed:
     log: list[list]  # [id, seq] of its events
 
 
-def claim_pushed(payload: dict[str, Any], start: PushedStart | None = None) -> ClaimedPushed:
+def claim_pushed(payload: dict[str, Any], start: RunStart | None = None) -> ClaimedPushed:
     """Store a PushedClaims payload's events and insert its runs, in one statement.
 
     Called by a worker (runner.start_pushed_runs). The statement share-locks the

@@ -36,7 +36,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from executor.live import RunLog, Statement, execute_together, from_jsonb, record_run_event, rows_json
+from executor.live import RunLog, Statement, execute_together, from_jsonb, prepared_cursor, record_run_event, rows_json
 from executor.models import Notification, Run, StepRun
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
 from executor.steps.base import redact_value, to_jsonable
@@ -44,7 +44,7 @@ from flows.expressions import redact
 from flows.models import Flow, FlowVersion, Secret
 
 if TYPE_CHECKING:
-    from executor.listener import PushedStart
+    from executor.listener import RunStart
 
 logger = logging.getLogger(__name__)
 
@@ -369,11 +369,21 @@ def start_run(run_id: int) -> None:
     Safe to call twice: a run that is already RUNNING is only re-advanced.
     Called outside a transaction, the thread then goes on with one of the steps it
     made ready (see _continue_with) instead of waiting for that step's message.
-    The step rows are written once, as the logic left them: for a run whose first
-    side effect is one step away, three statements, the last of which commits.
+
+    Outside a transaction, the start is worked out from the run as read (no lock)
+    and written by one statement that holds only if the run is still QUEUED, with
+    no event recorded since: two round trips, the second committing. Otherwise
+    (or if that statement finds the run changed) the run row is locked, and the
+    step rows written once, as the logic left them, with the commit.
     """
     deadline = time.monotonic() + CHAIN_SECONDS
-    _continue_with(*_start_locked(run_id, _committed_on_return()), deadline)
+    keep_one = _committed_on_return()
+    if keep_one:
+        begun = _begin_unlocked(run_id)
+        if begun is not None and _start_written(begun):
+            _continue_with(begun.kept, begun.run, begun.rows, deadline)
+            return
+    _continue_with(*_start_locked(run_id, keep_one), deadline)
 
 
 def _start_locked(run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | None, dict | None]:
@@ -417,17 +427,17 @@ def start_pushed_runs(payload: dict) -> None:
 
 @dataclass
 class _Begun:
-    """A pushed claim's run started in memory (see start_pushed_runs), and what to write for it."""
+    """A run started in memory (see start_pushed_runs and start_run), and what to write for it."""
 
     run: Run
     rows: dict[str, StepRun]  # all new
     log: RunLog
     changes: StepChanges
     kept: StepRun | None
-    start: PushedStart
+    start: RunStart
 
     def landed(self, run: Run, steps: list, log: list) -> tuple[StepRun | None, dict[str, StepRun]]:
-        """The claim wrote the start as `run` (read back): give the rows their ids, send what waits on commit."""
+        """The start was written (committed) for `run`: give the rows their ids, send what waits on commit."""
         for row in self.rows.values():
             row.run = run
         _inserted(list(self.rows.values()), steps)
@@ -440,8 +450,6 @@ class _Begun:
 
 def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
     """The first claim's run, started in memory; None when it cannot be worked out before it is written."""
-    from executor.listener import PushedStart  # noqa: F811 (at run time; the module imports this one)
-
     if not payload["claims"]:
         return None
     claim = payload["claims"][0]
@@ -457,6 +465,27 @@ def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
     run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": known.number,
                                           "status": FlowVersion.Status.PUBLISHED, "created_at": known.created_at,
                                           "dag": known.dag})
+    return _begin_in_memory(run, keep_one, now)
+
+
+def _begin_unlocked(run_id: int) -> _Begun | None:
+    """start_run's start worked out from the run as read; None when the usual (locked) start must decide."""
+    run = _load_run(run_id, lock=False)
+    if run is None or run.status != Run.Status.QUEUED:
+        return None
+    dag = run.version.dag
+    if not dag or not isinstance(dag.get("steps"), list) or (
+        run.trigger_key.startswith(_FIRED_BY_TRIGGER)
+        and (run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED)
+    ):
+        return None  # cancelled or failed: the usual start
+    return _begin_in_memory(run, True, timezone.now())
+
+
+def _begin_in_memory(run: Run, keep_one: bool, now) -> _Begun | None:
+    """A QUEUED run's start, worked out without writing; None if it fails the run (that start is the usual one)."""
+    from executor.listener import RunStart  # noqa: F811 (at run time; the module imports this one)
+
     log, changes = RunLog(run), StepChanges()
     rows, ready = _begin(run, log, changes)
     if run.status == Run.Status.FAILED:
@@ -464,15 +493,47 @@ def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
     kept = _hand_out(ready, keep_one, run, log, changes)
     new, changed = changes.take()
     assert not changed  # every row is new
-    start = PushedStart(
+    start = RunStart(
         run={"code": str(run.code), "status": run.status, "error": run.error, "event_seq": len(log.events),
              "started_at": run.started_at, "finished_at": run.finished_at,
-             "flow_name": known.flow_name, "version_created": known.created_at},
+             "flow_name": run.flow.name, "version_created": run.version.created_at},
         steps=rows_json(StepChanges.records(new)),
         log=rows_json([{"kind": kind, "data": data} for kind, data in log.events]),
         now=now,
     )
     return _Begun(run, rows, log, changes, kept, start)
+
+
+# start_run's write of a start worked out unlocked (_begin_unlocked): the run row only if it is
+# still QUEUED with the event_seq it was read with, and the step rows and events only with it.
+_START_SQL = (
+    "WITH run AS (UPDATE executor_run SET status = %(status)s, error = %(error)s, started_at = %(started_at)s, "  # noqa: S608
+    "finished_at = %(finished_at)s, event_seq = event_seq + %(events)s "
+    "WHERE id = %(id)s AND status = 'QUEUED' AND event_seq = %(seq)s RETURNING id, event_seq), "
+    "new_steps AS (INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
+    f"SELECT run.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM run, "
+    f"jsonb_to_recordset(%(steps)s::jsonb) AS s(step_id varchar, {_STEP_RECORD}) RETURNING id, step_id), "
+    "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
+    "SELECT run.id, run.event_seq - %(events)s + e.ord, e.e->>'kind', e.e->'data', %(now)s FROM run, "
+    "jsonb_array_elements(%(log)s::jsonb) WITH ORDINALITY AS e(e, ord) RETURNING id, seq) "
+    "SELECT (SELECT count(*) FROM run), "
+    "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, step_id)), '[]') FROM new_steps), "
+    "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, seq)), '[]') FROM new_log)"
+)
+
+
+def _start_written(begun: _Begun) -> bool:
+    """Write an unlocked start in one statement (committed on its own); False if the run changed since it was read."""
+    run, start = begun.run, begun.start
+    params = {**start.run, "id": run.pk, "seq": run.event_seq, "events": start.run["event_seq"],
+              "steps": start.steps, "log": start.log, "now": start.now}
+    with prepared_cursor() as cursor:
+        cursor.execute(_START_SQL, params)
+        written, steps, log = cursor.fetchone()
+    if not written:
+        return False
+    begun.landed(run, from_jsonb(steps), from_jsonb(log))
+    return True
 
 
 def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | None, dict | None]:

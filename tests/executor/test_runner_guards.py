@@ -125,16 +125,42 @@ def test_a_guarded_step_write_that_lost_its_row_raises_and_writes_nothing(hook_v
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_run_started_outside_a_transaction_commits_with_its_rows(live_version):
+def test_a_run_started_outside_a_transaction_is_read_and_then_written_in_one_statement(live_version):
     flow = live_version.flow
+    runner.start_run(Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:warm").pk)
     run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:commit")
     with CaptureQueriesContext(connection) as queries:
         runner.start_run(run.pk)
-    writes = [q["sql"] for q in queries.captured_queries if "INSERT INTO executor_steprun" in q["sql"]]
-    assert len(writes) == 1 and writes[0].endswith("; COMMIT")  # no round trip of its own for the commit
+    statements = [q["sql"] for q in queries.captured_queries]
+    # No BEGIN, no lock, no COMMIT of its own: a read, and a write that commits by itself.
+    assert len(statements) == 2, statements
+    assert statements[0].startswith("SELECT") and "FOR UPDATE" not in statements[0]
     run.refresh_from_db()
-    assert run.status == Run.Status.SUCCEEDED
+    assert run.status == Run.Status.SUCCEEDED and run.event_seq == 3
     assert run.steps.get().status == StepRun.Status.SUCCEEDED
+    assert list(run.log.order_by("seq").values_list("seq", "kind")) == [
+        (1, "run.status"), (2, "step.status"), (3, "run.status")]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("change", ["cancelled", "event recorded"])
+def test_a_start_worked_out_from_a_run_that_changed_since_is_not_written(hook_version, change):
+    from executor.live import record_run_event
+
+    flow = hook_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key=f"manual:{change}")
+    begun = runner._begin_unlocked(run.pk)
+    assert begun.run.status == Run.Status.RUNNING  # in memory only
+    if change == "cancelled":
+        Run.objects.filter(pk=run.pk).update(status=Run.Status.CANCELLED)
+    else:
+        record_run_event(run, "run.note", {"text": "written by another worker"})
+
+    assert runner._start_written(begun) is False
+    run.refresh_from_db()
+    assert not run.steps.exists()
+    assert run.status == (Run.Status.CANCELLED if change == "cancelled" else Run.Status.QUEUED)
+    assert list(run.log.values_list("kind", flat=True)) == ([] if change == "cancelled" else ["run.note"])
 
 
 @pytest.mark.django_db(transaction=True)
