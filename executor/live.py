@@ -140,8 +140,8 @@ def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | N
 
 
 def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
-                         recorded: list[RunEvent], now: datetime | None = None) -> Statement | None:
-    """record_run_events as a Statement; the RunEvents go into `recorded` once it has run.
+                         recorded: list[RunEvent] | None, now: datetime | None = None) -> Statement | None:
+    """record_run_events as a Statement; the RunEvents go into `recorded` (if given) once it has run.
 
     `now` is the events' time (by default, now).
     """
@@ -171,11 +171,13 @@ def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
         ids = sorted(result or [], key=lambda row: row[1])
         if len(ids) != len(events):
             raise Run.DoesNotExist(f"run {run.pk} does not exist")
-        recorded.extend(
-            RunEvent(pk=pk, run=run, seq=seq, kind=kind, data=data, created_at=now)
-            for (pk, seq), (kind, data) in zip(ids, events, strict=True)
-        )
-        messages = [event_as_message(event, run.code) for event in recorded]
+        if recorded is not None:
+            recorded.extend(
+                RunEvent(pk=pk, run=run, seq=seq, kind=kind, data=data, created_at=now)
+                for (pk, seq), (kind, data) in zip(ids, events, strict=True)
+            )
+        at = now.isoformat()
+        messages = [_message(run.code, seq, kind, data, at) for (_, seq), (kind, data) in zip(ids, events, strict=True)]
         flow_code = run.flow.code
         transaction.on_commit(lambda: broadcast_all(messages, flow_code))
 
@@ -211,7 +213,7 @@ class RunLog:
         """
         events, self.events = self.events, []
         fields, self.fields = self.fields, {}
-        statement = run_events_statement(self.run, events, fields, [] if recorded is None else recorded, now)
+        statement = run_events_statement(self.run, events, fields, recorded, now)
         return [statement] if statement is not None else []
 
     def flush(self) -> list[RunEvent]:
@@ -343,14 +345,11 @@ def _outbox() -> _Outbox:
 
 def event_as_message(event: RunEvent, run_code) -> dict:
     """The channel-layer message for one event (also what replay sends)."""
-    return {
-        "type": "run.event",
-        "run": str(run_code),
-        "seq": event.seq,
-        "kind": event.kind,
-        "data": event.data,
-        "at": event.created_at.isoformat(),
-    }
+    return _message(run_code, event.seq, event.kind, event.data, event.created_at.isoformat())
+
+
+def _message(run_code, seq: int, kind: str, data: dict, at: str) -> dict:
+    return {"type": "run.event", "run": str(run_code), "seq": seq, "kind": kind, "data": data, "at": at}
 
 
 def revoke_sockets(user_id: int, team_id: int) -> None:
