@@ -393,10 +393,9 @@ _EVENT_FIELDS = ("block_number", "block_hash", "log_index", "tx_hash", "address"
 @functools.cache
 def _claim_pushed_sql() -> str:
     """claim_pushed's statement: one fixed text whatever the number of rows, so it is prepared once."""
-    from executor.runner import _RUN_SELECT, _STEP_MUTABLE, _STEP_RECORD
+    from executor.runner import _RUN_SELECT, STARTED_ROWS, started_rows_sql
 
     # Only fixed names and placeholders are joined in; every value is a parameter.
-    mutable = ", ".join(_STEP_MUTABLE)
     return (
         "WITH cur AS (SELECT block_number FROM executor_chaincursor "  # noqa: S608
         "WHERE chain_id = %(chain)s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
@@ -427,18 +426,11 @@ def _claim_pushed_sql() -> str:
         "CROSS JOIN LATERAL (SELECT r.status IS NOT NULL AND v.status = %(published)s "
         "AND v.created_at = r.version_created AND f.name = r.flow_name AS ok) AS s "
         "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *), "
-        "started AS (SELECT id FROM new_runs WHERE status <> 'QUEUED'), "
-        f"new_steps AS (INSERT INTO executor_steprun (run_id, step_id, {mutable}) "
-        f"SELECT started.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM started, "
-        f"jsonb_to_recordset(%(steps)s::jsonb) AS s(step_id varchar, {_STEP_RECORD}) RETURNING id, step_id), "
-        "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
-        "SELECT started.id, e.ord, e.e->>'kind', e.e->'data', %(now)s FROM started, "
-        "jsonb_array_elements(%(log)s::jsonb) WITH ORDINALITY AS e(e, ord) RETURNING id, seq), "
+        "started AS (SELECT id, 0 AS base FROM new_runs WHERE status <> 'QUEUED'), "
+        f"{started_rows_sql('started')}, "
         f"first AS (SELECT {_RUN_SELECT} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "
         "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
-        "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), "
-        "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, step_id)), '[]') FROM new_steps), "
-        "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, seq)), '[]') FROM new_log), first.* "
+        f"SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), {STARTED_ROWS}, first.* "
         "FROM (SELECT 1) AS one LEFT JOIN first ON true"
     )
 

@@ -504,21 +504,34 @@ def _begin_in_memory(run: Run, keep_one: bool, now) -> _Begun | None:
     return _Begun(run, rows, log, changes, kept, start)
 
 
+def started_rows_sql(source: str) -> str:
+    """The CTEs (new_steps, new_log) that insert a started run's step rows and first events.
+
+    `source` names a CTE with the run's (id, base): its events get seqs base + 1 ....
+    The rows come as %(steps)s and %(log)s (RunStart.steps and .log), the events'
+    time as %(now)s. STARTED_ROWS reads back what they inserted.
+    """
+    # Only fixed names and placeholders are joined in; every value is a parameter.
+    return (
+        f"new_steps AS (INSERT INTO executor_steprun (run_id, step_id, {', '.join(_STEP_MUTABLE)}) "  # noqa: S608
+        f"SELECT {source}.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM {source}, "
+        f"jsonb_to_recordset(%(steps)s::jsonb) AS s(step_id varchar, {_STEP_RECORD}) RETURNING id, step_id), "
+        "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
+        f"SELECT {source}.id, {source}.base + e.ord, e.e->>'kind', e.e->'data', %(now)s FROM {source}, "
+        "jsonb_array_elements(%(log)s::jsonb) WITH ORDINALITY AS e(e, ord) RETURNING id, seq)"
+    )
+
+
+# [id, step_id] of each new step row and [id, seq] of each event, for _Begun.landed.
+STARTED_ROWS = ("(SELECT coalesce(jsonb_agg(jsonb_build_array(id, step_id)), '[]') FROM new_steps), "
+                "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, seq)), '[]') FROM new_log)")
 # start_run's write of a start worked out unlocked (_begin_unlocked): the run row only if it is
 # still QUEUED with the event_seq it was read with, and the step rows and events only with it.
 _START_SQL = (
     "WITH run AS (UPDATE executor_run SET status = %(status)s, error = %(error)s, started_at = %(started_at)s, "  # noqa: S608
     "finished_at = %(finished_at)s, event_seq = event_seq + %(events)s "
-    "WHERE id = %(id)s AND status = 'QUEUED' AND event_seq = %(seq)s RETURNING id, event_seq), "
-    "new_steps AS (INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
-    f"SELECT run.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM run, "
-    f"jsonb_to_recordset(%(steps)s::jsonb) AS s(step_id varchar, {_STEP_RECORD}) RETURNING id, step_id), "
-    "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
-    "SELECT run.id, run.event_seq - %(events)s + e.ord, e.e->>'kind', e.e->'data', %(now)s FROM run, "
-    "jsonb_array_elements(%(log)s::jsonb) WITH ORDINALITY AS e(e, ord) RETURNING id, seq) "
-    "SELECT (SELECT count(*) FROM run), "
-    "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, step_id)), '[]') FROM new_steps), "
-    "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, seq)), '[]') FROM new_log)"
+    "WHERE id = %(id)s AND status = 'QUEUED' AND event_seq = %(seq)s RETURNING id, event_seq - %(events)s AS base), "
+    f"{started_rows_sql('run')} SELECT (SELECT count(*) FROM run), {STARTED_ROWS}"
 )
 
 
