@@ -471,14 +471,8 @@ def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
 def _begin_unlocked(run_id: int) -> _Begun | None:
     """start_run's start worked out from the run as read; None when the usual (locked) start must decide."""
     run = _load_run(run_id, lock=False)
-    if run is None or run.status != Run.Status.QUEUED:
+    if run is None or run.status != Run.Status.QUEUED or _ends_unstarted(run) is not None:
         return None
-    dag = run.version.dag
-    if not dag or not isinstance(dag.get("steps"), list) or (
-        run.trigger_key.startswith(_FIRED_BY_TRIGGER)
-        and (run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED)
-    ):
-        return None  # cancelled or failed: the usual start
     return _begin_in_memory(run, True, timezone.now())
 
 
@@ -560,21 +554,28 @@ def _start(run: Run | None, run_id: int, keep_one: bool) -> tuple[StepRun | None
         rows = _load_steps(run)
         ready = _advance(run, rows, log, changes)
     elif run.status == Run.Status.QUEUED:
-        dag = run.version.dag
-        if run.trigger_key.startswith(_FIRED_BY_TRIGGER) and (
-            run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED
-        ):
-            # Claimed just before the flow was paused or unpublished: the trigger is off now.
-            _finish_run(run, Run.Status.CANCELLED, "the flow was paused or unpublished before the run started",
-                        log, changes, {})
-        elif not dag or not isinstance(dag.get("steps"), list):
-            _finish_run(run, Run.Status.FAILED, "the flow version has no compiled DAG", log, changes, {})
+        ended = _ends_unstarted(run)
+        if ended is not None:
+            _finish_run(run, *ended, log, changes, {})
         else:
             rows, ready = _begin(run, log, changes)
     kept = _hand_out(ready, keep_one, run, log, changes)
     # With keep_one the caller's block is the outermost, and this write is its last statement.
     write(changes, log, commit=keep_one)
     return kept, run, rows
+
+
+def _ends_unstarted(run: Run) -> tuple[str, str] | None:
+    """The status and error a QUEUED run ends with instead of starting, or None if it can start."""
+    if run.trigger_key.startswith(_FIRED_BY_TRIGGER) and (
+        run.flow.paused or run.version.status != FlowVersion.Status.PUBLISHED
+    ):
+        # Claimed just before the flow was paused or unpublished: the trigger is off now.
+        return Run.Status.CANCELLED, "the flow was paused or unpublished before the run started"
+    dag = run.version.dag
+    if not dag or not isinstance(dag.get("steps"), list):
+        return Run.Status.FAILED, "the flow version has no compiled DAG"
+    return None
 
 
 def _begin(run: Run, log: RunLog, changes: StepChanges) -> tuple[dict[str, StepRun], list[StepRun]]:
