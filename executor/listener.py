@@ -51,8 +51,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -80,6 +79,9 @@ from executor.matching import (
 from executor.models import Chain, ChainCursor, Event, Run, TriggerState
 from flows.expressions import ExpressionError
 from flows.models import FlowVersion
+
+if TYPE_CHECKING:
+    from executor.runner import RunStart
 
 logger = logging.getLogger(__name__)
 
@@ -433,22 +435,6 @@ def _claim_pushed_sql() -> str:
         f"SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), {STARTED_ROWS}, first.* "
         "FROM (SELECT 1) AS one LEFT JOIN first ON true"
     )
-
-
-@dataclass
-class RunStart:
-    """The start of a pushed claim's run, worked out before the claim (see runner.start_pushed_runs).
-
-    `run` holds the run row's values as its start leaves them (code, status,
-    error, event_seq, started_at, finished_at) and what they were worked out
-    from (flow_name, version_created); `steps` the new step rows and `log` the
-    run's first events ({kind, data}), both as JSON text (live.rows_json).
-    """
-
-    run: dict[str, Any]
-    steps: str
-    log: str
-    now: datetime  # the run's (and its events') created_at
 
 
 @dataclass

@@ -29,8 +29,8 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -42,9 +42,6 @@ from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepR
 from executor.steps.base import redact_value, to_jsonable
 from flows.expressions import redact
 from flows.models import Flow, FlowVersion, Secret
-
-if TYPE_CHECKING:
-    from executor.listener import RunStart
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +123,8 @@ _STEP_INSERT = (
     f"SELECT run_id, step_id, {', '.join(_STEP_MUTABLE)} "
     f"FROM jsonb_to_recordset(%s::jsonb) AS r(run_id bigint, step_id varchar, {_STEP_RECORD}) RETURNING id, step_id"
 )
+
+
 class _Known(NamedTuple):
     """What a run's start needs of its version and flow (see _versions)."""
 
@@ -426,6 +425,22 @@ def start_pushed_runs(payload: dict) -> None:
 
 
 @dataclass
+class RunStart:
+    """A run's start worked out in memory, as its one statement writes it (listener.claim_pushed, _START_SQL).
+
+    `run` holds the run row's values as its start leaves them (code, status,
+    error, event_seq, started_at, finished_at) and what they were worked out
+    from (flow_name, version_created); `steps` the new step rows and `log` the
+    run's first events ({kind, data}), both as JSON text (live.rows_json).
+    """
+
+    run: dict[str, Any]
+    steps: str
+    log: str
+    now: datetime  # the events' created_at (and a pushed run's)
+
+
+@dataclass
 class _Begun:
     """A run started in memory (see start_pushed_runs and start_run), and what to write for it."""
 
@@ -454,14 +469,15 @@ def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
         return None
     claim = payload["claims"][0]
     known = _known_version(claim["version_id"])
-    if known is None or not isinstance(known.dag.get("steps"), list):
+    if known is None:
         return None
     now = timezone.now()
     run = Run(code=uuid.uuid4(), team_id=claim["team_id"], flow_id=claim["flow_id"], version_id=claim["version_id"],
               trigger_key=claim["trigger_key"], trigger=claim["trigger"], chain_id=payload["chain"],
               block_number=claim["block_number"], block_hash=claim["block_hash"], created_at=now)
+    # Not paused: the claim's statement inserts no run for a paused flow.
     run.flow = _instance(Flow, {"id": run.flow_id, "team_id": run.team_id, "code": known.flow_code,
-                                "name": known.flow_name})
+                                "name": known.flow_name, "paused": False})
     run.version = _instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": known.number,
                                           "status": FlowVersion.Status.PUBLISHED, "created_at": known.created_at,
                                           "dag": known.dag})
@@ -471,19 +487,19 @@ def _begin_pushed(payload: dict, keep_one: bool) -> _Begun | None:
 def _begin_unlocked(run_id: int) -> _Begun | None:
     """start_run's start worked out from the run as read; None when the usual (locked) start must decide."""
     run = _load_run(run_id, lock=False)
-    if run is None or run.status != Run.Status.QUEUED or _ends_unstarted(run) is not None:
+    if run is None or run.status != Run.Status.QUEUED:
         return None
     return _begin_in_memory(run, True, timezone.now())
 
 
-def _begin_in_memory(run: Run, keep_one: bool, now) -> _Begun | None:
-    """A QUEUED run's start, worked out without writing; None if it fails the run (that start is the usual one)."""
-    from executor.listener import RunStart  # noqa: F811 (at run time; the module imports this one)
-
+def _begin_in_memory(run: Run, keep_one: bool, now: datetime) -> _Begun | None:
+    """A QUEUED run's start, worked out without writing; None if it ends the run instead (the usual start does that)."""
+    if _ends_unstarted(run) is not None:
+        return None  # cancelled or failed: the locked start writes that (a failure with its notification)
     log, changes = RunLog(run), StepChanges()
     rows, ready = _begin(run, log, changes)
     if run.status == Run.Status.FAILED:
-        return None  # its notification is written with it: the usual start
+        return None  # its logic failed it: the locked start writes that, with its notification
     kept = _hand_out(ready, keep_one, run, log, changes)
     new, changed = changes.take()
     assert not changed  # every row is new
