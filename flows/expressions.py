@@ -23,10 +23,11 @@ import contextvars
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Sized, ValuesView
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -35,8 +36,9 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.parser import Parser
-from jinja2.runtime import Undefined
-from jinja2.sandbox import SandboxedEnvironment, modifies_known_mutable
+from jinja2.runtime import LoopContext, Undefined
+from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Namespace
 
 __all__ = [
     "ExpressionError",
@@ -55,7 +57,16 @@ MAX_SEQUENCE_LEN = 100_000
 MAX_INT_BITS = 512
 MAX_RANGE = 10_000
 MAX_LOOP_ITERATIONS = 100_000
+MAX_DEPTH = 64
 DEFAULT_TIMEOUT_S = 0.25
+# What one evaluation may allocate, summed over every operation that makes a new
+# value, in bytes as if its text were ASCII (see _Budget.charge). Non-ASCII text takes
+# up to 4 bytes a character, so the peak memory of one evaluation stays under
+# MAX_PEAK_BYTES = 4 x MAX_ALLOCATION (tests/flows/test_expression_limits.py measures it).
+MAX_ALLOCATION = 4 * 2**20
+MAX_PEAK_BYTES = 4 * MAX_ALLOCATION
+# Charged for each new object an operation creates (a list slot plus a small object).
+_ITEM_BYTES = 56
 
 _GLOBAL_NAMES = frozenset({"range", "dict", "namespace", "loop", "true", "false", "none"})
 _FORBIDDEN_STATEMENTS = (
@@ -68,17 +79,9 @@ _FORBIDDEN_STATEMENTS = (
     nodes.Block,
     nodes.Scope,
     nodes.ScopedEvalContextModifier,
-)
-# str methods that can allocate far more than their input (padding, formatting).
-_FORBIDDEN_STR_METHODS = frozenset(
-    {"format", "format_map", "center", "ljust", "rjust", "zfill", "expandtabs"}
-)
-_SAFE_FILTERS = (
-    "abs", "capitalize", "default", "d", "dictsort", "escape", "e", "first", "float",
-    "int", "join", "last", "length", "count", "list", "lower", "upper", "map", "max",
-    "min", "replace", "reject", "rejectattr", "reverse", "round", "select",
-    "selectattr", "sort", "string", "sum", "title", "tojson", "trim", "truncate",
-    "unique", "urlencode", "items",
+    # Both buffer their whole body in memory, past the cap on rendered output.
+    nodes.AssignBlock,
+    nodes.FilterBlock,
 )
 
 
@@ -94,10 +97,20 @@ class ExpressionError(Exception):
 class _Budget:
     deadline: float
     loops_left: int
+    bytes_left: int = MAX_ALLOCATION
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
             raise ExpressionError("Expression took too long to evaluate")
+
+    def charge(self, size: int) -> None:
+        """Spend ``size`` bytes of the evaluation's allocation budget, before allocating."""
+        self.bytes_left -= size
+        if self.bytes_left < 0:
+            raise ExpressionError(
+                f"Expression allocates more than the limit of {MAX_ALLOCATION // 2**20} MiB"
+            )
+        self.tick()
 
 
 _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
@@ -111,33 +124,85 @@ def _tick() -> None:
         budget.tick()
 
 
+def _charge(size: int) -> None:
+    budget = _budget.get()
+    if budget is not None:
+        budget.charge(size)
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 24 else f"{text[:10]}…({len(text)} digits)"
 
 
-def _weight(value: Any, limit: int = MAX_SEQUENCE_LEN) -> int:
-    """Roughly how many characters/items ``value`` turns into when rendered.
+_VIEWS = (KeysView, ValuesView, ItemsView)
 
-    Stops counting once past ``limit``: a list of 100,000 references to one
-    100,000-character string is small in memory but huge once joined or printed.
-    """
+
+_LEAF_TYPES = frozenset({str, bytes, int, float, bool, type(None), Decimal})
+
+
+def _children(value: Any) -> Iterable[Any] | None:
+    """The values inside a container, or None for a leaf."""
+    kind = type(value)
+    if kind in _LEAF_TYPES:  # the common case first: isinstance on ABCs is slow
+        return None
+    if kind is list or kind is tuple:
+        return value
+    if isinstance(value, Mapping):
+        return chain.from_iterable(value.items())
+    if isinstance(value, Namespace):
+        return chain.from_iterable(object.__getattribute__(value, "_Namespace__attrs").items())
+    if isinstance(value, (list, tuple, set, frozenset, *_VIEWS)):
+        return value
+    return None
+
+
+def _leaf_weight(value: Any) -> int:
     if isinstance(value, (str, bytes)):
         return len(value)
-    if isinstance(value, (list, tuple, dict)):
-        total = len(value)
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if total > limit:
-                break
-            total += _weight(item, limit - total) + (_weight(key) if isinstance(value, dict) else 0)
-        return total
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() // 3 + 1  # decimal digits, roughly
+    if isinstance(value, range):
+        return len(value)
     return 1
 
 
-def _check_weight(value: Any, what: str = "Value") -> None:
-    if _weight(value) > MAX_SEQUENCE_LEN:
+def _weight(value: Any, limit: int = MAX_SEQUENCE_LEN) -> int:
+    """How many characters/items ``value`` turns into when rendered, counting shared parts each time.
+
+    Stops counting once past ``limit``: a list of 100,000 references to one
+    100,000-character string is small in memory but huge once joined or printed, and
+    ``[a, a]`` nested 60 times is a few bytes that compare and print as 2**60. Walks with
+    a stack of iterators, so it takes memory for the depth, not the size.
+    """
+    children = _children(value)
+    if children is None:
+        return _leaf_weight(value)
+    total = 1
+    stack: list[Iterator[Any]] = [iter(children)]
+    while stack:
+        for item in stack[-1]:
+            inner = _children(item)
+            if inner is None:
+                total += _leaf_weight(item)
+                if total > limit:
+                    return total
+                continue
+            total += 1
+            if len(stack) >= MAX_DEPTH:
+                raise ExpressionError(f"Values are nested more than {MAX_DEPTH} levels deep")
+            stack.append(iter(inner))
+            break
+        else:
+            stack.pop()
+    return total
+
+
+def _check_weight(value: Any, what: str = "Value") -> int:
+    weight = _weight(value)
+    if weight > MAX_SEQUENCE_LEN:
         raise ExpressionError(f"{what} is over the size limit of {MAX_SEQUENCE_LEN:,}")
+    return weight
 
 
 def _check_size(value: Any) -> Any:
@@ -152,6 +217,42 @@ def _check_size(value: Any) -> Any:
     ):
         raise ExpressionError("Number is too large")
     return value
+
+
+def _text_size(value: Any) -> int:
+    """An upper bound on ``len(str(value))``.
+
+    A string is its length; anything else prints through repr, where one character can
+    become up to ten (``'\\U000e0001'``).
+    """
+    if isinstance(value, str):
+        return len(value)
+    return 10 * _weight(value, MAX_SEQUENCE_LEN * 10) + 2
+
+
+def _refuse_over(size: int, what: str) -> int:
+    if size > MAX_SEQUENCE_LEN:
+        raise ExpressionError(f"{what}: the result would be over the size limit of {MAX_SEQUENCE_LEN:,}")
+    return size
+
+
+def _is_lazy(value: Any) -> bool:
+    return isinstance(value, Iterator)
+
+
+def _materialize(iterator: Iterator[Any], what: str) -> list[Any]:
+    """Consume an iterator (a filter's generator) into a list, charging as it goes.
+
+    Generators cannot be sized before they run, so they never leave a filter: each
+    item is paid for as it comes, and the list is refused once over the size limit.
+    """
+    items: list[Any] = []
+    for item in iterator:
+        _charge(_ITEM_BYTES)
+        items.append(item)
+        if len(items) > MAX_SEQUENCE_LEN:
+            raise ExpressionError(f"{what}: the result would be over the size limit of {MAX_SEQUENCE_LEN:,}")
+    return items
 
 
 # ---------------------------------------------------------------------------
@@ -180,9 +281,9 @@ def _to_int(value: Any) -> int:
         raise ExpressionError("Expected a number, got a boolean")
     if isinstance(value, int):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 1000:
         try:
-            return int(value, 0)
+            return _check_size(int(value, 0))
         except ValueError:
             pass
     if isinstance(value, Decimal) and value == value.to_integral_value():
@@ -242,11 +343,212 @@ WEB3_FILTERS = {
 
 # ---------------------------------------------------------------------------
 # the environment
+#
+# Every operation that makes a new value works out the size of its result from its
+# inputs and arguments *before* it runs, refuses a result over MAX_SEQUENCE_LEN, and
+# pays for it from the evaluation's allocation budget. A builtin, method or filter whose
+# result cannot be sized that way is not exposed: methods are an allowlist.
+
+
+def _text(size: int, what: str) -> int:
+    """Bytes to charge for a text result of at most ``size`` characters."""
+    return _refuse_over(size, what) + 64
+
+
+def _slots(count: int, what: str, *, new_items: bool = False) -> int:
+    """Bytes to charge for a list of ``count`` items (new objects, or references)."""
+    return _refuse_over(count, what) * (_ITEM_BYTES if new_items else 8) + 64
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, Sized) else _weight(value)
+
+
+def _join_size(items: Any, sep: Any, what: str) -> int:
+    items = list(items) if isinstance(items, Sized) else _materialize(iter(items), what)
+    size = _text_size(sep) * max(len(items) - 1, 0)
+    for item in items:
+        size += _text_size(item)
+        _refuse_over(size, what)
+    return _text(size, what)
+
+
+def _replace_size(text: Any, old: Any, new: Any, count: Any = None) -> int:
+    text, old, new = str(text), str(old), str(new)
+    if not old:
+        size = len(text) + (len(text) + 1) * len(new)
+    else:
+        size = len(text) + text.count(old) * max(0, len(new) - len(old))
+    return _text(size, "replace()")
+
+
+def _json_size(value: Any, indent: Any = None) -> int:
+    """An upper bound on the length of ``json.dumps(value, indent=indent)``."""
+    if indent is None:
+        step = 0
+    elif isinstance(indent, int) and not isinstance(indent, bool):
+        step = max(indent, 0)
+    else:
+        step = _text_size(indent)
+    size = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = _children(item)
+        if isinstance(item, str):
+            size += 6 * len(item) + 2  # \u00XX escapes
+        elif children is None:
+            size += 6 * _leaf_weight(item) + 4
+        else:
+            if depth >= MAX_DEPTH:
+                raise ExpressionError(f"Values are nested more than {MAX_DEPTH} levels deep")
+            size += 2 + step * depth
+            stack.extend((child, depth + 1) for child in children)
+            size += (step * (depth + 1) + 3) * _length(item)
+        _refuse_over(size, "tojson")
+    return _text(size, "tojson")
+
+
+def _round_size(value: Any, precision: Any = 0, method: Any = "common") -> int:
+    # Jinja computes value * 10**precision for ceil and floor.
+    if not isinstance(precision, int) or not 0 <= precision <= 100:
+        raise ExpressionError("round: precision must be an integer from 0 to 100")
+    return 64
+
+
+def _sum_size(value: Any, attribute: Any = None, start: Any = 0) -> int:
+    # With a number to start from, only numbers add up: sum never concatenates.
+    if not isinstance(start, (int, float, Decimal)):
+        raise ExpressionError("sum: start must be a number")
+    return 64
+
+
+def _case_size(value: Any, *args: Any, **kwargs: Any) -> int:
+    return _text(3 * _text_size(value), "Changing case")  # 'ß'.upper() == 'SS', up to 3x
+
+
+def _truncate_size(value: Any, length: Any = 255, killwords: Any = False, end: Any = "...", leeway: Any = None) -> int:
+    return _text(_text_size(value) + _text_size(end), "truncate")
+
+
+def _small(*args: Any, **kwargs: Any) -> int:
+    """A number, a bool, or one of the values it was given."""
+    return 64
+
+
+def _fixed_text(size: int) -> Any:
+    return lambda value, *args, **kwargs: _text(size, "Value")
+
+
+def _text_times(factor: int, what: str) -> Any:
+    return lambda value, *args, **kwargs: _text(factor * _text_size(value), what)
+
+
+def _copy_of(what: str, *, new_items: bool = False) -> Any:
+    def size(value: Any, *args: Any, **kwargs: Any) -> int:
+        if isinstance(value, str):
+            return _text(len(value), what)
+        # Iterating a dict's items makes a new tuple for each.
+        fresh = new_items or isinstance(value, ItemsView)
+        return _slots(_length(value), what, new_items=fresh)
+
+    return size
+
+
+# Filter name -> the bytes its result takes, worked out before the call; raises when the
+# result would be over the size limit. Only these filters exist.
+_FILTER_SIZES: dict[str, Any] = {
+    "abs": _small, "default": _small, "d": _small, "first": _small, "last": _small,
+    "float": _small, "int": _small, "length": _small, "count": _small, "max": _small,
+    "min": _small, "round": _round_size, "sum": _sum_size,
+    "capitalize": _case_size, "lower": _case_size, "upper": _case_size, "title": _case_size,
+    "trim": _text_times(1, "trim"), "string": _text_times(1, "string"),
+    "escape": _text_times(6, "escape"), "e": _text_times(6, "escape"),  # '"' -> '&#34;'
+    "urlencode": _text_times(12, "urlencode"),  # one character, 4 UTF-8 bytes, '%XX' each
+    "truncate": _truncate_size,
+    "replace": _replace_size,
+    "join": lambda value, d="", attribute=None: _join_size(value, d, "join"),
+    "tojson": _json_size,
+    "list": _copy_of("list"), "sort": _copy_of("sort"), "reverse": _copy_of("reverse"),
+    "unique": _copy_of("unique"), "select": _copy_of("select"), "reject": _copy_of("reject"),
+    "selectattr": _copy_of("selectattr"), "rejectattr": _copy_of("rejectattr"),
+    # map's own calls pay for what they make; map pays for the list that holds them.
+    "map": _copy_of("map"),
+    "items": _copy_of("items", new_items=True), "dictsort": _copy_of("dictsort", new_items=True),
+    "from_wei": _fixed_text(1000), "format_units": _fixed_text(1000),
+    "to_checksum": _fixed_text(64), "short_address": _fixed_text(64),
+    "explorer_url": lambda value, base="": _text(_text_size(base) + 100, "explorer_url"),
+}
+
+
+def _guarded_filter(name: str, func: Any) -> Any:
+    size_of = _FILTER_SIZES[name]
+    pass_arg = hasattr(func, "jinja_pass_arg")
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        head, (value, *params) = (args[:1], args[1:]) if pass_arg else ((), args)
+        if _is_lazy(value):
+            value = _materialize(value, name)
+        _check_weight(value, "The filtered value")
+        _charge(size_of(value, *params, **kwargs))
+        result = func(*head, value, *params, **kwargs)
+        if _is_lazy(result):
+            # map, select, unique, ... return generators: they never leave the filter.
+            result = _materialize(result, name)
+        return _check_size(result)
+
+    if pass_arg:
+        wrapper.jinja_pass_arg = func.jinja_pass_arg  # type: ignore[attr-defined]
+    return wrapper
+
+
+# Methods that may be called, by the type that owns them, each with the bytes its
+# result takes, worked out before the call. Anything else is refused.
+_STR_METHODS: dict[str, Any] = {
+    **dict.fromkeys(
+        ["capitalize", "casefold", "lower", "upper", "swapcase", "title"], _case_size
+    ),
+    **dict.fromkeys(
+        ["strip", "lstrip", "rstrip", "removeprefix", "removesuffix"],
+        lambda s, *args: _text(len(s), "Value"),
+    ),
+    **dict.fromkeys(
+        [
+            "startswith", "endswith", "find", "rfind", "index", "rindex", "count",
+            "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "islower",
+            "isnumeric", "isspace", "istitle", "isupper",
+        ],
+        _small,
+    ),
+    **dict.fromkeys(
+        ["split", "rsplit", "splitlines"],
+        lambda s, *args, **kwargs: _slots(len(s) + 1, "split", new_items=True) + len(s),
+    ),
+    **dict.fromkeys(
+        ["partition", "rpartition"], lambda s, sep: _text(len(s) + len(sep), "partition") + 128
+    ),
+    "replace": _replace_size,
+    "join": lambda sep, items: _join_size(items, sep, "join"),
+}
+_METHODS: dict[type, dict[str, Any]] = {
+    str: _STR_METHODS,
+    list: {"count": _small, "index": _small},
+    tuple: {"count": _small, "index": _small},
+    dict: {
+        "get": _small,
+        "keys": _small,
+        "values": _small,
+        "items": _small,  # views: paid for when something iterates them
+    },
+    int: {"bit_length": _small},
+    LoopContext: {"cycle": _small, "changed": _small},
+}
 
 
 def _finalize(value: Any) -> Any:
     # Runs on every {{ ... }} before it is turned into text.
     _check_weight(value, "Printed value")
+    _charge(_text_size(value))
     return value
 
 
@@ -259,6 +561,12 @@ def _safe_range(*args: Any) -> range:
     if len(r) > MAX_RANGE:
         raise ExpressionError(f"range() of {len(r):,} items is over the limit of {MAX_RANGE:,}")
     return r
+
+
+def _safe_dict(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    size = sum(_length(arg) for arg in args) + len(kwargs)
+    _charge(_slots(size, "dict()", new_items=True))
+    return dict(*args, **kwargs)
 
 
 def _loop_guard(iterable: Any) -> Iterator[Any]:
@@ -276,31 +584,6 @@ def _loop_guard(iterable: Any) -> Iterator[Any]:
         yield item
 
 
-def _guarded_filter(func: Any) -> Any:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _tick()
-        # The first argument is the filtered value, unless the filter takes the
-        # context/environment first (jinja_pass_arg).
-        value = args[1] if hasattr(func, "jinja_pass_arg") and len(args) > 1 else args[0] if args else None
-        _check_weight(value, "The filtered value")
-        return _check_size(func(*args, **kwargs))
-
-    for attr in ("jinja_pass_arg",):
-        if hasattr(func, attr):
-            setattr(wrapper, attr, getattr(func, attr))
-    return wrapper
-
-
-def _safe_replace(value: Any, old: Any, new: Any, count: Any = None) -> str:
-    text, old_s, new_s = str(value), str(old), str(new)
-    worst = len(text) * max(1, len(new_s)) if not old_s else (
-        len(text) + text.count(old_s) * max(0, len(new_s) - len(old_s))
-    )
-    if worst > MAX_SEQUENCE_LEN:
-        raise ExpressionError("replace() result would be over the size limit")
-    return text.replace(old_s, new_s) if count is None else text.replace(old_s, new_s, count)
-
-
 class _KwalaCodeGenerator(CodeGenerator):
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         # ``a ~ b`` is not an intercepted binop in Jinja, so route it through a size check.
@@ -309,6 +592,32 @@ class _KwalaCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write("))")
+
+    # List, tuple and dict literals are sized too: ``{% set ns.a = [ns.a, ns.a] %}`` in a
+    # loop doubles what a value prints as on every turn, and a loop that keeps a new
+    # literal every turn would otherwise grow without a charge.
+    def visit_List(self, node: nodes.List, frame: Frame) -> None:
+        self.write("environment.kwala_literal(")
+        super().visit_List(node, frame)
+        self.write(")")
+
+    def visit_Dict(self, node: nodes.Dict, frame: Frame) -> None:
+        self.write("environment.kwala_literal(")
+        super().visit_Dict(node, frame)
+        self.write(")")
+
+    def visit_Tuple(self, node: nodes.Tuple, frame: Frame) -> None:
+        if node.ctx != "load":  # an unpacking target: ``for a, b in ...``
+            super().visit_Tuple(node, frame)
+            return
+        self.write("environment.kwala_literal(")
+        super().visit_Tuple(node, frame)
+        self.write(")")
+
+
+def _text_or_seq_size(value: Any) -> int:
+    """Bytes a str, list or tuple of this length takes."""
+    return len(value) if isinstance(value, str) else 8 * len(value)
 
 
 class KwalaEnvironment(SandboxedEnvironment):
@@ -324,18 +633,22 @@ class KwalaEnvironment(SandboxedEnvironment):
             auto_reload=False,
             cache_size=0,
         )
-        base_filters = self.filters
-        self.filters = {name: _guarded_filter(base_filters[name]) for name in _SAFE_FILTERS}
-        self.filters["replace"] = _guarded_filter(_safe_replace)
-        self.filters.update(WEB3_FILTERS)
+        base_filters = {**self.filters, **WEB3_FILTERS}
+        self.filters = {name: _guarded_filter(name, base_filters[name]) for name in _FILTER_SIZES}
         self.filters["_loop_guard"] = _loop_guard
-        self.globals = {"range": _safe_range, "dict": dict, "namespace": self.globals["namespace"]}
+        self.globals = {"range": _safe_range, "dict": _safe_dict, "namespace": self.globals["namespace"]}
+        self._callable_globals = tuple(self.globals.values())
 
     def kwala_concat(self, parts: Iterable[Any]) -> str:
-        _tick()
         parts = list(parts)
         _check_weight(parts, "Joined text")
-        return _check_size("".join(str(p) for p in parts))
+        _charge(_text(sum(_text_size(p) for p in parts), "Joined text"))
+        return "".join(str(p) for p in parts)
+
+    def kwala_literal(self, value: Any) -> Any:
+        _check_weight(value, "Value")
+        _charge(_slots(len(value), "Value", new_items=isinstance(value, dict)))
+        return value
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         _tick()
@@ -363,14 +676,12 @@ class KwalaEnvironment(SandboxedEnvironment):
             return result
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, (str, list, tuple))
-                    and isinstance(times, int)
-                    and max(_weight(seq), 1) * max(times, 0) > MAX_SEQUENCE_LEN
-                ):
-                    raise ExpressionError(
-                        f"Repeating a value {times:,} times is over the size limit"
-                    )
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                    if max(_weight(seq), 1) * max(times, 0) > MAX_SEQUENCE_LEN:
+                        raise ExpressionError(
+                            f"Repeating a value {times:,} times is over the size limit"
+                        )
+                    _charge(_text_or_seq_size(seq) * max(times, 0) + 64)
             if (
                 isinstance(left, int)
                 and isinstance(right, int)
@@ -379,46 +690,36 @@ class KwalaEnvironment(SandboxedEnvironment):
                 raise ExpressionError("Multiplication result is too large")
             return left * right
         if operator == "+":
-            if not isinstance(left, (int, float)):
+            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
                 _check_weight([left, right], "The sum")
+                _charge(_text_or_seq_size(left) + _text_or_seq_size(right) + 64)
             return _check_size(left + right)
         if operator == "%" and isinstance(left, str):
             # printf-style formatting can pad to any width ('%999999999d').
             raise ExpressionError("String formatting with % is not allowed; use ~ or filters")
         return super().call_binop(context, operator, left, right)
 
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        # In-place mutators (list.extend, dict.update, ...) return None, so no size
-        # check would ever see what they build: refuse them, as the immutable sandbox does.
-        if modifies_known_mutable(obj, attr):
-            return False
-        return super().is_safe_attribute(obj, attr, value)
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if isinstance(obj, str) and attribute in _FORBIDDEN_STR_METHODS:
-            raise ExpressionError(f"The string method {attribute}() is not allowed")
-        return super().getattr(obj, attribute)
-
     def getitem(self, obj: Any, argument: Any) -> Any:
-        # 'x'['format'] reaches the same methods as 'x'.format: apply the same rules.
-        if isinstance(argument, str):
-            if argument.startswith("_"):
-                raise ExpressionError(f"Access to '{argument}' is not allowed")
-            if isinstance(obj, str) and argument in _FORBIDDEN_STR_METHODS:
-                raise ExpressionError(f"The string method {argument}() is not allowed")
+        if isinstance(argument, str) and argument.startswith("_"):
+            raise ExpressionError(f"Access to '{argument}' is not allowed")
         return super().getitem(obj, argument)
 
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _tick()
+        if isinstance(obj, Undefined):
+            obj._fail_with_undefined_error()
+        if obj in self._callable_globals or isinstance(obj, LoopContext):
+            return _check_size(super().call(context, obj, *args, **kwargs))
         owner = getattr(obj, "__self__", None)
         name = getattr(obj, "__name__", "")
-        if isinstance(owner, str):
-            if name in _FORBIDDEN_STR_METHODS:
-                raise ExpressionError(f"The string method {name}() is not allowed")
-            if name == "replace":
-                return _safe_replace(owner, *args, **kwargs)
-            if name == "join" and args:
-                _check_weight(args[0], "Joined text")
+        methods = next(
+            (table for cls in type(owner).__mro__ if (table := _METHODS.get(cls)) is not None),
+            {},
+        )
+        size_of = methods.get(name)
+        if size_of is None or isinstance(owner, type):
+            raise ExpressionError(f"Calling {name or type(obj).__name__}() is not allowed")
+        _charge(size_of(owner, *args, **kwargs))
         return _check_size(super().call(context, obj, *args, **kwargs))
 
 
