@@ -19,7 +19,7 @@ class RpcEndpointInline(admin.TabularInline):
 @admin.register(Chain)
 class ChainAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "chain_id", "enabled", "default_confirmations", "head", "processed", "lag",
-                    "last_error"]
+                    "held", "inconsistencies", "websocket", "last_error"]
     list_filter = ["enabled"]
     search_fields = ["name", "slug", "chain_id"]
     inlines = [RpcEndpointInline]
@@ -44,6 +44,21 @@ class ChainAdmin(admin.ModelAdmin):
     def lag(self, obj):
         cursor = self._cursor(obj)
         return cursor.lag if cursor else None
+
+    @admin.display(description="Held at")
+    def held(self, obj):
+        cursor = self._cursor(obj)
+        return cursor.held_block if cursor and cursor.held_block is not None else "-"
+
+    @admin.display(description="RPC inconsistencies")
+    def inconsistencies(self, obj):
+        cursor = self._cursor(obj)
+        return cursor.inconsistencies if cursor else 0
+
+    @admin.display(description="Websocket")
+    def websocket(self, obj):
+        cursor = self._cursor(obj)
+        return (cursor.ws_state or "none") if cursor else "-"
 
     @admin.display(description="Last error")
     def last_error(self, obj):
@@ -73,8 +88,11 @@ def reset_cursor(modeladmin, request, queryset):
 
 @admin.register(ChainCursor)
 class ChainCursorAdmin(admin.ModelAdmin):
-    list_display = ["chain", "block_number", "head_block", "lag_blocks", "halted", "updated_at"]
-    readonly_fields = ["recent_blocks", "head_block", "head_seen_at", "last_error", "last_error_at", "updated_at"]
+    list_display = ["chain", "block_number", "head_block", "lag_blocks", "held_block", "inconsistencies", "ws_state",
+                    "halted", "updated_at"]
+    readonly_fields = ["recent_blocks", "head_block", "head_seen_at", "last_error", "last_error_at", "held_block",
+                       "held_reason", "held_since", "inconsistencies", "last_inconsistency", "last_inconsistency_at",
+                       "ws_state", "ws_changed_at", "updated_at"]
     action_form = CursorActionForm
     actions = [reset_cursor]
 

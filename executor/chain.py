@@ -22,8 +22,10 @@ endpoint is cooling down.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +63,22 @@ RANGE_TOO_LARGE_PHRASES = (
 )
 
 
+_URL = re.compile(r"\b((?:https?|wss?)://)([^/\s@]+@)?([^/\s?#:]+)(:\d+)?[^\s,)'\"]*", re.IGNORECASE)
+# requests and urllib3 name the path alone: "Max retries exceeded with url: /v3/KEY (Caused by ...)".
+_URL_PATH = re.compile(r"(\burl: )/[^\s,)'\"]*", re.IGNORECASE)
+
+
+def scrub_urls(text: str) -> str:
+    """Keep only scheme://host:port of every URL in `text`.
+
+    RPC URLs carry provider API keys in their path, query or user part, and chain
+    error text reaches run records, API answers, pages and logs: every ChainError's
+    text goes through here, and so does any other error text from an RPC request.
+    """
+    text = _URL.sub(lambda m: f"{m.group(1)}{m.group(3)}{m.group(4) or ''}/…", text)
+    return _URL_PATH.sub(lambda m: f"{m.group(1)}/…", text)
+
+
 class ChainError(Exception):
     """A chain request failed.
 
@@ -78,10 +96,11 @@ class ChainError(Exception):
         code: int | None = None,
         range_too_large: bool = False,
     ):
+        message = scrub_urls(message)
         super().__init__(message)
         self.message = message
         self.retryable = retryable
-        self.endpoint = endpoint
+        self.endpoint = scrub_urls(endpoint)
         self.code = code
         self.range_too_large = range_too_large
 
@@ -111,6 +130,7 @@ class Block:
     hash: str
     parent_hash: str
     timestamp: int
+    logs_bloom: str | None = None  # hex; what executor.blockcheck holds an empty logs answer against
 
 
 def block_from_rpc(raw: dict[str, Any]) -> Block:
@@ -119,6 +139,7 @@ def block_from_rpc(raw: dict[str, Any]) -> Block:
         hash=raw["hash"].lower(),
         parent_hash=raw["parentHash"].lower(),
         timestamp=int(raw["timestamp"], 16),
+        logs_bloom=raw.get("logsBloom"),
     )
 
 
@@ -200,7 +221,7 @@ class ChainClient:
             delay = min(BACKOFF_BASE_S * 2 ** (endpoint.failures - 1), BACKOFF_MAX_S)
             endpoint.down_until = time.monotonic() + delay
             failures = endpoint.failures
-        logger.warning("RPC endpoint %s failed (%s); backing off %.1fs", endpoint.url, message, delay)
+        logger.warning("RPC endpoint %s failed (%s); backing off %.1fs", scrub_urls(endpoint.url), message, delay)
         if self.record_health and endpoint.pk is not None:
             self._save_health(endpoint, error=message, failures=failures)
 
@@ -210,7 +231,7 @@ class ChainClient:
         with self._lock:
             endpoint.failures = 0
             endpoint.down_until = 0.0
-        logger.info("RPC endpoint %s recovered", endpoint.url)
+        logger.info("RPC endpoint %s recovered", scrub_urls(endpoint.url))
         if self.record_health and endpoint.pk is not None:
             self._save_health(endpoint, error=None, failures=0)
 
@@ -226,7 +247,7 @@ class ChainClient:
         try:
             RpcEndpoint.objects.filter(pk=endpoint.pk).update(**fields)
         except Exception:
-            logger.warning("could not record health of %s", endpoint.url, exc_info=True)
+            logger.warning("could not record health of %s", scrub_urls(endpoint.url), exc_info=True)
 
     def send(self, method: str, params: list[Any]) -> tuple[str, dict[str, Any]]:
         """Send one JSON-RPC request, failing over between endpoints.
@@ -249,6 +270,25 @@ class ChainClient:
         """Send one JSON-RPC request, failing over between endpoints; return its result."""
         url, response = self.send(method, params)
         return self._result(method, url, response)
+
+    def ask_each(self, method: str, params: list[Any]) -> Iterator[tuple[str, Any]]:
+        """Ask every endpoint that is up, one after another: (url, result) for each that answers.
+
+        For a second opinion (executor.blockcheck): an error answer or a failed
+        transport just moves on to the next endpoint, and the caller stops reading
+        once it has what it needs.
+        """
+        for endpoint in self._order():
+            try:
+                response = self._provider(endpoint).make_request(RPCEndpoint(method), params)
+            except _TRANSPORT_ERRORS as exc:
+                self._transport_failed(endpoint, exc)
+                continue
+            self._succeeded(endpoint)
+            try:
+                yield endpoint.url, self._result(method, endpoint.url, response)
+            except ChainError:
+                continue  # e.g. the method is not supported there
 
     def request_batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """The results of `calls` in order, sent as JSON-RPC batches of BATCH_SIZE.
@@ -275,7 +315,8 @@ class ChainClient:
                 continue
             self._succeeded(endpoint)
             if not isinstance(responses, list) or len(responses) != len(calls):
-                logger.info("RPC endpoint %s does not answer JSON-RPC batches; sending one by one", endpoint.url)
+                logger.info("RPC endpoint %s does not answer JSON-RPC batches; sending one by one",
+                            scrub_urls(endpoint.url))
                 endpoint.batches = False
                 break
             return [

@@ -55,8 +55,10 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
+from executor.blockcheck import Doubt, verify_logs
 from executor.chain import (
     BATCH_SIZE,
     Block,
@@ -65,6 +67,7 @@ from executor.chain import (
     block_from_rpc,
     client_for_chain,
     log_from_rpc,
+    scrub_urls,
 )
 from executor.chainsocket import SOCKET_ERRORS, SubscriptionSocket
 from executor.live import from_jsonb, prepared_cursor, rows_json
@@ -97,6 +100,12 @@ HALT_RECHECK_SECONDS = 5.0
 YIELD_SECONDS = getattr(settings, "KWALA_LISTENER_YIELD_SECONDS", 0.03)
 # How often the websocket thread looks whether the trigger index changed (to resubscribe).
 RESUBSCRIBE_CHECK_SECONDS = 0.2
+# Asking again about a held block (executor.blockcheck) backs off from the first to the last delay.
+HOLD_FIRST_DELAY = 0.5
+HOLD_MAX_DELAY = 8.0
+# Reconnecting a dropped websocket backs off between these, starting again after every subscribe.
+WS_FIRST_DELAY = 0.5
+WS_MAX_DELAY = 30.0
 # Blocks whose pushed logs (and headers) a listener remembers until its loop reaches them.
 PUSHED_BLOCKS_KEPT = 1024
 
@@ -432,7 +441,7 @@ def _claim_pushed_sql() -> str:
         f"{started_rows_sql('started')}, "
         f"first AS (SELECT {_RUN_SELECT} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "
         "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
-        f"SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), {STARTED_ROWS}, first.* "
+        f"SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), {STARTED_ROWS}, (SELECT block_number FROM cur), first.* "
         "FROM (SELECT 1) AS one LEFT JOIN first ON true"
     )
 
@@ -443,6 +452,11 @@ class ClaimedPushed:
     first: tuple | None  # runner._RUN_SELECT's row for the started run, else for the first new run
     steps: list[list]  # [id, step_id] of the started run's new step rows
     log: list[list]  # [id, seq] of its events
+    cursor_block: int | None  # the block loop's cursor: events at or below it were not written
+
+    def passed(self, payload: dict[str, Any]) -> bool:
+        """Whether some of the payload's events are for blocks the block loop had already passed."""
+        return self.cursor_block is not None and any(e[0] <= self.cursor_block for e in payload["events"])
 
 
 def claim_pushed(payload: dict[str, Any], start: RunStart | None = None) -> ClaimedPushed:
@@ -474,7 +488,78 @@ def claim_pushed(payload: dict[str, Any], start: RunStart | None = None) -> Clai
         cursor.execute(_claim_pushed_sql(), params)
         found = cursor.fetchone()
     run_ids = list(found[0])
-    return ClaimedPushed(run_ids, tuple(found[3:]) if run_ids else None, from_jsonb(found[1]), from_jsonb(found[2]))
+    return ClaimedPushed(run_ids, tuple(found[4:]) if run_ids else None, from_jsonb(found[1]), from_jsonb(found[2]),
+                         found[3])
+
+
+def reconcile_late_push(payload: dict[str, Any]) -> list[int]:
+    """Pushed logs for blocks the block loop had already passed: store and claim what it missed.
+
+    claim_pushed writes only above the cursor. A log pushed for a block at or below
+    it is checked against that block's stored events: if the block is the canonical
+    one (the hash the cursor recorded at that height) and the event is missing, the
+    loop was given an incomplete answer for it. The event is stored and its runs are
+    claimed (exactly once, as always), and the inconsistency is logged and counted.
+    Returns the new runs' ids (their starts are sent on commit).
+    """
+    events = [dict(zip(_EVENT_FIELDS, event, strict=True)) for event in payload["events"]]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT block_hash, log_index FROM executor_event WHERE chain_id = %s AND block_hash = ANY(%s::varchar[])",
+            [payload["chain"], sorted({e["block_hash"] for e in events})],
+        )
+        stored = set(cursor.fetchall())
+    missing = [e for e in events if (e["block_hash"], e["log_index"]) not in stored]
+    if not missing:
+        return []  # the usual case: the loop stored them first
+    with transaction.atomic():
+        cursor = ChainCursor.objects.select_for_update().select_related("chain").get(chain_id=payload["chain"])
+        chain = cursor.chain
+        if cursor.halted or cursor.block_number is None:
+            logger.warning("chain %s: %s pushed log(s) arrived while the listener is halted; left for resume_chain",
+                           chain.slug, len(missing))
+            return []
+        recent = _recent(cursor)
+        late = [e for e in missing if e["block_number"] <= cursor.block_number]
+        canonical = [e for e in late if (recent.get(e["block_number"]) or [None, None])[1] == e["block_hash"]]
+        for event in late:
+            if event not in canonical:
+                known = recent.get(event["block_number"])
+                logger.info("chain %s: pushed log %s#%s is for a block %s; ignored", chain.slug, event["block_hash"],
+                            event["log_index"], "no longer on the chain" if known else "older than the kept window")
+        if not canonical:
+            return []
+        by_block: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for event in canonical:
+            by_block.setdefault((event["block_number"], event["block_hash"]), []).append(event)
+        ids: dict[tuple[str, int], int] = {}
+        for (number, block_hash), logs in by_block.items():
+            for log_index, event_id in _store_events(chain, number, block_hash, logs).items():
+                ids[(block_hash, log_index)] = event_id
+        wanted = {(e["block_hash"], e["log_index"]) for e in canonical}
+        claims = [
+            RunClaim(version_id=c["version_id"], flow_id=c["flow_id"], team_id=c["team_id"],
+                     trigger_key=c["trigger_key"], trigger=c["trigger"], chain_id=chain.pk,
+                     event_id=ids.get((c["block_hash"], c["trigger"]["log_index"])),
+                     block_number=c["block_number"], block_hash=c["block_hash"])
+            for c in payload["claims"] if (c["block_hash"], c["trigger"]["log_index"]) in wanted
+        ]
+        paused = paused_flow_ids(c.flow_id for c in claims)
+        run_ids = claim_runs([c for c in claims if c.flow_id not in paused])
+        blocks = ", ".join(str(number) for number, _ in sorted(by_block))
+        note_inconsistency(chain, f"block(s) {blocks}: {len(canonical)} log(s) the block loop never got from "
+                                  f"eth_getLogs arrived over the websocket; stored, {len(run_ids)} run(s) claimed")
+    return run_ids
+
+
+def note_inconsistency(chain: Chain, message: str) -> None:
+    """Log and count an answer a node got wrong that the listener caught (shown in /readyz and the admin)."""
+    message = scrub_urls(message)
+    logger.warning("chain %s: RPC inconsistency: %s", chain.slug, message)
+    ChainCursor.objects.filter(chain=chain).update(
+        inconsistencies=F("inconsistencies") + 1, last_inconsistency=message[:1000],
+        last_inconsistency_at=timezone.now(),
+    )
 
 
 def pushed_claims_landed(chain: Chain, block_hash: str, log_indexes: Sequence[int],
@@ -835,6 +920,12 @@ class ChainListener:
         self._pushed: OrderedDict[str, _Pushed] = OrderedDict()
         self._pushed_lock = threading.Lock()
         self._claimed_at = float("-inf")  # when pushed logs were last claimed (monotonic)
+        # Blocks held because their logs answer is not believable yet (executor.blockcheck).
+        self._doubts: dict[str, Doubt] = {}
+        self._held: int | None = None  # the block number the cursor is held at
+        self._ask_again_at = 0.0  # monotonic; asking a held block again backs off
+        self._hold_delay = HOLD_FIRST_DELAY
+        self._error_shown = True  # whether last_error may hold an error to clear (once, at start)
 
     def _note_pushed(self, triggers: ChainTriggers, blocks: list[PushedBlock], batches: list[PushedClaims]) -> None:
         """Remember what was asked for each pushed block, for the loop to check and skip."""
@@ -898,6 +989,8 @@ class ChainListener:
             self.recover_from_reorg()
             return
         if head.number > cursor.block_number:
+            if self._held is not None and time.monotonic() < self._ask_again_at:
+                return  # a held block is asked again with backoff
             self.catch_up(cursor.block_number + 1, head.number, head=head)
 
     def catch_up(self, first: int, last: int, head: Block | None = None) -> None:
@@ -945,13 +1038,46 @@ class ChainListener:
                         if any(log["block_hash"] != block.hash for log in logs):
                             # The range answer straddled a reorg: ask for this block's own logs.
                             logs = self.client.get_logs_by_hash(block.hash, addresses, topics)
+                    if want_logs:
+                        logs = self._believable(block, logs, addresses, topics, last)
+                        if logs is None:
+                            return
                     if not self.process(block, logs, triggers, self._take_pushed(block.hash, triggers)):
                         return
+                    if self._held is not None and block.number >= self._held:
+                        self._release_hold(block)
                     if self.stop.is_set():
                         return
             number = end + 1
             if by_block is not None:
                 self.range_size = min(self.max_range, self.range_size * 2)
+
+    def _believable(self, block: Block, logs: list[dict], addresses, topics, head: int) -> list[dict] | None:
+        """The block's logs once they can be believed; None holds the cursor (see executor.blockcheck)."""
+        verdict = verify_logs(self.client, block, logs, addresses, topics, head=head, doubts=self._doubts)
+        if verdict.inconsistency:
+            note_inconsistency(self.chain, verdict.inconsistency)
+        if verdict.logs is None:
+            self._hold(block, verdict.held)
+        return verdict.logs
+
+    def _hold(self, block: Block, reason: str) -> None:
+        now = time.monotonic()
+        if self._held != block.number:
+            self._held, self._hold_delay = block.number, HOLD_FIRST_DELAY
+            logger.warning("chain %s: holding at block %s: %s", self.chain.slug, block.number, reason)
+            ChainCursor.objects.filter(chain=self.chain).update(
+                held_block=block.number, held_reason=reason[:1000], held_since=timezone.now())
+        else:
+            self._hold_delay = min(self._hold_delay * 2, HOLD_MAX_DELAY)
+            logger.info("chain %s: still holding at block %s: %s", self.chain.slug, block.number, reason)
+            ChainCursor.objects.filter(chain=self.chain).update(held_reason=reason[:1000])
+        self._ask_again_at = now + self._hold_delay
+
+    def _release_hold(self, block: Block) -> None:
+        logger.warning("chain %s: block %s verified; carrying on", self.chain.slug, self._held)
+        self._held, self._ask_again_at = None, 0.0
+        ChainCursor.objects.filter(chain=self.chain).update(held_block=None, held_reason="", held_since=None)
 
     def process(self, block: Block, logs: list[dict], triggers: ChainTriggers,
                 pushed: frozenset[int] | set[int] = frozenset()) -> bool:
@@ -990,6 +1116,10 @@ class ChainListener:
                     logger.warning("chain %s: resumed", self.chain.slug)
                 halted = False
                 failures = 0
+                if self._error_shown:
+                    # The error cleared with its cause: health shows what is wrong now, not once.
+                    ChainCursor.objects.filter(chain=self.chain, halted=False).update(last_error="")
+                    self._error_shown = False
                 if self.ws_connected:
                     # The socket wakes us; polling is only a safety net.
                     self.wake.wait(self.poll_seconds * 5)
@@ -1012,6 +1142,7 @@ class ChainListener:
                     ChainCursor.objects.filter(chain=self.chain).update(
                         last_error=message[:2000], last_error_at=timezone.now()
                     )
+                    self._error_shown = True
                 except Exception:
                     connection.close()
                 self.stop.wait(min(0.5 * 2 ** min(failures, 7), 60))
@@ -1045,30 +1176,41 @@ class ChainListener:
             connection.close()  # this thread's, if it ever used one
 
     def _watch(self, ws_urls: list[str]) -> None:
-        delay = 0.5
+        delay = WS_FIRST_DELAY
         while not self.stop.is_set():
             for url in ws_urls:
                 try:
                     with SubscriptionSocket(url) as socket:
                         self._follow(socket)
-                        delay = 0.5
                 except SOCKET_ERRORS as exc:
-                    logger.warning("chain %s: websocket %s failed (%s); polling", self.chain.slug, url,
-                                   f"{type(exc).__name__}: {exc}")
+                    logger.warning("chain %s: websocket %s failed (%s); polling", self.chain.slug, scrub_urls(url),
+                                   scrub_urls(f"{type(exc).__name__}: {exc}"))
                 except Exception:
-                    logger.exception("chain %s: websocket %s failed; polling", self.chain.slug, url)
+                    logger.exception("chain %s: websocket %s failed; polling", self.chain.slug, scrub_urls(url))
                 finally:
-                    self.ws_connected = False
+                    if self.ws_connected:
+                        # It was subscribed: this is a new drop, not one more failure in a row.
+                        delay = WS_FIRST_DELAY
+                        self.ws_connected = False
+                        self._record_ws("down")
                 if self.stop.is_set():
                     return
             self.stop.wait(delay)
-            delay = min(delay * 2, 30)
+            delay = min(delay * 2, WS_MAX_DELAY)
+
+    def _record_ws(self, state: str) -> None:
+        try:
+            ChainCursor.objects.filter(chain=self.chain).update(ws_state=state, ws_changed_at=timezone.now())
+        except Exception:
+            logger.warning("chain %s: could not record the websocket's state", self.chain.slug, exc_info=True)
+            connection.close()
 
     def _follow(self, socket: SubscriptionSocket) -> None:
         heads = socket.subscribe("newHeads")
         logs_subscription, triggers = None, None
         self.ws_connected = True
-        logger.info("chain %s: subscribed to new heads at %s", self.chain.slug, socket.url)
+        self._record_ws("connected")
+        logger.info("chain %s: subscribed to new heads at %s", self.chain.slug, scrub_urls(socket.url))
         headers: OrderedDict[str, int] = OrderedDict()  # recent block hash -> timestamp
         waiting: dict[str, PushedBlock] = {}  # pushed logs whose block's timestamp is not known yet
         while not self.stop.is_set():

@@ -63,6 +63,17 @@ class ChainCursor(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     halted = models.BooleanField(default=False, help_text="Stopped on an unrecoverable error; see last_error.")
     processed_at = models.DateTimeField(null=True, blank=True, help_text="When block_number was processed.")
+    # A block the listener will not pass yet: its logs answer is not believable (executor.blockcheck).
+    held_block = models.BigIntegerField(null=True, blank=True)
+    held_reason = models.TextField(blank=True)
+    held_since = models.DateTimeField(null=True, blank=True)
+    # Answers the nodes got wrong and the listener caught (empty logs the receipts contradict,
+    # pushed logs the block loop never got), counted since the cursor was made.
+    inconsistencies = models.PositiveBigIntegerField(default=0)
+    last_inconsistency = models.TextField(blank=True)
+    last_inconsistency_at = models.DateTimeField(null=True, blank=True)
+    ws_state = models.CharField(max_length=16, blank=True, help_text="connected, down, or empty: no websocket.")
+    ws_changed_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -405,12 +405,15 @@ def start_pushed_runs(payload: dict) -> None:
     or another listener was first) are left alone: whoever claimed them sent
     their start_run.
     """
-    from executor.listener import claim_pushed
+    from executor.listener import claim_pushed, reconcile_late_push
 
     deadline = time.monotonic() + CHAIN_SECONDS
     keep_one = _committed_on_return()
     begun = _begin_pushed(payload, keep_one)
     claimed = claim_pushed(payload, begun.start if begun is not None else None)
+    if claimed.passed(payload):
+        # Blocks the loop had passed: what it never got is stored and claimed now, loudly.
+        reconcile_late_push(payload)
     if not claimed.run_ids:
         return
     run = _run_from_row(claimed.first)

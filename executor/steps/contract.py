@@ -29,7 +29,7 @@ from eth_account import Account
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception, Web3RPCError
 
-from executor.chain import ChainError, client_for_chain
+from executor.chain import ChainError, client_for_chain, scrub_urls
 from executor.matching import to_json_value
 from executor.models import Chain, NonceCursor, StepRun, Transaction
 from executor.steps.base import Reschedule, StepContext, StepError, StepResult, to_jsonable
@@ -127,7 +127,7 @@ def _rpc_error(chain: Chain, exc: Exception) -> StepError:
         # run records are shown to the whole team, so they get the gist only.
         detail = "no RPC endpoint answered (their health is on the chain's endpoints)"
     else:
-        detail = f"{type(exc).__name__}: {exc}"
+        detail = scrub_urls(f"{type(exc).__name__}: {exc}")
     return StepError(f"{chain.slug} RPC failed: {detail}"[:300])
 
 
