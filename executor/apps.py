@@ -1,3 +1,5 @@
+import sys
+
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
 
@@ -20,3 +22,19 @@ class ExecutorConfig(AppConfig):
 
     def ready(self) -> None:
         connection_created.connect(use_generic_plans, dispatch_uid="executor.use_generic_plans")
+        restore_recursion_limit()
+
+
+# py_ecc (imported by web3 and eth-account) raises the interpreter's recursion limit to
+# 100,000 when it is imported. Past a few thousand C-level frames (json's decoder, repr,
+# compile) the thread's stack overflows first, so a deeply nested request body or
+# expression killed the process with a segmentation fault instead of a RecursionError.
+# Kwala never calls the parts of py_ecc that recurse deeply (BLS pairings).
+SAFE_RECURSION_LIMIT = 4000
+
+
+def restore_recursion_limit() -> None:
+    import web3  # noqa: F401 (so that py_ecc has run its import-time change before we undo it)
+
+    if sys.getrecursionlimit() > SAFE_RECURSION_LIMIT:
+        sys.setrecursionlimit(SAFE_RECURSION_LIMIT)

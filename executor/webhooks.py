@@ -52,7 +52,8 @@ def _verified(spec: dict, flow: Flow, request: HttpRequest, body: bytes) -> bool
         given = request.headers.get(spec.get("signature_header") or "X-Signature-256", "")
         given = given.removeprefix("sha256=").strip().lower()
         expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
-        return bool(given) and hmac.compare_digest(given, expected)
+        # As bytes: compare_digest refuses a str with non-ASCII characters (a 500 before).
+        return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
     if method == "standard-webhooks":
         from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -89,6 +90,8 @@ def inbound_webhook(request: HttpRequest, code: str) -> JsonResponse:
         parsed = json.loads(text) if text else None
     except ValueError:
         parsed = text
+    except RecursionError:
+        return _error(400, "too_deep", "The JSON body is nested too deeply.")
     sent_id = request.headers.get("webhook-id") or request.headers.get("Idempotency-Key") or ""
     trigger = {
         "type": "webhook",

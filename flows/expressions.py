@@ -58,6 +58,8 @@ MAX_INT_BITS = 512
 MAX_RANGE = 10_000
 MAX_LOOP_ITERATIONS = 100_000
 MAX_DEPTH = 64
+# How deeply an expression's syntax may nest (templates add a few levels of their own).
+MAX_NESTING = 80
 DEFAULT_TIMEOUT_S = 0.25
 # What one evaluation may allocate, summed over every operation that makes a new
 # value, in bytes as if its text were ASCII (see _Budget.charge). Non-ASCII text takes
@@ -742,7 +744,22 @@ def _find_all(tree: nodes.Node, types: Any) -> Iterator[Any]:
     yield from tree.find_all(types)
 
 
+def _check_depth(tree: nodes.Node) -> None:
+    """Refuse expressions nested deeper than MAX_NESTING (``-----1``, ``((((1))))``, ``1+1+1+...``).
+
+    Compiling a tree thousands of levels deep overflows the interpreter's stack.
+    Walks with an explicit stack, so the check itself cannot.
+    """
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ExpressionError(f"Expression is nested more than {MAX_NESTING} levels deep")
+        stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+
+
 def _check_ast(tree: nodes.Node) -> None:
+    _check_depth(tree)
     for node in _find_all(tree, _FORBIDDEN_STATEMENTS):
         kind = type(node).__name__.lower()
         raise ExpressionError(f"'{kind}' is not allowed in expressions")
@@ -781,6 +798,8 @@ def parse_template(src: str) -> nodes.Template:
         tree = ENV.parse(src)
     except TemplateSyntaxError as exc:
         raise ExpressionError(_syntax_message(exc, src)) from None
+    except RecursionError:
+        raise ExpressionError(f"Expression is nested more than {MAX_NESTING} levels deep") from None
     _check_ast(tree)
     return tree
 
@@ -801,6 +820,8 @@ def parse_expression(src: str) -> nodes.Expr:
             )
     except TemplateSyntaxError as exc:
         raise ExpressionError(_syntax_message(exc, src)) from None
+    except RecursionError:
+        raise ExpressionError(f"Expression is nested more than {MAX_NESTING} levels deep") from None
     _check_ast(expr)
     return expr
 

@@ -135,13 +135,15 @@ def _load(text: str) -> Any:
         raise FlowYamlError(f"Invalid YAML: {problem}", line=mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise FlowYamlError(f"Invalid YAML: {exc}") from None
+    except RecursionError:
+        raise FlowYamlError("Invalid YAML: nested too deeply") from None
 
 
 def _line_of(text: str, path: list[Any]) -> int | None:
     """The line of the YAML node at ``path`` (or its nearest parent)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return None
     line = node.start_mark.line + 1 if node is not None else None
     for key in path:

@@ -215,3 +215,14 @@ def test_any_composition_of_filters_and_methods_stays_under_the_bound(src):
     if not isinstance(outcome, ExpressionError):
         # Whatever it produced is within the value limit.
         assert len(str(outcome)) <= 2_000_000
+
+
+@pytest.mark.parametrize(
+    "src",
+    ["-" * 19_999 + "1", "(" * 9_000 + "1" + ")" * 9_000, "[" * 9_000 + "]" * 9_000, "1" + "+1" * 6_000,
+     "not " * 4_999 + "x", "x" + "|abs" * 3_000],
+)
+def test_deeply_nested_expressions_are_refused_not_a_crash(src):
+    # Before, compiling `-----...1` overflowed the stack: a segmentation fault of the whole listener.
+    with pytest.raises(ExpressionError, match="nested"):
+        evaluate(src, {"x": 1})
