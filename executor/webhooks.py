@@ -1,11 +1,18 @@
-"""Inbound webhooks: POST /hooks/<flow code>/ starts a run of the flow's live version.
+"""Inbound webhooks: POST /hooks/<flow code>/<token>/ starts a run of the flow's live version.
 
-The trigger's verification decides who may call it: ``none`` (anyone with the
-URL), ``hmac-sha256`` (hex HMAC of the raw body with a team secret, in the
-configured header, with or without a ``sha256=`` prefix) or
+The URL's token is random per flow, shown to the flow's editors only and
+rotatable (flows.actions.rotate_webhook_token): the flow code alone, which
+viewers, teams the flow is shared with and former members know, opens nothing.
+On top of it the trigger's verification decides who may call: ``none`` (anyone
+with the URL), ``hmac-sha256`` (hex HMAC of the raw body with a team secret, in
+the configured header, with or without a ``sha256=`` prefix; with a timestamp
+header, of ``<timestamp>.<body>``, within TIMESTAMP_TOLERANCE_S) or
 ``standard-webhooks`` (webhook-id / webhook-timestamp / webhook-signature).
-A sender that repeats a message with the same ``webhook-id`` or
-``Idempotency-Key`` gets the same run, not a second one.
+
+What makes a request "the same" is covered by its signature: a signed request
+sent again (a retry, or a captured request replayed) finds the run it started
+and starts no other (answered 200, not 202). Unsigned requests repeat by
+``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 
 from django.core.exceptions import RequestDataTooBig
@@ -29,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # Never copied into the run's trigger: they authenticate the caller, and runs are shown to the team.
 _DROPPED_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key"}
+# How far a signed timestamp may be from now (the Standard Webhooks library's tolerance too).
+TIMESTAMP_TOLERANCE_S = 300
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
@@ -40,37 +50,62 @@ def _secret(flow: Flow, name: str) -> str | None:
     return secret.reveal() if secret is not None else None
 
 
-def _verified(spec: dict, flow: Flow, request: HttpRequest, body: bytes) -> bool:
+def _verified(spec: dict, flow: Flow, request: HttpRequest, body: bytes) -> str | None:
+    """None when the request does not verify; else what identifies it, covered by its
+    signature ("" for an unverified webhook: the caller's Idempotency-Key decides)."""
     method = spec.get("verification") or "none"
     if method == "none":
-        return True
+        return ""
     key = _secret(flow, spec.get("secret") or "")
     if not key:
         logger.warning("webhook for flow %s: its signing secret %r does not exist", flow.code, spec.get("secret"))
-        return False
+        return None
     if method == "hmac-sha256":
         given = request.headers.get(spec.get("signature_header") or "X-Signature-256", "")
         given = given.removeprefix("sha256=").strip().lower()
-        expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+        signed = body
+        timestamp_header = spec.get("timestamp_header") or ""
+        if timestamp_header:
+            stamp = request.headers.get(timestamp_header, "").strip()
+            if not stamp.isdigit() or abs(time.time() - int(stamp)) > TIMESTAMP_TOLERANCE_S:
+                return None
+            signed = stamp.encode() + b"." + body
+        expected = hmac.new(key.encode(), signed, hashlib.sha256).hexdigest()
         # As bytes: compare_digest refuses a str with non-ASCII characters (a 500 before).
-        return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            return None
+        return f"sig:{expected}"
     if method == "standard-webhooks":
         from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+        headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            Webhook(key).verify(body, {k.lower(): v for k, v in request.headers.items()})
+            Webhook(key).verify(body, headers)
         except (WebhookVerificationError, ValueError):
-            return False
-        return True
+            return None
+        return f"id:{headers.get('webhook-id', '')}"  # signed, with the timestamp
     logger.error("webhook for flow %s: unknown verification %r", flow.code, method)
-    return False
+    return None
 
 
 @csrf_exempt
-def inbound_webhook(request: HttpRequest, code: str) -> JsonResponse:
+def tokenless_webhook(request: HttpRequest, code: str) -> JsonResponse:
+    """The URL form before webhook tokens: the flow code alone opens nothing."""
+    logger.info("webhook for flow %s called without its URL token; refused", code)
+    return _error(404, "not_found", "No live flow listens at this URL. Webhook URLs end with the "
+                                    "webhook's token: copy the URL from the flow's webhook trigger.")
+
+
+@csrf_exempt
+def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse:
     if request.method != "POST":
         return _error(405, "method_not_allowed", "Send a POST.")
     flow = Flow.objects.filter(code=code).first()
+    if flow is not None:
+        stored = flow.webhook_token()
+        if not stored or not hmac.compare_digest(stored.encode(), token.encode()):
+            logger.info("webhook for flow %s: wrong URL token; refused", code)
+            flow = None
     version = (
         live_version(flow) if flow is not None and not flow.paused
         else None
@@ -83,7 +118,9 @@ def inbound_webhook(request: HttpRequest, code: str) -> JsonResponse:
         body = request.body
     except RequestDataTooBig:
         return _error(413, "too_large", "The request body is too large.")
-    if not _verified(spec, flow, request, body):
+    signed_as = _verified(spec, flow, request, body)
+    if signed_as is None:
+        logger.info("webhook for flow %s: signature does not verify; refused", flow.code)
         return _error(401, "bad_signature", "The request signature does not verify.")
     text = body.decode("utf-8", errors="replace").replace("\x00", "")
     try:
@@ -92,7 +129,9 @@ def inbound_webhook(request: HttpRequest, code: str) -> JsonResponse:
         parsed = text
     except RecursionError:
         return _error(400, "too_deep", "The JSON body is nested too deeply.")
-    sent_id = request.headers.get("webhook-id") or request.headers.get("Idempotency-Key") or ""
+    # A signed request is identified by what its signature covers; headers it does not
+    # cover (Idempotency-Key) would let a captured request be replayed as new.
+    sent_id = signed_as or request.headers.get("Idempotency-Key") or ""
     trigger = {
         "type": "webhook",
         "method": request.method,
@@ -102,7 +141,10 @@ def inbound_webhook(request: HttpRequest, code: str) -> JsonResponse:
         "query": {k: v.replace("\x00", "") for k, v in request.GET.items()},
     }
     key = f"webhook:{hashlib.sha256(sent_id.encode()).hexdigest()[:32]}" if sent_id else f"webhook:{uuid.uuid4()}"
-    claim_runs([RunClaim(version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id, trigger_key=key,
-                         trigger=trigger)])
+    new = claim_runs([RunClaim(version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id, trigger_key=key,
+                               trigger=trigger)])
     run = Run.objects.get(version=version, trigger_key=key)
+    if not new:
+        logger.info("webhook for flow %s: a repeat of run %s; no new run", flow.code, run.code)
+        return JsonResponse({"run": str(run.code), "status": run.status, "repeat": True}, status=200)
     return JsonResponse({"run": str(run.code), "status": run.status}, status=202)

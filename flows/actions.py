@@ -9,6 +9,7 @@ exactly when (and only if) it commits.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from django.db import connection, transaction
@@ -249,3 +250,27 @@ __all__ = [
     "save_draft",
     "unpublish_flow",
 ]
+
+
+# -- inbound webhook URLs ------------------------------------------------------------------
+
+
+def rotate_webhook_token(flow: Flow, user) -> str:
+    """Give the flow's inbound webhook a new random URL token and return it; audited.
+
+    The old URL stops working at once. Call only for an editor of the flow: the
+    token is the webhook's credential when it checks no signature.
+    """
+    from flows import audit, crypto
+
+    token = secrets.token_urlsafe(24)
+    flow.webhook_token_encrypted = crypto.encrypt(token, flow.webhook_token_context)
+    flow.save(update_fields=["webhook_token_encrypted", "updated_at"])
+    audit.record(flow.team, user, "flow.webhook_token_rotated", flow.code)
+    return token
+
+
+def webhook_path(flow: Flow, user) -> str:
+    """The flow's inbound webhook path, making its token on first use; for editors only."""
+    token = flow.webhook_token() or rotate_webhook_token(flow, user)
+    return f"/hooks/{flow.code}/{token}/"

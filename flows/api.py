@@ -40,8 +40,10 @@ from flows.actions import (
     enabled_chains,
     live_version,
     publish_version,
+    rotate_webhook_token,
     save_draft,
     unpublish_flow,
+    webhook_path,
 )
 from flows.diff import diff_graphs
 from flows.flowyaml import FlowYamlError, export_yaml, import_yaml
@@ -529,6 +531,29 @@ def export(request, code: str):
     flow, _ = _flow(request, code)
     _, graph = current_graph(flow)
     return {"yaml": export_yaml({"name": flow.name, "description": flow.description}, graph)}
+
+
+class WebhookOut(Schema):
+    url: str
+
+
+def _webhook_url(request: HttpRequest, path: str) -> dict:
+    return {"url": request.build_absolute_uri(path)}
+
+
+@flows_router.get("/{code}/webhook", response={200: WebhookOut, **COMMON_ERRORS})
+def webhook(request, code: str):
+    """The flow's inbound webhook URL, with its token (editors only: the token is a credential)."""
+    flow, _ = _flow(request, code, Role.EDITOR)
+    return _webhook_url(request, webhook_path(flow, request.user))
+
+
+@flows_router.post("/{code}/webhook/rotate", response={200: WebhookOut, **COMMON_ERRORS})
+def rotate_webhook(request, code: str):
+    """A new token for the flow's inbound webhook URL; the old URL stops working at once. Audited."""
+    flow, _ = _flow(request, code, Role.EDITOR)
+    rotate_webhook_token(flow, request.user)
+    return _webhook_url(request, webhook_path(flow, request.user))
 
 
 api.add_router("/flows", flows_router)

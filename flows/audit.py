@@ -23,6 +23,7 @@ ACTIONS = {
     "flow.unshared": "stopped sharing a flow",
     "flow.duplicated": "duplicated a flow",
     "flow.replayed": "replayed a flow over past blocks",
+    "flow.webhook_token_rotated": "made a new webhook URL",
     "run.started": "ran a flow by hand",
     "run.retried": "retried a failed run",
     "run.rerun": "re-ran a run from a step",

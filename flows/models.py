@@ -58,6 +58,9 @@ class Flow(models.Model):
     description = models.TextField(blank=True)
     # Per-flow secret that signs outgoing webhooks (Standard Webhooks, whsec_...).
     signing_secret = models.CharField(max_length=64, default="", blank=True, editable=False)
+    # The random token in the inbound webhook's URL (/hooks/<code>/<token>/), encrypted;
+    # shown to editors only and rotated with flows.actions.rotate_webhook_token.
+    webhook_token_encrypted = models.TextField(blank=True, editable=False)
     # The editor's concurrency token: bumped by every change to the flow's graph
     # or versions; a save that names an older revision is refused, never merged.
     revision = models.PositiveIntegerField(default=1)
@@ -71,6 +74,18 @@ class Flow(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def webhook_token_context(self) -> str:
+        return f"webhook-token:{self.code}"
+
+    def webhook_token(self) -> str:
+        """The inbound webhook's URL token, or "" before one was made; never log it."""
+        from flows import crypto
+
+        if not self.webhook_token_encrypted:
+            return ""
+        return crypto.decrypt(self.webhook_token_encrypted, self.webhook_token_context)
 
 
 class FlowVersion(models.Model):

@@ -17,4 +17,5 @@ urlpatterns = [
     path("flows/<str:code>/import/", views.flow_import, name="flow_import"),
     path("flows/<str:code>/samples/", views.flow_samples, name="flow_samples"),
     path("flows/<str:code>/test-run/", views.flow_test_run, name="flow_test_run"),
+    path("flows/<str:code>/webhook-token/", views.webhook_token, name="webhook_token"),
 ]

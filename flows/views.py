@@ -192,7 +192,29 @@ def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_ed
         "picker": editor.picker_entries(graph, node["id"], _secret_names(flow)),
         "abi_fields": [(name, node_type.field(name).kind.removeprefix("abi_")) for name in abi_fields],
         "demo_contracts": sorted(editor.demo_contracts()),
+        "webhook_path": _webhook_path(flow, node) if can_edit else None,
     }
+
+
+def _webhook_path(flow: Flow, node: dict) -> str | None:
+    """The webhook trigger's URL path, for its editors; None for other nodes, "" before a token exists."""
+    if node.get("type") != "webhook":
+        return None
+    token = flow.webhook_token()
+    return f"/hooks/{flow.code}/{token}/" if token else ""
+
+
+@login_required
+@require_POST
+def webhook_token(request, code):
+    """Make (or, with rotate=1, replace) the flow's webhook URL token; editors only, audited."""
+    flow, membership = get_flow_for_user(request.user, code)
+    if not has_role(membership, Role.EDITOR):
+        raise Http404("No such flow")
+    if request.POST.get("rotate") == "1" or not flow.webhook_token():
+        actions.rotate_webhook_token(flow, request.user)
+    return render(request, "flows/inspector.html#webhook-url",
+                  {"flow": flow, "webhook_path": _webhook_path(flow, {"type": "webhook"}), "rotated": True})
 
 
 @login_required

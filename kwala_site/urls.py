@@ -18,7 +18,8 @@ urlpatterns = [
     path("", include("flows.team_urls")),
     path("", include("flows.gallery_urls")),
     path("", include("flows.urls")),
-    path("hooks/<str:code>/", webhooks.inbound_webhook, name="inbound_webhook"),
+    path("hooks/<str:code>/<str:token>/", webhooks.inbound_webhook, name="inbound_webhook"),
+    path("hooks/<str:code>/", webhooks.tokenless_webhook),
 ]
 
 handler404 = "flows.views.page_not_found"

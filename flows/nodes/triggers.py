@@ -330,6 +330,9 @@ class Webhook(TriggerType):
         FieldSpec("secret", "Signing secret", "secret_ref"),
         FieldSpec("signature_header", "Signature header", "text", default="X-Signature-256",
                   help="Only for hmac-sha256: the header holding the hex digest."),
+        FieldSpec("timestamp_header", "Timestamp header", "text", default="",
+                  help="Only for hmac-sha256, optional: a header with the Unix time the sender signed; "
+                       "the digest is then of <timestamp>.<body>, and requests over 5 minutes old are refused."),
     )
 
     def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
@@ -344,6 +347,8 @@ class Webhook(TriggerType):
             "verification": config["verification"],
             "secret": config["secret"],
             "signature_header": config["signature_header"] if config["verification"] == "hmac-sha256" else None,
+            "timestamp_header": config.get("timestamp_header") or None
+            if config["verification"] == "hmac-sha256" else None,
         }
 
     def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

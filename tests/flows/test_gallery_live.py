@@ -16,6 +16,7 @@ import hmac
 import json
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -330,8 +331,10 @@ def test_a_signed_webhook_is_relayed_to_receiver_ping_and_an_unsigned_one_is_ref
     body = json.dumps({"message": "gm from the webhook"}).encode()
     signature = hmac.new(g.secrets["WEBHOOK_SECRET"].encode(), body, hashlib.sha256).hexdigest()
 
+    path = urllib.parse.urlsplit(g.api.get(f"/api/v1/flows/{flow['code']}/webhook").json()["url"]).path
+
     def post(headers: dict):
-        request = urllib.request.Request(f"{g.web.url}/hooks/{flow['code']}/", data=body, method="POST",
+        request = urllib.request.Request(f"{g.web.url}{path}", data=body, method="POST",
                                          headers={"Content-Type": "application/json", **headers})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:

@@ -7,7 +7,7 @@ import json
 import pytest
 from django.test import Client
 
-from flows.actions import create_flow, publish_version
+from flows.actions import create_flow, publish_version, webhook_path
 from tests.flows.test_webhooks import hook_graph, hooked  # noqa: F401 (a fixture)
 from tests.team_fixtures import api_client
 
@@ -39,7 +39,7 @@ def test_deeply_nested_yaml_to_the_import_is_a_400(alice):
 
 
 def test_a_non_ascii_signature_header_is_a_401(hooked):  # noqa: F811
-    response = Client().post(f"/hooks/{hooked.code}/", b"{}", content_type="application/json",
+    response = Client().post(webhook_path(hooked, hooked.created_by), b"{}", content_type="application/json",
                              HTTP_X_SIGNATURE_256="sha256=é" + "0" * 63)
     assert response.status_code == 401
     assert error_of(response)["code"] == "bad_signature"
@@ -54,6 +54,6 @@ def open_hook(alice, team):
 
 def test_deeply_nested_json_to_a_webhook_is_a_400(open_hook):
     body = ("[" * 100_000 + "]" * 100_000).encode()
-    response = Client().post(f"/hooks/{open_hook.code}/", body, content_type="application/json")
+    response = Client().post(webhook_path(open_hook, open_hook.created_by), body, content_type="application/json")
     assert response.status_code == 400
     assert error_of(response)["code"] == "too_deep"
