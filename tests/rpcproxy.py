@@ -19,7 +19,9 @@ Fault classes (``Faults`` fields):
 * ``stale_head``: ``eth_getBlockByNumber("latest")`` answers a block 1-3 behind,
   for a share of requests (a head that goes backwards);
 * ``max_range``: ``eth_getLogs`` over more blocks than this is refused (-32005);
-* ``reorder_batches``: batch answers come back in a shuffled order (ids kept).
+* ``reorder_batches``: batch answers come back in a shuffled order (ids kept);
+* ``refuse_batches``: a JSON-RPC batch is answered with one error object, as some nodes do;
+* ``throttle_first``: the first N HTTP requests answer 429 (no Retry-After).
 
 On the websocket (``ws_url``, in front of the node's own):
 
@@ -29,8 +31,10 @@ On the websocket (``ws_url``, in front of the node's own):
 * ``ws_reorder_heads``: ``newHeads`` notifications are held and sent two at a time,
   newest first.
 
-Use as a context manager: ``with RpcProxy(node.http_url, Faults(lag_logs=2)) as proxy:
-proxy.url ...``. Change ``proxy.faults`` at any time.
+It serves from construction; use it as a context manager (``with RpcProxy(node.http_url,
+Faults(lag_logs=2)) as proxy: proxy.url ...``) or call ``close()``. Change ``proxy.faults`` at any
+time. ``requests`` counts the HTTP requests it received, ``calls`` the JSON-RPC methods inside
+them, ``ranges`` the size of every eth_getLogs block range asked for.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class Faults:
     stale_head: float = 0.0
     max_range: int | None = None
     reorder_batches: bool = False
+    refuse_batches: bool = False
+    throttle_first: int = 0
     ws_drop_after: float | None = None
     ws_duplicate_heads: float = 0.0
     ws_drop_heads: float = 0.0
@@ -76,6 +82,8 @@ class RpcProxy:
         self.random = random.Random(seed)
         self.journal: list[tuple[str, str]] = []  # (method or "http", fault)
         self.requests = 0
+        self.calls: list[str] = []
+        self.ranges: list[int] = []
         self._lock = threading.Lock()
         self._session = requests.Session()
         proxy = self
@@ -106,13 +114,17 @@ class RpcProxy:
             self.ws_url = f"ws://127.0.0.1:{self.ws_server.socket.getsockname()[1]}"
             self._ws_thread = threading.Thread(target=self.ws_server.serve_forever, name="rpc-proxy-ws", daemon=True)
 
-    def __enter__(self) -> RpcProxy:
         self._thread.start()
         if self.ws_server is not None:
             self._ws_thread.start()
+
+    def __enter__(self) -> RpcProxy:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
         if self.ws_server is not None:
@@ -191,8 +203,19 @@ class RpcProxy:
         return self._session.post(self.upstream, json=payload, timeout=30).json()
 
     def handle(self, body: bytes) -> tuple[int, dict[str, str], Any]:
-        self.requests += 1
         faults = self.faults
+        payload = json.loads(body)
+        with self._lock:
+            self.requests += 1
+            self.calls.extend(call.get("method") for call in (payload if isinstance(payload, list) else [payload]))
+            throttled = self.requests <= faults.throttle_first
+        if throttled:
+            self._note("http", "429")
+            return 429, {}, {"error": "rate limited"}
+        if isinstance(payload, list) and faults.refuse_batches:
+            self._note("batch", "refused")
+            return 200, {}, {"jsonrpc": "2.0", "id": None,
+                             "error": {"code": -32600, "message": "batch requests are not supported"}}
         if self._chance(faults.rate_limit):
             self._note("http", "429")
             return 429, {"Retry-After": "1"}, {"error": "rate limited"}
@@ -202,7 +225,6 @@ class RpcProxy:
         if self._chance(faults.slow):
             self._note("http", "slow")
             time.sleep(faults.slow_seconds)
-        payload = json.loads(body)
         if isinstance(payload, list):
             answers = [self._one(call) for call in payload]
             if faults.reorder_batches and len(answers) > 1:
@@ -241,9 +263,13 @@ class RpcProxy:
                     head = self._head()
                     first = head if first is None else first
                     last = head if last is None else last
+                with self._lock:
+                    self.ranges.append(last - first + 1)
                 if faults.max_range is not None and last - first + 1 > faults.max_range:
                     self._note(method, "range refused")
-                    return {**reply, "error": {"code": -32005, "message": "query returned more than 10000 results"}}
+                    return {**reply, "error": {"code": -32005, "message": (
+                        f"query returned more than 10000 results. Try with this block range "
+                        f"[{hex(first)}, {hex(first + faults.max_range - 1)}].")}}
             if self._lagging(first, last, faults.lag_logs):
                 self._note(method, "lagging logs")
                 if "blockHash" in flt:

@@ -381,5 +381,5 @@ def test_the_listener_polls_when_the_websocket_endpoint_is_unreachable(fresh_anv
         stop.set()
         for thread in threads:
             thread.join(10)
-    assert f"websocket {dead_ws} failed" in caplog.text and "polling" in caplog.text
+    assert f"websocket {dead_ws}/… failed" in caplog.text and "polling" in caplog.text
     assert [r.trigger["args"]["id"] for r in live_runs(version)] == [1, 2]

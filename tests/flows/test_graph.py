@@ -210,9 +210,11 @@ def test_it_compiles_every_logic_and_action_type():
         ),
         (
             node("t", "webhook", {"verification": "hmac-sha256", "secret": "HOOK_SECRET"}),
-            {"type": "webhook", "node_id": "t", "verification": "hmac-sha256", "secret": "HOOK_SECRET", "signature_header": "X-Signature-256"},
+            {"type": "webhook", "node_id": "t", "verification": "hmac-sha256", "secret": "HOOK_SECRET", "signature_header": "X-Signature-256",
+             "timestamp_header": None},
         ),
-        (node("t", "webhook", {}), {"type": "webhook", "node_id": "t", "verification": "none", "secret": None, "signature_header": None}),
+        (node("t", "webhook", {}), {"type": "webhook", "node_id": "t", "verification": "none", "secret": None, "signature_header": None,
+                                              "timestamp_header": None}),
     ],
 )
 def test_it_compiles_each_trigger_type(trigger, expected):
