@@ -278,6 +278,8 @@ class Transaction(models.Model):
     receipt = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     broadcast_at = models.DateTimeField(null=True, blank=True)
+    # Set once when the signer's limits stop this stuck transaction from being re-sent again.
+    stuck_alerted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -153,6 +153,11 @@ class Secret(models.Model):
         return crypto.decrypt(self.value_encrypted, self.encryption_context)
 
 
+def WeiField(help_text: str) -> models.DecimalField:  # noqa: N802 (a field factory)
+    """An optional amount in wei: up to 2**256, so a 78-digit decimal."""
+    return models.DecimalField(max_digits=78, decimal_places=0, null=True, blank=True, help_text=help_text)
+
+
 class SignerKey(models.Model):
     """A team's transaction signing key (created in the app or imported); the key is never shown back."""
 
@@ -163,6 +168,16 @@ class SignerKey(models.Model):
     key_encrypted = models.TextField(editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Spending limits, set by team admins (flows.teams.do_set_signer_limits) and enforced
+    # before anything is signed (executor.steps.spending). Amounts in wei, in each chain's
+    # native currency; None is no limit.
+    max_value_wei = WeiField("Largest value one transaction may send")
+    max_fee_per_gas_wei = WeiField("Highest max fee per gas")
+    max_priority_fee_per_gas_wei = WeiField("Highest priority fee per gas")
+    daily_budget_wei = WeiField("Value plus the most its fees can cost, per chain and UTC day")
+    max_replacements = models.PositiveSmallIntegerField(
+        default=5, help_text="How many times a stuck transaction is re-sent with higher fees."
+    )
 
     class Meta:
         ordering = ["name"]

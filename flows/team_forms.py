@@ -100,3 +100,41 @@ class SignerForm(forms.Form):
 
 class ShareForm(forms.Form):
     team_code = forms.CharField(max_length=16, label="Team code")
+
+
+class SignerLimitsForm(forms.Form):
+    """A signer key's spending limits, in the units people think in; empty is no limit."""
+
+    max_value = forms.DecimalField(
+        required=False, min_value=0, max_digits=60, decimal_places=18, label="Largest value per transaction",
+        help_text="In the chain's native currency (ETH on Ethereum).",
+    )
+    max_fee_gwei = forms.DecimalField(required=False, min_value=0, max_digits=60, decimal_places=9,
+                                      label="Highest max fee per gas (gwei)")
+    max_priority_gwei = forms.DecimalField(required=False, min_value=0, max_digits=60, decimal_places=9,
+                                           label="Highest priority fee per gas (gwei)")
+    daily_budget = forms.DecimalField(
+        required=False, min_value=0, max_digits=60, decimal_places=18, label="Budget per chain and UTC day",
+        help_text="Value plus the most the fees can cost, in the chain's native currency.",
+    )
+    max_replacements = forms.IntegerField(min_value=0, max_value=100, label="Re-sends of a stuck transaction")
+
+    SCALES = {"max_value": ("max_value_wei", 10**18), "max_fee_gwei": ("max_fee_per_gas_wei", 10**9),
+              "max_priority_gwei": ("max_priority_fee_per_gas_wei", 10**9),
+              "daily_budget": ("daily_budget_wei", 10**18)}
+
+    @classmethod
+    def for_signer(cls, signer, data=None) -> SignerLimitsForm:
+        initial = {"max_replacements": signer.max_replacements}
+        for field, (attr, scale) in cls.SCALES.items():
+            wei = getattr(signer, attr)
+            initial[field] = None if wei is None else (wei / scale).normalize()
+        return cls(data, initial=initial, prefix=f"limits-{signer.code}")
+
+    def limits(self) -> dict:
+        """The cleaned limits as SignerKey fields, amounts in wei."""
+        limits = {"max_replacements": self.cleaned_data["max_replacements"]}
+        for field, (attr, scale) in self.SCALES.items():
+            value = self.cleaned_data[field]
+            limits[attr] = None if value is None else int(value * scale)
+        return limits

@@ -15,6 +15,7 @@ urlpatterns = [
     path("team/secrets/<str:name>/delete/", team_views.delete_secret, name="delete_secret"),
     path("team/keys/", team_views.signers, name="signers"),
     path("team/keys/<str:code>/delete/", team_views.delete_signer, name="delete_signer"),
+    path("team/keys/<str:code>/limits/", team_views.signer_limits, name="signer_limits"),
     path("team/audit/", team_views.audit_log, name="audit_log"),
     path("invitations/<str:token>/", team_views.accept_invitation, name="accept_invitation"),
     path("flows/<str:code>/sharing/", team_views.flow_sharing, name="flow_sharing"),

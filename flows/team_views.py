@@ -16,13 +16,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from executor.steps.spending import limit_summary, spending_today
 from flows import audit
 from flows.actions import current_graph
 from flows.graph_svg import graph_svg
 from flows.models import Flow, FlowShare, Invitation, Membership, PublicLink, Secret, SignerKey
 from flows.permissions import SESSION_TEAM_KEY, get_flow_for_user, has_role, require_membership, safe_next
 from flows.sharing import redacted_graph
-from flows.team_forms import InviteForm, RoleForm, SecretForm, ShareForm, SignerForm, TeamForm
+from flows.team_forms import InviteForm, RoleForm, SecretForm, ShareForm, SignerForm, SignerLimitsForm, TeamForm
 from flows.teams import (
     TeamError,
     do_accept_invitation,
@@ -39,6 +40,7 @@ from flows.teams import (
     do_revoke_invitation,
     do_revoke_public_link,
     do_set_secret,
+    do_set_signer_limits,
     do_share_flow,
     do_unshare_flow,
     invitation_from_token,
@@ -261,12 +263,35 @@ def signers(request):
             else:
                 messages.success(request, f"Signer key {signer.name} ready: {signer.address}.")
                 return redirect("signers")
-    listing = SignerKey.objects.filter(team=membership.team).only("code", "name", "address", "created_at")
+    listing = list(SignerKey.objects.filter(team=membership.team))
+    for signer in listing:
+        signer.spend = spending_today(signer)
+        signer.limit_lines = limit_summary(signer)
+        signer.limits_form = SignerLimitsForm.for_signer(signer) if can_manage else None
     return render(
         request, "teams/signers.html",
         {"membership": membership, "signers": listing, "form": form, "can_manage": can_manage},
         status=400 if form.errors else 200,
     )
+
+
+@login_required
+@require_POST
+def signer_limits(request, code: str):
+    membership = require_membership(request, Role.ADMIN)
+    signer = get_object_or_404(SignerKey, team=membership.team, code=code)
+    form = SignerLimitsForm.for_signer(signer, request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{form.fields[field].label if field in form.fields else field}: {errors[0]}")
+        return redirect("signers")
+    try:
+        do_set_signer_limits(membership, signer, **form.limits())
+    except TeamError as exc:
+        _fail(request, exc)
+    else:
+        messages.success(request, f"Spending limits of {signer.name} saved.")
+    return redirect("signers")
 
 
 @login_required

@@ -297,6 +297,41 @@ def do_create_signer(actor: Membership, name: str, private_key: str | None = Non
     return signer
 
 
+SIGNER_LIMITS = ("max_value_wei", "max_fee_per_gas_wei", "max_priority_fee_per_gas_wei", "daily_budget_wei",
+                 "max_replacements")
+
+
+def do_set_signer_limits(actor: Membership, signer: SignerKey, **limits: int | None) -> SignerKey:
+    """Set a signer key's spending limits (executor.steps.spending); team admins only, audited.
+
+    `limits` names any of SIGNER_LIMITS; an amount of None is no limit.
+    """
+    _check_admin(actor, "signer keys")
+    if signer.team_id != actor.team_id:
+        raise TeamError("signer_not_found", "No such signer key.", 404)
+    unknown = set(limits) - set(SIGNER_LIMITS)
+    if unknown:
+        raise TeamError("invalid", f"Unknown limit {sorted(unknown)[0]}.", 400)
+    for name, value in limits.items():
+        if value is not None and (not isinstance(value, int) or value < 0 or value >= 2**256):
+            raise TeamError("invalid", f"{name} must be a whole number from 0 to 2**256 - 1.", 400)
+        if name == "max_replacements" and (value is None or value > 100):
+            raise TeamError("invalid", "max_replacements must be a whole number from 0 to 100.", 400)
+    before = {name: _plain(getattr(signer, name)) for name in limits}
+    for name, value in limits.items():
+        setattr(signer, name, value)
+    with transaction.atomic():
+        signer.save(update_fields=list(limits))
+        audit.record(actor.team, actor.user, "signer.limits_changed", signer.name, before=before,
+                     after={name: _plain(value) for name, value in limits.items()})
+    return signer
+
+
+def _plain(value) -> str | int | None:
+    """A limit as the audit log keeps it (wei amounts as text: JSON numbers lose digits)."""
+    return None if value is None else int(value) if isinstance(value, int) and value < 2**53 else str(int(value))
+
+
 def do_delete_signer(actor: Membership, signer: SignerKey) -> None:
     _check_admin(actor, "signer keys")
     if signer.team_id != actor.team_id:

@@ -32,6 +32,7 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Excepti
 from executor.chain import ChainError, client_for_chain, scrub_urls
 from executor.matching import to_json_value
 from executor.models import Chain, NonceCursor, StepRun, Transaction
+from executor.steps import spending
 from executor.steps.base import Reschedule, StepContext, StepError, StepResult, to_jsonable
 from flows import abi as abi_lib
 from flows.models import SignerKey
@@ -131,11 +132,12 @@ def _rpc_error(chain: Chain, exc: Exception) -> StepError:
     return StepError(f"{chain.slug} RPC failed: {detail}"[:300])
 
 
-def _fees(w3) -> tuple[int, int]:
+def _fees(w3, signer: SignerKey) -> tuple[int, int]:
+    """(max fee, priority fee) per gas to offer now, within the signer's ceilings."""
     block = w3.eth.get_block("latest")
     priority = int(w3.eth.max_priority_fee)
     base = int(block.get("baseFeePerGas") or 0)
-    return 2 * base + priority, priority
+    return spending.capped_fees(signer, 2 * base + priority, priority, base)
 
 
 LIVE_STEP_STATUSES = (StepRun.Status.PENDING, StepRun.Status.QUEUED, StepRun.Status.RUNNING)
@@ -175,11 +177,20 @@ def _allocate_nonce(chain: Chain, address: str, chain_pending: int) -> tuple[int
 
 def _sign_and_store(ctx: StepContext, chain: Chain, w3, signer: SignerKey, tx: dict, *, nonce: int | None,
                     replaces: int) -> Transaction:
-    """Sign `tx` and store it (allocating a nonce when `nonce` is None) in one database transaction."""
+    """Sign `tx` and store it (allocating a nonce when `nonce` is None) in one database transaction.
+
+    The signer's daily budget is checked in the same transaction, under the lock on
+    its nonce cursor, so two steps cannot both fit in what is left of it.
+    """
+    cost = int(tx["value"]) + int(tx["gas"]) * int(tx["maxFeePerGas"])
     with transaction.atomic():
         if nonce is None:
             pending = w3.eth.get_transaction_count(signer.address, "pending")
             nonce, replaces = _allocate_nonce(chain, signer.address, pending)
+            spending.check_budget(signer, chain, cost)
+        else:
+            spending.lock_signer(chain, signer.address)
+            spending.check_budget(signer, chain, cost, nonce=nonce)
         tx = {**tx, "nonce": nonce}
         signed = Account.sign_transaction(tx, signer.private_key())
         return Transaction.objects.create(
@@ -231,6 +242,7 @@ def run_write(ctx: StepContext) -> StepResult | Reschedule:
     to = ctx.config["address"]
     ctx.sent = {"chain_id": chain.chain_id, "from": signer.address, "to": to, "function": function["name"],
                 "args": to_jsonable(values), "data": data, "value": str(value)}
+    spending.check_value(signer, value)
     if ctx.dry_run:
         return StepResult(output={"dry_run": True, "would_send": ctx.sent})
 
@@ -244,7 +256,7 @@ def run_write(ctx: StepContext) -> StepResult | Reschedule:
                     gas = _gas_limit(estimate)
                 except ContractLogicError as exc:
                     raise StepError(f"the transaction would revert: {exc.message or exc}", permanent=True) from None
-            max_fee, priority = _fees(w3)
+            max_fee, priority = _fees(w3, signer)
             tx = {"chainId": chain.chain_id, "to": to, "data": data, "value": value, "gas": int(gas),
                   "maxFeePerGas": max_fee, "maxPriorityFeePerGas": priority, "type": 2}
             try:
@@ -259,8 +271,10 @@ def run_write(ctx: StepContext) -> StepResult | Reschedule:
             latest = records[-1]
             age = (timezone.now() - (latest.broadcast_at or latest.created_at)).total_seconds()
             if latest.broadcast_at is not None and age > settings.KWALA_TX_REPLACE_AFTER_SECONDS:
-                latest = _replace(ctx, chain, w3, signer, latest)
-                records.append(latest)
+                replacement = _replace(ctx, chain, w3, signer, latest)
+                if replacement is not None:
+                    latest = replacement
+                    records.append(latest)
             _broadcast(chain, w3, latest)
             deadline = time.monotonic() + QUICK_RECEIPT_WAIT_SECONDS
             while receipt is None and time.monotonic() < deadline:
@@ -308,19 +322,45 @@ def _nonce_taken_by_other(w3, latest: Transaction) -> bool:
     return receipt is None
 
 
-def _replace(ctx: StepContext, chain: Chain, w3, signer: SignerKey, latest: Transaction) -> Transaction:
-    """A same-nonce transaction with higher fees, stored before it is sent."""
-    max_fee, priority = _fees(w3)
+def _stuck(ctx: StepContext, signer: SignerKey, latest: Transaction, why: str) -> None:
+    """Alert once that the signer's limits stop a stuck transaction from being re-sent; it is still awaited."""
+    if Transaction.objects.filter(pk=latest.pk, stuck_alerted_at__isnull=True).update(stuck_alerted_at=timezone.now()):
+        spending.note_stuck(signer, latest.tx_hash, why)
+        ctx.log(f"ALERT: {latest.tx_hash} is stuck and is not re-sent again ({why}); still waiting for it")
+
+
+def _replace(ctx: StepContext, chain: Chain, w3, signer: SignerKey, latest: Transaction) -> Transaction | None:
+    """A same-nonce transaction with higher fees, stored before it is sent; None when the signer's
+    limits allow no further replacement (then the stuck transaction is alerted on, once)."""
+    if latest.replaces >= signer.max_replacements:
+        _stuck(ctx, signer, latest, f"re-sent {latest.replaces} times, the signer's limit")
+        return None
     bump = lambda old: int(old) * FEE_BUMP_NUMERATOR // FEE_BUMP_DENOMINATOR + 1  # noqa: E731
+    try:
+        max_fee, priority = _fees(w3, signer)
+    except StepError as exc:
+        _stuck(ctx, signer, latest, exc.message)
+        return None
     tx = {
         "chainId": chain.chain_id, "to": latest.to_address, "data": latest.data, "value": int(latest.value),
         "gas": latest.gas, "type": 2,
         "maxFeePerGas": max(max_fee, bump(latest.max_fee_per_gas)),
         "maxPriorityFeePerGas": max(priority, bump(latest.max_priority_fee_per_gas)),
     }
+    ceiling = signer.max_fee_per_gas_wei
+    if ceiling is not None and tx["maxFeePerGas"] > ceiling:
+        _stuck(ctx, signer, latest, "a higher fee would be over the signer's limit per gas")
+        return None
+    ceiling = signer.max_priority_fee_per_gas_wei
+    if ceiling is not None and tx["maxPriorityFeePerGas"] > ceiling:
+        _stuck(ctx, signer, latest, "a higher priority fee would be over the signer's limit")
+        return None
     try:
         record = _sign_and_store(ctx, chain, w3, signer, tx, nonce=latest.nonce, replaces=latest.replaces + 1)
     except IntegrityError:
         return ctx.step_run.transactions.order_by("-replaces").first()
+    except StepError as exc:  # over the day's budget: the stuck one may still be mined, so keep waiting
+        _stuck(ctx, signer, latest, exc.message)
+        return None
     ctx.log(f"replaced {latest.tx_hash} with {record.tx_hash} (higher fee, same nonce {latest.nonce})")
     return record
