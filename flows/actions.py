@@ -151,12 +151,15 @@ def save_draft(flow: Flow, user, graph: dict, *, revision: int) -> FlowVersion:
     return draft
 
 
-def publish_version(flow: Flow, user, *, revision: int | None = None) -> FlowVersion:
-    """Compile the draft and make it the live version, retiring the previous one atomically.
+def publish_version(flow: Flow, user, *, revision: int | None = None, via: str = "app") -> FlowVersion:
+    """Compile the draft and make it the live version, retiring the previous one atomically; audited.
 
     Raises NothingToPublish when there is no draft, CompileError with every
     problem when the draft does not compile, ConflictError on a stale revision.
+    `via` says where it was done (editor, api, cli, ...) in the audit entry.
     """
+    from flows import audit
+
     with transaction.atomic():
         Flow.objects.select_for_update().get(pk=flow.pk)
         draft = FlowVersion.objects.filter(flow=flow, status=FlowVersion.Status.DRAFT).first()
@@ -172,11 +175,14 @@ def publish_version(flow: Flow, user, *, revision: int | None = None) -> FlowVer
         draft.published_at = timezone.now()
         draft.save(update_fields=["dag", "status", "published_at", "updated_at"])
         notify_triggers_changed(flow)
+        audit.record(flow.team, user, "flow.published", flow.name, flow=flow.code, version=draft.number, via=via)
     return draft
 
 
-def unpublish_flow(flow: Flow, user) -> FlowVersion | None:
-    """Stop the flow's trigger: its live version is archived. Returns it, or None if none was live."""
+def unpublish_flow(flow: Flow, user, *, via: str = "app") -> FlowVersion | None:
+    """Stop the flow's trigger: its live version is archived (audited). Returns it, or None if none was live."""
+    from flows import audit
+
     with transaction.atomic():
         Flow.objects.select_for_update().get(pk=flow.pk)
         live = live_version(flow)
@@ -186,6 +192,7 @@ def unpublish_flow(flow: Flow, user) -> FlowVersion | None:
         live.save(update_fields=["status", "updated_at"])
         _bump_revision(flow, None)
         notify_triggers_changed(flow)
+        audit.record(flow.team, user, "flow.unpublished", flow.name, flow=flow.code, version=live.number, via=via)
     return live
 
 
@@ -274,3 +281,12 @@ def webhook_path(flow: Flow, user) -> str:
     """The flow's inbound webhook path, making its token on first use; for editors only."""
     token = flow.webhook_token() or rotate_webhook_token(flow, user)
     return f"/hooks/{flow.code}/{token}/"
+
+
+def delete_flow_for_good(flow: Flow, user) -> None:
+    """Delete a flow with its versions and runs; audited (the entry outlives the flow)."""
+    from flows import audit
+
+    with transaction.atomic():
+        audit.record(flow.team, user, "flow.deleted", flow.name, flow=flow.code)
+        flow.delete()

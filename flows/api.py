@@ -37,6 +37,7 @@ from flows.actions import (
     compile_for,
     create_flow,
     current_graph,
+    delete_flow_for_good,
     enabled_chains,
     live_version,
     publish_version,
@@ -262,6 +263,10 @@ _register_executor_errors()
 
 @api.exception_handler(Exception)
 def _unexpected(request, exc):
+    from kwala_site.overload import is_overload, overloaded
+
+    if is_overload(exc):
+        return overloaded(request)
     logger.exception("API error on %s %s", request.method, request.path)
     return error_response(request, 500, "internal_error", "Something went wrong on our side; it has been logged.")
 
@@ -452,7 +457,7 @@ def delete_flow(request, code: str):
     flow, _ = _flow(request, code, Role.ADMIN)
     if live_version(flow) is not None:
         raise ApiError(409, "flow_is_live", "Unpublish the flow before deleting it.")
-    flow.delete()
+    delete_flow_for_good(flow, request.user)
     return Status(204, None)
 
 
@@ -477,23 +482,16 @@ def check_flow(request, code: str):
 @flows_router.post("/{code}/publish", response={200: VersionOut, **COMMON_ERRORS})
 def publish(request, code: str, revision: int | None = Query(None, ge=1, le=2**31 - 1,
                                                             description="409 if the flow moved past it")):
-    flow, membership = _flow(request, code, Role.EDITOR)
-    with transaction.atomic():
-        version = publish_version(flow, request.user, revision=revision)
-        audit.record(membership.team, request.user, "flow.published", flow.name, flow=flow.code,
-                     version=version.number, via="api")
+    flow, _ = _flow(request, code, Role.EDITOR)
+    version = publish_version(flow, request.user, revision=revision, via="api")
     return _version_out(version)
 
 
 @flows_router.post("/{code}/unpublish", response={200: FlowOut, **COMMON_ERRORS})
 def unpublish(request, code: str):
-    flow, membership = _flow(request, code, Role.EDITOR)
-    with transaction.atomic():
-        retired = unpublish_flow(flow, request.user)
-        if retired is None:
-            raise ApiError(409, "not_published", "The flow has no live version.")
-        audit.record(membership.team, request.user, "flow.unpublished", flow.name, flow=flow.code,
-                     version=retired.number, via="api")
+    flow, _ = _flow(request, code, Role.EDITOR)
+    if unpublish_flow(flow, request.user, via="api") is None:
+        raise ApiError(409, "not_published", "The flow has no live version.")
     flow.refresh_from_db()
     return _flow_out(flow)
 

@@ -70,8 +70,11 @@ def use_template(request, slug: str):
         "template": template,
         "svg": graph_svg(template.graph, title=template.title),
         "chains": chains,
-        "secret_names": list(Secret.objects.filter(team=membership.team).values_list("name", flat=True)),
-        "signer_names": list(SignerKey.objects.filter(team=membership.team).values_list("name", flat=True)),
+        # Only those who may use the template (editors) see what the team's secrets and signers are called.
+        "secret_names": list(Secret.objects.filter(team=membership.team).values_list("name", flat=True))
+        if can_use else [],
+        "signer_names": list(SignerKey.objects.filter(team=membership.team).values_list("name", flat=True))
+        if can_use else [],
         "fields": [(i, values.get(i.name), errors.get(i.name)) for i in template.inputs],
         "flow_name": name,
         "errors": errors,

@@ -89,6 +89,16 @@ def _secret_names(flow: Flow) -> list[str]:
     return list(Secret.objects.filter(team=flow.team).order_by("name").values_list("name", flat=True))
 
 
+def _visible_secret_names(flow: Flow, node: dict, can_edit: bool) -> list[str]:
+    """The team's secret names for editors; a viewer sees only those the node already names
+    (the secrets page needs editor rights, so the side panel must not list them either)."""
+    if can_edit:
+        return _secret_names(flow)
+    node_type = NODE_TYPES[node["type"]]
+    config = node.get("config") or {}
+    return sorted({config[s.name] for s in node_type.fields if s.kind == "secret_ref" and config.get(s.name)})
+
+
 def _problems(flow: Flow, graph: dict) -> list[dict]:
     try:
         actions.compile_for(flow, graph)
@@ -189,7 +199,7 @@ def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_ed
         "saved": saved,
         "has_problems": bool(problems),
         "loose_problems": loose,
-        "picker": editor.picker_entries(graph, node["id"], _secret_names(flow)),
+        "picker": editor.picker_entries(graph, node["id"], _secret_names(flow)) if can_edit else [],
         "abi_fields": [(name, node_type.field(name).kind.removeprefix("abi_")) for name in abi_fields],
         "demo_contracts": sorted(editor.demo_contracts()),
         "webhook_path": _webhook_path(flow, node) if can_edit else None,
@@ -236,7 +246,7 @@ def node_inspector(request, code, node_id):
     node_type = NODE_TYPES[node["type"]]
     ctx = actions.compile_context(flow.team)
     vctx = ValidationContext(chains=ctx["chains"], secret_names=ctx["secret_names"])
-    form_kwargs = {"chains": _chains(), "secret_names": _secret_names(flow)}
+    form_kwargs = {"chains": _chains(), "secret_names": _visible_secret_names(flow, node, can_edit)}
     template = "flows/inspector.html#inspector"
     if request.method == "GET":
         form = NodeForm(node_type, node, **form_kwargs)
@@ -338,7 +348,8 @@ def flow_publish(request, code):
     body = _json_body(request)
     revision = body.get("revision")
     try:
-        version = actions.publish_version(flow, request.user, revision=int(revision) if revision else None)
+        version = actions.publish_version(flow, request.user, revision=int(revision) if revision else None,
+                                          via="editor")
     except actions.ConflictError as exc:
         return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
     except CompileError as exc:
@@ -355,7 +366,7 @@ def flow_publish(request, code):
 @require_POST
 def flow_unpublish(request, code):
     flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
-    version = actions.unpublish_flow(flow, request.user)
+    version = actions.unpublish_flow(flow, request.user, via="editor")
     flow.refresh_from_db(fields=["revision"])
     message = f"Version {version.number} is no longer live." if version else "The flow was not live."
     return JsonResponse({"message": message, **_state(flow)})
@@ -538,8 +549,14 @@ def page_not_found(request, exception=None):
 
 
 def server_error(request):
-    # No context processors that could fail again: a bare template.
+    import sys
+
     from django.http import HttpResponseServerError
     from django.template import loader
 
+    from kwala_site.overload import is_overload, overloaded
+
+    if is_overload(sys.exc_info()[1]):
+        return overloaded(request)
+    # No context processors that could fail again: a bare template.
     return HttpResponseServerError(loader.get_template("500.html").render())

@@ -5,6 +5,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kwala_site.settings")
+# Web requests share a pool of database connections (see kwala_site.settings).
+os.environ.setdefault("KWALA_DB_POOL", "1")
 # Django must be set up before the consumers (and their models) are imported.
 django_asgi_app = get_asgi_application()
 

@@ -115,6 +115,18 @@ def _database_from_url(url: str) -> dict:
     # planning each time (planning the pushed-claim statement costs more than running it;
     # see executor.apps.use_generic_plans).
     options.setdefault("prepare_threshold", 0)
+    if env_bool("KWALA_DB_POOL", default=False):
+        # The web server (kwala_site.asgi turns this on) pools its connections. Under ASGI
+        # every request's sync code runs in a thread of its own, and with a connection kept
+        # per thread a burst of callers made PostgreSQL refuse connections ("too many
+        # clients already"), answered as 500s. A request that waits longer than the timeout
+        # for a connection is answered 503 with Retry-After (kwala_site.overload).
+        config["CONN_MAX_AGE"] = 0  # the pool keeps them instead
+        options["pool"] = {
+            "min_size": 2,
+            "max_size": env_int("KWALA_DB_POOL_SIZE", 16, minimum=1),
+            "timeout": env_int("KWALA_DB_POOL_TIMEOUT", 10, minimum=1),
+        }
     return config
 
 

@@ -396,3 +396,41 @@ def test_retrying_a_run_from_its_page_is_audited(client, alice, team, run):
     assert run.status != Run.Status.FAILED
     (entry,) = audit.events_for(team, action="run.retried")
     assert (entry.actor, entry.target, entry.data) == (alice, str(run.code), {"flow": run.flow.code})
+
+
+def test_a_viewer_sees_no_secret_names_in_the_side_panel_or_the_template_form(client, viewer, flow, team, alice):
+    from flows.models import Secret
+
+    for name in ("PROD_PAGERDUTY_KEY", "TREASURY_API"):
+        secret = Secret(team=team, name=name)
+        secret.set_value("x")
+        secret.save()
+    client.force_login(viewer)
+    graph = actions.current_graph(flow)[1]
+    for node in graph["nodes"]:
+        page = client.get(f"/flows/{flow.code}/nodes/{node['id']}/").content.decode()
+        assert "PROD_PAGERDUTY_KEY" not in page and "TREASURY_API" not in page
+    page = client.get("/templates/erc20-whale-slack/").content.decode()
+    assert "PROD_PAGERDUTY_KEY" not in page
+    client.force_login(alice)  # an editor does see them, where a secret can be chosen
+    pages = [client.get(f"/flows/{flow.code}/nodes/{n['id']}/").content.decode() for n in graph["nodes"]]
+    assert any("PROD_PAGERDUTY_KEY" in page for page in pages)
+
+
+def test_publishing_and_unpublishing_from_the_editor_are_audited_like_the_api(client, alice, flow):
+    from flows.models import AuditEvent
+
+    as_user(client, alice)
+    assert post_json(client, f"/flows/{flow.code}/publish/", {"revision": flow.revision}).status_code == 200
+    assert post_json(client, f"/flows/{flow.code}/unpublish/", {}).status_code == 200
+    entries = list(AuditEvent.objects.filter(target=flow.name).order_by("id").values_list("action", "data"))
+    assert [(action, data["via"], data["flow"]) for action, data in entries] == [
+        ("flow.published", "editor", flow.code), ("flow.unpublished", "editor", flow.code)]
+
+
+def test_deleting_a_flow_through_the_api_is_audited(alice, flow):
+    from flows.models import AuditEvent
+    from tests.team_fixtures import api_client
+
+    assert api_client(alice).delete(f"/api/v1/flows/{flow.code}").status_code == 204
+    assert AuditEvent.objects.filter(action="flow.deleted", data__flow=flow.code).exists()

@@ -96,7 +96,7 @@ class Command(BaseCommand):
         self.stdout.write(f"flow {flow.code}: draft saved")
         if options["publish"]:
             try:
-                version = actions.publish_version(flow, None)
+                version = actions.publish_version(flow, None, via="cli")
             except actions.CompileError as exc:
                 raise CommandError(_problems_text("The draft was saved but does not compile", exc)) from None
             self.stdout.write(f"flow {flow.code}: version {version.number} published")

@@ -1,0 +1,43 @@
+"""Overload is a 503 with Retry-After, never a 500.
+
+The web server's database pool (kwala_site.settings, KWALA_DB_POOL) makes a request
+wait for a free connection; one that waits past the pool's timeout, or that
+PostgreSQL itself turns away (too many clients), is answered 503 with Retry-After
+by the one place that sees every uncaught error (``handler500``, and the API's
+catch-all handler), logged as overload rather than as a bug.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from django.http import JsonResponse
+from psycopg_pool import PoolTimeout
+
+logger = logging.getLogger("kwala.overload")
+
+RETRY_AFTER_SECONDS = 2
+
+
+def is_overload(exc: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) means no database connection could be had."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (PoolTimeout, psycopg.errors.TooManyConnections)):
+            return True
+        if isinstance(exc, psycopg.OperationalError) and "too many clients" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def overloaded(request) -> JsonResponse:
+    logger.warning("overloaded: no database connection for %s %s; answered 503", request.method, request.path)
+    response = JsonResponse(
+        {"error": {"code": "overloaded", "message": "The server is busy; try again in a moment.", "details": []}},
+        status=503,
+    )
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
