@@ -16,6 +16,10 @@ log's address and every topic. So:
 * a log whose block hash or number is not the header's is never believed.
 
 ``verify_logs`` answers the logs to process, or None: hold the cursor and ask again.
+
+``agreed_logs`` is the optional second check (a chain's ``verify_with``): the
+block's matching logs must be the same from that many endpoints, or, on a chain
+with fewer endpoints, from two reads at least one block apart, before its runs fire.
 """
 
 from __future__ import annotations
@@ -170,3 +174,59 @@ def _by_hash(block_hash: str, addresses: list[str] | None, topics: list[Any]) ->
         flt["address"] = addresses
     return flt
 
+
+
+@dataclass
+class FirstRead:
+    """What one read of a block's matching logs said, kept until a later read can agree with it."""
+
+    keys: frozenset[tuple[int, str]]
+    head: int
+
+
+def _keys(logs: list[dict[str, Any]]) -> frozenset[tuple[int, str]]:
+    return frozenset((log["log_index"], log["tx_hash"]) for log in logs)
+
+
+def agreed_logs(
+    client: ChainClient,
+    block: Block,
+    logs: list[dict[str, Any]],
+    addresses: list[str] | None,
+    topics: list[Any],
+    *,
+    verify_with: int,
+    head: int,
+    reads: dict[str, FirstRead],
+) -> Verdict:
+    """`logs` once `verify_with` sources agree on them (see the module docstring), else a verdict to hold.
+
+    Blocks without matching logs are not asked again: the bloom check already
+    stands behind an empty answer. `reads` carries the first reads of held blocks.
+    """
+    if verify_with <= 1 or not logs:
+        reads.pop(block.hash, None)
+        return Verdict(logs)
+    wanted = _keys(logs)
+    answers: dict[str, frozenset[tuple[int, str]] | None] = {}
+    for url, answer in client.ask_each("eth_getLogs", [_by_hash(block.hash, addresses, topics)]):
+        if isinstance(answer, list):
+            answers[url] = _keys([log_from_rpc(raw) for raw in answer])
+        if sum(1 for keys in answers.values() if keys == wanted) >= verify_with:
+            reads.pop(block.hash, None)
+            return Verdict(logs)
+    disagreeing = [url for url, keys in answers.items() if keys != wanted]
+    if disagreeing:
+        reads.pop(block.hash, None)
+        return Verdict(None, inconsistency=(
+            f"block {block.number}: endpoints disagree on its matching logs ({len(wanted)} log(s) against "
+            f"{', '.join(str(len(answers[url] or ())) for url in disagreeing)} at {', '.join(disagreeing)})"),
+            held=f"block {block.number}: the endpoints disagree on its logs; asking again")
+    # Fewer endpoints than verify_with, all agreeing: a second read, a block later, must agree too.
+    first = reads.get(block.hash)
+    if first is not None and first.keys == wanted and head > first.head:
+        reads.pop(block.hash, None)
+        return Verdict(logs)
+    if first is None or first.keys != wanted:
+        reads[block.hash] = FirstRead(wanted, head)
+    return Verdict(None, held=f"block {block.number}: waiting for a second read of its logs, a block later")

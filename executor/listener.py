@@ -58,7 +58,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from executor.blockcheck import Doubt, verify_logs
+from executor.blockcheck import Doubt, FirstRead, agreed_logs, verify_logs
 from executor.chain import (
     BATCH_SIZE,
     Block,
@@ -922,6 +922,7 @@ class ChainListener:
         self._claimed_at = float("-inf")  # when pushed logs were last claimed (monotonic)
         # Blocks held because their logs answer is not believable yet (executor.blockcheck).
         self._doubts: dict[str, Doubt] = {}
+        self._reads: dict[str, FirstRead] = {}  # first reads of blocks a second source must agree with
         self._held: int | None = None  # the block number the cursor is held at
         self._ask_again_at = 0.0  # monotonic; asking a held block again backs off
         self._hold_delay = HOLD_FIRST_DELAY
@@ -1057,6 +1058,11 @@ class ChainListener:
         verdict = verify_logs(self.client, block, logs, addresses, topics, head=head, doubts=self._doubts)
         if verdict.inconsistency:
             note_inconsistency(self.chain, verdict.inconsistency)
+        if verdict.logs is not None:
+            verdict = agreed_logs(self.client, block, verdict.logs, addresses, topics,
+                                  verify_with=self.chain.verify_with, head=head, reads=self._reads)
+            if verdict.inconsistency:
+                note_inconsistency(self.chain, verdict.inconsistency)
         if verdict.logs is None:
             self._hold(block, verdict.held)
         return verdict.logs
@@ -1255,6 +1261,8 @@ class ChainListener:
             socket.unsubscribe(old)
         if not any(t.confirmations == 0 for t in triggers.logs.triggers):
             return None
+        if self.chain.verify_with > 1:
+            return None  # one node's push is one source: its runs wait for the block loop's agreement
         addresses, topics = triggers.logs.log_filter()
         log_filter: dict[str, Any] = {"topics": topics}
         if addresses is not None:

@@ -14,6 +14,10 @@ class Chain(models.Model):
     chain_id = models.PositiveBigIntegerField(unique=True)
     default_confirmations = models.PositiveIntegerField(default=0)
     supports_finalized = models.BooleanField(default=False, help_text="The RPC answers the 'finalized' block tag.")
+    verify_with = models.PositiveSmallIntegerField(
+        default=1, help_text="How many RPC endpoints must agree on a block's matching logs before its runs fire "
+                             "(executor.blockcheck.agreed_logs); 1 takes the first believable answer.",
+    )
     explorer_url = models.URLField(blank=True)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -128,7 +128,7 @@ class SignerLimitsForm(forms.Form):
         initial = {"max_replacements": signer.max_replacements}
         for field, (attr, scale) in cls.SCALES.items():
             wei = getattr(signer, attr)
-            initial[field] = None if wei is None else (wei / scale).normalize()
+            initial[field] = None if wei is None else _plain_number(wei / scale)
         return cls(data, initial=initial, prefix=f"limits-{signer.code}")
 
     def limits(self) -> dict:
@@ -138,3 +138,9 @@ class SignerLimitsForm(forms.Form):
             value = self.cleaned_data[field]
             limits[attr] = None if value is None else int(value * scale)
         return limits
+
+
+def _plain_number(value) -> str:
+    """200, not 2E+2; 1.5, not 1.500000000000000000."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

@@ -270,6 +270,9 @@ def _chains(raw: str | None) -> list[dict]:
         if not isinstance(confirmations, int) or confirmations < 0:
             raise ImproperlyConfigured(f"{where}.confirmations must be a whole number >= 0.")
         chain.setdefault("finalized_tag", False)
+        verify_with = chain.setdefault("verify_with", 1)
+        if not isinstance(verify_with, int) or not 1 <= verify_with <= 5:
+            raise ImproperlyConfigured(f"{where}.verify_with must be a whole number from 1 to 5.")
         chain.setdefault("explorer_url", "")
     return chains
 

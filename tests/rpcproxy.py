@@ -9,6 +9,8 @@ Fault classes (``Faults`` fields):
 
 * ``lag_logs``: a node N blocks behind the one that served the header:
   ``eth_getLogs`` for any of the newest N blocks answers ``[]`` with no error;
+* ``hide_logs``: ``eth_getLogs`` always answers ``[]`` (a broken node, or one that disagrees
+  with the others behind the same provider);
 * ``lag_receipts``: the same node's ``eth_getBlockReceipts`` for those blocks answers ``null``;
 * ``no_receipts``: ``eth_getBlockReceipts`` is not supported (-32601);
 * ``rate_limit``: a share of requests answers HTTP 429 with ``Retry-After``;
@@ -55,6 +57,7 @@ from websockets.sync.server import serve as ws_serve
 @dataclass
 class Faults:
     lag_logs: int = 0
+    hide_logs: bool = False
     lag_receipts: bool = False
     no_receipts: bool = False
     rate_limit: float = 0.0
@@ -251,6 +254,9 @@ class RpcProxy:
     def _one(self, call: dict[str, Any]) -> dict[str, Any]:
         method, params, faults = call.get("method"), call.get("params") or [], self.faults
         reply = {"jsonrpc": "2.0", "id": call.get("id")}
+        if method == "eth_getLogs" and faults.hide_logs:
+            self._note(method, "hidden logs")
+            return {**reply, "result": []}
         if method == "eth_getLogs" and params:
             flt = params[0]
             if "blockHash" in flt:

@@ -16,7 +16,7 @@ from executor.chain import log_from_rpc
 from executor.devchain import mine, transact
 from executor.listener import PushedBlock, listen, pushed_claims
 from executor.listener_health import chain_health
-from executor.models import ChainCursor, Event, RpcEndpoint, Run
+from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run
 from executor.runner import start_pushed_runs
 from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish, wait_for
 from tests.rpcproxy import Faults, RpcProxy
@@ -238,3 +238,44 @@ def test_a_dropped_websocket_reconnects_quickly_every_time_not_ever_slower(fresh
     # Each connection lives 0.3 s, then the listener waits the first delay (0.5 s) again.
     assert max(gaps[:5]) < 1.5, f"reconnect gaps grew: {[round(g, 2) for g in gaps]}"
     assert proxy.faults_seen("dropped") >= 5
+
+
+def test_with_verify_with_2_two_endpoints_must_agree_before_runs_fire(fresh_anvil, team, alice):
+    w3 = fresh_anvil.web3()
+    zoo = deploy_zoo(w3)
+    with RpcProxy(fresh_anvil.http_url) as honest, RpcProxy(fresh_anvil.http_url) as other:
+        chain = make_chain(fresh_anvil, http_urls=[honest.url, f"{other.url}/{API_KEY}"], ws=False)
+        Chain.objects.filter(pk=chain.pk).update(verify_with=2)
+        chain.refresh_from_db()
+        version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
+        listener = listener_for(chain)
+        listener.step()
+        other.faults = Faults(hide_logs=True)  # the second backend disagrees
+        receipt = transact(w3, zoo.functions.emitBig(5, 5))
+        listener.step()
+
+        cursor = ChainCursor.objects.get(chain=chain)
+        assert runs_of(version) == [] and cursor.held_block == receipt["blockNumber"]
+        assert cursor.inconsistencies == 1 and "disagree" in cursor.last_inconsistency
+        assert API_KEY not in cursor.last_inconsistency and other.faults_seen("hidden logs") >= 1
+
+        other.faults = Faults()  # it catches up: both agree
+        step_until(listener, lambda: len(runs_of(version)) == 1)
+        listener.step()
+    assert [r.trigger["args"]["id"] for r in runs_of(version)] == [5]
+    assert ChainCursor.objects.get(chain=chain).held_block is None
+
+
+def test_with_verify_with_2_and_one_endpoint_a_second_read_a_block_later_must_agree(proxied):
+    w3, zoo, proxy, chain, version, listener = proxied
+    Chain.objects.filter(pk=chain.pk).update(verify_with=2)
+    listener.chain.refresh_from_db()
+    receipt = transact(w3, zoo.functions.emitBig(6, 6))
+    listener.step()
+    assert runs_of(version) == []
+    assert ChainCursor.objects.get(chain=chain).held_block == receipt["blockNumber"]
+
+    mine(w3, 1)
+    step_until(listener, lambda: len(runs_of(version)) == 1)
+    assert [r.trigger["args"]["id"] for r in runs_of(version)] == [6]
+    assert ChainCursor.objects.get(chain=chain).inconsistencies == 0

@@ -23,6 +23,7 @@ def sync_chains(chains: list[dict]) -> list[Chain]:
                     "name": spec["name"],
                     "default_confirmations": spec.get("confirmations", 0),
                     "supports_finalized": spec.get("finalized_tag", False),
+                    "verify_with": spec.get("verify_with", 1),
                     "explorer_url": spec.get("explorer_url", ""),
                 },
             )
