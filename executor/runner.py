@@ -39,8 +39,7 @@ from django.utils import timezone
 from executor.live import RunLog, Statement, execute_together, from_jsonb, prepared_cursor, record_run_event, rows_json
 from executor.models import Notification, Run, StepRun
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
-from executor.steps.base import redact_value, to_jsonable
-from flows.expressions import redact
+from executor.steps.base import to_jsonable
 from flows.models import Flow, FlowVersion, Secret
 
 logger = logging.getLogger(__name__)
@@ -925,9 +924,8 @@ def _settle(run: Run, row: StepRun, step: dict, ctx: StepContext, outcome, log: 
     itself, so it is not advanced again here.
     """
     now = timezone.now()
-    secrets = ctx.secret_values
-    sent = redact_value(ctx.sent, secrets) if ctx.sent is not None else None
-    logs = (row.logs or []) + [redact(line, secrets) for line in ctx.logs]
+    sent = ctx.redact_value(ctx.sent) if ctx.sent is not None else None
+    logs = (row.logs or []) + [ctx.redact(line) for line in ctx.logs]
     if isinstance(outcome, Reschedule):
         when = now + timedelta(seconds=outcome.delay_seconds)
         changes.change(row, status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
@@ -937,7 +935,7 @@ def _settle(run: Run, row: StepRun, step: dict, ctx: StepContext, outcome, log: 
         return []
 
     if isinstance(outcome, StepResult):
-        output = redact_value(to_jsonable(outcome.output), secrets)
+        output = ctx.redact_value(to_jsonable(outcome.output))
         changes.change(row, status=S.SUCCEEDED, output=output, port=outcome.port, error="", finished_at=now,
                        lease_expires_at=None, logs=logs, input=sent)
         _step_event(log, row)

@@ -412,7 +412,11 @@ def _reference_problems(
             elif not (step in bit and ancestor_mask & bit[step]):
                 say(f"{label} refers to step '{step}' which does not run before this node")
         elif root == "secrets":
-            if len(ref) == 1:
+            if node_type.category != "action":
+                # Triggers' and logic nodes' values are stored in the run, where the team reads them.
+                say(f"{label} uses a secret: secrets can be used only in what an action sends out "
+                    f"(a URL, headers, a body, a message), never in a {node_type.category} node's values")
+            elif len(ref) == 1:
                 say(f"{label} uses 'secrets' without naming one (write secrets.NAME)")
             elif secret_names is not None and ref[1] not in secret_names:
                 say(f"{label} refers to secret '{ref[1]}', which does not exist")

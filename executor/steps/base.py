@@ -56,6 +56,11 @@ class StepContext:
     logs: list[str] = field(default_factory=list)
     # What the step sent (or, in a dry run, would send), recorded as the step's input.
     sent: dict | None = None
+    # Rendered text that holds a value derived from a secret (secrets.K|reverse, a slice, a
+    # hash...) -> the same text rendered with stand-ins for the secrets. Redaction swaps the
+    # first for the second, so run records, logs and outputs keep the stand-in: replacing
+    # the secret's exact text alone would let every derived form through.
+    derived: dict[str, str] = field(default_factory=dict)
 
     @property
     def config(self) -> dict:
@@ -72,12 +77,38 @@ class StepContext:
     def render(self, value: Any, what: str) -> Any:
         """Render a config value with the run's context; a bad expression is a permanent error."""
         try:
-            return render_value(value, self.values)
+            rendered = render_value(value, self.values)
         except ExpressionError as exc:
             raise StepError(f"{what}: {self.redact(str(exc))}", permanent=True) from None
+        if self.secret_values and _uses_secrets(value):
+            self._remember_derived(value, rendered)
+        return rendered
+
+    def _remember_derived(self, value: Any, rendered: Any) -> None:
+        names = self.values.get("secrets") or {}
+        stand_ins = {**self.values, "secrets": {name: f"[secret {name}]" for name in names}}
+        try:
+            shown = render_value(value, stand_ins)
+        except ExpressionError:
+            shown = None  # a filter that needs the real value (secrets.K|int): hide the whole leaf
+        for real, record in _leaf_pairs(rendered, shown):
+            text = real if isinstance(real, str) else json.dumps(to_jsonable(real))
+            if len(text) >= MIN_DERIVED_CHARS and text != record:
+                self.derived[text] = record if isinstance(record, str) else "[derived from a secret]"
 
     def redact(self, text: str) -> str:
+        for real in sorted(self.derived, key=len, reverse=True):
+            text = text.replace(real, self.derived[real])
         return redact(text, self.secret_values)
+
+    def redact_value(self, value: Any) -> Any:
+        """`value` (a record, an output) with every secret and every value derived from one replaced."""
+        if not self.secret_values:
+            return value
+        text = json.dumps(to_jsonable(value))
+        for real in sorted(self.derived, key=len, reverse=True):
+            text = text.replace(json.dumps(real)[1:-1], json.dumps(self.derived[real])[1:-1])
+        return json.loads(redact(text, [json.dumps(s)[1:-1] for s in self.secret_values]))
 
     def log(self, message: str) -> None:
         self.logs.append(self.redact(message))
@@ -88,6 +119,29 @@ class StepContext:
         if value is None:
             raise StepError(f"the secret {name!r} does not exist", permanent=True)
         return value
+
+
+# Shorter rendered values are not tracked as derived: hiding every "1" or "ok" would blank records.
+MIN_DERIVED_CHARS = 4
+
+
+def _uses_secrets(value: Any) -> bool:
+    from flows.expressions import template_leaves
+
+    return any("secrets" in text for _, text in template_leaves(value))
+
+
+def _leaf_pairs(real: Any, shown: Any):
+    """(real leaf, shown leaf) pairs of two renders of one structure; shown is None where it failed."""
+    if isinstance(real, dict):
+        for key, item in real.items():
+            yield from _leaf_pairs(item, shown.get(key) if isinstance(shown, dict) else None)
+    elif isinstance(real, list):
+        for index, item in enumerate(real):
+            other = shown[index] if isinstance(shown, list) and index < len(shown) else None
+            yield from _leaf_pairs(item, other)
+    else:
+        yield real, shown
 
 
 def to_jsonable(value: Any) -> Any:
@@ -105,11 +159,3 @@ def to_jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
-
-
-def redact_value(value: Any, secret_values: list[str]) -> Any:
-    """The value with every secret replaced, wherever it occurs (keys, nested strings)."""
-    if not secret_values:
-        return value
-    text = json.dumps(to_jsonable(value))
-    return json.loads(redact(text, [json.dumps(s)[1:-1] for s in secret_values]))

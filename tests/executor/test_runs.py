@@ -195,7 +195,7 @@ def test_a_dry_run_records_what_it_would_send_without_sending(executor_worker, h
     assert http_sink.to("/dry") == []
     would = steps_of(run)["call"].output["would_send"]
     assert (would["method"], would["url"], would["body"]) == ("POST", f"{http_sink.url}/dry", '{"a":7}')
-    assert would["headers"]["Authorization"] == "Bearer [redacted]"
+    assert would["headers"]["Authorization"] == "Bearer [secret API_TOKEN]"
     everything = str(list(StepRun.objects.filter(run=run).values())) + str(list(RunEvent.objects.values()))
     assert "tok-very-secret-123" not in everything
 
