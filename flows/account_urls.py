@@ -2,20 +2,21 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
 from flows import account_views
+from flows.throttle import throttled_posts
 
 urlpatterns = [
-    path("signup/", account_views.signup, name="signup"),
+    path("signup/", throttled_posts("signup", "accounts/signup.html")(account_views.signup), name="signup"),
     path("account/", account_views.profile, name="profile"),
     path("account/tokens/", account_views.tokens, name="tokens"),
     path("account/tokens/<int:token_id>/revoke/", account_views.revoke_token, name="revoke_token"),
     path(
         "password-reset/",
-        auth_views.PasswordResetView.as_view(
+        throttled_posts("password-reset", "accounts/password_reset_form.html")(auth_views.PasswordResetView.as_view(
             template_name="accounts/password_reset_form.html",
             email_template_name="accounts/password_reset_email.txt",
             subject_template_name="accounts/password_reset_subject.txt",
             success_url=reverse_lazy("password_reset_done"),
-        ),
+        )),
         name="password_reset",
     ),
     path(

@@ -10,11 +10,9 @@ code. Every error, including validation, 404, 403, 409 and 429, has one shape:
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import redis
 from django.conf import settings
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
@@ -63,6 +61,7 @@ from flows.teams import (
     do_set_secret,
     membership_for_token,
 )
+from kwala_site import ratelimit
 
 logger = logging.getLogger(__name__)
 Role = Membership.Role
@@ -136,32 +135,15 @@ class RedisRateLimit(BaseThrottle):
 
     def __init__(self) -> None:
         self._wait = 0
-        self._client = None
-
-    def client(self):
-        if self._client is None:
-            self._client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
-        return self._client
 
     def allow_request(self, request: HttpRequest) -> bool:
         limit = getattr(settings, "KWALA_API_RATE_LIMIT", 600)
         window = getattr(settings, "KWALA_API_RATE_WINDOW", 60)
         token = getattr(request, "api_token", None)
         who = f"t{token.token_hash[:24]}" if token is not None else f"u{getattr(request.user, 'pk', None) or 'anon'}"
-        now = int(time.time())
-        bucket = now // window
-        key = f"kwala:ratelimit:{who}:{bucket}"
-        try:
-            pipe = self.client().pipeline()
-            pipe.incr(key)
-            pipe.expire(key, window + 1)
-            count = pipe.execute()[0]
-        except (redis.RedisError, OSError):
-            # Failing open: an unreachable Redis must not take the API down with it.
-            logger.warning("rate limiter: Redis unavailable, request let through")
-            return True
-        self._wait = (bucket + 1) * window - now
-        return count <= limit
+        counted = ratelimit.hit(f"api:{who}", window)
+        self._wait = counted.retry_after
+        return not counted.over(limit)
 
     def wait(self) -> int:
         return max(self._wait, 1)

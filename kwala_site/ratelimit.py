@@ -1,0 +1,66 @@
+"""Fixed-window counters in Redis, shared by every process: the API's per-token limit and
+the account doors' (login, signup, password reset) per-name and per-address limits.
+
+Fails open: when Redis cannot be reached the request goes through, with a log line,
+so that an unreachable Redis does not lock everyone out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger("kwala.ratelimit")
+
+_client: redis.Redis | None = None
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+    return _client
+
+
+@dataclass
+class Window:
+    count: int  # hits in the current window, this one included (0 when Redis was unreachable)
+    retry_after: int  # seconds until the window ends
+
+    def over(self, limit: int) -> bool:
+        return self.count > limit
+
+
+def _key(name: str, window: int) -> tuple[str, int]:
+    now = int(time.time())
+    bucket = now // window
+    return f"kwala:ratelimit:{name}:{bucket}", (bucket + 1) * window - now
+
+
+def hit(name: str, window: int) -> Window:
+    """Count one hit against `name` in the current window of `window` seconds."""
+    key, retry_after = _key(name, window)
+    try:
+        pipe = _redis().pipeline()
+        pipe.incr(key)
+        pipe.expire(key, window + 1)
+        count = pipe.execute()[0]
+    except (redis.RedisError, OSError):
+        logger.warning("rate limiter: Redis unavailable, %s let through", name.split(":")[0])
+        return Window(0, 0)
+    return Window(int(count), max(retry_after, 1))
+
+
+def peek(name: str, window: int) -> Window:
+    """The hits against `name` in the current window, without counting one."""
+    key, retry_after = _key(name, window)
+    try:
+        count = int(_redis().get(key) or 0)
+    except (redis.RedisError, OSError):
+        logger.warning("rate limiter: Redis unavailable, %s let through", name.split(":")[0])
+        return Window(0, 0)
+    return Window(count, max(retry_after, 1))
