@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness import clean_slate, stop
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -187,13 +189,7 @@ def main() -> None:
         anvil.wait_ready(timeout=20)
         result = measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_artifact, DEV_ACCOUNTS)
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop(children)
         anvil.stop()
 
     for key, value in result.items():
@@ -207,23 +203,17 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
     django.setup()
 
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
     from web3 import Web3
 
     from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from executor.models import Chain, Run
     from flows import actions
-    from flows.models import FlowVersion, Team
+    from flows.models import Team
     from tests.sinks import HttpSink
 
-    call_command("migrate", verbosity=0)
     # A clean slate on every run: old runs, cursors of earlier anvils, flows of earlier runs.
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE executor_runevent, executor_steprun, executor_run, executor_event, "
-                       "executor_chaincursor, executor_rpcendpoint CASCADE")
-    FlowVersion.objects.filter(status=FlowVersion.Status.PUBLISHED).update(status=FlowVersion.Status.ARCHIVED)
-    call_command("sync_chains", verbosity=0, stdout=open(os.devnull, "w"))
+    clean_slate()
     Chain.objects.get(chain_id=31337)  # sync_chains made it
 
     w3 = Web3(Web3.HTTPProvider(anvil.http_url))

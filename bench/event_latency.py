@@ -21,18 +21,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import clean_slate, percentile, product_env, spawn_workers_and_listener, stop
+
 BIG = "Big(uint256 indexed id, uint256 value)"
-
-
-def percentile(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def main() -> None:
@@ -40,12 +33,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200)
     args = parser.parse_args()
 
-    var_dir = ROOT / "var" / "bench"
-    var_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["KWALA_VAR_DIR"] = str(var_dir)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kwala_site.settings")
-    os.environ.setdefault("LOG_LEVEL", "INFO")
-    os.environ.setdefault("DEBUG", "0")
+    var_dir = product_env(log_level="INFO")  # the listener's log is read for websocket drops
 
     from executor.devchain import AnvilProcess
 
@@ -60,13 +48,7 @@ def main() -> None:
         }])
         result = measure(args, anvil, children, var_dir)
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop(children)
         anvil.stop()
     print(f"{result['events']} events: run row p50 {result['run_p50_ms']} ms, p99 {result['run_p99_ms']} ms; "
           f"run started p50 {result['started_p50_ms']} ms; websocket drops {result['ws_drops']}")
@@ -79,22 +61,15 @@ def measure(args, anvil, children, var_dir) -> dict:
     django.setup()
     import psycopg
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
     from web3 import Web3
 
     from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
-    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from executor.models import ChainCursor
     from flows import actions
-    from flows.models import FlowVersion, Team
+    from flows.models import Team
 
-    call_command("migrate", verbosity=0)
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE executor_runevent, executor_steprun, executor_run, executor_event, "
-                       "executor_chaincursor, executor_rpcendpoint CASCADE")
-    FlowVersion.objects.filter(status=FlowVersion.Status.PUBLISHED).update(status=FlowVersion.Status.ARCHIVED)
-    call_command("sync_chains", verbosity=0, stdout=open(os.devnull, "w"))
+    clean_slate()
 
     w3 = Web3(Web3.HTTPProvider(anvil.http_url))
     zoo = w3.eth.contract(address=deploy(w3, "EventZoo"), abi=load_artifact("EventZoo")["abi"])
@@ -110,17 +85,8 @@ def measure(args, anvil, children, var_dir) -> dict:
     }
     version = actions.publish_version(actions.create_flow(team, user, "latency bench", graph=graph), user)
 
-    logs = var_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    listener_log = logs / "listener.log"
-
-    def spawn(command: list[str], log: Path) -> None:
-        children.append(subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=log.open("w"),
-                                         stderr=subprocess.STDOUT))
-
-    spawn([sys.executable, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
-           "--threads", str(WORKER_THREADS)], logs / "worker.log")
-    spawn([sys.executable, "manage.py", "listen_chains"], listener_log)
+    listener_log = var_dir / "logs" / "listener.log"
+    spawn_workers_and_listener(children)
     deadline = time.monotonic() + 60
     while not (ChainCursor.objects.filter(ws_state="connected").exists()):
         if time.monotonic() > deadline:

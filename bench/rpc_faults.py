@@ -23,20 +23,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness import clean_slate, percentile, product_env, spawn_workers_and_listener, stop
 
 BIG = "Big(uint256 indexed id, uint256 value)"
-
-
-def percentile(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else 0.0
 
 
 def main() -> None:
@@ -47,12 +39,7 @@ def main() -> None:
     parser.add_argument("--http-only", action="store_true", help="no websocket endpoint")
     args = parser.parse_args()
 
-    var_dir = ROOT / "var" / "bench"
-    var_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["KWALA_VAR_DIR"] = str(var_dir)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kwala_site.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("DEBUG", "0")
+    var_dir = product_env()
 
     from executor.devchain import AnvilProcess
     from tests.rpcproxy import Faults, RpcProxy
@@ -75,13 +62,7 @@ def main() -> None:
             os.environ["KWALA_CHAINS"] = json.dumps([chain])
             result = measure(args, anvil, proxy, children, var_dir)
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop(children)
         anvil.stop()
     for key, value in result.items():
         print(f"{key:>28}: {value}")
@@ -93,24 +74,17 @@ def measure(args, anvil, proxy, children, var_dir) -> dict:
 
     django.setup()
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
     from web3 import Web3
 
     from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
     from executor.listener_health import chain_health
-    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from executor.models import ChainCursor
     from flows import actions
-    from flows.models import FlowVersion, Team
+    from flows.models import Team
     from tests.sinks import HttpSink
 
-    call_command("migrate", verbosity=0)
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE executor_runevent, executor_steprun, executor_run, executor_event, "
-                       "executor_chaincursor, executor_rpcendpoint CASCADE")
-    FlowVersion.objects.filter(status=FlowVersion.Status.PUBLISHED).update(status=FlowVersion.Status.ARCHIVED)
-    call_command("sync_chains", verbosity=0, stdout=open(os.devnull, "w"))
+    clean_slate()
 
     w3 = Web3(Web3.HTTPProvider(anvil.http_url))
     zoo = w3.eth.contract(address=deploy(w3, "EventZoo"), abi=load_artifact("EventZoo")["abi"])
@@ -131,17 +105,7 @@ def measure(args, anvil, proxy, children, var_dir) -> dict:
     actions.publish_version(flow, user)
     connection.close()
 
-    logs = var_dir / "logs"
-    logs.mkdir(exist_ok=True)
-
-    def spawn(name: str, command: list[str]) -> None:
-        out = open(logs / f"{name}.log", "w")
-        children.append(subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=out,
-                                         stderr=subprocess.STDOUT))
-
-    spawn("worker", [sys.executable, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
-                     "--threads", str(WORKER_THREADS)])
-    spawn("listener", [sys.executable, "manage.py", "listen_chains"])
+    spawn_workers_and_listener(children)
     deadline = time.monotonic() + 60
     while not ChainCursor.objects.filter(block_number__isnull=False).exists():
         if time.monotonic() > deadline:

@@ -90,3 +90,15 @@ def wait_for_run(run: Run, timeout: float = 30) -> Run:
 def steps_of(run: Run) -> dict:
     return {row.step_id: row for row in run.steps.all()}
 
+
+
+@pytest.fixture
+def signer(team, alice):
+    """The team's signer key "hot": dev account 0, which the executor signs with in these tests."""
+    from executor.devchain import DEV_ACCOUNTS
+    from flows.models import SignerKey
+
+    key = SignerKey(team=team, name="hot", created_by=alice)
+    key.set_private_key(DEV_ACCOUNTS[0].private_key)
+    key.save()
+    return key

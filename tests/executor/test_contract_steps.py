@@ -7,7 +7,6 @@ import pytest
 from executor.devchain import DEV_ACCOUNTS, contract, deploy
 from executor.models import RpcEndpoint, Run, StepRun, Transaction
 from executor.runs import start_manual_run
-from flows.models import SignerKey
 from tests.conftest import free_port
 from tests.executor.chainkit import make_chain
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
@@ -19,14 +18,6 @@ ALICE, BOB = DEV_ACCOUNTS[1].address, DEV_ACCOUNTS[2].address
 # The executor signs with account 0; the tests deploy from account 1 so their transactions never take a nonce
 # the executor has allocated.
 SIGNER, DEPLOYER = DEV_ACCOUNTS[0], DEV_ACCOUNTS[1]
-
-
-@pytest.fixture
-def signer(team, alice):
-    key = SignerKey(team=team, name="hot", created_by=alice)
-    key.set_private_key(SIGNER.private_key)
-    key.save()
-    return key
 
 
 @pytest.fixture

@@ -12,25 +12,17 @@ from django.utils import timezone
 from executor.devchain import contract, deploy
 from executor.models import Run, Transaction
 from executor.runs import start_manual_run
-from flows.models import AuditEvent, Membership, SignerKey
+from flows.models import AuditEvent, Membership
 from flows.teams import do_set_signer_limits
 from tests.conftest import running_workers, start_worker
 from tests.executor.chainkit import make_chain
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
-from tests.executor.test_contract_steps import DEPLOYER, SIGNER
+from tests.executor.test_contract_steps import DEPLOYER
 from tests.executor.test_recovery import signal_tree
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ETHER = 10**18
 GWEI = 10**9
-
-
-@pytest.fixture
-def signer(team, alice):
-    key = SignerKey(team=team, name="hot", created_by=alice)
-    key.set_private_key(SIGNER.private_key)
-    key.save()
-    return key
 
 
 @pytest.fixture

@@ -194,7 +194,8 @@ def test_pausing_and_resuming_are_announced_to_listeners_when_they_commit(team, 
         assert next_notices() == [flow.code]
     flow.refresh_from_db()
     assert not flow.paused
-    assert [e.action for e in AuditEvent.objects.filter(team=team).order_by("id")] == ["flow.paused", "flow.resumed"]
+    actions_logged = [e.action for e in AuditEvent.objects.filter(team=team).order_by("id")]
+    assert actions_logged == ["flow.published", "flow.paused", "flow.resumed"]
 
 
 @pytest.mark.django_db(transaction=True)

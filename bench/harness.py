@@ -1,0 +1,74 @@
+"""What the benches that run the whole product share: its data under var/bench, a clean
+slate, its processes as children, and a percentile. Not a benchmark itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = ROOT / "var" / "bench"
+
+
+def product_env(log_level: str = "WARNING") -> Path:
+    """Point this process (and the children it starts) at the bench's own embedded servers."""
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ["KWALA_VAR_DIR"] = str(VAR_DIR)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kwala_site.settings")
+    os.environ.setdefault("LOG_LEVEL", log_level)
+    os.environ.setdefault("DEBUG", "0")  # as in production: no query log kept in memory
+    sys.path.insert(0, str(ROOT))
+    return VAR_DIR
+
+
+def clean_slate() -> None:
+    """Migrate, forget earlier runs, cursors and live flows, and sync the chains from KWALA_CHAINS."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    from flows.models import FlowVersion
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE executor_runevent, executor_steprun, executor_run, executor_event, "
+                       "executor_chaincursor, executor_rpcendpoint CASCADE")
+    FlowVersion.objects.filter(status=FlowVersion.Status.PUBLISHED).update(status=FlowVersion.Status.ARCHIVED)
+    with open(os.devnull, "w") as quiet:
+        call_command("sync_chains", verbosity=0, stdout=quiet)
+
+
+def spawn(children: list[subprocess.Popen], name: str, command: list[str]) -> subprocess.Popen:
+    """Start a product process (manage.py ...) with its output in var/bench/logs/NAME.log."""
+    logs = VAR_DIR / "logs"
+    logs.mkdir(exist_ok=True)
+    child = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ), stdout=(logs / f"{name}.log").open("w"),
+                             stderr=subprocess.STDOUT)
+    children.append(child)
+    return child
+
+
+def spawn_workers_and_listener(children: list[subprocess.Popen]) -> None:
+    """The Dramatiq workers (as `manage.py dev` sizes them) and `manage.py listen_chains`."""
+    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
+
+    spawn(children, "worker", [sys.executable, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
+                               "--threads", str(WORKER_THREADS)])
+    spawn(children, "listener", [sys.executable, "manage.py", "listen_chains"])
+
+
+def stop(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(20)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else 0.0
