@@ -1206,6 +1206,7 @@ class ChainListener:
 
     def _record_ws(self, state: str) -> None:
         try:
+            get_cursor(self.chain)  # the socket may be up before the loop made the chain's cursor
             ChainCursor.objects.filter(chain=self.chain).update(ws_state=state, ws_changed_at=timezone.now())
         except Exception:
             logger.warning("chain %s: could not record the websocket's state", self.chain.slug, exc_info=True)

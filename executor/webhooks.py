@@ -24,6 +24,7 @@ import logging
 import time
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -32,6 +33,7 @@ from executor.listener import RunClaim, claim_runs
 from executor.models import Run
 from flows.actions import live_version
 from flows.models import Flow, Secret
+from kwala_site import ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def tokenless_webhook(request: HttpRequest, code: str) -> JsonResponse:
 def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse:
     if request.method != "POST":
         return _error(405, "method_not_allowed", "Send a POST.")
-    flow = Flow.objects.filter(code=code).first()
+    flow = Flow.objects.filter(code=code).select_related("team").first()
     if flow is not None:
         stored = flow.webhook_token()
         if not stored or not hmac.compare_digest(stored.encode(), token.encode()):
@@ -114,6 +116,13 @@ def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse
     if spec.get("type") != "webhook":
         # The same answer for a wrong code, a paused flow and a flow with another trigger.
         return _error(404, "not_found", "No live flow listens at this URL.")
+    limit = flow.team.webhook_rate_per_minute or settings.KWALA_WEBHOOK_RATE_PER_MINUTE
+    window = ratelimit.hit(f"webhook:{flow.pk}", 60)
+    if window.over(limit):
+        logger.warning("webhook for flow %s: over its limit of %s requests a minute; answered 429", flow.code, limit)
+        response = _error(429, "rate_limited", f"This webhook takes at most {limit} requests a minute.")
+        response["Retry-After"] = str(window.retry_after)
+        return response
     try:
         body = request.body
     except RequestDataTooBig:

@@ -76,7 +76,7 @@ class MembershipInline(admin.TabularInline):
 @admin.register(Team)
 class TeamAdmin(TeamScopedAdmin):
     team_path = ""
-    list_display = ["name", "code", "created_at"]
+    list_display = ["name", "code", "webhook_rate_per_minute", "created_at"]
     search_fields = ["name", "code"]
     inlines = [MembershipInline]
 

@@ -27,6 +27,10 @@ class Team(models.Model):
     name = models.CharField(max_length=100)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="teams")
     created_at = models.DateTimeField(auto_now_add=True)
+    # Operators' override of settings.KWALA_WEBHOOK_RATE_PER_MINUTE for this team's flows (admin only).
+    webhook_rate_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Inbound webhook requests per flow per minute; empty: the site's default."
+    )
 
     def __str__(self) -> str:
         return self.name

@@ -234,7 +234,11 @@ def browser():
 @pytest.fixture
 def page(browser, request):
     """A fresh browser context; saves a screenshot to test-artifacts/ when the test fails."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    # Playwright's own string predicates (wait_for_function) are evaluated as code, which the
+    # site's Content-Security-Policy refuses; tests/e2e/test_editor.py checks the policy itself
+    # in a context that does not bypass it.
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, bypass_csp=request.node.get_closest_marker(
+        "csp") is None)
     page = context.new_page()
     console_errors: list[str] = []
     page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)

@@ -688,6 +688,19 @@ function debounce(fn, ms) {
   return (...args) => { clearTimeout(t); t = setTimeout(() => fn(...args), ms); };
 }
 
+// The page's small actions, wired here rather than in inline handlers (the Content-Security-Policy
+// allows no inline script).
+document.addEventListener("click", (e) => {
+  const target = e.target.closest("[data-action]");
+  if (!target) return;
+  if (target.dataset.action === "reload") window.location.reload();
+  if (target.dataset.action === "load-samples") htmx.trigger(document.body, "kwala:load-samples");
+  if (target.dataset.action === "select") target.select();
+});
+document.addEventListener("change", (e) => {
+  if (e.target.id === "sample-pick") $("#test-payload").value = e.target.value;
+});
+
 buildPalette();
 window.addEventListener("beforeunload", (e) => {
   if (dirty && !conflict) { saveNow(); e.preventDefault(); }

@@ -199,3 +199,20 @@ def test_nodes_pasted_from_another_flow_get_free_valid_ids_and_keep_their_edges(
         assert (f"condition_{n}", "true", f"http_request_{n}") in edges
     assert len(graph["edges"]) == 6 and len({e["id"] for e in graph["edges"]}) == 6
     assert page.console_errors == []
+
+
+@pytest.mark.csp
+def test_pages_carry_a_content_security_policy_that_the_editor_works_under(asgi_server, page, team, alice):
+    local_chain()
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    response = page.goto(f"{asgi_server.url}/flows/{flow.code}/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-eval" not in policy and "frame-ancestors 'none'" in policy
+    open_editor(page, asgi_server.url, flow)
+    node(page, "http_request_1").click()  # htmx loads the side panel
+    assert page.get_by_label("URL").input_value() == "http://127.0.0.1:9/hook"
+    page.get_by_role("tab", name="Test").click()
+    page.get_by_role("button", name="Load recent events from the chain").click()  # a wired, not inline, action
+    page.locator("#samples button[data-action=load-samples]").wait_for(state="detached")
+    assert page.console_errors == []  # a blocked script or style would be reported here

@@ -165,3 +165,15 @@ def test_hmac_with_a_signed_timestamp_refuses_stale_or_unsigned_times(alice, tea
     assert send(now - 3600).status_code == 401  # captured an hour ago
     assert send(now, signed_stamp=now - 1).status_code == 401  # a time the signature does not cover
     assert Run.objects.count() == 1
+
+
+def test_a_flow_over_its_team_s_webhook_rate_gets_429_with_retry_after(open_hook, alice, team):
+    team.webhook_rate_per_minute = 3
+    team.save(update_fields=["webhook_rate_per_minute"])
+    path = webhook_path(open_hook, alice)
+    statuses = [Client().post(path, b"{}", content_type="application/json").status_code for _ in range(4)]
+    assert statuses == [202, 202, 202, 429]
+    refused = Client().post(path, b"{}", content_type="application/json")
+    assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= 60
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert Run.objects.filter(flow=open_hook).count() == 3

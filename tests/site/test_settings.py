@@ -16,14 +16,15 @@ GOOD_KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 PRODUCTION = {
     "DATABASE_URL": "postgresql://kwala:pw@db.internal:5432/kwala",
     "REDIS_URL": "redis://redis.internal:6379/0",
-    "SECRET_KEY": "s" * 50,
+    "SECRET_KEY": "kwala-production-secret-" + "x9Q2" * 8,
     "ALLOWED_HOSTS": "kwala.example.com",
     "KWALA_ENCRYPTION_KEYS": GOOD_KEY,
 }
 
 
 def load_settings(monkeypatch, env: dict, *, testing: bool = False) -> dict:
-    for name in list(PRODUCTION) + ["DEBUG", "KWALA_CHAINS", "EMAIL_PORT", "KWALA_OUTBOUND_ALLOW"]:
+    for name in list(PRODUCTION) + ["DEBUG", "KWALA_CHAINS", "EMAIL_PORT", "KWALA_OUTBOUND_ALLOW",
+                                    "SECURE_PROXY_SSL_HEADER"]:
         monkeypatch.delenv(name, raising=False)
     if not testing:
         monkeypatch.delenv("PYTEST_VERSION", raising=False)
@@ -50,7 +51,9 @@ def test_production_settings_load_from_the_environment(monkeypatch):
         ("DATABASE_URL", "postgresql://x@y:5432/", "DATABASE_URL must name a database"),
         ("REDIS_URL", "http://redis:6379", "REDIS_URL must start with redis://"),
         ("REDIS_URL", "redis://", "REDIS_URL must name a host"),
-        ("SECRET_KEY", "short", "SECRET_KEY must be at least 32 characters"),
+        ("SECRET_KEY", "short", "SECRET_KEY must be at least 50 characters"),
+        ("SECRET_KEY", "s" * 60, "SECRET_KEY must be at least 50 characters"),
+        ("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto", "SECURE_PROXY_SSL_HEADER must look like"),
         ("DEBUG", "maybe", "DEBUG must be a boolean"),
         ("ALLOWED_HOSTS", " , ", "ALLOWED_HOSTS must list the host names"),
         ("KWALA_ENCRYPTION_KEYS", "not-a-key", "KWALA_ENCRYPTION_KEYS entry 1 is not"),
@@ -94,3 +97,23 @@ def test_chains_can_be_read_from_a_file(monkeypatch, tmp_path):
     values = load_settings(monkeypatch, dict(PRODUCTION, KWALA_CHAINS=f"@{path}"))
     assert values["KWALA_CHAINS"][0]["chain_id"] == 8453
     assert values["KWALA_CHAINS"][0]["confirmations"] == 0
+
+
+def test_the_deploy_check_finds_nothing_to_warn_about_in_production():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_VERSION", "DEBUG", "KWALA_VAR_DIR")}
+    env.update(PRODUCTION, DJANGO_SETTINGS_MODULE="kwala_site.settings")
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                            cwd=SETTINGS.parents[1], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_the_proxy_header_is_trusted_only_when_configured(monkeypatch):
+    assert "SECURE_PROXY_SSL_HEADER" not in load_settings(monkeypatch, PRODUCTION)
+    values = load_settings(monkeypatch, dict(PRODUCTION, SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO=https"))
+    assert values["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
+    assert values["SECURE_SSL_REDIRECT"] is True and values["SECURE_HSTS_SECONDS"] >= 31_536_000
