@@ -9,7 +9,7 @@ not yet served for the newest block, stale heads, eth_getLogs range refusals,
 reordered batches, a logs index lagging 2 blocks behind (receipts too), websocket
 drops every 10 s, duplicated, dropped and reordered newHeads.
 
-    python bench/rpc_faults.py [--events 1000] [--per-tx 5] [--http-only]
+    python bench/rpc_faults.py [--events 1000] [--per-tx 5] [--http-only] [--fault CLASS]
 
 Prints the figures; the last line is one JSON object with emitted, delivered,
 missed, duplicates, the delay from the transaction being sent to the webhook
@@ -30,6 +30,24 @@ from harness import clean_slate, percentile, product_env, spawn_workers_and_list
 
 BIG = "Big(uint256 indexed id, uint256 value)"
 
+# Each fault class as tests.rpcproxy.Faults settings. "timeout" holds 2% of answers past the
+# client's 10 s timeout, so it runs alone (together it would only slow every other class down).
+FAULT_CLASSES = {
+    "lagging-logs": {"lag_logs": 2, "lag_receipts": True},
+    "rate-limit": {"rate_limit": 0.03},
+    "unavailable": {"unavailable": 0.02},
+    "slow": {"slow": 0.03, "slow_seconds": 0.3},
+    "timeout": {"slow": 0.02, "slow_seconds": 11},
+    "null-headers": {"null_headers": 0.05},
+    "stale-head": {"stale_head": 0.05},
+    "range-refused": {"max_range": 5},
+    "reordered-batches": {"reorder_batches": True},
+    "socket-drops": {"ws_drop_after": 10.0},
+    "heads-duplicated": {"ws_duplicate_heads": 0.1},
+    "heads-missing": {"ws_drop_heads": 0.1},
+    "heads-reordered": {"ws_reorder_heads": True},
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,6 +55,8 @@ def main() -> None:
     parser.add_argument("--per-tx", type=int, default=5, help="events per transaction (EventZoo.emitBatch)")
     parser.add_argument("--tx-interval", type=float, default=0.5, help="seconds between transactions")
     parser.add_argument("--http-only", action="store_true", help="no websocket endpoint")
+    parser.add_argument("--fault", choices=["all", *FAULT_CLASSES], default="all",
+                        help="one fault class alone, or all together (the default; timeouts only alone)")
     args = parser.parse_args()
 
     var_dir = product_env()
@@ -49,11 +69,8 @@ def main() -> None:
     children: list[subprocess.Popen] = []
     try:
         anvil.wait_ready(timeout=20)
-        faults = Faults(
-            lag_logs=2, lag_receipts=True, rate_limit=0.03, unavailable=0.02, slow=0.03, slow_seconds=0.3,
-            null_headers=0.05, stale_head=0.05, max_range=5, reorder_batches=True,
-            ws_drop_after=10.0, ws_duplicate_heads=0.1, ws_drop_heads=0.1, ws_reorder_heads=True,
-        )
+        together = {k: v for name, fault in FAULT_CLASSES.items() if name != "timeout" for k, v in fault.items()}
+        faults = Faults(**(together if args.fault == "all" else FAULT_CLASSES[args.fault]))
         with RpcProxy(anvil.http_url, faults, seed=7, ws_upstream=anvil.ws_url) as proxy:
             chain = {"slug": "bench", "name": "Bench (anvil behind a fault proxy)", "chain_id": 31337,
                      "confirmations": 0, "rpc_urls": [f"{proxy.url}/bench-key"]}
@@ -170,6 +187,7 @@ def measure(args, anvil, proxy, children, var_dir) -> dict:
         "delay_p50_ms": round(statistics.median(delays), 1) if delays else None,
         "delay_p99_ms": round(percentile(delays, 99), 1) if delays else None,
         "websocket": not args.http_only,
+        "fault": args.fault,
         "health_samples": len(health),
         "health_not_ok_samples": sum(1 for h in health if not h.get("ok", True)),
         "health_held_samples": sum(1 for h in health if h.get("held_block") is not None),
