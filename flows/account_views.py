@@ -48,7 +48,8 @@ def tokens(request):
     form = TokenForm(request.POST or None)
     created = None
     if request.method == "POST" and form.is_valid():
-        token, plaintext = do_create_token(membership, form.cleaned_data["name"])
+        token, plaintext = do_create_token(membership, form.cleaned_data["name"],
+                                           expires_in_days=form.cleaned_data["expires_in_days"])
         # Shown once, in this response only; never stored in the session or a message.
         created = {"token": token, "plaintext": plaintext}
         form = TokenForm()

@@ -1005,6 +1005,7 @@ class TokenOut(Schema):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None
 
 
 class TokenCreatedOut(TokenOut):
@@ -1013,11 +1014,12 @@ class TokenCreatedOut(TokenOut):
 
 class TokenIn(Schema):
     name: Text = Field(min_length=1, max_length=100)
+    expires_in_days: int | None = Field(None, ge=1, le=3650, description="Empty: the token does not expire.")
 
 
 def _token_out(t: ApiToken) -> dict:
     return {"prefix": t.prefix, "name": t.name, "team": t.team.code, "created_at": t.created_at,
-            "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}
+            "last_used_at": t.last_used_at, "revoked_at": t.revoked_at, "expires_at": t.expires_at}
 
 
 @misc_router.get("/tokens", response={200: list[TokenOut], **COMMON_ERRORS}, tags=["tokens"])
@@ -1027,7 +1029,11 @@ def list_tokens(request):
 
 @misc_router.post("/tokens", response={201: TokenCreatedOut, **COMMON_ERRORS}, tags=["tokens"])
 def create_token(request, payload: TokenIn):
-    token, plaintext = do_create_token(request.auth, payload.name)
+    """A new personal token; only from a logged-in browser session, never with a token (a leaked
+    token must not be able to mint others that outlive its revocation)."""
+    if getattr(request, "api_token", None) is not None:
+        raise forbidden("An API token cannot create tokens: create them on your account page.")
+    token, plaintext = do_create_token(request.auth, payload.name, expires_in_days=payload.expires_in_days)
     return Status(201, {**_token_out(token), "token": plaintext})
 
 

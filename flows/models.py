@@ -31,6 +31,11 @@ class Team(models.Model):
     webhook_rate_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Inbound webhook requests per flow per minute; empty: the site's default."
     )
+    # Operators' override of settings.KWALA_CONDITION_MS_PER_BLOCK (executor.quotas).
+    condition_ms_per_block = models.PositiveIntegerField(
+        null=True, blank=True, help_text="CPU time the team's trigger conditions may take on one block, in ms; "
+                                         "empty: the site's default.",
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -231,6 +236,7 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the token does not expire.")
 
     class Meta:
         ordering = ["-created_at"]

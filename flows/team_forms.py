@@ -44,6 +44,10 @@ class ProfileForm(forms.Form):
     first_name = forms.CharField(max_length=150, required=False)
     last_name = forms.CharField(max_length=150, required=False)
     email = forms.EmailField()
+    current_password = forms.CharField(
+        widget=forms.PasswordInput, required=False, strip=False,
+        help_text="Needed to change your email: the email is where password resets go.",
+    )
 
     def __init__(self, *args, user=None, **kwargs):
         self.user = user
@@ -55,9 +59,18 @@ class ProfileForm(forms.Form):
             raise forms.ValidationError("Another account uses that email.")
         return email
 
+    def clean(self):
+        data = super().clean()
+        changed = data.get("email") and data["email"] != (self.user.email or "").lower()
+        if changed and not self.user.check_password(data.get("current_password") or ""):
+            self.add_error("current_password", "Enter your current password to change your email.")
+        return data
+
 
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="What the token is for, e.g. CI deploys.")
+    expires_in_days = forms.IntegerField(min_value=1, max_value=3650, required=False, initial=90,
+                                         label="Expires in (days)", help_text="Empty: it does not expire.")
 
 
 class TeamForm(forms.Form):

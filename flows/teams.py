@@ -206,12 +206,16 @@ def invitation_from_token(token: str) -> Invitation:
 
 
 def do_accept_invitation(token: str, user) -> Membership:
-    """Join the team of the invitation `token` names; each invitation works once."""
+    """Join the team of the invitation `token` names; each invitation works once, and only
+    for the account of the address it was sent to (a forwarded or leaked link opens nothing)."""
     invitation = invitation_from_token(token)
     with transaction.atomic():
         existing = Membership.objects.filter(team=invitation.team, user=user).first()
         if existing is not None:
             raise TeamError("already_member", f"You are already in {invitation.team.name}.")
+        if (user.email or "").strip().lower() != invitation.email.strip().lower():
+            raise TeamError("wrong_account", "This invitation was sent to another email address: log in with "
+                                             "the account that uses it.", 403)
         now = timezone.now()
         # The conditional update is what makes the link single-use, also when
         # two people click it at the same moment.
@@ -348,16 +352,22 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def do_create_token(membership: Membership, name: str) -> tuple[ApiToken, str]:
-    """A personal token for `membership`'s user in its team; the plaintext is returned once, never stored."""
+def do_create_token(membership: Membership, name: str, *, expires_in_days: int | None = None) -> tuple[ApiToken, str]:
+    """A personal token for `membership`'s user in its team; the plaintext is returned once, never stored.
+
+    With `expires_in_days` the token stops working after that many days.
+    """
     name = (name or "").strip()
     if not name:
         raise TeamError("invalid", "A token needs a name.", 400)
+    if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
+        raise TeamError("invalid", "A token expires in 1 to 3,650 days.", 400)
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
     with transaction.atomic():
         token = ApiToken.objects.create(
             user=membership.user, team=membership.team, name=name[:100],
-            prefix=plaintext[: ApiToken.PREFIX_LENGTH], token_hash=hash_token(plaintext),
+            prefix=plaintext[: ApiToken.PREFIX_LENGTH], token_hash=hash_token(plaintext), expires_at=expires_at,
         )
         audit.record(membership.team, membership.user, "token.created", token.name, prefix=token.prefix)
     return token, plaintext
@@ -379,6 +389,8 @@ def membership_for_token(plaintext: str) -> tuple[ApiToken, Membership] | None:
         token_hash=hash_token(plaintext), revoked_at=None
     ).first()
     if token is None or not token.user.is_active:
+        return None
+    if token.expires_at is not None and token.expires_at <= timezone.now():
         return None
     membership = Membership.objects.select_related("team", "user").filter(user=token.user, team=token.team).first()
     if membership is None:

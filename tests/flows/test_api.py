@@ -169,7 +169,8 @@ def test_members_roles_and_last_owner_over_the_api(alice, bob, team):
 
 
 def test_tokens_over_the_api_are_shown_once_and_revocable(alice):
-    client = api_client(alice)
+    client = Client()
+    client.force_login(alice)  # tokens are made from a logged-in session, never with a token
     created = body(client.post("/api/v1/tokens", {"name": "deploy"}, content_type="application/json"))
     assert created["token"].startswith(created["prefix"])
     assert "token" not in body(client.get("/api/v1/tokens"))[0]
@@ -260,3 +261,23 @@ def test_an_outsider_gets_404_for_every_object_endpoint(users_by_role, alice, te
     assert client.delete("/api/v1/secrets/ACME_SECRET").status_code == 404
     assert client.patch("/api/v1/members/alice", {"role": "VIEWER"}, content_type="application/json").status_code == 404
     assert Membership.objects.get(user=alice, team=team).role == "OWNER"
+
+
+def test_a_token_cannot_mint_tokens_and_an_expired_token_opens_nothing(alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from flows.models import ApiToken
+
+    assert_error(api_client(alice).post("/api/v1/tokens", {"name": "more"}, content_type="application/json"),
+                 403, "forbidden")
+    session = Client()
+    session.force_login(alice)
+    created = body(session.post("/api/v1/tokens", {"name": "ci", "expires_in_days": 30},
+                                content_type="application/json"))
+    assert created["expires_at"] is not None
+    bearer = Client(HTTP_AUTHORIZATION=f"Bearer {created['token']}")
+    assert bearer.get("/api/v1/flows").status_code == 200
+    ApiToken.objects.filter(prefix=created["prefix"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert_error(bearer.get("/api/v1/flows"), 401, "unauthorized")

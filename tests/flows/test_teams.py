@@ -73,7 +73,8 @@ def test_password_reset_emails_a_link_that_sets_a_new_password(client, alice):
 
 def test_profile_saves_name_and_email(alice):
     client = logged_in(alice)
-    response = client.post(reverse("profile"), {"first_name": "Alice", "last_name": "A", "email": "a2@example.com"})
+    response = client.post(reverse("profile"), {"first_name": "Alice", "last_name": "A", "email": "a2@example.com",
+                                                "current_password": "alice-password-1"})
     assert response.status_code == 302
     alice.refresh_from_db()
     assert (alice.first_name, alice.email) == ("Alice", "a2@example.com")
@@ -131,6 +132,28 @@ def test_an_invitation_is_emailed_and_joins_the_team_once(alice, charlie, team, 
     response = logged_in(make_user("eve")).post(path)
     assert response.status_code == 410
     assert not Membership.objects.filter(team=team, user__username="eve").exists()
+
+
+def test_an_invitation_works_only_for_the_account_of_its_address_and_only_once(alice, charlie, team):
+    _, token = do_invite(membership(alice, team), "charlie@example.com", Role.VIEWER)
+    with pytest.raises(TeamError) as info:
+        do_accept_invitation(token, make_user("mallory"))
+    assert (info.value.code, info.value.status) == ("wrong_account", 403)
+    do_accept_invitation(token, charlie)
+    Membership.objects.filter(team=team, user=charlie).delete()
+    with pytest.raises(TeamError) as info:
+        do_accept_invitation(token, charlie)
+    assert info.value.code == "invitation_used"
+
+
+def test_changing_the_email_needs_the_current_password(charlie):
+    client = logged_in(charlie)
+    response = client.post("/account/", {"email": "new@example.com", "first_name": "", "last_name": ""})
+    charlie.refresh_from_db()
+    assert charlie.email == "charlie@example.com" and "current password" in response.content.decode()
+    client.post("/account/", {"email": "new@example.com", "current_password": "charlie-password-1"})
+    charlie.refresh_from_db()
+    assert charlie.email == "new@example.com"
 
 
 def make_user(name):
