@@ -6,7 +6,7 @@ from django.contrib.admin.helpers import ActionForm
 
 from executor.listener_health import scrub_urls
 from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run, StepRun
-from flows.admin import TeamScopedAdmin
+from flows.admin import OperatorOnlyAdmin, OwnTeamsFilter, TeamScopedAdmin
 
 
 class RpcEndpointInline(admin.TabularInline):
@@ -17,7 +17,7 @@ class RpcEndpointInline(admin.TabularInline):
 
 
 @admin.register(Chain)
-class ChainAdmin(admin.ModelAdmin):
+class ChainAdmin(OperatorOnlyAdmin):
     list_display = ["name", "slug", "chain_id", "enabled", "default_confirmations", "head", "processed", "lag",
                     "held", "inconsistencies", "websocket", "last_error"]
     list_filter = ["enabled"]
@@ -87,7 +87,7 @@ def reset_cursor(modeladmin, request, queryset):
 
 
 @admin.register(ChainCursor)
-class ChainCursorAdmin(admin.ModelAdmin):
+class ChainCursorAdmin(OperatorOnlyAdmin):
     list_display = ["chain", "block_number", "head_block", "lag_blocks", "held_block", "inconsistencies", "ws_state",
                     "halted", "updated_at"]
     readonly_fields = ["recent_blocks", "head_block", "head_seen_at", "last_error", "last_error_at", "held_block",
@@ -140,7 +140,7 @@ def retry_failed_runs(modeladmin, request, queryset):
 @admin.register(Run)
 class RunAdmin(TeamScopedAdmin):
     list_display = ["code", "flow", "status", "dry_run", "created_at", "finished_at"]
-    list_filter = ["status", "dry_run", "chain", "team"]
+    list_filter = ["status", "dry_run", "chain", ("team", OwnTeamsFilter)]
     search_fields = ["code", "flow__name", "flow__code", "event__tx_hash", "trigger_key", "block_hash"]
     date_hierarchy = "created_at"
     inlines = [StepRunInline]

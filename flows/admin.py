@@ -26,6 +26,36 @@ from flows.models import (
 )
 
 
+class OwnTeamsFilter(admin.RelatedFieldListFilter):
+    """A team filter that lists only the teams the viewing staff member belongs to
+    (superusers: every team), so team-scoped staff never see other teams' names."""
+
+    def field_choices(self, field, request, model_admin):
+        teams = Team.objects.all() if request.user.is_superuser else Team.objects.filter(memberships__user=request.user)
+        return [(team.pk, str(team)) for team in teams.distinct().order_by("name")]
+
+
+class OperatorOnlyAdmin(admin.ModelAdmin):
+    """Shared infrastructure (chains, their RPC endpoints and cursors): every team's signed
+    transactions go through it and endpoint URLs hold provider keys, so only superusers see
+    or change it."""
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    def has_add_permission(self, request, *args):
+        return request.user.is_superuser and super().has_add_permission(request, *args)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser and super().has_delete_permission(request, obj)
+
+
 class TeamScopedAdmin(admin.ModelAdmin):
     """Superusers: everything. Other staff: their own teams' rows, read-only."""
 
@@ -76,7 +106,7 @@ class MembershipInline(admin.TabularInline):
 @admin.register(Team)
 class TeamAdmin(TeamScopedAdmin):
     team_path = ""
-    list_display = ["name", "code", "webhook_rate_per_minute", "created_at"]
+    list_display = ["name", "code", "webhook_rate_per_minute", "condition_ms_per_block", "created_at"]
     search_fields = ["name", "code"]
     inlines = [MembershipInline]
 
@@ -120,7 +150,7 @@ def resume_flows(modeladmin, request, queryset):
 class FlowAdmin(TeamScopedAdmin):
     list_display = ["name", "team", "code", "paused", "updated_at"]
     search_fields = ["name", "code"]
-    list_filter = ["team", "paused"]
+    list_filter = [("team", OwnTeamsFilter), "paused"]
     # Pausing goes through the action (it tells the listeners); the signing secret is never shown.
     fields = ["team", "name", "description", "code", "paused", "revision", "created_by", "created_at", "updated_at"]
     readonly_fields = ["team", "code", "paused", "revision", "created_by", "created_at", "updated_at"]
@@ -151,7 +181,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     """The audit log has no update or delete path, here either."""
 
     list_display = ["created_at", "team", "actor_name", "action", "target"]
-    list_filter = ["action", "team"]
+    list_filter = ["action", ("team", OwnTeamsFilter)]
     search_fields = ["actor_name", "target", "action"]
     date_hierarchy = "created_at"
 

@@ -131,3 +131,28 @@ def test_staff_without_the_change_permission_cannot_retry_runs(alice, team):
     client.post(reverse("admin:executor_run_changelist"), {"action": "retry_failed_runs", "_selected_action": [run.pk]})
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
+
+
+def test_team_scoped_staff_see_no_other_team_s_name_in_the_filters(alice, charlie, team):
+    create_flow(team, alice, "Acme flow")
+    create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
+    make_staff(alice, "view_flow", "view_auditevent", "view_run")
+    for name in ("admin:flows_flow_changelist", "admin:flows_auditevent_changelist", "admin:executor_run_changelist"):
+        page = logged_in(alice).get(reverse(name)).content.decode()
+        assert "Other DAO" not in page, name
+
+
+def test_staff_who_are_not_superusers_cannot_see_or_change_chains_or_their_endpoints(alice, chains):
+    from executor.models import Chain
+
+    make_staff(alice, "view_chain", "change_chain", "add_chain", "view_rpcendpoint", "change_rpcendpoint",
+               "view_chaincursor", "change_chaincursor")
+    chain = Chain.objects.first()
+    client = logged_in(alice)
+    assert client.get(reverse("admin:executor_chain_changelist")).status_code == 403
+    assert client.get(reverse("admin:executor_chain_change", args=[chain.pk])).status_code == 403
+    assert client.post(reverse("admin:executor_chain_add"), {"slug": "evil", "name": "Evil", "chain_id": 666}
+                       ).status_code == 403
+    assert client.get(reverse("admin:executor_chaincursor_changelist")).status_code == 403
+    assert not Chain.objects.filter(slug="evil").exists()
+    assert "Chains" not in client.get(reverse("admin:index")).content.decode()
