@@ -80,6 +80,7 @@ from executor.matching import (
     log_payload,
 )
 from executor.models import Chain, ChainCursor, Event, Run, TriggerState
+from executor.quotas import ConditionBudget
 from flows.expressions import ExpressionError
 from flows.models import FlowVersion
 
@@ -284,8 +285,10 @@ def process_block(
         _settle_height(chain, block)
         event_ids = _store_events(chain, block.number, block.hash, [log for log, _ in matched]) if matched else {}
 
+        budget = ConditionBudget(f"chain {chain.slug} block {block.number}")
         for log, found in matched:
-            _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], event_ids, block.timestamp, now, claims)
+            _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], event_ids, block.timestamp, now,
+                        claims, budget)
 
         # Deeper confirmations: the block `depth` below is now confirmed enough.
         for depth in sorted(triggers.confirmation_depths() - {0}):
@@ -299,7 +302,7 @@ def process_block(
                 for event in events:
                     log = _event_log(event)
                     found = [c for c in log_triggers.candidates(log, now) if c.trigger.confirmations == depth]
-                    _log_claims(chain, log, found, ids, target_ts, now, claims)
+                    _log_claims(chain, log, found, ids, target_ts, now, claims, budget)
 
         for trigger in triggers.blocks:
             target = recent.get(block.number - trigger.confirmations)
@@ -326,6 +329,7 @@ def process_block(
         if claims:
             paused = paused_flow_ids(c.flow_id for c in claims)
             claim_runs([c for c in claims if c.flow_id not in paused])
+        budget.enforce()  # after the claims: what was evaluated within the budget still runs
 
         keep = sorted(recent)[-max(window, triggers.max_confirmations() + 1):]
         cursor.recent_blocks = [recent[n] for n in keep]
@@ -373,6 +377,7 @@ def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTr
     every row there. Batches hold at most CLAIMS_PER_MESSAGE runs, each with its logs.
     """
     now = timezone.now()
+    budget = ConditionBudget(f"chain {chain.slug}, pushed logs")
     batches = [PushedClaims(chain.pk)]
     for block in blocks:
         for log in block.logs:
@@ -381,7 +386,7 @@ def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTr
                 continue
             claims: list[RunClaim] = []
             _log_claims(chain, log, [c for c in found if c.trigger.confirmations == 0], {}, block.timestamp, now,
-                        claims)
+                        claims, budget)
             batch = batches[-1]
             if batch.claims and len(batch.claims) + len(claims) > CLAIMS_PER_MESSAGE:
                 batch = PushedClaims(chain.pk)
@@ -394,6 +399,7 @@ def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTr
                  "block_hash": c.block_hash}
                 for c in claims
             ]
+    budget.enforce()
     return [batch for batch in batches if batch.events]
 
 
@@ -646,10 +652,14 @@ def _settle_height(chain: Chain, block: Block) -> None:
 
 
 def _log_claims(chain: Chain, log: dict, found: list[Candidate], event_ids: dict[int, int], timestamp: int,
-                now, claims: list[RunClaim]) -> None:
+                now, claims: list[RunClaim], budget: ConditionBudget | None = None) -> None:
     for candidate in found:
         trigger: LogTrigger = candidate.trigger
+        if trigger.condition and budget is not None and not budget.allows(trigger.team_id):
+            budget.skip(trigger.flow_id)  # paused with an alert once the block is done (executor.quotas)
+            continue
         payload = log_payload(candidate, log, chain_id=chain.chain_id, timestamp=timestamp)
+        started = budget.start() if budget is not None else 0.0
         try:
             if not condition_holds(trigger.condition, payload, flow_code=trigger.flow_code, now=now):
                 continue
@@ -657,6 +667,9 @@ def _log_claims(chain: Chain, log: dict, found: list[Candidate], event_ids: dict
             logger.warning("flow %s: trigger condition failed on %s#%s: %s",
                            trigger.flow_code, log["block_hash"], log["log_index"], exc)
             continue
+        finally:
+            if budget is not None and trigger.condition:
+                budget.charge(trigger.team_id, started)
         claims.append(
             RunClaim(
                 version_id=trigger.version_id, flow_id=trigger.flow_id, team_id=trigger.team_id,

@@ -503,6 +503,9 @@ KWALA_FAILURE_WEBHOOK_URL = env_str("KWALA_FAILURE_WEBHOOK_URL", "")
 # The sweeper re-sends work that sat QUEUED this long without being picked up (lost messages).
 # Inbound webhook requests per flow per minute before 429 (a team's own limit is set in the admin).
 KWALA_WEBHOOK_RATE_PER_MINUTE = env_int("KWALA_WEBHOOK_RATE_PER_MINUTE", 6000, minimum=1)
+# CPU time one team's trigger conditions may take on one block before its flows are paused
+# with an alert (executor.quotas); a team's own limit is set in the admin.
+KWALA_CONDITION_MS_PER_BLOCK = env_int("KWALA_CONDITION_MS_PER_BLOCK", 500, minimum=1)
 KWALA_SWEEP_GRACE_SECONDS = env_int("KWALA_SWEEP_GRACE_SECONDS", 30, minimum=1)
 # How long a claimed step may run before the sweeper hands it to another worker.
 KWALA_STEP_LEASE_SECONDS = env_int("KWALA_STEP_LEASE_SECONDS", 30, minimum=2)
