@@ -283,3 +283,20 @@ def _flush_retries_on_deadlock():
     flush.Command.handle = handle
     yield
     flush.Command.handle = original
+
+
+def pytest_unconfigure(config):
+    """Leave no server running: stop the embedded PostgreSQL and Redis that this run started
+    (servers named by DATABASE_URL / REDIS_URL are someone else's and are left alone).
+
+    Runs after every fixture's teardown, so the test database has been dropped by then.
+    """
+    from django.db import connections
+
+    from kwala_site import embedded
+
+    connections.close_all()
+    if not os.environ.get("DATABASE_URL"):
+        embedded.stop_postgres(settings.VAR_DIR / "pg")
+    if not os.environ.get("REDIS_URL"):
+        embedded.stop_redis(settings.VAR_DIR / "redis")
