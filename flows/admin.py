@@ -35,7 +35,20 @@ class OwnTeamsFilter(admin.RelatedFieldListFilter):
         return [(team.pk, str(team)) for team in teams.distinct().order_by("name")]
 
 
-class OperatorOnlyAdmin(admin.ModelAdmin):
+class SuperuserWritesAdmin(admin.ModelAdmin):
+    """Only superusers add, change or delete here."""
+
+    def has_add_permission(self, request, *args):
+        return request.user.is_superuser and super().has_add_permission(request, *args)
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser and super().has_delete_permission(request, obj)
+
+
+class OperatorOnlyAdmin(SuperuserWritesAdmin):
     """Shared infrastructure (chains, their RPC endpoints and cursors): every team's signed
     transactions go through it and endpoint URLs hold provider keys, so only superusers see
     or change it."""
@@ -46,17 +59,8 @@ class OperatorOnlyAdmin(admin.ModelAdmin):
     def has_view_permission(self, request, obj=None):
         return request.user.is_superuser
 
-    def has_add_permission(self, request, *args):
-        return request.user.is_superuser and super().has_add_permission(request, *args)
 
-    def has_change_permission(self, request, obj=None):
-        return request.user.is_superuser and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None):
-        return request.user.is_superuser and super().has_delete_permission(request, obj)
-
-
-class TeamScopedAdmin(admin.ModelAdmin):
+class TeamScopedAdmin(SuperuserWritesAdmin):
     """Superusers: everything. Other staff: their own teams' rows, read-only."""
 
     team_path = "team"
@@ -67,15 +71,6 @@ class TeamScopedAdmin(admin.ModelAdmin):
             return queryset
         lookup = f"{self.team_path}__memberships__user" if self.team_path else "memberships__user"
         return queryset.filter(**{lookup: request.user}).distinct()
-
-    def has_add_permission(self, request, *args):
-        return request.user.is_superuser and super().has_add_permission(request, *args)
-
-    def has_change_permission(self, request, obj=None):
-        return request.user.is_superuser and super().has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None):
-        return request.user.is_superuser and super().has_delete_permission(request, obj)
 
 
 class ReadOnlyAdmin(TeamScopedAdmin):
