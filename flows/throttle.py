@@ -54,7 +54,8 @@ class ThrottledLoginView(auth_views.LoginView):
         for key, limit in self._keys():
             window = ratelimit.peek(key, WINDOW_SECONDS)
             if window.count >= limit:
-                form = self.get_form()
+                # An unbound form: a bound one would check the password when the page shows its errors.
+                form = self.get_form_class()(request, initial={"username": request.POST.get("username", "")})
                 return _refused(request, self.template_name, {"form": form, "next": request.POST.get("next", "")},
                                 window.retry_after, "login")
         return super().post(request, *args, **kwargs)
