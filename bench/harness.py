@@ -60,6 +60,8 @@ def spawn_workers_and_listener(children: list[subprocess.Popen]) -> None:
 
 
 def stop(children: list[subprocess.Popen]) -> None:
+    """Stop the product's processes, then the bench's embedded PostgreSQL and Redis: a bench
+    leaves no server running."""
     for child in children:
         child.terminate()
     for child in children:
@@ -67,6 +69,13 @@ def stop(children: list[subprocess.Popen]) -> None:
             child.wait(20)
         except subprocess.TimeoutExpired:
             child.kill()
+    from django.db import connections
+
+    from kwala_site import embedded
+
+    connections.close_all()
+    embedded.stop_postgres(VAR_DIR / "pg")
+    embedded.stop_redis(VAR_DIR / "redis")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -30,23 +30,25 @@ from harness import clean_slate, percentile, product_env, spawn_workers_and_list
 
 BIG = "Big(uint256 indexed id, uint256 value)"
 
-# Each fault class as tests.rpcproxy.Faults settings. "timeout" holds 2% of answers past the
-# client's 10 s timeout, so it runs alone (together it would only slow every other class down).
+# Each fault class as tests.rpcproxy.Faults settings, with the shares it has when it runs alone
+# (high enough that a 200-event run meets it dozens of times); all together, the shares are a
+# fifth of these. "timeout" holds answers past the client's 10 s timeout, so it runs alone only.
 FAULT_CLASSES = {
     "lagging-logs": {"lag_logs": 2, "lag_receipts": True},
-    "rate-limit": {"rate_limit": 0.03},
-    "unavailable": {"unavailable": 0.02},
-    "slow": {"slow": 0.03, "slow_seconds": 0.3},
-    "timeout": {"slow": 0.02, "slow_seconds": 11},
-    "null-headers": {"null_headers": 0.05},
-    "stale-head": {"stale_head": 0.05},
+    "rate-limit": {"rate_limit": 0.15},
+    "unavailable": {"unavailable": 0.1},
+    "slow": {"slow": 0.15, "slow_seconds": 0.3},
+    "timeout": {"slow": 0.05, "slow_seconds": 11},
+    "null-headers": {"null_headers": 0.25},
+    "stale-head": {"stale_head": 0.25},
     "range-refused": {"max_range": 5},
     "reordered-batches": {"reorder_batches": True},
     "socket-drops": {"ws_drop_after": 10.0},
-    "heads-duplicated": {"ws_duplicate_heads": 0.1},
-    "heads-missing": {"ws_drop_heads": 0.1},
+    "heads-duplicated": {"ws_duplicate_heads": 0.5},
+    "heads-missing": {"ws_drop_heads": 0.5},
     "heads-reordered": {"ws_reorder_heads": True},
 }
+SHARES = {"rate_limit", "unavailable", "slow", "null_headers", "stale_head", "ws_duplicate_heads", "ws_drop_heads"}
 
 
 def main() -> None:
@@ -69,7 +71,8 @@ def main() -> None:
     children: list[subprocess.Popen] = []
     try:
         anvil.wait_ready(timeout=20)
-        together = {k: v for name, fault in FAULT_CLASSES.items() if name != "timeout" for k, v in fault.items()}
+        together = {k: v / 5 if k in SHARES else v
+                    for name, fault in FAULT_CLASSES.items() if name != "timeout" for k, v in fault.items()}
         faults = Faults(**(together if args.fault == "all" else FAULT_CLASSES[args.fault]))
         with RpcProxy(anvil.http_url, faults, seed=7, ws_upstream=anvil.ws_url) as proxy:
             chain = {"slug": "bench", "name": "Bench (anvil behind a fault proxy)", "chain_id": 31337,
