@@ -285,6 +285,12 @@ def _flush_retries_on_deadlock():
     flush.Command.handle = original
 
 
+def pytest_configure(config):
+    # The outermost pytest owns the embedded servers; a pytest that a test starts inside it
+    # (tests/e2e/test_artifacts.py) inherits this and must leave them running.
+    os.environ.setdefault("KWALA_TEST_SERVERS_OWNER", str(os.getpid()))
+
+
 def pytest_unconfigure(config):
     """Leave no server running: stop the embedded PostgreSQL and Redis that this run started
     (servers named by DATABASE_URL / REDIS_URL are someone else's and are left alone).
@@ -295,6 +301,8 @@ def pytest_unconfigure(config):
 
     from kwala_site import embedded
 
+    if os.environ.get("KWALA_TEST_SERVERS_OWNER") != str(os.getpid()):
+        return
     connections.close_all()
     if not os.environ.get("DATABASE_URL"):
         embedded.stop_postgres(settings.VAR_DIR / "pg")
