@@ -45,9 +45,6 @@ def _ether(wei: int) -> str:
     return f"{native(wei)} ({wei} wei)"
 
 
-_gwei = gwei
-
-
 def limit_summary(signer: SignerKey) -> list[str]:
     """The signer's limits in words, for the team's signer page; the first line warns when there are none."""
     lines = []
@@ -87,8 +84,8 @@ def capped_fees(signer: SignerKey, max_fee: int, priority: int, base_fee: int) -
     if signer.max_fee_per_gas_wei is not None:
         ceiling = int(signer.max_fee_per_gas_wei)
         if ceiling < base_fee + priority:
-            raise refuse(signer, f"the chain's base fee is {_gwei(base_fee)}, over its limit of "
-                                 f"{_gwei(ceiling)} per gas")
+            raise refuse(signer, f"the chain's base fee is {gwei(base_fee)}, over its limit of "
+                                 f"{gwei(ceiling)} per gas")
         max_fee = min(max_fee, ceiling)
     return max_fee, min(priority, max_fee)
 
