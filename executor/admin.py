@@ -121,7 +121,7 @@ class StepRunInline(admin.TabularInline):
 
 @admin.action(description="Retry the selected failed runs", permissions=["change"])
 def retry_failed_runs(modeladmin, request, queryset):
-    from executor.runs import RunError, retry_run
+    from executor.runs.manual import RunError, retry_run
 
     retried, refused = 0, []
     for run in queryset.order_by("pk"):

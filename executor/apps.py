@@ -7,7 +7,7 @@ from django.db.backends.signals import connection_created
 def use_generic_plans(sender, connection, **kwargs) -> None:
     """Prepared statements get one generic plan per connection, not a fresh plan per run.
 
-    Only the executor's hot statements are prepared (live.prepared_cursor); Django's
+    Only the executor's hot statements are prepared (executor.runs.store.prepared_cursor); Django's
     own cursors never are, so nothing else changes. A SET rather than a startup
     option, which connection poolers such as PgBouncer refuse.
     """
@@ -23,6 +23,8 @@ class ExecutorConfig(AppConfig):
     def ready(self) -> None:
         connection_created.connect(use_generic_plans, dispatch_uid="executor.use_generic_plans")
         restore_recursion_limit()
+        # The actors connect themselves to executor.runs.queue, so every process can send.
+        from executor import tasks  # noqa: F401
 
 
 # py_ecc (imported by web3 and eth-account) raises the interpreter's recursion limit to

@@ -26,7 +26,7 @@ A websocket `newHeads` subscription wakes the loop; it polls when the socket
 is down. On the same socket a `logs` subscription (filtered like the loop's
 eth_getLogs) sends each pushed block's matching logs straight to a worker,
 which stores them, claims their depth-0 runs and starts the first run in one
-statement (`claim_pushed`, runner.start_pushed_runs), before the loop has
+statement (runs.start.start_pushed_runs), before the loop has
 read the block: the same rows the loop would write, so the loop then skips
 them (once it has checked they are there) or finds them there. That is what
 makes event-to-run latency close to the node's own. A pushed block that is
@@ -43,15 +43,13 @@ like any other block. A reorg deeper than the kept window halts the chain.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -70,7 +68,6 @@ from executor.chain import (
     scrub_urls,
 )
 from executor.chainsocket import SOCKET_ERRORS, SubscriptionSocket
-from executor.live import from_jsonb, prepared_cursor, rows_json
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -81,11 +78,11 @@ from executor.matching import (
 )
 from executor.models import Chain, ChainCursor, Event, Run, TriggerState
 from executor.quotas import ConditionBudget
+from executor.runs import queue
+from executor.runs.start import PUSHED_EVENT_FIELDS, RunClaim, claim_runs
+from executor.runs.store import rows_json
 from flows.expressions import ExpressionError
 from flows.models import FlowVersion
-
-if TYPE_CHECKING:
-    from executor.runner import RunStart
 
 logger = logging.getLogger(__name__)
 
@@ -116,76 +113,11 @@ PROCESSED, ALREADY_DONE, GAP, REORG = "processed", "already done", "gap", "reorg
 # -- claiming runs ------------------------------------------------------------------------
 
 
-@dataclass
-class RunClaim:
-    """A run to create unless its (version, trigger_key) already exists."""
-
-    version_id: int
-    flow_id: int
-    team_id: int
-    trigger_key: str
-    trigger: dict[str, Any]
-    chain_id: int | None = None  # Chain row id
-    event_id: int | None = None
-    block_number: int | None = None
-    block_hash: str = ""
-    dry_run: bool = False
-
-
-_RUN_COLUMNS = (
-    "code, team_id, flow_id, version_id, trigger_key, trigger, event_id, chain_id, "
-    "block_number, block_hash, dry_run, status, error, event_seq, created_at"
-)
-
-
-# The rows go in as one JSON parameter (live.rows_json), so the text is the same for any number of runs.
-_CLAIM_RUNS_SQL = (
-    f"INSERT INTO executor_run ({_RUN_COLUMNS}) "  # noqa: S608
-    "SELECT code, team_id, flow_id, version_id, trigger_key, trigger, event_id, chain_id, block_number, block_hash, "
-    "dry_run, 'QUEUED', '', 0, %s FROM jsonb_to_recordset(%s::jsonb) AS r(code uuid, team_id bigint, "
-    "flow_id bigint, version_id bigint, trigger_key varchar, trigger jsonb, event_id bigint, chain_id bigint, "
-    "block_number bigint, block_hash varchar, dry_run boolean) "
-    "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING id, dry_run"
-)
-
-
-def claim_runs(claims: Sequence[RunClaim], *, send: bool = True) -> list[int]:
-    """Insert the runs that do not exist yet, in one statement; return the new ids.
-
-    Call inside a transaction (opens one if there is none). Each new run's
-    `start_run` message is sent after commit, carrying only its id; dry runs and
-    `send=False` are not enqueued. Safe to call any number of times with the
-    same claims: the unique (version, trigger_key) makes the later calls no-ops.
-    """
-    if not claims:
-        return []
-    rows = [{"code": str(uuid.uuid4()), "team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
-             "trigger_key": c.trigger_key, "trigger": c.trigger, "event_id": c.event_id, "chain_id": c.chain_id,
-             "block_number": c.block_number, "block_hash": c.block_hash, "dry_run": c.dry_run} for c in claims]
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_RUNS_SQL, [timezone.now(), rows_json(rows)])
-            rows = cursor.fetchall()
-        if send:
-            for run_id, dry_run in rows:
-                if not dry_run:
-                    transaction.on_commit(lambda run_id=run_id: _send_start(run_id), robust=True)
-    return [run_id for run_id, _ in rows]
-
-
-def _send_start(run_id: int) -> None:
-    from executor.tasks import enqueue_run
-
-    # If the broker is down the run stays QUEUED; the executor's sweeper re-sends it.
-    enqueue_run(run_id)
-
-
 # -- triggers -------------------------------------------------------------------------------
 
 
 def load_triggers() -> dict[int, ChainTriggers]:
     """Compile the chain triggers of every published version of an unpaused flow, by chain id."""
-    from flows.models import FlowVersion
 
     rows = [
         {"version_id": vid, "flow_id": fid, "team_id": tid, "flow_code": code, "spec": dag["trigger"]}
@@ -248,7 +180,7 @@ def process_block(
 
     `logs` are the block's logs (at least those matching `triggers.logs`'s
     filter), all with this block's hash. `client` is needed for state triggers.
-    `pushed` names the log indexes whose events and depth-0 runs `claim_pushed`
+    `pushed` names the log indexes whose events and depth-0 runs the pushed claim
     already stored with these same `triggers`: they are skipped (doing them again
     would only find every row there).
     Returns PROCESSED, ALREADY_DONE (another listener or an earlier attempt
@@ -403,112 +335,17 @@ def pushed_claims(chain: Chain, blocks: Sequence[PushedBlock], triggers: ChainTr
     return [batch for batch in batches if batch.events]
 
 
-# What each entry of PushedClaims.events holds, in order.
-_EVENT_FIELDS = ("block_number", "block_hash", "log_index", "tx_hash", "address", "topics", "data")
-
-
-@functools.cache
-def _claim_pushed_sql() -> str:
-    """claim_pushed's statement: one fixed text whatever the number of rows, so it is prepared once."""
-    from executor.runner import _RUN_SELECT, STARTED_ROWS, started_rows_sql
-
-    # Only fixed names and placeholders are joined in; every value is a parameter.
-    return (
-        "WITH cur AS (SELECT block_number FROM executor_chaincursor "  # noqa: S608
-        "WHERE chain_id = %(chain)s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
-        "ev AS (SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS ev(block_number bigint, block_hash varchar, "
-        "log_index int, tx_hash varchar, address varchar, topics jsonb, data text)), "
-        "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
-        "topics, data, created_at) SELECT %(chain)s, ev.*, %(now)s FROM ev, cur WHERE ev.block_number > cur.block_number "
-        "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING id, block_hash, log_index), "
-        # The events stored before: looked up one by one (LIMIT keeps the lookup from being
-        # flattened into a join that the planner, expecting 100 rows from ev, would hash).
-        "ids AS (SELECT id, block_hash, log_index FROM new_ev UNION ALL "
-        "SELECT e.id, ev.block_hash, ev.log_index FROM ev CROSS JOIN LATERAL (SELECT id FROM executor_event "
-        "WHERE chain_id = %(chain)s AND block_hash = ev.block_hash AND log_index = ev.log_index LIMIT 1) AS e), "
-        # A run with a start (status and the rest set) goes in started only if what its start was
-        # worked out from still holds: the version published, with the flow name it was run with.
-        f"new_runs AS (INSERT INTO executor_run ({_RUN_COLUMNS}, started_at, finished_at) "
-        "SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, ids.id, %(chain)s, "
-        "r.block_number, r.block_hash, false, CASE WHEN s.ok THEN r.status ELSE 'QUEUED' END, "
-        "CASE WHEN s.ok THEN r.error ELSE '' END, CASE WHEN s.ok THEN r.event_seq ELSE 0 END, %(now)s, "
-        "CASE WHEN s.ok THEN r.started_at END, CASE WHEN s.ok THEN r.finished_at END "
-        "FROM jsonb_to_recordset(%(runs)s::jsonb) AS r(code uuid, team_id bigint, flow_id bigint, "
-        "version_id bigint, trigger_key varchar, trigger jsonb, block_number bigint, block_hash varchar, log_index int, "
-        "status varchar, error text, event_seq int, started_at timestamptz, finished_at timestamptz, "
-        "flow_name varchar, version_created timestamptz) "
-        "JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index "
-        "JOIN flows_flow f ON f.id = r.flow_id AND NOT f.paused "
-        "JOIN flows_flowversion v ON v.id = r.version_id "
-        "CROSS JOIN LATERAL (SELECT r.status IS NOT NULL AND v.status = %(published)s "
-        "AND v.created_at = r.version_created AND f.name = r.flow_name AS ok) AS s "
-        "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *), "
-        "started AS (SELECT id, 0 AS base FROM new_runs WHERE status <> 'QUEUED'), "
-        f"{started_rows_sql('started')}, "
-        f"first AS (SELECT {_RUN_SELECT} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "
-        "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
-        f"SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), {STARTED_ROWS}, (SELECT block_number FROM cur), first.* "
-        "FROM (SELECT 1) AS one LEFT JOIN first ON true"
-    )
-
-
-@dataclass
-class ClaimedPushed:
-    run_ids: list[int]  # the new runs
-    first: tuple | None  # runner._RUN_SELECT's row for the started run, else for the first new run
-    steps: list[list]  # [id, step_id] of the started run's new step rows
-    log: list[list]  # [id, seq] of its events
-    cursor_block: int | None  # the block loop's cursor: events at or below it were not written
-
-    def passed(self, payload: dict[str, Any]) -> bool:
-        """Whether some of the payload's events are for blocks the block loop had already passed."""
-        return self.cursor_block is not None and any(e[0] <= self.cursor_block for e in payload["events"])
-
-
-def claim_pushed(payload: dict[str, Any], start: RunStart | None = None) -> ClaimedPushed:
-    """Store a PushedClaims payload's events and insert its runs, in one statement.
-
-    Called by a worker (runner.start_pushed_runs). The statement share-locks the
-    chain's cursor and writes only for blocks above it on a started, unhalted
-    chain: the loop has decided everything at or below the cursor, and a loop
-    processing a block or rewinding waits for this transaction and then sees its
-    rows. If the block is orphaned later, the loop retracts these events and runs
-    when it processes the block that replaced it (`_settle_height`). Runs of
-    paused flows are left out; each run takes the id of its event, new or stored
-    before; runs that exist already (the loop or another listener was first) are
-    left as they are.
-
-    With `start` (the first claim's run, started in memory), that run goes in
-    started, with its step rows and events, in the same statement: unless it
-    existed already, or what its start was worked out from changed meanwhile
-    (then it goes in QUEUED like the others).
-    """
-    events = [dict(zip(_EVENT_FIELDS, event, strict=True)) for event in payload["events"]]
-    runs = [{"code": str(uuid.uuid4()), "log_index": claim["trigger"]["log_index"], **claim} for claim in payload["claims"]]
-    if start is not None:
-        runs[0].update(start.run)
-    params = {"chain": payload["chain"], "now": start.now if start else timezone.now(), "events": rows_json(events), "runs": rows_json(runs),
-              "published": FlowVersion.Status.PUBLISHED, "steps": start.steps if start else "[]",
-              "log": start.log if start else "[]"}
-    with prepared_cursor() as cursor:
-        cursor.execute(_claim_pushed_sql(), params)
-        found = cursor.fetchone()
-    run_ids = list(found[0])
-    return ClaimedPushed(run_ids, tuple(found[4:]) if run_ids else None, from_jsonb(found[1]), from_jsonb(found[2]),
-                         found[3])
-
-
 def reconcile_late_push(payload: dict[str, Any]) -> list[int]:
     """Pushed logs for blocks the block loop had already passed: store and claim what it missed.
 
-    claim_pushed writes only above the cursor. A log pushed for a block at or below
+    The pushed claim (runs.start.start_pushed_runs) writes only above the cursor. A log pushed for a block at or below
     it is checked against that block's stored events: if the block is the canonical
     one (the hash the cursor recorded at that height) and the event is missing, the
     loop was given an incomplete answer for it. The event is stored and its runs are
     claimed (exactly once, as always), and the inconsistency is logged and counted.
     Returns the new runs' ids (their starts are sent on commit).
     """
-    events = [dict(zip(_EVENT_FIELDS, event, strict=True)) for event in payload["events"]]
+    events = [dict(zip(PUSHED_EVENT_FIELDS, event, strict=True)) for event in payload["events"]]
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT block_hash, log_index FROM executor_event WHERE chain_id = %s AND block_hash = ANY(%s::varchar[])",
@@ -748,7 +585,7 @@ def halt(chain: Chain, message: str) -> None:
 def retract_blocks(chain: Chain, orphaned: Sequence[str], reason: str) -> None:
     """Retract the events of the blocks with hashes `orphaned`: runs not started yet are
     CANCELLED, the others REORGED, each with a run event for the UI. Call inside a transaction."""
-    from executor.live import record_run_event
+    from executor.runs.store import record_run_event
 
     now = timezone.now()
     Event.objects.filter(chain=chain, block_hash__in=orphaned, retracted_at__isnull=True).update(retracted_at=now)
@@ -923,6 +760,8 @@ class ChainListener:
     wake: threading.Event = field(default_factory=threading.Event)
     client: ChainClient | None = None
     ws_connected: bool = False
+    # The trigger index the websocket's logs subscription follows (None before the first subscribe).
+    logs_follow: ChainTriggers | None = None
 
     def __post_init__(self) -> None:
         if self.client is None:
@@ -1237,7 +1076,7 @@ class ChainListener:
             current = self.registry.get(self.chain.chain_id)
             if current is not triggers:
                 logs_subscription = self._resubscribe_logs(socket, logs_subscription, current)
-                triggers = current
+                triggers = self.logs_follow = current
             ready: dict[str, PushedBlock] = {}
             new_head = False
             for subscription, result in socket.notifications(timeout=RESUBSCRIBE_CHECK_SECONDS):
@@ -1285,12 +1124,10 @@ class ChainListener:
 
     def _claim_pushed(self, blocks: list[PushedBlock], triggers: ChainTriggers) -> None:
         """Send the pushed logs' claims to the workers, which claim and start the runs in one transaction."""
-        from executor.tasks import start_pushed_runs
-
         try:
             batches = pushed_claims(self.chain, blocks, triggers)
             for batch in batches:
-                start_pushed_runs.send(batch.payload())
+                queue.send_pushed(batch.payload())
         except Exception:
             # Nothing is lost: the loop stores and claims the same logs from the block.
             logger.exception("chain %s: sending pushed logs' claims failed; the block loop will", self.chain.slug)

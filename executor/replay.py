@@ -16,9 +16,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from executor.chain import ChainClient, ChainError
-from executor.listener import RunClaim, claim_runs
 from executor.matching import MatchError, TriggerIndex, compile_trigger, condition_holds, log_payload
 from executor.models import Chain
+from executor.runs.start import RunClaim, claim_runs
 from flows.expressions import ExpressionError
 
 MAX_REPLAY_BLOCKS = getattr(settings, "KWALA_MAX_REPLAY_BLOCKS", 100_000)

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from django.utils import timezone
 
-from executor.listener import RunClaim, claim_runs
+from executor.runs.start import RunClaim, claim_runs
 
 logger = logging.getLogger(__name__)
 

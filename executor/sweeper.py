@@ -3,7 +3,7 @@
 Dramatiq is only the doorbell: the state is in PostgreSQL. A worker killed
 mid-step leaves a RUNNING row whose lease runs out; a flushed or lost Redis
 leaves QUEUED rows (steps and runs) nobody will ever receive. Both are re-sent
-here; the conditional claims in executor.runner make a duplicate harmless.
+here; the conditional claims in executor.runs make a duplicate harmless.
 
 It runs every few seconds as `manage.py sweep` (a loop; `make run` starts it).
 """
@@ -18,9 +18,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from executor import runner
-from executor.live import record_run_event
 from executor.models import Run, StepRun
+from executor.runs import queue
+from executor.runs.store import record_run_event
 
 logger = logging.getLogger(__name__)
 S = StepRun.Status
@@ -45,7 +45,7 @@ def sweep(grace_seconds: float | None = None) -> dict[str, int]:
             ):
                 record_run_event(row.run, "step.status", {"step": row.step_id, "status": S.QUEUED,
                                                           "attempt": row.attempt, "reason": "lease expired"})
-                transaction.on_commit(lambda pk=row.pk: runner._send_step(pk))
+                transaction.on_commit(lambda pk=row.pk: queue.send_step(pk))
                 counts["expired_leases"] += 1
 
     # Queued steps that are due but were not picked up within the grace period.
@@ -57,7 +57,7 @@ def sweep(grace_seconds: float | None = None) -> dict[str, int]:
     for pk in list(stale):
         # Bump queued_at so the next pass waits another grace period for this message.
         if StepRun.objects.filter(pk=pk, status=S.QUEUED).update(queued_at=now):
-            runner._send_step(pk)
+            queue.send_step(pk)
             counts["stale_steps"] += 1
 
     # Runs whose start_run message never arrived.
@@ -66,7 +66,7 @@ def sweep(grace_seconds: float | None = None) -> dict[str, int]:
     ).values_list("pk", flat=True)[:BATCH]
     for pk in list(runs):
         if Run.objects.filter(pk=pk, status=Run.Status.QUEUED).update(dispatched_at=now):
-            runner._send_run(pk)
+            queue.send_run(pk)
             counts["stale_runs"] += 1
 
     if any(counts.values()):

@@ -1,7 +1,11 @@
 """Dramatiq actors: thin wrappers that take ids and call plain code.
 
+The only module that declares actors; it plugs them into executor.runs.queue on
+import (ExecutorConfig.ready imports it in every process), so the run code sends
+messages without importing Dramatiq.
+
 Every actor must be safe to run twice: Dramatiq delivers at least once.
-Actors do not retry through Dramatiq for step failures (the runner owns step
+Actors do not retry through Dramatiq for step failures (the engine owns step
 retries in PostgreSQL); their own retries only cover a database that is briefly
 unreachable, and the sweeper covers anything still lost.
 """
@@ -13,8 +17,9 @@ from django.utils import timezone
 
 # Imported when the worker starts, not on its first message: the step kinds pull in
 # web3 and friends (about a second), which the first run would otherwise wait for.
-from executor import runner
+from executor import listener
 from executor.models import WorkerProbe
+from executor.runs import engine, queue, start
 
 
 @dramatiq.actor(queue_name="default", max_retries=3, time_limit=10_000)
@@ -23,31 +28,34 @@ def answer_probe(probe_id: int) -> None:
     WorkerProbe.objects.filter(pk=probe_id, answered_at__isnull=True).update(answered_at=timezone.now())
 
 
-# start_run goes on to run one of the steps it queued (see runner._continue_with), so it
+# start_run goes on to run one of the steps it queued (see engine._continue_with), so it
 # gets the same limit as run_step.
 @dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=300_000)
 def start_run(run_id: int) -> None:
     """Begin a QUEUED run: claim it and enqueue its entry steps (safe to deliver twice)."""
-    runner.start_run(run_id)
+    start.start_run(run_id)
 
 
 # Like start_run, it goes on to run a step of the run it started.
 @dramatiq.actor(queue_name="runs", max_retries=20, min_backoff=500, max_backoff=30_000, time_limit=300_000)
 def start_pushed_runs(payload: dict) -> None:
-    """Claim the runs of logs a chain's node pushed (listener.PushedClaims) and start the first."""
-    runner.start_pushed_runs(payload)
+    """Claim the runs of logs a chain's node pushed (listener.PushedClaims) and start the first.
+
+    Logs for blocks the block loop had already passed are checked against what it
+    stored: what it never got is stored and claimed now, loudly.
+    """
+    start.start_pushed_runs(payload, on_passed=listener.reconcile_late_push)
 
 
 # A step's own timeout is far below this; the limit only stops a wedged thread.
 @dramatiq.actor(queue_name="runs", max_retries=5, min_backoff=500, max_backoff=10_000, time_limit=300_000)
 def run_step(step_run_id: int) -> None:
     """Claim one step, run it, record it and queue its successors (safe to deliver twice)."""
-    runner.run_step(step_run_id)
+    engine.run_step(step_run_id)
 
 
-def enqueue_step(step_run_id: int, *, delay_ms: int = 0) -> None:
-    run_step.send_with_options(args=(step_run_id,), delay=delay_ms or None)
-
-
-def enqueue_run(run_id: int) -> None:
-    start_run.send(run_id)
+queue.connect(
+    run=start_run.send,
+    step=lambda step_run_id, delay_ms: run_step.send_with_options(args=(step_run_id,), delay=delay_ms or None),
+    pushed=start_pushed_runs.send,
+)

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from executor.models import Notification, Run, StepRun
-from executor.runs import RunError, rerun_from, retry_run
+from executor.runs.manual import RunError, rerun_from, retry_run
 from flows.editor import palette
 from flows.models import Flow
 from flows.nodes import NODE_TYPES

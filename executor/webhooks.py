@@ -29,10 +29,10 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from executor.listener import RunClaim, claim_runs
 from executor.models import Run
-from flows.actions import live_version
-from flows.models import Flow, Secret
+from executor.runs.start import RunClaim, start_claimed
+from executor.runs.store import known_version
+from flows.models import Flow, FlowVersion, Secret
 from kwala_site import ratelimit
 
 logger = logging.getLogger(__name__)
@@ -98,26 +98,46 @@ def tokenless_webhook(request: HttpRequest, code: str) -> JsonResponse:
                                     "webhook's token: copy the URL from the flow's webhook trigger.")
 
 
+def _live_webhook(code: str, token: str) -> tuple[FlowVersion, dict] | None:
+    """The flow's live version (with its flow and team) and its webhook trigger, if the URL opens one.
+
+    One query. The same None for a wrong code or token, a paused flow, no live
+    version and a flow with another trigger: the answer tells a caller nothing.
+    """
+    version = (
+        FlowVersion.objects.filter(flow__code=code, status=FlowVersion.Status.PUBLISHED, flow__paused=False)
+        .select_related("flow__team").defer("dag", "graph").first()
+    )
+    if version is None:
+        return None
+    stored = version.flow.webhook_token()
+    if not stored or not hmac.compare_digest(stored.encode(), token.encode()):
+        logger.info("webhook for flow %s: wrong URL token; refused", code)
+        return None
+    known = known_version(version.pk)  # the compiled DAG, kept per process (it never changes)
+    spec = ((known.dag if known is not None else None) or {}).get("trigger") or {}
+    return (version, spec) if spec.get("type") == "webhook" else None
+
+
 @csrf_exempt
 def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse:
+    """Verify, claim and start in one statement; answer 202 with the run's code.
+
+    The run is stored, with its trigger, before the answer: a 202 is never lost.
+    Its steps then go to the workers like a chain event's. When PostgreSQL or
+    Redis cannot take the request, the caller is told to come back (503 with
+    Retry-After, kwala_site.overload), never 202.
+    """
     if request.method != "POST":
         return _error(405, "method_not_allowed", "Send a POST.")
-    flow = Flow.objects.filter(code=code).select_related("team").first()
-    if flow is not None:
-        stored = flow.webhook_token()
-        if not stored or not hmac.compare_digest(stored.encode(), token.encode()):
-            logger.info("webhook for flow %s: wrong URL token; refused", code)
-            flow = None
-    version = (
-        live_version(flow) if flow is not None and not flow.paused
-        else None
-    )
-    spec = (version.dag or {}).get("trigger") or {} if version is not None else {}
-    if spec.get("type") != "webhook":
-        # The same answer for a wrong code, a paused flow and a flow with another trigger.
+    found = _live_webhook(code, token)
+    if found is None:
         return _error(404, "not_found", "No live flow listens at this URL.")
+    version, spec = found
+    flow = version.flow
     limit = flow.team.webhook_rate_per_minute or settings.KWALA_WEBHOOK_RATE_PER_MINUTE
-    window = ratelimit.hit(f"webhook:{flow.pk}", 60)
+    # By the flow's code, which is never reused (a primary key is, in a recreated database).
+    window = ratelimit.hit(f"webhook:{flow.code}", 60)
     if window.over(limit):
         logger.warning("webhook for flow %s: over its limit of %s requests a minute; answered 429", flow.code, limit)
         response = _error(429, "rate_limited", f"This webhook takes at most {limit} requests a minute.")
@@ -150,10 +170,10 @@ def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse
         "query": {k: v.replace("\x00", "") for k, v in request.GET.items()},
     }
     key = f"webhook:{hashlib.sha256(sent_id.encode()).hexdigest()[:32]}" if sent_id else f"webhook:{uuid.uuid4()}"
-    new = claim_runs([RunClaim(version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id, trigger_key=key,
-                               trigger=trigger)])
-    run = Run.objects.get(version=version, trigger_key=key)
+    run, new = start_claimed(RunClaim(version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id,
+                                      trigger_key=key, trigger=trigger))
     if not new:
+        run = Run.objects.only("code", "status").get(version=version, trigger_key=key)
         logger.info("webhook for flow %s: a repeat of run %s; no new run", flow.code, run.code)
         return JsonResponse({"run": str(run.code), "status": run.status, "repeat": True}, status=200)
     return JsonResponse({"run": str(run.code), "status": run.status}, status=202)

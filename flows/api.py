@@ -234,7 +234,7 @@ def _replay_error(request, exc):
 
 def _register_executor_errors() -> None:
     from executor.replay import ReplayError
-    from executor.runs import RunError
+    from executor.runs.manual import RunError
 
     api.add_exception_handler(RunError, _run_error)
     api.add_exception_handler(ReplayError, _replay_error)
@@ -666,7 +666,7 @@ class RerunIn(Schema):
 @runs_router.post("/{code}/retry", response={200: RunDetailOut, **COMMON_ERRORS})
 def retry(request, code: str):
     """Run a failed run's failed steps again; steps that succeeded keep their results (409 unless FAILED)."""
-    from executor.runs import retry_run
+    from executor.runs.manual import retry_run
 
     retry_run(_run(request, code, Role.EDITOR), user=request.user)
     return _run_out(_run(request, code), detail=True)
@@ -675,7 +675,7 @@ def retry(request, code: str):
 @runs_router.post("/{code}/rerun", response={201: RunDetailOut, **COMMON_ERRORS})
 def rerun(request, code: str, payload: RerunIn):
     """A new run of the same version and trigger, reusing every result not downstream of `step_id`."""
-    from executor.runs import rerun_from
+    from executor.runs.manual import rerun_from
 
     new = rerun_from(_run(request, code, Role.EDITOR), payload.step_id, user=request.user)
     return Status(201, _run_out(_run(request, str(new.code)), detail=True))
@@ -706,7 +706,7 @@ class ReplayOut(Schema):
 @flows_router.post("/{code}/runs", response={201: RunDetailOut, **COMMON_ERRORS})
 def start_run(request, code: str, payload: StartRunIn):
     """Start a manual run of the live version, or a test run of the draft (`draft: true`), now."""
-    from executor.runs import start_manual_run
+    from executor.runs.manual import start_manual_run
 
     flow, _ = _flow(request, code, Role.EDITOR)
     if payload.draft:
@@ -736,7 +736,7 @@ def replay(request, code: str, payload: ReplayIn):
     an event that already has a live run is not run twice. Dry run (backtest):
     the runs execute, and record what their side effects would have sent.
     """
-    from executor.runs import replay_flow
+    from executor.runs.manual import replay_flow
 
     flow, membership = _flow(request, code, Role.EDITOR)
     version = live_version(flow)

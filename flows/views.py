@@ -15,7 +15,7 @@ from django_htmx.http import trigger_client_event
 
 from executor.listener_health import chain_health
 from executor.models import Run
-from executor.runs import RunError, start_manual_run
+from executor.runs.manual import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
 from flows.flowyaml import FlowYamlError, export_yaml, import_kwala_yaml, import_yaml

@@ -1,10 +1,11 @@
 """Overload is a 503 with Retry-After, never a 500.
 
 The web server's database pool (kwala_site.settings, KWALA_DB_POOL) makes a request
-wait for a free connection; one that waits past the pool's timeout, or that
-PostgreSQL itself turns away (too many clients), is answered 503 with Retry-After
-by the one place that sees every uncaught error (``handler500``, and the API's
-catch-all handler), logged as overload rather than as a bug.
+wait for a free connection; one that waits past the pool's timeout, that PostgreSQL
+turns away (too many clients) or cannot reach (down, restarting, a dropped
+connection: psycopg's OperationalError) is answered 503 with Retry-After by the
+one place that sees every uncaught error (``handler500``, and the API's catch-all
+handler), logged as overload rather than as a bug.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ def is_overload(exc: BaseException | None) -> bool:
     """Whether an error (or one it was raised from) means no database connection could be had."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, (PoolTimeout, psycopg.errors.TooManyConnections)):
-            return True
-        if isinstance(exc, psycopg.OperationalError) and "too many clients" in str(exc):
+        if isinstance(exc, (PoolTimeout, psycopg.OperationalError)):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1

@@ -110,7 +110,7 @@ def _database_from_url(url: str) -> dict:
     config["ENGINE"] = "django.db.backends.postgresql"
     options = config.setdefault("OPTIONS", {})
     # Django binds parameters client-side and never prepares. The executor's hot statements
-    # use a server-binding cursor (executor.live.prepared_cursor): psycopg prepares what it
+    # use a server-binding cursor (executor.runs.store.prepared_cursor): psycopg prepares what it
     # runs at first use, and PostgreSQL keeps one generic plan per connection instead of
     # planning each time (planning the pushed-claim statement costs more than running it;
     # see executor.apps.use_generic_plans).

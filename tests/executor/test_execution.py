@@ -1,6 +1,6 @@
 """The execution model: logic inline, side effects queued, the log written in batches (see docs/dag.md).
 
-These drive executor.runner in the test's own process and transaction, so
+These drive executor.runs in the test's own process and transaction, so
 nothing is sent to a broker; what matters is what PostgreSQL holds.
 """
 
@@ -12,10 +12,11 @@ import threading
 import pytest
 from django.db import connection
 
-from executor import runner, ssrf
-from executor.live import RunLog, record_run_events
+from executor import ssrf
 from executor.models import Run, RunEvent, StepRun
-from executor.runs import start_manual_run
+from executor.runs import start
+from executor.runs.manual import start_manual_run
+from executor.runs.store import RunLog, record_run_events
 from tests.executor.conftest import edge, make_version, manual, node, steps_of
 
 S = StepRun.Status
@@ -54,7 +55,7 @@ def log_of(run: Run) -> list[tuple[str, str | None, str]]:
 def test_logic_steps_run_inline_and_the_untaken_branch_is_skipped_in_one_pass(team, alice):
     run = start_manual_run(branching(team, alice), {"amount": 21}, user=alice)
 
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
 
     steps = steps_of(run)
     assert (steps["big"].status, steps["big"].port, steps["big"].output) == (S.SUCCEEDED, "true", {"result": True})
@@ -78,9 +79,9 @@ def test_logic_steps_run_inline_and_the_untaken_branch_is_skipped_in_one_pass(te
 def test_start_run_delivered_twice_runs_each_step_once(team, alice):
     run = start_manual_run(branching(team, alice), {"amount": 3}, user=alice)
 
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
     first = log_of(run)
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
 
     assert log_of(run) == first
     assert StepRun.objects.filter(run=run).count() == 5
@@ -98,7 +99,7 @@ def test_an_inline_stop_ends_the_run_and_cancels_what_was_queued(team, alice):
     )
     run = start_manual_run(version, {}, user=alice)
 
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
 
     run.refresh_from_db()
     assert (run.status, run.error) == (Run.Status.FAILED, "no more")
@@ -117,7 +118,7 @@ def test_a_broken_inline_expression_fails_the_step_and_the_run(team, alice):
     )
     run = start_manual_run(version, {}, user=alice)
 
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
 
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED

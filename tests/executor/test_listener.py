@@ -186,12 +186,14 @@ def test_a_halted_listener_waits_and_carries_on_once_the_chain_is_resumed(zoo_se
     # As if a bad endpoint had served another fork: the node now agrees with the kept blocks again.
     ChainCursor.objects.filter(chain=chain).update(halted=True, last_error="Reorg deeper than the 2 kept blocks")
     listener.poll_seconds = listener.halt_recheck_seconds = 0.1
+    transact(w3, zoo.functions.emitBig(1, 1))
+    with pytest.raises(ChainHalted):
+        listener.step()  # halted: it reads nothing and fires nothing
+    assert not Run.objects.filter(version=version).exists()
+    assert ChainCursor.objects.get(chain=chain).halted
     thread = threading.Thread(target=listener.run, daemon=True)
     thread.start()
     try:
-        transact(w3, zoo.functions.emitBig(1, 1))
-        time.sleep(0.5)
-        assert not Run.objects.filter(version=version).exists()  # halted: nothing fires
         out = io.StringIO()
         call_command("resume_chain", "anvil-a", stdout=out)
         assert "resumed from block" in out.getvalue()
@@ -296,7 +298,9 @@ def test_a_killed_listener_resumes_without_gap_or_duplicate(fresh_anvil, team, a
             transact(w3, zoo.functions.emitBatch(4))
         listener = start_listener(child_env, service_logs, "listener-restarted")
         wait_for(lambda: Run.objects.filter(version=version).count() >= 40)
-        time.sleep(1)  # let anything extra show up
+        # Anything extra would be claimed by the time the cursor reaches the head.
+        head = w3.eth.block_number
+        wait_for(lambda: ChainCursor.objects.filter(chain=chain, block_number__gte=head).exists())
     finally:
         listener.stop()
     ids = sorted(r.trigger["args"]["id"] for r in Run.objects.filter(version=version))
@@ -315,7 +319,8 @@ def test_two_listeners_on_one_chain_create_each_run_once(fresh_anvil, team, alic
         for _ in range(10):
             transact(w3, zoo.functions.emitBatch(3))
         wait_for(lambda: Run.objects.filter(version=version).count() >= 30)
-        time.sleep(1)
+        head = w3.eth.block_number
+        wait_for(lambda: ChainCursor.objects.filter(chain__chain_id=31337, block_number__gte=head).exists())
     finally:
         first.stop()
         second.stop()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from executor.models import RunEvent
-from executor.runs import start_manual_run
+from executor.runs.manual import start_manual_run
 from tests.executor.conftest import edge, make_version, manual, node, wait_for_run
 from tests.site.test_services import open_socket
 
@@ -78,7 +78,7 @@ def broadcasts_sent() -> None:
 
 
 def test_events_go_only_to_the_groups_somebody_watches(asgi_server, team, alice):
-    from executor.live import record_run_event
+    from executor.runs.store import record_run_event
     from tests.site.test_socket_permissions import make_run
 
     run = make_run(team, alice)

@@ -8,7 +8,6 @@ goes first.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from django.db import connection, transaction
@@ -18,7 +17,7 @@ from executor.chain import log_from_rpc
 from executor.devchain import mine, reorg, transact
 from executor.listener import ChainListener, PushedBlock, TriggerRegistry, pushed_claims
 from executor.models import ChainCursor, Event, Run, StepRun
-from executor.runner import start_pushed_runs
+from executor.tasks import start_pushed_runs
 from flows import actions
 from flows.models import Flow
 from tests.executor.chainkit import BIG, event_graph, listener_for, publish, replacing, wait_for
@@ -65,7 +64,7 @@ def test_a_pushed_log_is_claimed_and_started_before_the_loop_reads_its_block(zoo
         wait_for(lambda: listener.ws_connected, timeout=10, interval=0.02)
         version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
         registry.reload()  # what the NOTIFY watcher does: the socket subscribes to the new filter
-        time.sleep(0.5)  # the socket looks for a new trigger index every 0.2 s
+        wait_for(lambda: listener.logs_follow is registry.get(31337), timeout=10, interval=0.02)
         transact(w3, zoo.functions.emitBig(7, 70))
         wait_for(lambda: Run.objects.filter(version=version, started_at__isnull=False).exists(), timeout=10,
                  interval=0.02)

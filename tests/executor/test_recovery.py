@@ -12,7 +12,7 @@ import redis
 from django.conf import settings
 
 from executor.models import Run, RunEvent, StepRun
-from executor.runs import start_manual_run
+from executor.runs.manual import start_manual_run
 from tests.conftest import Service, running_workers, start_worker
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
 from tests.sinks import Reply

@@ -17,7 +17,7 @@ from executor.devchain import mine, transact
 from executor.listener import PushedBlock, listen, pushed_claims
 from executor.listener_health import chain_health
 from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run
-from executor.runner import start_pushed_runs
+from executor.tasks import start_pushed_runs
 from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish, wait_for
 from tests.rpcproxy import Faults, RpcProxy
 

@@ -6,8 +6,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from executor import runner
 from executor.models import Run, StepRun
+from executor.runs import engine, start, store
 from flows import actions
 from flows.models import FlowVersion
 
@@ -16,14 +16,14 @@ def test_secrets_named_with_either_syntax_are_revealed_for_the_step():
     config = {"headers": {"Authorization": "Bearer {{ secrets[\"API_TOKEN\"] }}"},
               "body": {"k": "{{ secrets.OTHER }}", "n": ["{{ secrets['THIRD'] }}"]},
               "webhook_secret": "SLACK_URL"}
-    assert runner._secret_names(config) == {"API_TOKEN", "OTHER", "THIRD", "SLACK_URL"}
+    assert engine._secret_names(config) == {"API_TOKEN", "OTHER", "THIRD", "SLACK_URL"}
 
 
 def test_slow_step_kinds_get_a_lease_longer_than_their_timeouts(settings):
     settings.KWALA_STEP_LEASE_SECONDS = 30
-    assert runner._lease_seconds({"type": "http.request", "config": {"timeout": 40}}) == 70
-    assert runner._lease_seconds({"type": "notify.email", "config": {}}) >= 30 + 3 * 20
-    assert runner._lease_seconds({"type": "condition", "config": {}}) == 30
+    assert engine._lease_seconds({"type": "http.request", "config": {"timeout": 40}}) == 70
+    assert engine._lease_seconds({"type": "notify.email", "config": {}}) >= 30 + 3 * 20
+    assert engine._lease_seconds({"type": "condition", "config": {}}) == 30
 
 
 def checked_graph(*, hook: bool = False) -> dict:
@@ -58,7 +58,7 @@ def test_a_trigger_run_claimed_before_a_pause_or_unpublish_is_cancelled_not_star
         actions.pause_flow(flow, alice)
     else:
         actions.unpublish_flow(flow, alice)
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
     assert "paused or unpublished" in run.error
@@ -69,7 +69,7 @@ def test_a_trigger_run_claimed_before_a_pause_or_unpublish_is_cancelled_not_star
 def test_a_manual_run_of_a_live_flow_still_runs(live_version, alice):
     flow = live_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:1")
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.SUCCEEDED
     assert live_version.status == FlowVersion.Status.PUBLISHED
@@ -86,7 +86,7 @@ def test_a_run_starts_with_its_rows_written_as_the_logic_left_them(hook_version)
     flow = hook_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:rows")
     with CaptureQueriesContext(connection) as queries:
-        runner.start_run(run.pk)  # inside the test's transaction: nothing is kept, the hook is queued
+        start.start_run(run.pk)  # inside the test's transaction: nothing is kept, the hook is queued
     # One query loads the run (locked), one reads its version's DAG (once per worker process),
     # one writes the step rows and the run's log together; the rest is this test's savepoint.
     statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
@@ -104,37 +104,38 @@ def test_a_run_starts_with_its_rows_written_as_the_logic_left_them(hook_version)
 def test_a_guarded_step_write_that_lost_its_row_raises_and_writes_nothing(hook_version):
     flow = hook_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:guard")
-    runner.start_run(run.pk)
-    loaded = runner._load_run(run.pk, lock=True)
-    rows = runner._load_steps(loaded)
+    start.start_run(run.pk)
+    loaded = store.load_run(run.pk, lock=True)
+    rows = store.load_steps(loaded)
     # Another worker claims the queued hook after we read it.
     StepRun.objects.filter(pk=rows["hook"].pk).update(status="RUNNING", attempt=1)
 
-    changes = runner.StepChanges()
+    changes = store.StepChanges()
     changes.change(rows["hook"], status="CANCELLED")
-    with pytest.raises(runner.ClaimLost):
-        changes.flush()
+    with pytest.raises(store.ClaimLost):
+        engine.write(changes)
     assert StepRun.objects.get(pk=rows["hook"].pk).status == "RUNNING"
 
-    lenient = runner.StepChanges()
-    lenient.change(runner._load_steps(loaded)["check"], strict=False, status="CANCELLED")
+    lenient = store.StepChanges()
+    lenient.change(store.load_steps(loaded)["check"], strict=False, status="CANCELLED")
     lenient.change(rows["hook"], strict=False, status="CANCELLED")  # still stale: dropped, no error
-    lenient.flush()
+    engine.write(lenient)
     assert StepRun.objects.get(pk=rows["hook"].pk).status == "RUNNING"
     assert StepRun.objects.get(pk=rows["check"].pk).status == "CANCELLED"
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_run_started_outside_a_transaction_is_read_and_then_written_in_one_statement(live_version):
+def test_a_run_started_outside_a_transaction_is_locked_read_and_written_with_its_commit(live_version):
     flow = live_version.flow
-    runner.start_run(Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:warm").pk)
+    start.start_run(Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:warm").pk)
     run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:commit")
     with CaptureQueriesContext(connection) as queries:
-        runner.start_run(run.pk)
-    statements = [q["sql"] for q in queries.captured_queries]
-    # No BEGIN, no lock, no COMMIT of its own: a read, and a write that commits by itself.
+        start.start_run(run.pk)
+    # BEGIN, the run row locked with its steps read, then one write that ends with the commit
+    # (Django's own COMMIT after it finds no transaction open: psycopg sends nothing).
+    statements = [q["sql"] for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
     assert len(statements) == 2, statements
-    assert statements[0].startswith("SELECT") and "FOR UPDATE" not in statements[0]
+    assert "FOR UPDATE" in statements[0] and statements[1].endswith("; COMMIT")
     run.refresh_from_db()
     assert run.status == Run.Status.SUCCEEDED and run.event_seq == 3
     assert run.steps.get().status == StepRun.Status.SUCCEEDED
@@ -142,32 +143,11 @@ def test_a_run_started_outside_a_transaction_is_read_and_then_written_in_one_sta
         (1, "run.status"), (2, "step.status"), (3, "run.status")]
 
 
-@pytest.mark.django_db
-@pytest.mark.parametrize("change", ["cancelled", "event recorded"])
-def test_a_start_worked_out_from_a_run_that_changed_since_is_not_written(hook_version, change):
-    from executor.live import record_run_event
-
-    flow = hook_version.flow
-    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key=f"manual:{change}")
-    begun = runner._begin_unlocked(run.pk)
-    assert begun.run.status == Run.Status.RUNNING  # in memory only
-    if change == "cancelled":
-        Run.objects.filter(pk=run.pk).update(status=Run.Status.CANCELLED)
-    else:
-        record_run_event(run, "run.note", {"text": "written by another worker"})
-
-    assert runner._start_written(begun) is False
-    run.refresh_from_db()
-    assert not run.steps.exists()
-    assert run.status == (Run.Status.CANCELLED if change == "cancelled" else Run.Status.QUEUED)
-    assert list(run.log.values_list("kind", flat=True)) == ([] if change == "cancelled" else ["run.note"])
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_write_that_commits_keeps_on_commit_callbacks_and_only_ends_the_outermost_block(live_version):
     from django.db import transaction
 
-    from executor.live import Statement, execute_together
+    from executor.runs.store import Statement, execute_together
 
     flow = live_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="manual:end")

@@ -6,7 +6,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from executor.models import Notification, Run, RunEvent, StepRun
-from executor.runs import retry_run, start_manual_run
+from executor.runs.manual import retry_run, start_manual_run
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run
 from tests.sinks import Reply
 

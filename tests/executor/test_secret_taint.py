@@ -13,7 +13,7 @@ import json
 import pytest
 
 from executor.models import RunEvent, StepRun
-from executor.runs import start_manual_run
+from executor.runs.manual import start_manual_run
 from flows.graph import CompileError
 from flows.models import Secret
 from tests.executor.conftest import edge, make_version, manual, node, wait_for_run

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from executor.devchain import contract, deploy
 from executor.models import Run, Transaction
-from executor.runs import start_manual_run
+from executor.runs.manual import start_manual_run
 from flows.models import AuditEvent, Membership
 from flows.teams import do_set_signer_limits
 from tests.conftest import running_workers, start_worker

@@ -8,7 +8,7 @@ import pytest
 
 from executor import ssrf
 from executor.models import Run, StepRun
-from executor.runs import start_manual_run
+from executor.runs.manual import start_manual_run
 from tests.executor.conftest import edge, make_version, manual, node, steps_of
 from tests.sinks import Reply
 
@@ -74,15 +74,15 @@ def test_the_allowlist_opens_only_the_networks_it_names(settings):
 
 def _drive(run: Run) -> Run:
     """Run a run in this process (no worker): start it, then each queued step until none is left."""
-    from executor import runner
+    from executor.runs import engine, start
 
-    runner.start_run(run.pk)
+    start.start_run(run.pk)
     for _ in range(20):
         queued = list(StepRun.objects.filter(run=run, status=StepRun.Status.QUEUED).values_list("pk", flat=True))
         if not queued:
             break
         for pk in queued:
-            runner.run_step(pk)
+            engine.run_step(pk)
     run.refresh_from_db()
     return run
 

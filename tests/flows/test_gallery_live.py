@@ -33,6 +33,12 @@ from tests.team_fixtures import api_client, token_for
 SENDER = DEV_ACCOUNTS[0].address
 
 
+def processed_past(chain_id: int, block: int) -> None:
+    """Wait until the chain's listener has processed `block`: the runs it fires are claimed by then."""
+    wait_until(lambda: ChainCursor.objects.filter(chain__chain_id=chain_id, block_number__gte=block).exists(),
+               what=f"the listener to pass block {block}")
+
+
 def wait_until(predicate, timeout: float = 30, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -225,12 +231,13 @@ def test_a_mint_is_announced_on_discord_and_a_transfer_is_not(g):
     owner = DEV_ACCOUNTS[1].address
     receipt = transact(g.w3_a, nft.functions.mint(owner))
     token_id = nft.events.Transfer().process_receipt(receipt)[0]["args"]["tokenId"]
-    transact(g.w3_a, nft.functions.transferFrom(owner, SENDER, token_id), sender=owner)
+    moved = transact(g.w3_a, nft.functions.transferFrom(owner, SENDER, token_id), sender=owner)
     (message,) = g.http.wait_for("/discord")
     assert message.path == "/discord?wait=true"
     assert message.json() == {"content": f"New mint: token #{token_id} went to {owner}"}
     g.first_run(flow)
-    time.sleep(1)  # the transfer's block has been processed by now; it must not have fired
+    # Once the listener has processed the transfer's block, every run it fired is claimed.
+    processed_past(31337, moved["blockNumber"])
     assert len(g.runs_of(flow)) == 1 and len(g.http.to("/discord")) == 1
 
 
@@ -267,8 +274,8 @@ def test_the_health_watcher_calls_the_webhook_once_per_crossing(g):
     assert call.json() == {"account": borrower, "health_factor": 10**18, "block": receipt["blockNumber"]}
     g.w3_a.provider.make_request("anvil_mine", [hex(3)])  # still low: no new crossing
     g.first_run(flow)
-    time.sleep(1)
-    assert len(g.http.to("/health")) == 1
+    processed_past(31337, g.w3_a.eth.block_number)
+    assert len(g.runs_of(flow)) == 1 and len(g.http.to("/health")) == 1
 
 
 # -- schedules ---------------------------------------------------------------------------------------

@@ -54,7 +54,10 @@ def test_a_signed_request_starts_a_run_with_its_body_headers_and_query(hooked):
     run = Run.objects.get(code=response.json()["run"])
     assert run.trigger["body"] == {"message": "hello"} and run.trigger["query"] == {"source": "test"}
     assert run.trigger["method"] == "POST" and "authorization" not in run.trigger["headers"]
-    assert run.status == Run.Status.QUEUED
+    # Stored, claimed and started before the answer; its side effect waits for a worker.
+    assert run.status == Run.Status.RUNNING
+    assert list(run.steps.values_list("step_id", "status")) == [("h", "QUEUED")]
+    assert [e.data["status"] for e in run.log.order_by("seq")] == ["RUNNING", "QUEUED"]
 
 
 def test_a_bad_or_missing_signature_is_a_401_and_starts_nothing(hooked):

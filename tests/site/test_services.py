@@ -14,8 +14,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.management import call_command
 
-from executor.live import record_run_event
 from executor.models import Run, WorkerProbe
+from executor.runs.store import record_run_event
 from flows.models import Flow, FlowVersion
 from kwala_site import embedded
 

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from executor.live import record_run_event
 from executor.models import Run
+from executor.runs.store import record_run_event
 from flows.actions import create_flow
 from flows.models import Membership
 from tests.site.test_services import open_socket

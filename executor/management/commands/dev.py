@@ -29,6 +29,9 @@ DEMO_USERNAME = "admin"
 # a process per core (each has its own GIL), threads to overlap database and HTTP waits.
 WORKER_PROCESSES = max(os.cpu_count() or 1, 2)
 WORKER_THREADS = 8
+# Web server processes: one per core, each with its own GIL and database pool
+# (KWALA_DB_POOL_SIZE connections at most; see README, "Connections").
+WEB_PROCESSES = max(os.cpu_count() or 1, 2)
 
 
 class Command(BaseCommand):
@@ -55,7 +58,8 @@ class Command(BaseCommand):
         python = sys.executable
         manage = str(Path(settings.BASE_DIR) / "manage.py")
         supervisor.start(Program("web", [python, "-m", "uvicorn", "kwala_site.asgi:application",
-                                          "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off"]))
+                                          "--host", "127.0.0.1", "--port", str(port), "--lifespan", "off",
+                                          "--workers", str(WEB_PROCESSES), "--no-access-log"]))
         supervisor.start(Program("worker", [python, manage, "rundramatiq", "--processes", str(workers),
                                              "--threads", str(WORKER_THREADS)]))
         supervisor.start(Program("listener", [python, manage, "listen_chains"]))

@@ -8,10 +8,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from executor import runner
-from executor.live import record_run_event
 from executor.models import Chain, Run, StepRun
 from executor.replay import ReplayError, ReplayResult, replay_blocks
+from executor.runs import engine, start
+from executor.runs.store import record_run_event
 from flows import audit
 from flows.models import FlowVersion
 
@@ -50,7 +50,7 @@ def start_manual_run(version: FlowVersion, payload: Any, *, user, dry_run: bool 
         record_run_event(run, "run.status", {"status": Run.Status.QUEUED, "dry_run": dry_run})
         if not dry_run:
             audit.record(flow.team, user, "run.started", str(run.code), flow=flow.code, version=version.number)
-        runner.dispatch_run(run)
+        start.dispatch_run(run)
     return run
 
 
@@ -69,7 +69,7 @@ def retry_run(run: Run, *, user=None) -> Run:
             run.status, run.error, run.finished_at = Run.Status.QUEUED, "", None
             run.save(update_fields=["status", "error", "finished_at"])
             record_run_event(run, "run.status", {"status": run.status, "retry": True})
-            runner.dispatch_run(run)
+            start.dispatch_run(run)
             return run
         again = run.steps.filter(status__in=[S.FAILED, S.CANCELLED]).exclude(handled=True)
         for row in again:
@@ -79,7 +79,7 @@ def retry_run(run: Run, *, user=None) -> Run:
         run.status, run.error, run.finished_at = Run.Status.RUNNING, "", None
         run.save(update_fields=["status", "error", "finished_at"])
         record_run_event(run, "run.status", {"status": run.status, "retry": True})
-        runner.advance(run)
+        engine.advance(run)
     return run
 
 
@@ -134,7 +134,7 @@ def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
         audit.record(run.flow.team, user, "run.rerun", str(new.code), flow=run.flow.code, rerun_of=str(run.code),
                      from_step=step_id)
         new = Run.objects.select_for_update(of=("self",)).select_related("flow", "version").get(pk=new.pk)
-        runner.advance(new)
+        engine.advance(new)
     return new
 
 
@@ -158,5 +158,5 @@ def replay_flow(version: FlowVersion, from_block: int, to_block: int, *, dry_run
         runs = list(Run.objects.filter(pk__in=result.run_ids).order_by("block_number", "pk"))
         if dry_run:
             for run in runs:
-                runner.dispatch_run(run)
+                start.dispatch_run(run)
     return result, [str(run.code) for run in runs]

@@ -1,0 +1,71 @@
+"""How runs and steps reach the workers: the one seam between the run code and the queue.
+
+The run code calls `send_run`, `send_step` and `send_pushed`; it never imports
+the queue. executor.tasks, the only module that imports Dramatiq's actors,
+connects them here when it is imported, which ExecutorConfig.ready does in every
+process. Messages carry ids only (a pushed batch carries its logs): the state is
+in PostgreSQL, and the sweeper re-sends what a lost message leaves behind.
+
+A message the broker cannot take (Redis down) is logged, not raised: the run or
+step it was for is committed and stays QUEUED, and the sweeper sends it again
+once the broker is back (and counts it). So a caller that was told its run was
+accepted is never told otherwise because a doorbell did not ring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Senders:
+    run: Callable[[int], None]
+    step: Callable[[int, int], None]
+    pushed: Callable[[dict[str, Any]], None]
+
+
+_senders: list[_Senders] = []
+
+
+def connect(*, run: Callable[[int], None], step: Callable[[int, int], None],
+            pushed: Callable[[dict[str, Any]], None]) -> None:
+    """Plug the queue in (executor.tasks does, on import)."""
+    _senders[:] = [_Senders(run, step, pushed)]
+
+
+def _connected() -> _Senders:
+    if not _senders:
+        raise RuntimeError("no queue is connected: executor.tasks is imported by ExecutorConfig.ready")
+    return _senders[0]
+
+
+def send_run(run_id: int) -> None:
+    """Ask a worker to start a QUEUED run (or re-advance a RUNNING one)."""
+    senders = _connected()
+    try:
+        senders.run(run_id)
+    except Exception:
+        logger.warning("could not send run %s to the workers; the sweeper will", run_id, exc_info=True)
+
+
+def send_step(step_run_id: int, delay_seconds: float = 0) -> None:
+    """Ask a worker to run a QUEUED step, after `delay_seconds`."""
+    senders = _connected()
+    try:
+        senders.step(step_run_id, int(delay_seconds * 1000))
+    except Exception:
+        logger.warning("could not send step %s to the workers; the sweeper will", step_run_id, exc_info=True)
+
+
+def send_pushed(payload: dict[str, Any]) -> None:
+    """Ask a worker to claim and start the runs of logs a node pushed (listener.PushedClaims).
+
+    Raises when the broker cannot take it: nothing is stored yet, and the
+    listener's block loop stores and claims the same logs from the block.
+    """
+    _connected().pushed(payload)

@@ -1,0 +1,651 @@
+"""The run and step rows in PostgreSQL: every statement that reads or writes them.
+
+The run code works on Run and StepRun instances in memory (executor.runs.engine)
+and writes what changed here, in as few round trips as the guarantees allow:
+
+- `claim` inserts runs exactly once (the unique (version, trigger_key)), and can
+  insert the first one already started, with its step rows and first events, in
+  the same statement (`Claimed` says what it wrote);
+- `load_run` / `load_locked` read a run with its flow and version, and its steps;
+- `StepChanges` and `RunLog` gather changes made under the run's lock, and
+  `write` sends them as one query.
+
+Two workarounds of Django's internals live here and nowhere else, each for a
+figure measured when it landed:
+
+- `prepared_cursor` (a server-binding cursor, so psycopg prepares the statement):
+  the pushed claim planned in ~0.6 ms and ran in ~0.25; claim to webhook went
+  from ~2.0 to ~1.3 ms on the worker (commit 340e0ff).
+- `execute_together(commit=True)` ends the last write of a start with `; COMMIT`,
+  behind Django's back: one round trip fewer before a run's first side effect
+  (commit a6d2878).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from executor.live import broadcast_all, message
+from executor.models import Run, RunEvent, StepRun
+from executor.runs import queue
+from flows.models import Flow, FlowVersion
+
+S = StepRun.Status
+
+
+# -- sending statements ----------------------------------------------------------------------
+
+
+_RUN_FIELDS = ("status", "error", "started_at", "finished_at")
+
+
+def rows_json(rows: list[dict]) -> str:
+    """Rows for jsonb_to_recordset (or jsonb_array_elements): one JSON text, timestamps in ISO 8601."""
+    return json.dumps(rows, default=_iso_datetime, separators=(",", ":"))
+
+
+def from_jsonb(value):
+    """A jsonb column's value: Django's psycopg connections load jsonb as text."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _iso_datetime(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@dataclass
+class Statement:
+    """One SQL statement to send along with others (see execute_together), and what to do with its rows."""
+
+    sql: str
+    params: list
+    done: Callable[[list[tuple] | None], None]
+    returns_rows: bool = True
+
+
+def execute_together(statements: list[Statement], *, commit: bool = False) -> None:
+    """Send the statements as one query (one round trip), in order; hand each its own result rows.
+
+    Call inside a transaction. They succeed or fail together: an error in any
+    fails the query, and the caller's transaction with it.
+
+    With `commit`, the same query ends with COMMIT, which saves the commit's own
+    round trip. Only for the last statements of the outermost atomic block, and
+    only when no `done` can raise: it runs after the commit. Django's commit at
+    the block's end then finds no transaction open and sends nothing, and runs
+    the on_commit callbacks as usual.
+    """
+    if not statements:
+        return
+    sql = "; ".join(s.sql for s in statements)
+    if commit:
+        if not connection.in_atomic_block or len(connection.atomic_blocks) != 1:
+            raise RuntimeError("execute_together(commit=True) must end the outermost atomic block")
+        sql += "; COMMIT"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [p for s in statements for p in s.params])
+        for index, statement in enumerate(statements):
+            if index:
+                cursor.nextset()
+            statement.done(cursor.fetchall() if statement.returns_rows else None)
+
+
+def prepared_cursor():
+    """A cursor on this thread's connection that binds parameters server-side, so its statements are prepared.
+
+    For the hot statements whose planning costs more than running them (the
+    pushed-claim statement plans in ~0.6 ms and runs in ~0.25). Give such a
+    statement a fixed text (rows as one JSON parameter, see rows_json): psycopg prepares
+    it at first use on each connection (prepare_threshold in DATABASES) and
+    PostgreSQL keeps one generic plan for it (executor.apps.use_generic_plans).
+    Django's own cursors bind client-side and never prepare. Errors come out as
+    Django's, and the queries are logged as Django's are.
+    """
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        cursor = ServerBindingCursor(connection.connection)
+    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
+
+
+# -- a run's event log ------------------------------------------------------------------------
+
+
+def record_run_event(run: Run, kind: str, data: dict) -> RunEvent:
+    """Append an event to the run's log and broadcast it once the transaction commits.
+
+    Call inside a transaction (it opens one if there is none); never put secret
+    values in `data`: the log is shown to every team member.
+    """
+    return record_run_events(run, [(kind, data)])[0]
+
+
+
+
+
+def record_run_events(run: Run, events: list[tuple[str, dict]], fields: dict | None = None) -> list[RunEvent]:
+    """Append several events to the run's log in one statement, in order; broadcast them after commit.
+
+    The seq bump and the inserts are one statement (an UPDATE ... RETURNING feeding
+    an INSERT ... SELECT), so the run row's lock orders concurrent writers and seqs
+    never collide or leave gaps, at one round trip whatever the number of events.
+    `fields` (status, error, started_at, finished_at) are set on the run row by the
+    same UPDATE.
+    """
+    recorded: list[RunEvent] = []
+    statement = run_events_statement(run, events, fields or {}, recorded)
+    if statement is not None:
+        # One statement needs no savepoint of its own: it either happens or the caller's transaction fails.
+        with transaction.atomic(savepoint=False):
+            execute_together([statement])
+    return recorded
+
+
+def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
+                         recorded: list[RunEvent] | None, now: datetime | None = None) -> Statement | None:
+    """record_run_events as a Statement; the RunEvents go into `recorded` (if given) once it has run.
+
+    `now` is the events' time (by default, now).
+    """
+    if not events and not fields:
+        return None
+    unknown = set(fields) - set(_RUN_FIELDS)
+    if unknown:
+        raise ValueError(f"record_run_events cannot set {sorted(unknown)}")
+    now = now or timezone.now()
+    # Only column names from _RUN_FIELDS and placeholders are joined in; every value is a parameter.
+    sets = "".join(f", {name} = %s" for name in fields)
+    if not events:
+        return Statement(f"UPDATE executor_run SET {sets.removeprefix(', ')} WHERE id = %s",  # noqa: S608
+                         [*fields.values(), run.pk], lambda rows: None, returns_rows=False)
+    # The events go in as one JSON list (rows_json), so the text depends only on which run fields are set.
+    params: list = [len(events), *fields.values(), run.pk, run.pk, len(events), now,
+                    rows_json([{"kind": kind, "data": data} for kind, data in events])]
+    sql = (
+        f"WITH bumped AS (UPDATE executor_run SET event_seq = event_seq + %s{sets} WHERE id = %s "  # noqa: S608
+        "RETURNING event_seq) "
+        "INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
+        "SELECT %s, bumped.event_seq - %s + v.ord, v.e->>'kind', v.e->'data', %s "
+        "FROM bumped, jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS v(e, ord) RETURNING id, seq"
+    )
+
+    def done(result: list[tuple] | None) -> None:
+        ids = sorted(result or [], key=lambda row: row[1])
+        if len(ids) != len(events):
+            raise Run.DoesNotExist(f"run {run.pk} does not exist")
+        if recorded is not None:
+            recorded.extend(
+                RunEvent(pk=pk, run=run, seq=seq, kind=kind, data=data, created_at=now)
+                for (pk, seq), (kind, data) in zip(ids, events, strict=True)
+            )
+        at = now.isoformat()
+        messages = [message(run.code, seq, kind, data, at) for (_, seq), (kind, data) in zip(ids, events, strict=True)]
+        flow_code = run.flow.code
+        transaction.on_commit(lambda: broadcast_all(messages, flow_code))
+
+    return Statement(sql, params, done)
+
+
+class RunLog:
+    """Events of one run gathered during a transaction, written by flush() with one statement.
+
+    The events keep the order they were added in; set_run() adds changes to the
+    run row itself, written by the same statement. Flush before the transaction
+    ends; what is added after the last flush is not written.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.events: list[tuple[str, dict]] = []
+        self.fields: dict = {}
+
+    def add(self, kind: str, data: dict) -> None:
+        self.events.append((kind, data))
+
+    def set_run(self, **fields) -> None:
+        """Set columns of the run row (and the in-memory run) at the next flush."""
+        for name, value in fields.items():
+            setattr(self.run, name, value)
+        self.fields.update(fields)
+
+    def take_statements(self, recorded: list[RunEvent] | None = None, *, now: datetime | None = None) -> list[Statement]:
+        """What flush() would write, for execute_together (the RunEvents go into `recorded`).
+
+        The log is empty afterwards. `now` is the events' time (by default, now).
+        """
+        events, self.events = self.events, []
+        fields, self.fields = self.fields, {}
+        statement = run_events_statement(self.run, events, fields, recorded, now)
+        return [statement] if statement is not None else []
+
+    def flush(self) -> list[RunEvent]:
+        recorded: list[RunEvent] = []
+        with transaction.atomic(savepoint=False):
+            execute_together(self.take_statements(recorded))
+        return recorded
+
+
+# -- rows in memory, written in one statement ------------------------------------------------
+
+
+# The SQL below joins in only these fixed column names and placeholders; every value is a parameter.
+# Run columns read with the run (the rest, if ever needed, load on access).
+_RUN_COLUMNS = ("id", "code", "team_id", "flow_id", "version_id", "trigger_key", "trigger", "event_id",
+                "chain_id", "block_number", "block_hash", "dry_run", "status", "error", "event_seq",
+                "created_by_id", "created_at", "dispatched_at", "started_at", "finished_at")
+_FLOW_COLUMNS = ("code", "name", "paused", "signing_secret")
+_VERSION_COLUMNS = ("number", "status", "created_at")
+_RUN_SELECT = (
+    f"{', '.join('r.' + c for c in _RUN_COLUMNS)}, {', '.join('f.' + c for c in _FLOW_COLUMNS)}, "
+    f"{', '.join('v.' + c for c in _VERSION_COLUMNS)}"
+)
+_RUN_SQL = (
+    f"SELECT {_RUN_SELECT} "  # noqa: S608
+    "FROM executor_run r JOIN flows_flow f ON f.id = r.flow_id JOIN flows_flowversion v ON v.id = r.version_id "
+    "WHERE r.id = %s"
+)
+_STEP_COLUMNS = tuple(f.attname for f in StepRun._meta.concrete_fields)
+_STEP_JSON = frozenset({"input", "output", "logs", "state"})
+# What a transition may change, written as a whole from the row in memory.
+_STEP_MUTABLE = ("status", "attempt", "input", "output", "error", "logs", "port", "handled", "state",
+                 "lease_expires_at", "next_attempt_at", "queued_at", "started_at", "finished_at")
+_STEP_TYPES = {"status": "varchar", "attempt": "int", "input": "jsonb", "output": "jsonb", "error": "text",
+               "logs": "jsonb", "port": "varchar", "handled": "boolean", "state": "jsonb",
+               "lease_expires_at": "timestamptz", "next_attempt_at": "timestamptz", "queued_at": "timestamptz",
+               "started_at": "timestamptz", "finished_at": "timestamptz"}
+_STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
+# Rows go in as one JSON document (rows_json), unpacked by jsonb_to_recordset: the text
+# of each statement is the same whatever the number of rows, so psycopg converts it once per
+# process, and the one parameter is encoded by json in C, not element by element as arrays are.
+_STEP_RECORD = ", ".join(f"{c} {_STEP_TYPES[c]}" for c in _STEP_MUTABLE)
+_STEP_UPDATE = (
+    "UPDATE executor_steprun AS s SET " + ", ".join(f"{c} = v.{c}" for c in _STEP_MUTABLE)  # noqa: S608
+    + " FROM jsonb_to_recordset(%s::jsonb)"
+    f" AS v(id bigint, expected_status varchar, expected_attempt int, {_STEP_RECORD})"
+    " WHERE s.id = v.id AND s.status = v.expected_status AND s.attempt = v.expected_attempt RETURNING s.id"
+)
+_STEP_INSERT = (
+    "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
+    f"SELECT run_id, step_id, {', '.join(_STEP_MUTABLE)} "
+    f"FROM jsonb_to_recordset(%s::jsonb) AS r(run_id bigint, step_id varchar, {_STEP_RECORD}) RETURNING id, step_id"
+)
+
+
+class _Known(NamedTuple):
+    """What a run's start needs of its version and flow (see _versions)."""
+
+    created_at: Any
+    number: int
+    dag: dict | None
+    flow_code: str
+    flow_name: str
+
+
+# _Known by version id. A version's compiled DAG never changes once it is set; created_at tells a
+# reused id apart. The flow's name can change: a start worked out from this is checked against
+# the row when it is written (see start_pushed_runs).
+_versions: dict[int, _Known] = {}
+_VERSION_SQL = (
+    "SELECT v.created_at, v.number, v.dag, f.code, f.name FROM flows_flowversion v "
+    "JOIN flows_flow f ON f.id = v.flow_id WHERE v.id = %s"
+)
+
+
+def instance(model, values: dict):
+    """A model instance as loaded from the database; fields not in `values` load on access."""
+    fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db("default", fields, [values[name] for name in fields])
+
+
+def load_run(run_id: int, *, lock: bool) -> Run | None:
+    """The run with its flow and version (DAG included) in one query; `lock` takes the run row FOR UPDATE."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RUN_SQL + (" FOR UPDATE OF r" if lock else ""), [run_id])
+        found = cursor.fetchone()
+    return None if found is None else run_from_row(found)
+
+
+def run_from_row(found: tuple) -> Run:
+    """A Run (with .flow and .version, DAG included) from a row of _RUN_SELECT."""
+    values = dict(zip(_RUN_COLUMNS, found, strict=False))
+    values["trigger"] = from_jsonb(values["trigger"])
+    run = instance(Run, values)
+    flow = dict(zip(_FLOW_COLUMNS, found[len(_RUN_COLUMNS):], strict=False))
+    run.flow = instance(Flow, {"id": run.flow_id, "team_id": run.team_id, **flow})
+    number, status, created_at = found[len(_RUN_COLUMNS) + len(_FLOW_COLUMNS):]
+    known = _versions.get(run.version_id)
+    if known is not None and known.created_at == created_at:
+        dag = known.dag
+    else:
+        dag = FlowVersion.objects.filter(pk=run.version_id).values_list("dag", flat=True).first()
+    _remember(run.version_id, _Known(created_at, number, dag, run.flow.code, run.flow.name))
+    run.version = instance(FlowVersion, {"id": run.version_id, "flow_id": run.flow_id, "number": number,
+                                          "status": status, "created_at": created_at, "dag": dag})
+    return run
+
+
+def _remember(version_id: int, known: _Known) -> None:
+    if known.dag is None:
+        return  # not compiled (yet)
+    if len(_versions) > 10_000:
+        _versions.clear()
+    _versions[version_id] = known
+
+
+def known_version(version_id: int) -> _Known | None:
+    """_versions' entry for the version, read if this process has none."""
+    known = _versions.get(version_id)
+    if known is None:
+        with connection.cursor() as cursor:
+            cursor.execute(_VERSION_SQL, [version_id])
+            found = cursor.fetchone()
+        if found is not None:
+            known = _Known(found[0], found[1], from_jsonb(found[2]), found[3], found[4])
+            _remember(version_id, known)
+    return known
+
+
+def load_steps(run: Run) -> dict[str, StepRun]:
+    """The run's step rows as they are now, by step id."""
+    with connection.cursor() as cursor:
+        cursor.execute(_STEP_SELECT, [run.pk])
+        return _step_rows(run, cursor.fetchall())
+
+
+def load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
+    """load_run(lock=True) and then load_steps, in one round trip."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"{_RUN_SQL} FOR UPDATE OF r; {_STEP_SELECT}", [run_id, run_id])
+        found = cursor.fetchone()
+        cursor.nextset()
+        steps = cursor.fetchall()
+    if found is None:
+        return None, {}
+    run = run_from_row(found)
+    return run, _step_rows(run, steps)
+
+
+def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
+    rows = {}
+    for found in found_rows:
+        values = [from_jsonb(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
+        row = StepRun.from_db("default", _STEP_COLUMNS, values)
+        row.run = run
+        rows[row.step_id] = row
+    return rows
+
+
+class ClaimLost(Exception):
+    """A step row this worker held changed under it (its lease ran out and another worker took it)."""
+
+
+class StepChanges:
+    """Step rows changed in memory under the run's lock, written together by engine.write().
+
+    New rows are inserted as they end up (a run's first steps go in already run
+    or queued); existing rows are updated in one statement guarded by the status
+    and attempt they had when first changed. A `strict` change that no longer
+    matches raises ClaimLost, rolling the transaction back; a lenient one (a
+    cancellation racing a claim) is dropped. Messages for queued rows go out
+    after commit, once their ids are known.
+    """
+
+    def __init__(self) -> None:
+        self.new: list[StepRun] = []
+        self.changed: dict[int, tuple[StepRun, str, int, bool]] = {}
+        self.sends: list[tuple[StepRun, float]] = []
+        self._sends: list[tuple[StepRun, float]] = []
+
+    def change(self, row: StepRun, *, strict: bool = True, **fields) -> None:
+        if row.pk is not None and id(row) not in self.changed:
+            self.changed[id(row)] = (row, row.status, row.attempt, strict)
+        for name, value in fields.items():
+            setattr(row, name, value)
+
+    def send(self, row: StepRun, delay_seconds: float = 0) -> None:
+        self.sends.append((row, delay_seconds))
+
+    def take(self) -> tuple[list[StepRun], list[tuple[StepRun, str, int, bool]]]:
+        """The new rows and the changed ones (with what they were); the messages wait for after_write()."""
+        new, self.new = self.new, []
+        changed, self.changed = list(self.changed.values()), {}
+        self._sends, self.sends = self.sends, []
+        return new, changed
+
+    def take_statements(self) -> list[Statement]:
+        """The insert and the guarded update, for execute_together; the messages wait for after_write()."""
+        new, changed = self.take()
+        statements = []
+        if new:
+            records = [{"run_id": row.run_id, **record} for row, record in zip(new, self.records(new), strict=True)]
+            statements.append(Statement(_STEP_INSERT, [rows_json(records)], functools.partial(inserted, new)))
+        if changed:
+
+            def updated(result, changed=changed) -> None:
+                written = {pk for (pk,) in result}
+                if any(strict and row.pk not in written for row, _, _, strict in changed):
+                    raise ClaimLost("a step row changed while its run was locked")
+
+            records = [{"id": row.pk, "expected_status": status, "expected_attempt": attempt, **self._values(row)}
+                       for row, status, attempt, _ in changed]
+            statements.append(Statement(_STEP_UPDATE, [rows_json(records)], updated))
+        return statements
+
+    def after_write(self) -> None:
+        """Send the queued rows' messages once the transaction commits (their ids are known now)."""
+        sends, self._sends = self._sends, []
+        for row, delay in sends:
+            transaction.on_commit(lambda pk=row.pk, delay=delay: queue.send_step(pk, delay))
+
+    @classmethod
+    def records(cls, rows: list[StepRun]) -> list[dict]:
+        """New rows as _STEP_INSERT takes them (but for run_id)."""
+        return [{"step_id": row.step_id, **cls._values(row)} for row in rows]
+
+    @staticmethod
+    def _values(row: StepRun) -> dict:
+        return {c: getattr(row, c) for c in _STEP_MUTABLE}
+
+
+def inserted(new: list[StepRun], result: list) -> None:
+    """Give the new rows the ids the insert returned ([id, step_id] rows)."""
+    ids = {step_id: pk for pk, step_id in result}
+    for row in new:
+        row.pk = ids[row.step_id]
+        row._state.adding = False
+
+
+def started_rows_sql(source: str) -> str:
+    """The CTEs (new_steps, new_log) that insert a started run's step rows and first events.
+
+    `source` names a CTE with the run's (id, base): its events get seqs base + 1 ....
+    The rows come as %(steps)s and %(log)s (RunStart.steps and .log), the events'
+    time as %(now)s. STARTED_ROWS reads back what they inserted.
+    """
+    # Only fixed names and placeholders are joined in; every value is a parameter.
+    return (
+        f"new_steps AS (INSERT INTO executor_steprun (run_id, step_id, {', '.join(_STEP_MUTABLE)}) "  # noqa: S608
+        f"SELECT {source}.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM {source}, "
+        f"jsonb_to_recordset(%(steps)s::jsonb) AS s(step_id varchar, {_STEP_RECORD}) RETURNING id, step_id), "
+        "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
+        f"SELECT {source}.id, {source}.base + e.ord, e.e->>'kind', e.e->'data', %(now)s FROM {source}, "
+        "jsonb_array_elements(%(log)s::jsonb) WITH ORDINALITY AS e(e, ord) RETURNING id, seq)"
+    )
+
+
+# [id, step_id] of each new step row and [id, seq] of each event, for Begun.landed.
+STARTED_ROWS = ("(SELECT coalesce(jsonb_agg(jsonb_build_array(id, step_id)), '[]') FROM new_steps), "
+                "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, seq)), '[]') FROM new_log)")
+
+
+# -- claiming runs -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunClaim:
+    """A run to create unless its (version, trigger_key) already exists."""
+
+    version_id: int
+    flow_id: int
+    team_id: int
+    trigger_key: str
+    trigger: dict[str, Any]
+    chain_id: int | None = None  # Chain row id
+    event_id: int | None = None
+    block_number: int | None = None
+    block_hash: str = ""
+    dry_run: bool = False
+
+
+@dataclass
+class RunStart:
+    """A run's start worked out in memory (runs.start), as the claim statement writes it.
+
+    `run` holds the run row's values as its start leaves them (code, status,
+    error, event_seq, started_at, finished_at) and what they were worked out
+    from (flow_name, version_created); `steps` the new step rows and `log` the
+    run's first events ({kind, data}), both as JSON text (rows_json).
+    """
+
+    run: dict[str, Any]
+    steps: str
+    log: str
+    now: datetime  # the events' created_at (and the run's)
+
+
+@dataclass
+class PushedEvents:
+    """Logs a node pushed, to be stored with the runs they fire, above the block loop's cursor."""
+
+    chain: int  # the Chain row's id
+    events: list[dict[str, Any]]  # block_number, block_hash, log_index, tx_hash, address, topics, data
+
+
+@dataclass
+class Claimed:
+    """What claim() wrote."""
+
+    run_ids: list[int]  # the new runs, in id order
+    queued: list[int]  # those that wait for a start_run message (not started, not dry runs)
+    first: Run | None  # the run inserted started, else the first new one (with flow and version)
+    steps: list[list]  # [id, step_id] of the started run's step rows
+    log: list[list]  # [id, seq] of its events
+    cursor_block: int | None  # with pushed events: the block loop's cursor (events at or below it were not written)
+
+    def started(self, start: RunStart | None) -> bool:
+        """Whether `start`'s run went in started (else it is new and QUEUED, or it existed already)."""
+        return (start is not None and self.first is not None and str(self.first.code) == start.run["code"]
+                and self.first.status != Run.Status.QUEUED)
+
+
+# What each claimed run carries (a RunClaim, plus a start for the first).
+_CLAIM_RECORD = (
+    "code uuid, team_id bigint, flow_id bigint, version_id bigint, trigger_key varchar, trigger jsonb, "
+    "event_id bigint, chain_id bigint, block_number bigint, block_hash varchar, log_index int, dry_run boolean, "
+    "status varchar, error text, event_seq int, started_at timestamptz, finished_at timestamptz, "
+    "flow_name varchar, version_created timestamptz"
+)
+# Pushed logs: share-lock the cursor, store the events above it, and find the ids of those stored before.
+_PUSHED_EVENTS = (
+    "cur AS (SELECT block_number FROM executor_chaincursor "
+    "WHERE chain_id = %(chain)s AND NOT halted AND block_number IS NOT NULL FOR SHARE), "
+    "ev AS (SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS ev(block_number bigint, block_hash varchar, "
+    "log_index int, tx_hash varchar, address varchar, topics jsonb, data text)), "
+    "new_ev AS (INSERT INTO executor_event (chain_id, block_number, block_hash, log_index, tx_hash, address, "
+    "topics, data, created_at) SELECT %(chain)s, ev.*, %(now)s FROM ev, cur WHERE ev.block_number > cur.block_number "
+    "ON CONFLICT (chain_id, block_hash, log_index) DO NOTHING RETURNING id, block_hash, log_index), "
+    # The events stored before: looked up one by one (LIMIT keeps the lookup from being
+    # flattened into a join that the planner, expecting 100 rows from ev, would hash).
+    "ids AS (SELECT id, block_hash, log_index FROM new_ev UNION ALL "
+    "SELECT e.id, ev.block_hash, ev.log_index FROM ev CROSS JOIN LATERAL (SELECT id FROM executor_event "
+    "WHERE chain_id = %(chain)s AND block_hash = ev.block_hash AND log_index = ev.log_index LIMIT 1) AS e), "
+)
+
+
+@functools.cache
+def _claim_sql(pushed: bool) -> str:
+    """claim()'s statement: one fixed text whatever the number of rows, so it is prepared once.
+
+    With `pushed`, the runs' events are stored first (_PUSHED_EVENTS), each run
+    takes its event's id, and runs of paused flows are left out.
+    """
+    # Only fixed names and placeholders are joined in; every value is a parameter.
+    return (
+        f"WITH {_PUSHED_EVENTS if pushed else ''}"  # noqa: S608
+        "new_runs AS (INSERT INTO executor_run (code, team_id, flow_id, version_id, trigger_key, trigger, event_id, "
+        "chain_id, block_number, block_hash, dry_run, status, error, event_seq, created_at, started_at, finished_at) "
+        f"SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, "
+        f"{'ids.id' if pushed else 'r.event_id'}, r.chain_id, r.block_number, r.block_hash, r.dry_run, "
+        # A run with a start (status and the rest set) goes in started only if what its start was
+        # worked out from still holds: the flow not paused, the version published, the same flow name.
+        "CASE WHEN s.ok THEN r.status ELSE 'QUEUED' END, CASE WHEN s.ok THEN r.error ELSE '' END, "
+        "CASE WHEN s.ok THEN r.event_seq ELSE 0 END, %(now)s, "
+        "CASE WHEN s.ok THEN r.started_at END, CASE WHEN s.ok THEN r.finished_at END "
+        f"FROM jsonb_to_recordset(%(runs)s::jsonb) AS r({_CLAIM_RECORD}) "
+        f"{'JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index ' if pushed else ''}"
+        f"JOIN flows_flow f ON f.id = r.flow_id {'AND NOT f.paused ' if pushed else ''}"
+        "JOIN flows_flowversion v ON v.id = r.version_id "
+        "CROSS JOIN LATERAL (SELECT r.status IS NOT NULL AND NOT f.paused AND v.status = %(published)s "
+        "AND v.created_at = r.version_created AND f.name = r.flow_name AS ok) AS s "
+        "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *), "
+        "started AS (SELECT id, 0 AS base FROM new_runs WHERE status <> 'QUEUED'), "
+        f"{started_rows_sql('started')}, "
+        f"first AS (SELECT {_RUN_SELECT} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "
+        "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
+        "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), "
+        "ARRAY(SELECT id FROM new_runs WHERE status = 'QUEUED' AND NOT dry_run ORDER BY id), "
+        f"{STARTED_ROWS}, {'(SELECT block_number FROM cur)' if pushed else 'NULL::bigint'}, first.* "
+        "FROM (SELECT 1) AS one LEFT JOIN first ON true"
+    )
+
+
+def claim(claims: Sequence[RunClaim], *, start: RunStart | None = None,
+          pushed: PushedEvents | None = None) -> Claimed:
+    """Insert the runs that do not exist yet, in one statement; say what was written.
+
+    The unique (version, trigger_key) makes this exactly once: a claim made
+    again, by this caller or any other, inserts nothing. With `start` (the first
+    claim's run, started in memory), that run goes in started, with its step
+    rows and events, in the same statement, unless it existed already or what
+    its start was worked out from changed meanwhile (then it goes in QUEUED).
+
+    With `pushed`, the statement share-locks the chain's cursor and writes only
+    for blocks above it on a started, unhalted chain: the loop has decided
+    everything at or below the cursor, and a loop processing a block or
+    rewinding waits for this transaction and then sees its rows. Runs of paused
+    flows are left out; each run takes the id of its event, new or stored before.
+
+    Outside a transaction the statement commits on its own: one round trip.
+    """
+    now = start.now if start is not None else timezone.now()
+    runs = [{"code": str(uuid.uuid4()), "team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
+             "trigger_key": c.trigger_key, "trigger": c.trigger, "event_id": c.event_id, "chain_id": c.chain_id,
+             "block_number": c.block_number, "block_hash": c.block_hash, "dry_run": c.dry_run,
+             "log_index": c.trigger.get("log_index") if pushed is not None else None} for c in claims]
+    if not runs:
+        return Claimed([], [], None, [], [], None)
+    if start is not None:
+        runs[0].update(start.run)
+    params = {"now": now, "runs": rows_json(runs), "published": FlowVersion.Status.PUBLISHED,
+              "steps": start.steps if start is not None else "[]", "log": start.log if start is not None else "[]"}
+    if pushed is not None:
+        params.update(chain=pushed.chain, events=rows_json(pushed.events))
+    with prepared_cursor() as cursor:
+        cursor.execute(_claim_sql(pushed is not None), params)
+        run_ids, queued, steps, log, cursor_block, *first = cursor.fetchone()
+    return Claimed(list(run_ids), list(queued), run_from_row(tuple(first)) if run_ids else None,
+                   from_jsonb(steps), from_jsonb(log), cursor_block)
