@@ -81,3 +81,38 @@ def stop(children: list[subprocess.Popen]) -> None:
 def percentile(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else 0.0
+
+
+def cpu_snapshot(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each part: PostgreSQL, Redis and the named process trees."""
+    import psutil
+
+    totals: dict[str, float] = {}
+    seen: set[int] = set()
+
+    def add(name: str, proc) -> None:
+        if proc.pid in seen:
+            return
+        seen.add(proc.pid)
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            return
+        totals[name] = totals.get(name, 0.0) + times.user + times.system
+
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        name = proc.info["name"] or ""
+        if name.startswith("postgres") or "postgres:" in cmdline:
+            add("postgresql", proc)
+        elif "redis-server" in name or "redis-server" in cmdline:
+            add("redis", proc)
+    for name, pid in roots.items():
+        try:
+            root = psutil.Process(pid)
+            # This process holds the sink; its other children are the parts named above.
+            for proc in [root] if pid == os.getpid() else [root, *root.children(recursive=True)]:
+                add(name, proc)
+        except psutil.Error:
+            continue
+    return totals

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import clean_slate, percentile, product_env, spawn, stop  # noqa: E402
+from bench.harness import clean_slate, cpu_snapshot, percentile, product_env, spawn, stop  # noqa: E402
 
 DELIVERY_TIMEOUT = 180
 
@@ -139,8 +140,10 @@ def fetch_arrivals(sink_url: str, path: str) -> list:
     return httpx.get(f"{sink_url}/stats", params={"path": path}, timeout=30).json()
 
 
-def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int, prefix: str) -> dict:
+def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int, prefix: str,
+                 roots: dict[str, int]) -> dict:
     before = len(fetch_arrivals(sink_url, path))
+    cpu_before = cpu_snapshot(roots)
     load = asyncio.run(send_load(url, clients, requests, prefix))
     accepted = set(load["accepted"])
     deadline = time.monotonic() + DELIVERY_TIMEOUT
@@ -149,6 +152,7 @@ def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int
         if len({a[0] for a in arrivals} & accepted) >= len(accepted) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
+    cpu_after = cpu_snapshot(roots)
     time.sleep(0.5)  # a duplicate would come right behind
     arrivals = [a for a in fetch_arrivals(sink_url, path)[before:] if a[0].startswith(prefix + "-")]
     first: dict[str, float] = {}
@@ -172,6 +176,9 @@ def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int
         "accepted": len(accepted),
         "lost": len(accepted - set(first)),
         "duplicates": len(arrivals) - len(first),
+        # CPU per delivered request, by part (the load generator is "bench").
+        "cpu_ms": {name: round((cpu_after[name] - cpu_before.get(name, 0)) * 1000 / max(delivered, 1), 2)
+                   for name in sorted(cpu_after)},
     }
 
 
@@ -264,25 +271,26 @@ def run(args, children: list[subprocess.Popen]) -> dict:
     python = sys.executable
     sink_port, floor_port, web_port = free_port(), free_port(), free_port()
     sink_url = f"http://127.0.0.1:{sink_port}"
-    spawn(children, "sink", [python, __file__, "--sink-child", str(sink_port)])
-    spawn(children, "floor", [python, __file__, "--floor-child", str(floor_port), sink_url])
+    sink = spawn(children, "sink", [python, __file__, "--sink-child", str(sink_port)])
+    floor = spawn(children, "floor", [python, __file__, "--floor-child", str(floor_port), sink_url])
     path = make_flow(sink_url)
     from django.db import connection
 
     connection.close()
-    spawn(children, "web", [python, "-m", "uvicorn", "kwala_site.asgi:application", "--host", "127.0.0.1",
+    web = spawn(children, "web", [python, "-m", "uvicorn", "kwala_site.asgi:application", "--host", "127.0.0.1",
                             "--port", str(web_port), "--workers", str(WEB_PROCESSES), "--no-access-log",
                             "--lifespan", "off"])
-    spawn(children, "worker", [python, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
+    worker = spawn(children, "worker", [python, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
                                "--threads", str(WORKER_THREADS)])
     spawn(children, "sweeper", [python, "manage.py", "sweep"])
     for port in (sink_port, floor_port, web_port):
         wait_port(port)
 
+    roots = {"web": web.pid, "worker": worker.pid, "sink": sink.pid, "floor": floor.pid, "bench": os.getpid()}
     targets = {"floor": (f"http://127.0.0.1:{floor_port}/hook", "/floor"),
                "kwala": (f"http://127.0.0.1:{web_port}{path}", "/product")}
     # Warm up both (imports, pools, prepared statements), then forget it.
-    warm = {name: measure_load(url, sink_url, sink_path, 8, 200, f"warm-{name}")
+    warm = {name: measure_load(url, sink_url, sink_path, 8, 200, f"warm-{name}", roots)
             for name, (url, sink_path) in targets.items()}
 
     figures: dict[str, dict] = {}
@@ -290,7 +298,7 @@ def run(args, children: list[subprocess.Popen]) -> dict:
         requests = args.latency_requests if clients == 1 else args.requests
         for name, (url, sink_path) in targets.items():
             figures[f"{name}_{clients}"] = measure_load(url, sink_url, sink_path, clients, requests,
-                                                        f"{name}-{clients}")
+                                                        f"{name}-{clients}", roots)
             print(f"{name:>6} {clients:>4} clients: {figures[f'{name}_{clients}']}", flush=True)
 
     kwala = [f for k, f in figures.items() if k.startswith("kwala_")]
@@ -315,7 +323,7 @@ def run(args, children: list[subprocess.Popen]) -> dict:
         "accepted_without_run": warm["kwala"]["accepted"] + sum(f["accepted"] for f in kwala) - durable["runs"],
         **{f"durable_{k}": v for k, v in durable.items()},
         "loads": {k: {m: f[m] for m in ("accepted_per_s", "delivered_per_s", "p50_ms", "p99_ms", "server_errors",
-                                        "overloaded_503", "lost", "duplicates")} for k, f in figures.items()},
+                                        "overloaded_503", "lost", "duplicates", "cpu_ms")} for k, f in figures.items()},
     }
 
 

@@ -122,6 +122,11 @@ def _database_from_url(url: str) -> dict:
         # clients already"), answered as 500s. A request that waits longer than the timeout
         # for a connection is answered 503 with Retry-After (kwala_site.overload).
         config["CONN_MAX_AGE"] = 0  # the pool keeps them instead
+        # No "SELECT 1" before every request (Django asks the pool to check each connection it
+        # hands out when health checks are on): that was a round trip per webhook, ~7% of the web
+        # process's samples in bench/webhook_load.py. A connection that died is dropped by the pool
+        # when it is returned; the one request that meets it is answered 503 (kwala_site.overload).
+        config["CONN_HEALTH_CHECKS"] = False
         options["pool"] = {
             "min_size": 2,
             "max_size": env_int("KWALA_DB_POOL_SIZE", 16, minimum=1),
