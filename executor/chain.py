@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -162,6 +163,25 @@ def log_from_rpc(raw: dict[str, Any]) -> dict[str, Any]:
 _TRANSPORT_ERRORS = (requests.RequestException, OSError, ValueError)
 
 
+def _retry_after(response) -> float | None:
+    """The seconds a 429 or 503 answer's Retry-After asks for (a number of seconds or an HTTP date)."""
+    if response is None or response.status_code not in (429, 503):
+        return None
+    value = (response.headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
 class ChainClient:
     """JSON-RPC over HTTP to one chain, with failover across its endpoints.
 
@@ -215,15 +235,26 @@ class ChainClient:
         # When everything is cooling down, still try the one that recovers first.
         return up or down[:1]
 
-    def _failed(self, endpoint: Endpoint, message: str) -> None:
+    def _failed(self, endpoint: Endpoint, message: str, retry_after: float | None = None) -> None:
+        """Put the endpoint in a cool-down: the node's own Retry-After when it sent one, else
+        exponential (a node that says when to come back is asked again then, not later)."""
         with self._lock:
             endpoint.failures += 1
-            delay = min(BACKOFF_BASE_S * 2 ** (endpoint.failures - 1), BACKOFF_MAX_S)
+            if retry_after is not None:
+                delay = min(max(retry_after, BACKOFF_BASE_S / 5), BACKOFF_MAX_S)
+            else:
+                delay = min(BACKOFF_BASE_S * 2 ** (endpoint.failures - 1), BACKOFF_MAX_S)
             endpoint.down_until = time.monotonic() + delay
             failures = endpoint.failures
         logger.warning("RPC endpoint %s failed (%s); backing off %.1fs", scrub_urls(endpoint.url), message, delay)
         if self.record_health and endpoint.pk is not None:
             self._save_health(endpoint, error=message, failures=failures)
+
+    def ready_in(self) -> float:
+        """Seconds until an endpoint is out of its cool-down (0 when one is up now)."""
+        now = time.monotonic()
+        with self._lock:
+            return max(0.0, min((e.down_until for e in self.endpoints), default=0.0) - now)
 
     def _succeeded(self, endpoint: Endpoint) -> None:
         if endpoint.failures == 0:
@@ -332,7 +363,7 @@ class ChainClient:
         if isinstance(exc, requests.HTTPError):
             status = exc.response.status_code if exc.response is not None else 0
             reason = "rate limited (HTTP 429)" if status == 429 else f"HTTP {status}"
-            self._failed(endpoint, reason)
+            self._failed(endpoint, reason, _retry_after(exc.response))
             return f"{endpoint.url}: {reason}"
         if isinstance(exc, requests.Timeout):
             self._failed(endpoint, f"timed out after {self.timeout:g}s")

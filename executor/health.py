@@ -10,6 +10,8 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 
+from kwala_site import counters
+
 
 @never_cache
 def healthz(request):
@@ -65,6 +67,7 @@ def readyz(request):
     if checks["database"]["ok"]:
         checks["chains"] = _check_chains()
     ready = all(check["ok"] for check in checks.values())
-    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    # What was refused, deferred or re-sent since the counters began (kwala_site.counters).
+    body = {"status": "ready" if ready else "not ready", "checks": checks, "counters": counters.read()}
     body["took_ms"] = round((time.monotonic() - started) * 1000, 1)
     return JsonResponse(body, status=200 if ready else 503)

@@ -1003,7 +1003,13 @@ class ChainListener:
                     self._error_shown = True
                 except Exception:
                     connection.close()
-                self.stop.wait(min(0.5 * 2 ** min(failures, 7), 60))
+                if isinstance(exc, ChainError) and exc.retryable and self.client is not None:
+                    # Every endpoint failed: ask again as soon as one is out of its cool-down (a
+                    # rate-limited node's Retry-After), not after a backoff of the listener's own
+                    # stacked on the endpoints' (measured: ~25 s median delay under 429s).
+                    self.stop.wait(min(max(self.client.ready_in(), 0.2), 60))
+                else:
+                    self.stop.wait(min(0.5 * 2 ** min(failures, 7), 60))
         connection.close()
 
     def _yield_to_claimed_runs(self) -> None:

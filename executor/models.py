@@ -318,6 +318,7 @@ class Notification(models.Model):
 
     class Kind(models.TextChoices):
         RUN_FAILED = "RUN_FAILED", "Run failed"
+        TX_STUCK = "TX_STUCK", "Transaction stuck"
 
     team = models.ForeignKey("flows.Team", models.CASCADE, related_name="notifications")
     run = models.ForeignKey(Run, models.CASCADE, null=True, blank=True, related_name="notifications")

@@ -69,3 +69,48 @@ class ConditionBudget:
                 flow.team.name, flow.code, self.limit(flow.team_id) * 1000, self.where, self.skipped[flow.pk],
             )
         return paused
+
+
+# -- runs started per minute ----------------------------------------------------------------
+
+# Team overrides, read at most this often per process (the admin changes them rarely).
+_LIMITS_TTL_SECONDS = 30.0
+# team id -> (read at, team code, per team, per flow)
+_run_limits: dict[int, tuple[float, str, int, int]] = {}
+
+
+def _limits_for(team_id: int) -> tuple[str, int, int]:
+    now = time.monotonic()
+    cached = _run_limits.get(team_id)
+    if cached is None or now - cached[0] > _LIMITS_TTL_SECONDS:
+        from flows.models import Team
+
+        code, team_limit, flow_limit = Team.objects.filter(pk=team_id).values_list(
+            "code", "runs_per_minute", "flow_runs_per_minute").first() or (str(team_id), None, None)
+        cached = (now, code, team_limit or settings.KWALA_RUNS_PER_MINUTE_PER_TEAM,
+                  flow_limit or settings.KWALA_RUNS_PER_MINUTE_PER_FLOW)
+        _run_limits[team_id] = cached
+    return cached[1], cached[2], cached[3]
+
+
+def run_start_wait(team_id: int, flow_id: int, flow_code: str) -> int:
+    """Count a run start against its team's and flow's runs per minute: 0 if it may start now,
+    else the seconds until the window that has room.
+
+    A run over its quota is not dropped: it stays QUEUED and starts later
+    (runs.start), with a log line, a run event and the `run_starts_deferred`
+    counter. When Redis cannot be reached, runs start (the limit fails open).
+    """
+    from kwala_site import counters, ratelimit
+
+    team_code, team_limit, flow_limit = _limits_for(team_id)
+    # By code, never reused (a primary key is, in a recreated database).
+    team, flow = ratelimit.hit_each([f"runs:team:{team_code}", f"runs:flow:{flow_code}"], 60)
+    if not team.over(team_limit) and not flow.over(flow_limit):
+        return 0
+    which = "team" if team.over(team_limit) else "flow"
+    limit = team_limit if which == "team" else flow_limit
+    logger.warning("flow %s: over its %s's %s runs a minute; its run starts in %s s", flow_code, which, limit,
+                   team.retry_after)
+    counters.incr("run_starts_deferred")
+    return team.retry_after

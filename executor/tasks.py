@@ -55,7 +55,7 @@ def run_step(step_run_id: int) -> None:
 
 
 queue.connect(
-    run=start_run.send,
+    run=lambda run_id, delay_ms: start_run.send_with_options(args=(run_id,), delay=delay_ms or None),
     step=lambda step_run_id, delay_ms: run_step.send_with_options(args=(step_run_id,), delay=delay_ms or None),
     pushed=start_pushed_runs.send,
 )

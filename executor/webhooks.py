@@ -33,7 +33,7 @@ from executor.models import Run
 from executor.runs.start import RunClaim, start_claimed
 from executor.runs.store import known_version
 from flows.models import Flow, FlowVersion, Secret
-from kwala_site import ratelimit
+from kwala_site import counters, ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse
     window = ratelimit.hit(f"webhook:{flow.code}", 60)
     if window.over(limit):
         logger.warning("webhook for flow %s: over its limit of %s requests a minute; answered 429", flow.code, limit)
+        counters.incr("webhook_rate_limited")
         response = _error(429, "rate_limited", f"This webhook takes at most {limit} requests a minute.")
         response["Retry-After"] = str(window.retry_after)
         return response

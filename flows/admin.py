@@ -101,7 +101,8 @@ class MembershipInline(admin.TabularInline):
 @admin.register(Team)
 class TeamAdmin(TeamScopedAdmin):
     team_path = ""
-    list_display = ["name", "code", "webhook_rate_per_minute", "condition_ms_per_block", "created_at"]
+    list_display = ["name", "code", "webhook_rate_per_minute", "runs_per_minute", "flow_runs_per_minute",
+                    "condition_ms_per_block", "created_at"]
     search_fields = ["name", "code"]
     inlines = [MembershipInline]
 

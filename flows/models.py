@@ -31,6 +31,14 @@ class Team(models.Model):
     webhook_rate_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Inbound webhook requests per flow per minute; empty: the site's default."
     )
+    # Operators' overrides of settings.KWALA_RUNS_PER_MINUTE_PER_TEAM and _PER_FLOW (executor.quotas):
+    # a run over either starts in the next minute instead of now.
+    runs_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Runs the team's flows may start per minute, together; empty: the site's default."
+    )
+    flow_runs_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Runs each of the team's flows may start per minute; empty: the site's default."
+    )
     # Operators' override of settings.KWALA_CONDITION_MS_PER_BLOCK (executor.quotas).
     condition_ms_per_block = models.PositiveIntegerField(
         null=True, blank=True, help_text="CPU time the team's trigger conditions may take on one block, in ms; "

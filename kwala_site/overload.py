@@ -16,6 +16,8 @@ import psycopg
 from django.http import JsonResponse
 from psycopg_pool import PoolTimeout
 
+from kwala_site import counters
+
 logger = logging.getLogger("kwala.overload")
 
 RETRY_AFTER_SECONDS = 2
@@ -34,6 +36,7 @@ def is_overload(exc: BaseException | None) -> bool:
 
 def overloaded(request) -> JsonResponse:
     logger.warning("overloaded: no database connection for %s %s; answered 503", request.method, request.path)
+    counters.incr("overloaded")
     response = JsonResponse(
         {"error": {"code": "overloaded", "message": "The server is busy; try again in a moment.", "details": []}},
         status=503,

@@ -505,12 +505,16 @@ LOGGING = {
 KWALA_TELEGRAM_API_URL = env_str("KWALA_TELEGRAM_API_URL", "https://api.telegram.org")
 # Optional Slack-compatible webhook told once about every failed run (besides the in-app notice).
 KWALA_FAILURE_WEBHOOK_URL = env_str("KWALA_FAILURE_WEBHOOK_URL", "")
-# The sweeper re-sends work that sat QUEUED this long without being picked up (lost messages).
 # Inbound webhook requests per flow per minute before 429 (a team's own limit is set in the admin).
 KWALA_WEBHOOK_RATE_PER_MINUTE = env_int("KWALA_WEBHOOK_RATE_PER_MINUTE", 6000, minimum=1)
 # CPU time one team's trigger conditions may take on one block before its flows are paused
 # with an alert (executor.quotas); a team's own limit is set in the admin.
 KWALA_CONDITION_MS_PER_BLOCK = env_int("KWALA_CONDITION_MS_PER_BLOCK", 500, minimum=1)
+# Runs started per minute, per flow and per team (executor.quotas.run_start_wait): a run over
+# either is not dropped, it starts in the next minute. A team's own limits are set in the admin.
+KWALA_RUNS_PER_MINUTE_PER_FLOW = env_int("KWALA_RUNS_PER_MINUTE_PER_FLOW", 30_000, minimum=1)
+KWALA_RUNS_PER_MINUTE_PER_TEAM = env_int("KWALA_RUNS_PER_MINUTE_PER_TEAM", 60_000, minimum=1)
+# The sweeper re-sends work that sat QUEUED this long without being picked up (lost messages).
 KWALA_SWEEP_GRACE_SECONDS = env_int("KWALA_SWEEP_GRACE_SECONDS", 30, minimum=1)
 # How long a claimed step may run before the sweeper hands it to another worker.
 KWALA_STEP_LEASE_SECONDS = env_int("KWALA_STEP_LEASE_SECONDS", 30, minimum=2)

@@ -47,6 +47,7 @@ from executor.runs.store import (
 from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepResult
 from executor.steps.base import to_jsonable
 from flows.models import Secret
+from flows.nodes import NODE_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,6 @@ S = StepRun.Status
 ACTIVE = {S.PENDING, S.QUEUED, S.RUNNING}
 MAX_BACKOFF_SECONDS = 3600
 _SECRET_REF = re.compile(r"secrets\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*['\"]([A-Za-z_]\w*)['\"]\s*\])")
-_SECRET_FIELDS = ("webhook_secret", "bot_token_secret")
-# Logic without side effects: run by the worker that made it ready, in the same transaction.
-INLINE_KINDS = frozenset({"condition", "switch", "transform", "join", "stop"})
 # How long one worker thread goes on from step to step before leaving the rest to messages.
 CHAIN_SECONDS = 20.0
 
@@ -144,7 +142,8 @@ def readiness(step: dict, rows: dict[str, StepRun]) -> str:
 
 def runs_inline(step: dict) -> bool:
     """Side-effect-free logic runs in the worker that made it ready, inside the same transaction."""
-    return step["type"] in INLINE_KINDS and not step.get("side_effect")
+    node_type = NODE_TYPES.get(step["type"])
+    return node_type is not None and node_type.inline and not step.get("side_effect")
 
 
 def advance(run: Run) -> None:
@@ -243,20 +242,10 @@ def _step_event(log: RunLog, row: StepRun, **extra: Any) -> None:
 # -- running one step -----------------------------------------------------------------
 
 
-# How long a step kind may legitimately take on top of the base lease: a step
-# still working when its lease runs out would be taken over and run twice.
-# SMTP allows 20 s per operation; contract steps make several 15 s RPC calls.
-LEASE_EXTRA_SECONDS = {
-    "notify.slack": 30, "notify.discord": 30, "notify.telegram": 30, "notify.email": 120,
-    "contract.read": 60, "contract.write": 120,
-}
-
-
 def _lease_seconds(step: dict) -> float:
-    if step["type"] == "http.request":
-        extra = float(step["config"].get("timeout") or 0)
-    else:
-        extra = LEASE_EXTRA_SECONDS.get(step["type"], 0)
+    """The base lease, and what the step's node type adds for its config (flows.nodes)."""
+    node_type = NODE_TYPES.get(step["type"])
+    extra = node_type.lease_seconds_extra(step["config"]) if node_type is not None else 0
     return settings.KWALA_STEP_LEASE_SECONDS + extra
 
 
@@ -378,7 +367,7 @@ def _context(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun] | None
     else:
         finished = [(r.step_id, r.status, r.output, r.error) for r in rows.values() if r.status in (S.SUCCEEDED, S.FAILED)]
     steps = {sid: {"output": output, "status": status, "error": error} for sid, status, output, error in finished}
-    names = set(_secret_names(step["config"]))
+    names = set(_secret_names(step["type"], step["config"]))
     secrets = {}
     if names:
         for secret in Secret.objects.filter(team_id=run.team_id, name__in=names):
@@ -404,11 +393,13 @@ def _strings(value) -> list[str]:
     return []
 
 
-def _secret_names(config: dict) -> set[str]:
+def _secret_names(step_type: str, config: dict) -> set[str]:
     """The secrets a step's config refers to: only these are revealed for it."""
     # The templates themselves, not their JSON text, where quotes are escaped.
     names = {a or b for text in _strings(config) for a, b in _SECRET_REF.findall(text)}
-    names.update(str(config[f]) for f in _SECRET_FIELDS if config.get(f))
+    node_type = NODE_TYPES.get(step_type)
+    if node_type is not None:
+        names.update(str(config[f]) for f in node_type.secret_fields if config.get(f))
     return names
 
 

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kwala_site import counters
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class _Senders:
-    run: Callable[[int], None]
+    run: Callable[[int, int], None]
     step: Callable[[int, int], None]
     pushed: Callable[[dict[str, Any]], None]
 
@@ -32,7 +34,7 @@ class _Senders:
 _senders: list[_Senders] = []
 
 
-def connect(*, run: Callable[[int], None], step: Callable[[int, int], None],
+def connect(*, run: Callable[[int, int], None], step: Callable[[int, int], None],
             pushed: Callable[[dict[str, Any]], None]) -> None:
     """Plug the queue in (executor.tasks does, on import)."""
     _senders[:] = [_Senders(run, step, pushed)]
@@ -44,13 +46,14 @@ def _connected() -> _Senders:
     return _senders[0]
 
 
-def send_run(run_id: int) -> None:
-    """Ask a worker to start a QUEUED run (or re-advance a RUNNING one)."""
+def send_run(run_id: int, delay_seconds: float = 0) -> None:
+    """Ask a worker to start a QUEUED run (or re-advance a RUNNING one), after `delay_seconds`."""
     senders = _connected()
     try:
-        senders.run(run_id)
+        senders.run(run_id, int(delay_seconds * 1000))
     except Exception:
         logger.warning("could not send run %s to the workers; the sweeper will", run_id, exc_info=True)
+        counters.incr("queue_send_failed")
 
 
 def send_step(step_run_id: int, delay_seconds: float = 0) -> None:
@@ -60,6 +63,7 @@ def send_step(step_run_id: int, delay_seconds: float = 0) -> None:
         senders.step(step_run_id, int(delay_seconds * 1000))
     except Exception:
         logger.warning("could not send step %s to the workers; the sweeper will", step_run_id, exc_info=True)
+        counters.incr("queue_send_failed")
 
 
 def send_pushed(payload: dict[str, Any]) -> None:

@@ -25,13 +25,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from executor.models import Run, StepRun
+from executor.quotas import run_start_wait
 from executor.runs import queue
 from executor.runs.engine import (
     CHAIN_SECONDS,
@@ -55,6 +56,7 @@ from executor.runs.store import (
     known_version,
     load_run,
     load_steps,
+    record_run_event,
     rows_json,
 )
 from flows.models import Flow, FlowVersion
@@ -97,15 +99,17 @@ def start_claimed(run_claim: RunClaim) -> tuple[Run | None, bool]:
     its steps. Returns (the run, True) for a new run; (None, False) when the claim
     existed already. Call outside a transaction: the statement commits on its own.
     """
-    begun = _begin_claim(run_claim, keep_one=False, now=timezone.now())
+    begun, wait = _begin_claim(run_claim, keep_one=False, now=timezone.now())
     claimed = claim([run_claim], start=begun.start if begun is not None else None)
     if not claimed.run_ids:
         return None, False
     run = claimed.first
     if begun is not None and claimed.started(begun.start):
         begun.landed(run, claimed)
+    elif wait:
+        _defer(run, wait)
     else:
-        _start_locked(run.pk, keep_one=False)
+        _start_locked(run.pk, keep_one=False, counted=begun is not None)
     return run, True
 
 
@@ -132,7 +136,7 @@ def start_pushed_runs(payload: dict[str, Any], *, on_passed: Callable[[dict[str,
     now = timezone.now()
     claims = [_pushed_claim(payload["chain"], c) for c in payload["claims"]]
     events = [dict(zip(PUSHED_EVENT_FIELDS, event, strict=True)) for event in payload["events"]]
-    begun = _begin_claim(claims[0], keep_one, now) if claims else None
+    begun, wait = _begin_claim(claims[0], keep_one, now) if claims else (None, 0)
     claimed = claim(claims, start=begun.start if begun is not None else None,
                     pushed=PushedEvents(payload["chain"], events))
     if claimed.cursor_block is not None and any(
@@ -145,10 +149,15 @@ def start_pushed_runs(payload: dict[str, Any], *, on_passed: Callable[[dict[str,
     for run_id in claimed.queued:
         if run_id != run.pk:
             transaction.on_commit(lambda run_id=run_id: queue.send_run(run_id))
+    # The first claim's start was counted against the run quotas (and deferred if over them).
+    counted = run.version_id == claims[0].version_id and run.trigger_key == claims[0].trigger_key
     if begun is not None and claimed.started(begun.start):
         kept, rows = begun.landed(run, claimed)
+    elif wait and counted:
+        _defer(run, wait)
+        return claimed
     else:
-        kept, run, rows = _start_locked(run.pk, keep_one)
+        kept, run, rows = _start_locked(run.pk, keep_one, counted=counted and begun is not None)
     _continue_with(kept, run, rows, deadline)
     return claimed
 
@@ -172,7 +181,9 @@ def start_run(run_id: int) -> None:
     _continue_with(*_start_locked(run_id, _committed_on_return()), deadline)
 
 
-def _start_locked(run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | None, dict | None]:
+def _start_locked(run_id: int, keep_one: bool, *, counted: bool = False,
+                  ) -> tuple[StepRun | None, Run | None, dict | None]:
+    """start_run's transaction. `counted`: the start was already counted against the run quotas."""
     with transaction.atomic():
         run = load_run(run_id, lock=True)
         if run is None:
@@ -185,14 +196,28 @@ def _start_locked(run_id: int, keep_one: bool) -> tuple[StepRun | None, Run | No
             ready = _advance(run, rows, log, changes)
         elif run.status == Run.Status.QUEUED:
             ended = _ends_unstarted(run)
+            wait = 0 if ended is not None or counted else run_start_wait(run.team_id, run.flow_id, run.flow.code)
             if ended is not None:
                 _finish_run(run, *ended, log, changes, {})
+            elif wait:
+                _defer(run, wait)
+                return None, run, None
             else:
                 rows, ready = _begin(run, log, changes)
         kept = _hand_out(ready, keep_one, run, log, changes)
         # With keep_one the caller's block is the outermost, and this write is its last statement.
         write(changes, log, commit=keep_one)
         return kept, run, rows
+
+
+def _defer(run: Run, wait: int) -> None:
+    """Leave a QUEUED run over its runs-per-minute quota for `wait` seconds: its start_run is sent
+    delayed, the sweeper leaves it alone meanwhile, and its log says why it waits."""
+    until = timezone.now() + timedelta(seconds=wait)
+    with transaction.atomic():
+        Run.objects.filter(pk=run.pk).update(dispatched_at=until)
+        record_run_event(run, "run.deferred", {"reason": "runs per minute", "until": until.isoformat()})
+        transaction.on_commit(lambda: queue.send_run(run.pk, delay_seconds=wait))
 
 
 def _ends_unstarted(run: Run) -> tuple[str, str] | None:
@@ -243,11 +268,16 @@ class Begun:
         return self.kept, self.rows
 
 
-def _begin_claim(run_claim: RunClaim, keep_one: bool, now: datetime) -> Begun | None:
-    """The claim's run, started in memory; None when it cannot be worked out before it is written."""
+def _begin_claim(run_claim: RunClaim, keep_one: bool, now: datetime) -> tuple[Begun | None, int]:
+    """The claim's run, started in memory, and 0; or None and the seconds its start must wait
+    (over its runs per minute), or None and 0 when the start cannot be worked out before the claim
+    is written (the locked start decides)."""
     known = known_version(run_claim.version_id)
     if known is None:
-        return None
+        return None, 0
+    wait = run_start_wait(run_claim.team_id, run_claim.flow_id, known.flow_code)
+    if wait:
+        return None, wait
     run = Run(code=uuid.uuid4(), team_id=run_claim.team_id, flow_id=run_claim.flow_id,
               version_id=run_claim.version_id, trigger_key=run_claim.trigger_key, trigger=run_claim.trigger,
               chain_id=run_claim.chain_id, block_number=run_claim.block_number, block_hash=run_claim.block_hash,
@@ -259,11 +289,11 @@ def _begin_claim(run_claim: RunClaim, keep_one: bool, now: datetime) -> Begun | 
                                          "status": FlowVersion.Status.PUBLISHED, "created_at": known.created_at,
                                          "dag": known.dag})
     if _ends_unstarted(run) is not None:
-        return None  # cancelled or failed: the locked start writes that (a failure with its notification)
+        return None, 0  # cancelled or failed: the locked start writes that (a failure with its notification)
     log, changes = RunLog(run), StepChanges()
     rows, ready = _begin(run, log, changes)
     if run.status == Run.Status.FAILED:
-        return None  # its logic failed it: the locked start writes that, with its notification
+        return None, 0  # its logic failed it: the locked start writes that, with its notification
     kept = _hand_out(ready, keep_one, run, log, changes)
     new, changed = changes.take()
     assert not changed  # every row is new
@@ -275,4 +305,4 @@ def _begin_claim(run_claim: RunClaim, keep_one: bool, now: datetime) -> Begun | 
         log=rows_json([{"kind": kind, "data": data} for kind, data in log.events]),
         now=now,
     )
-    return Begun(run, rows, log, changes, kept, start)
+    return Begun(run, rows, log, changes, kept, start), 0

@@ -31,7 +31,7 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Excepti
 
 from executor.chain import ChainError, client_for_chain, scrub_urls
 from executor.matching import to_json_value
-from executor.models import Chain, NonceCursor, StepRun, Transaction
+from executor.models import Chain, NonceCursor, Notification, StepRun, Transaction
 from executor.steps import spending
 from executor.steps.base import Reschedule, StepContext, StepError, StepResult, to_jsonable
 from flows import abi as abi_lib
@@ -327,6 +327,11 @@ def _stuck(ctx: StepContext, signer: SignerKey, latest: Transaction, why: str) -
     if Transaction.objects.filter(pk=latest.pk, stuck_alerted_at__isnull=True).update(stuck_alerted_at=timezone.now()):
         spending.note_stuck(signer, latest.tx_hash, why)
         ctx.log(f"ALERT: {latest.tx_hash} is stuck and is not re-sent again ({why}); still waiting for it")
+        run = ctx.run
+        message = (f"“{run.flow.name}”: transaction {latest.tx_hash} from signer “{signer.name}” is stuck and is "
+                   f"no longer re-sent ({why}); the run still waits for it")
+        Notification.objects.get_or_create(run_id=run.pk, kind=Notification.Kind.TX_STUCK,
+                                           defaults={"team_id": run.team_id, "message": message[:2000]})
 
 
 def _replace(ctx: StepContext, chain: Chain, w3, signer: SignerKey, latest: Transaction) -> Transaction | None:

@@ -38,6 +38,9 @@ class _WebhookNotify(Action):
 
 class HttpRequest(Action):
     key = "http.request"
+
+    def lease_seconds_extra(self, config):
+        return float(config.get("timeout") or 0)  # the step's own timeout
     label = "HTTP request"
     description = "Calls an HTTP endpoint."
     fields = (
@@ -68,6 +71,7 @@ class HttpRequest(Action):
 
 class NotifySlack(_WebhookNotify):
     key = "notify.slack"
+    lease_extra_seconds = 30
     label = "Slack message"
     description = "Posts a message to a Slack incoming webhook."
     fields = (
@@ -80,6 +84,7 @@ class NotifySlack(_WebhookNotify):
 
 class NotifyDiscord(_WebhookNotify):
     key = "notify.discord"
+    lease_extra_seconds = 30
     label = "Discord message"
     description = "Posts a message to a Discord webhook."
     fields = (
@@ -92,6 +97,7 @@ class NotifyDiscord(_WebhookNotify):
 
 class NotifyTelegram(Action):
     key = "notify.telegram"
+    lease_extra_seconds = 30
     label = "Telegram message"
     description = "Sends a message from a Telegram bot."
     fields = (
@@ -107,6 +113,7 @@ class NotifyTelegram(Action):
 
 class NotifyEmail(Action):
     key = "notify.email"
+    lease_extra_seconds = 120
     label = "Email"
     description = "Sends an email."
     fields = (
@@ -155,6 +162,7 @@ def _function_shape(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 class ContractRead(Action):
     key = "contract.read"
+    lease_extra_seconds = 60
     label = "Read contract"
     description = "Calls a view function and returns its result."
     side_effect = False
@@ -191,6 +199,7 @@ class ContractRead(Action):
 
 class ContractWrite(ContractRead):
     key = "contract.write"
+    lease_extra_seconds = 120
     label = "Write contract"
     description = "Sends a transaction that calls a contract function."
     side_effect = True

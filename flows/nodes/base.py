@@ -338,6 +338,21 @@ class NodeType:
     static_output_ports: tuple[str, ...] = ("out",)
     side_effect: bool = False
     join: str = "any"
+    # Side-effect-free logic that the engine runs in the transaction that made it ready,
+    # with no message of its own (executor.runs.engine).
+    inline: bool = False
+    # How long a step of this type may legitimately take on top of the base lease: a step still
+    # working when its lease runs out would be taken over and run twice.
+    lease_extra_seconds: float = 0
+
+    @property
+    def secret_fields(self) -> tuple[str, ...]:
+        """The fields that name a team secret (revealed to the step that runs, never shown)."""
+        return tuple(spec.name for spec in self.fields if spec.kind == "secret_ref")
+
+    def lease_seconds_extra(self, config: Mapping[str, Any]) -> float:
+        """lease_extra_seconds, for this step's config."""
+        return self.lease_extra_seconds
 
     def output_ports(self, config: Mapping[str, Any]) -> list[str]:
         return list(self.static_output_ports)

@@ -13,6 +13,7 @@ _PORT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 class Condition(NodeType):
     key = "condition"
+    inline = True
     category = "logic"
     label = "Condition"
     description = "Continues on `true` or `false` depending on an expression."
@@ -25,6 +26,7 @@ class Condition(NodeType):
 
 class Switch(NodeType):
     key = "switch"
+    inline = True
     category = "logic"
     label = "Switch"
     description = "Takes the port of the first case whose expression is true, else `default`."
@@ -64,6 +66,7 @@ class Switch(NodeType):
 
 class Transform(NodeType):
     key = "transform"
+    inline = True
     category = "logic"
     label = "Set fields"
     description = "Computes named values from expressions for later steps."
@@ -115,6 +118,7 @@ class Delay(NodeType):
 
 class Join(NodeType):
     key = "join"
+    inline = True
     category = "logic"
     label = "Join"
     description = "Waits for every incoming branch, then continues once with their outputs."
@@ -126,6 +130,7 @@ class Join(NodeType):
 
 class Stop(NodeType):
     key = "stop"
+    inline = True
     category = "logic"
     label = "Stop"
     description = "Ends the run here, as a success or as a failure with a message."

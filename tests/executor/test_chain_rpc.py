@@ -39,6 +39,21 @@ def test_a_rate_limited_endpoint_is_skipped(anvil_a):
         proxy.close()
 
 
+def test_a_rate_limited_node_is_asked_again_when_its_retry_after_says_not_later(anvil_a):
+    """Measured before: the cool-down doubled on every 429 whatever the node asked for, and the
+    listener's own backoff came on top (a ~25 s median delay with a rate-limited HTTP-only node)."""
+    proxy = RpcProxy(anvil_a.http_url, Faults(rate_limit=1.0))  # every request: 429, Retry-After: 1
+    try:
+        client = ChainClient([proxy.url])
+        for _ in range(5):  # five refusals in a row would have meant a 8 s cool-down
+            with pytest.raises(ChainError):
+                client.block_number()
+        assert client.endpoints[0].failures == 5
+        assert 0.5 < client.ready_in() <= 1.0
+    finally:
+        proxy.close()
+
+
 def test_every_endpoint_down_is_a_retryable_error(closed_port_url):
     client = ChainClient([closed_port_url])
     with pytest.raises(ChainError) as caught:

@@ -16,7 +16,7 @@ def test_secrets_named_with_either_syntax_are_revealed_for_the_step():
     config = {"headers": {"Authorization": "Bearer {{ secrets[\"API_TOKEN\"] }}"},
               "body": {"k": "{{ secrets.OTHER }}", "n": ["{{ secrets['THIRD'] }}"]},
               "webhook_secret": "SLACK_URL"}
-    assert engine._secret_names(config) == {"API_TOKEN", "OTHER", "THIRD", "SLACK_URL"}
+    assert engine._secret_names("notify.slack", config) == {"API_TOKEN", "OTHER", "THIRD", "SLACK_URL"}
 
 
 def test_slow_step_kinds_get_a_lease_longer_than_their_timeouts(settings):
@@ -87,11 +87,13 @@ def test_a_run_starts_with_its_rows_written_as_the_logic_left_them(hook_version)
     run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:rows")
     with CaptureQueriesContext(connection) as queries:
         start.start_run(run.pk)  # inside the test's transaction: nothing is kept, the hook is queued
-    # One query loads the run (locked), one reads its version's DAG (once per worker process),
-    # one writes the step rows and the run's log together; the rest is this test's savepoint.
+    # One query loads the run (locked), one reads its version's DAG and one its team's run
+    # quotas (both once per worker process), one writes the step rows and the run's log
+    # together; the rest is this test's savepoint.
     statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
-    assert len(statements) == 3, statements
-    assert "executor_steprun" in statements[2] and "executor_runevent" in statements[2]
+    assert len(statements) == 4, statements
+    assert "runs_per_minute" in statements[2]
+    assert "executor_steprun" in statements[3] and "executor_runevent" in statements[3]
     run.refresh_from_db()
     rows = {row.step_id: row for row in run.steps.all()}
     assert run.status == Run.Status.RUNNING and run.started_at is not None

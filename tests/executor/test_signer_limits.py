@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from executor.devchain import contract, deploy
-from executor.models import Run, Transaction
+from executor.models import Notification, Run, Transaction
 from executor.runs.manual import start_manual_run
 from flows.models import AuditEvent, Membership
 from flows.teams import do_set_signer_limits
@@ -164,6 +164,9 @@ def test_a_stuck_transaction_stops_being_re_sent_at_the_cap_and_raises_an_alert(
         assert [t.replaces for t in attempts] == [0, 1]
         assert attempts[1].stuck_alerted_at is not None and attempts[0].stuck_alerted_at is None
         assert "ALERT" in str(list(steps_of(run)["write"].logs))
+        # On the team's Alerts page too, once, however many polls see it stuck.
+        (alert,) = Notification.objects.filter(run=run, kind=Notification.Kind.TX_STUCK)
+        assert attempts[1].tx_hash in alert.message and alert.team_id == run.team_id
         w3.provider.make_request("evm_setAutomine", [True])
         w3.provider.make_request("evm_mine", [])
         run = wait_for_run(run, timeout=60)
