@@ -38,6 +38,13 @@ def clean_slate() -> None:
     FlowVersion.objects.filter(status=FlowVersion.Status.PUBLISHED).update(status=FlowVersion.Status.ARCHIVED)
     with open(os.devnull, "w") as quiet:
         call_command("sync_chains", verbosity=0, stdout=quiet)
+    # Chains an earlier bench configured (another KWALA_CHAINS) lost their endpoints with the
+    # truncate above: a listener would fail on them.
+    from django.conf import settings
+
+    from executor.models import Chain
+
+    Chain.objects.exclude(chain_id__in=[c["chain_id"] for c in settings.KWALA_CHAINS]).update(enabled=False)
 
 
 def spawn(children: list[subprocess.Popen], name: str, command: list[str]) -> subprocess.Popen:
