@@ -5,8 +5,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 
 from executor.listener_health import scrub_urls
-from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run, StepRun
-from flows.admin import OperatorOnlyAdmin, OwnTeamsFilter, TeamScopedAdmin
+from executor.models import Chain, ChainCursor, Event, ReplayJob, RpcEndpoint, Run, StepRun
+from flows.admin import OperatorOnlyAdmin, OwnTeamsFilter, ReadOnlyAdmin, TeamScopedAdmin
 
 
 class RpcEndpointInline(admin.TabularInline):
@@ -146,3 +146,13 @@ class RunAdmin(TeamScopedAdmin):
     inlines = [StepRunInline]
     raw_id_fields = ["event", "version", "flow"]
     actions = [retry_failed_runs]
+
+
+@admin.register(ReplayJob)
+class ReplayJobAdmin(ReadOnlyAdmin):
+    """Replays and backtests as the workers ran them (requested through the API or `manage.py replay`)."""
+
+    list_display = ["code", "flow", "dry_run", "from_block", "to_block", "status", "matched", "created_at"]
+    list_filter = ["status", "dry_run", ("team", OwnTeamsFilter)]
+    search_fields = ["code", "flow__name", "flow__code"]
+    raw_id_fields = ["flow", "version", "requested_by"]

@@ -6,6 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Chain(models.Model):
@@ -333,3 +334,45 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message[:40]}"
+
+
+class ReplayJob(models.Model):
+    """A replay or backtest of a flow's contract-event trigger over past blocks.
+
+    Run by a worker (executor.tasks.run_replay), never inside a web request: a
+    range of 100,000 blocks takes minutes of RPC calls. Safe to run twice: the
+    live runs' keys are the listener's own, a backtest's runs are keyed by the job.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "QUEUED", "Queued"
+        RUNNING = "RUNNING", "Running"
+        SUCCEEDED = "SUCCEEDED", "Succeeded"
+        FAILED = "FAILED", "Failed"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="replay_jobs")
+    flow = models.ForeignKey("flows.Flow", models.CASCADE, related_name="replay_jobs")
+    version = models.ForeignKey("flows.FlowVersion", models.CASCADE, related_name="replay_jobs")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    from_block = models.BigIntegerField()
+    to_block = models.BigIntegerField()
+    dry_run = models.BooleanField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    logs_seen = models.IntegerField(null=True, blank=True)
+    matched = models.IntegerField(null=True, blank=True)
+    run_codes = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(default=timezone.now)  # last sent to a worker (the sweeper re-sends)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "queued_at"], name="replayjob_status_queued")]
+
+    def __str__(self) -> str:
+        kind = "backtest" if self.dry_run else "replay"
+        return f"{kind} {self.from_block}..{self.to_block} ({self.status})"

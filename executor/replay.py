@@ -36,13 +36,8 @@ class ReplayResult:
     run_ids: list[int]
 
 
-def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run: bool,
-                  client: ChainClient | None = None) -> ReplayResult:
-    """Create runs of `version` for the logs in blocks from_block..to_block that it matches.
-
-    Raises ReplayError for a bad range, a trigger that is not a contract event
-    on `chain`, or a chain that cannot be read.
-    """
+def check_replay(version, chain: Chain, from_block: int, to_block: int) -> None:
+    """What can be refused before any block is read; raises ReplayError."""
     if from_block < 0 or to_block < 0:
         raise ReplayError("Block numbers must not be negative.")
     if from_block > to_block:
@@ -54,6 +49,19 @@ def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run
         raise ReplayError("Only flows triggered by a contract event can be replayed over blocks.")
     if int(spec.get("chain_id") or 0) != chain.chain_id:
         raise ReplayError(f"The flow listens to chain {spec.get('chain_id')}, not {chain.slug}.")
+
+
+def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run: bool,
+                  client: ChainClient | None = None, *, key_prefix: str | None = None) -> ReplayResult:
+    """Create runs of `version` for the logs in blocks from_block..to_block that it matches.
+
+    A dry run's keys start with `key_prefix` (a fresh one by default): a job that
+    runs again with the same prefix creates no second run. Raises ReplayError for
+    a bad range, a trigger that is not a contract event on `chain`, or a chain
+    that cannot be read.
+    """
+    check_replay(version, chain, from_block, to_block)
+    spec = version.dag["trigger"]
     flow = version.flow
     try:
         trigger = compile_trigger(spec, version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id, flow_code=flow.code)
@@ -67,7 +75,7 @@ def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run
         if to_block > head:
             raise ReplayError(f"Block {to_block} is beyond the chain head ({head}).")
         logs = _logs(client, from_block, to_block, addresses, topics)
-        prefix = f"replay:{uuid.uuid4()}:" if dry_run else ""
+        prefix = (key_prefix or f"replay:{uuid.uuid4()}:") if dry_run else ""
         timestamps: dict[str, int] = {}
         now = timezone.now()
         claims, matched = [], 0

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from executor.models import Run, StepRun
+from executor.models import ReplayJob, Run, StepRun
 from executor.runs import queue
 from executor.runs.store import record_run_event
 
@@ -31,7 +31,7 @@ def sweep(grace_seconds: float | None = None) -> dict[str, int]:
     """One pass; returns how many leases, steps and runs it re-sent."""
     grace = timedelta(seconds=settings.KWALA_SWEEP_GRACE_SECONDS if grace_seconds is None else grace_seconds)
     now = timezone.now()
-    counts = {"expired_leases": 0, "stale_steps": 0, "stale_runs": 0}
+    counts = {"expired_leases": 0, "stale_steps": 0, "stale_runs": 0, "replay_jobs": 0}
 
     # A step whose worker died: back to QUEUED, then sent.
     expired = list(
@@ -68,6 +68,19 @@ def sweep(grace_seconds: float | None = None) -> dict[str, int]:
         if Run.objects.filter(pk=pk, status=Run.Status.QUEUED).update(dispatched_at=now):
             queue.send_run(pk)
             counts["stale_runs"] += 1
+
+    # Replay jobs whose message was lost, or whose worker died in them (running one again is safe).
+    stuck = now - timedelta(seconds=settings.KWALA_REPLAY_JOB_TIMEOUT_SECONDS)
+    jobs = ReplayJob.objects.filter(
+        Q(status=ReplayJob.Status.QUEUED, queued_at__lt=now - grace)
+        | Q(status=ReplayJob.Status.RUNNING, started_at__lt=stuck)
+    ).values_list("pk", flat=True)[:BATCH]
+    for pk in list(jobs):
+        if ReplayJob.objects.filter(pk=pk).filter(
+            Q(status=ReplayJob.Status.QUEUED) | Q(status=ReplayJob.Status.RUNNING, started_at__lt=stuck)
+        ).update(status=ReplayJob.Status.QUEUED, queued_at=now):
+            queue.send_replay(pk)
+            counts["replay_jobs"] += 1
 
     if any(counts.values()):
         logger.info("sweep re-sent %s", counts)

@@ -19,7 +19,7 @@ from django.utils import timezone
 # web3 and friends (about a second), which the first run would otherwise wait for.
 from executor import listener
 from executor.models import WorkerProbe
-from executor.runs import engine, queue, start
+from executor.runs import engine, manual, queue, start
 
 
 @dramatiq.actor(queue_name="default", max_retries=3, time_limit=10_000)
@@ -54,8 +54,16 @@ def run_step(step_run_id: int) -> None:
     engine.run_step(step_run_id)
 
 
+# A replay reads up to KWALA_MAX_REPLAY_BLOCKS blocks' logs; on the default queue, beside the runs.
+@dramatiq.actor(queue_name="default", max_retries=3, min_backoff=1000, max_backoff=30_000, time_limit=1_800_000)
+def run_replay(job_id: int) -> None:
+    """Run a replay or backtest job (safe to deliver twice)."""
+    manual.run_replay_job(job_id)
+
+
 queue.connect(
     run=lambda run_id, delay_ms: start_run.send_with_options(args=(run_id,), delay=delay_ms or None),
     step=lambda step_run_id, delay_ms: run_step.send_with_options(args=(step_run_id,), delay=delay_ms or None),
     pushed=start_pushed_runs.send,
+    replay=run_replay.send,
 )

@@ -697,10 +697,21 @@ class ReplayIn(Schema):
 
 
 class ReplayOut(Schema):
-    logs_seen: int
-    matched: int
+    job: str = Field(description="The replay job's code: GET /api/v1/replays/{job} follows it")
+    status: str = Field(description="QUEUED, RUNNING, SUCCEEDED or FAILED")
+    from_block: int
+    to_block: int
     dry_run: bool
+    logs_seen: int | None = Field(description="Logs read in the range (once the job ran)")
+    matched: int | None = Field(description="Logs the trigger matched (once the job ran)")
     runs: list[str] = Field(description="Codes of the runs created (events that already ran live are not run again)")
+    error: str = Field(description="Why the job failed (e.g. a range beyond the chain head)")
+
+
+def _replay_out(job) -> dict:
+    return {"job": str(job.code), "status": job.status, "from_block": job.from_block, "to_block": job.to_block,
+            "dry_run": job.dry_run, "logs_seen": job.logs_seen, "matched": job.matched, "runs": job.run_codes,
+            "error": job.error}
 
 
 @flows_router.post("/{code}/runs", response={201: RunDetailOut, **COMMON_ERRORS})
@@ -728,27 +739,45 @@ def start_run(request, code: str, payload: StartRunIn):
     return Status(201, _run_out(_run(request, str(run.code)), detail=True))
 
 
-@flows_router.post("/{code}/replay", response={201: ReplayOut, **COMMON_ERRORS})
+@flows_router.post("/{code}/replay", response={202: ReplayOut, **COMMON_ERRORS})
 def replay(request, code: str, payload: ReplayIn):
-    """Run the live version's contract-event trigger over blocks from_block..to_block.
+    """Queue a replay of the live version's contract-event trigger over blocks from_block..to_block.
 
     Live (`dry_run: false`): creates the runs the listener would have created;
     an event that already has a live run is not run twice. Dry run (backtest):
-    the runs execute, and record what their side effects would have sent.
+    the runs execute, and record what their side effects would have sent. A
+    worker reads the blocks (a long range takes minutes): follow the job at
+    GET /api/v1/replays/{job}.
     """
-    from executor.runs.manual import replay_flow
+    from executor.runs.manual import request_replay
 
     flow, membership = _flow(request, code, Role.EDITOR)
     version = live_version(flow)
     if version is None:
-        raise ApiError(409, "not_published", "Only the live version can be replayed: publish the flow first.")
-    result, codes = replay_flow(version, payload.from_block, payload.to_block, dry_run=payload.dry_run)
-    # The runs are committed by now (the claim is idempotent); the entry says who asked for them.
+        raise ApiError(409, "not_published", "Only the live version can be replayed: publish it first.")
+    job = request_replay(version, payload.from_block, payload.to_block, dry_run=payload.dry_run, user=request.user)
     audit.record(membership.team, request.user, "flow.replayed", flow.name, flow=flow.code, version=version.number,
-                 from_block=payload.from_block, to_block=payload.to_block, dry_run=payload.dry_run, runs=len(codes),
-                 via="api")
-    return Status(201, {"logs_seen": result.logs_seen, "matched": result.matched, "dry_run": payload.dry_run,
-                        "runs": codes})
+                 from_block=payload.from_block, to_block=payload.to_block, dry_run=payload.dry_run,
+                 job=str(job.code), via="api")
+    return Status(202, _replay_out(job))
+
+
+replays_router = Router(tags=["runs"])
+
+
+@replays_router.get("/{code}", response={200: ReplayOut, **COMMON_ERRORS})
+def get_replay(request, code: str):
+    """A replay or backtest job: its status, what it read and matched, and the runs it created."""
+    from executor.models import ReplayJob
+
+    _membership(request, Role.VIEWER)
+    job = ReplayJob.objects.filter(team=request.auth.team, code=_uuid_or_404(code, "replay")).first()
+    if job is None:
+        raise not_found("replay")
+    return _replay_out(job)
+
+
+api.add_router("/replays", replays_router)
 
 
 # -- chains and templates ----------------------------------------------------------------------

@@ -516,6 +516,8 @@ KWALA_RUNS_PER_MINUTE_PER_FLOW = env_int("KWALA_RUNS_PER_MINUTE_PER_FLOW", 30_00
 KWALA_RUNS_PER_MINUTE_PER_TEAM = env_int("KWALA_RUNS_PER_MINUTE_PER_TEAM", 60_000, minimum=1)
 # The sweeper re-sends work that sat QUEUED this long without being picked up (lost messages).
 KWALA_SWEEP_GRACE_SECONDS = env_int("KWALA_SWEEP_GRACE_SECONDS", 30, minimum=1)
+# A replay job still running after this long lost its worker: the sweeper queues it again.
+KWALA_REPLAY_JOB_TIMEOUT_SECONDS = env_int("KWALA_REPLAY_JOB_TIMEOUT_SECONDS", 1800, minimum=60)
 # How long a claimed step may run before the sweeper hands it to another worker.
 KWALA_STEP_LEASE_SECONDS = env_int("KWALA_STEP_LEASE_SECONDS", 30, minimum=2)
 # contract.write: poll for a receipt this often; replace a transaction unmined after this long.

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from executor.models import Chain, Run, StepRun
-from executor.replay import ReplayError, ReplayResult, replay_blocks
-from executor.runs import engine, start
+from executor.models import Chain, ReplayJob, Run, StepRun
+from executor.replay import ReplayError, check_replay, replay_blocks
+from executor.runs import engine, queue, start
 from executor.runs.store import record_run_event
 from flows import audit
 from flows.models import FlowVersion
 
 S = StepRun.Status
+logger = logging.getLogger(__name__)
 
 
 class RunError(Exception):
@@ -138,13 +140,7 @@ def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
     return new
 
 
-def replay_flow(version: FlowVersion, from_block: int, to_block: int, *, dry_run: bool) -> tuple[ReplayResult, list[str]]:
-    """Replay `version`'s contract-event trigger over from_block..to_block and start the new runs.
-
-    Live runs are started by the claim itself; a backtest's dry runs are started
-    here, so they execute with their side effects recorded rather than performed.
-    Returns the result and the codes of the new runs. Raises ReplayError.
-    """
+def _replay_chain(version: FlowVersion) -> Chain:
     _check_version(version)
     chain_id = (version.dag.get("trigger") or {}).get("chain_id")
     chain = Chain.objects.filter(chain_id=chain_id, enabled=True).first() if chain_id else None
@@ -152,11 +148,56 @@ def replay_flow(version: FlowVersion, from_block: int, to_block: int, *, dry_run
         if (version.dag.get("trigger") or {}).get("type") != "chain.event":
             raise ReplayError("Only flows triggered by a contract event can be replayed over blocks.")
         raise ReplayError(f"Chain {chain_id} is not configured (or is disabled) on this server.")
-    # Reading the logs happens outside any transaction: a long range must not hold one open.
-    result = replay_blocks(version, chain, from_block, to_block, dry_run)
+    return chain
+
+
+def request_replay(version: FlowVersion, from_block: int, to_block: int, *, dry_run: bool, user=None) -> ReplayJob:
+    """Check what can be checked at once and queue the replay (or backtest) for a worker.
+
+    Raises ReplayError for a request that cannot work (a bad range, a trigger that
+    is not a contract event, a chain that is not configured); what reading the
+    chain finds (a range beyond the head, an unreachable node) ends the job FAILED.
+    """
+    check_replay(version, _replay_chain(version), from_block, to_block)
     with transaction.atomic():
-        runs = list(Run.objects.filter(pk__in=result.run_ids).order_by("block_number", "pk"))
-        if dry_run:
-            for run in runs:
-                start.dispatch_run(run)
-    return result, [str(run.code) for run in runs]
+        job = ReplayJob.objects.create(team_id=version.flow.team_id, flow_id=version.flow_id, version=version,
+                                       requested_by=user if getattr(user, "is_authenticated", False) else None,
+                                       from_block=from_block, to_block=to_block, dry_run=dry_run)
+        transaction.on_commit(lambda: queue.send_replay(job.pk))
+    return job
+
+
+def run_replay_job(job_id: int) -> None:
+    """A worker's part: read the blocks, claim the runs, start a backtest's dry runs; record the outcome.
+
+    Safe to deliver twice: the job is taken by a conditional update, and running
+    it again (after a worker died in it) creates no second run: live runs are
+    keyed like the listener's, a backtest's by the job's code.
+    """
+    now = timezone.now()
+    if not ReplayJob.objects.filter(pk=job_id, status=ReplayJob.Status.QUEUED).update(
+        status=ReplayJob.Status.RUNNING, started_at=now
+    ):
+        return  # taken by another delivery, or done
+    job = ReplayJob.objects.select_related("version__flow").get(pk=job_id)
+    try:
+        chain = _replay_chain(job.version)
+        # Reading the logs happens outside any transaction: a long range must not hold one open.
+        result = replay_blocks(job.version, chain, job.from_block, job.to_block, job.dry_run,
+                               key_prefix=f"replay:{job.code}:")
+        with transaction.atomic():
+            runs = list(Run.objects.filter(pk__in=result.run_ids).order_by("block_number", "pk"))
+            if job.dry_run:
+                for run in runs:
+                    start.dispatch_run(run)
+            ReplayJob.objects.filter(pk=job.pk).update(
+                status=ReplayJob.Status.SUCCEEDED, logs_seen=result.logs_seen, matched=result.matched,
+                run_codes=[str(run.code) for run in runs], finished_at=timezone.now())
+    except ReplayError as exc:
+        logger.info("replay job %s failed: %s", job.code, exc)
+        ReplayJob.objects.filter(pk=job.pk).update(status=ReplayJob.Status.FAILED, error=str(exc)[:2000],
+                                                   finished_at=timezone.now())
+    except Exception:
+        logger.exception("replay job %s crashed", job.code)
+        ReplayJob.objects.filter(pk=job.pk).update(status=ReplayJob.Status.FAILED, finished_at=timezone.now(),
+                                                   error="internal error while replaying (see the worker log)")

@@ -29,15 +29,16 @@ class _Senders:
     run: Callable[[int, int], None]
     step: Callable[[int, int], None]
     pushed: Callable[[dict[str, Any]], None]
+    replay: Callable[[int], None]
 
 
 _senders: list[_Senders] = []
 
 
 def connect(*, run: Callable[[int, int], None], step: Callable[[int, int], None],
-            pushed: Callable[[dict[str, Any]], None]) -> None:
+            pushed: Callable[[dict[str, Any]], None], replay: Callable[[int], None]) -> None:
     """Plug the queue in (executor.tasks does, on import)."""
-    _senders[:] = [_Senders(run, step, pushed)]
+    _senders[:] = [_Senders(run, step, pushed, replay)]
 
 
 def _connected() -> _Senders:
@@ -73,3 +74,13 @@ def send_pushed(payload: dict[str, Any]) -> None:
     listener's block loop stores and claims the same logs from the block.
     """
     _connected().pushed(payload)
+
+
+def send_replay(job_id: int) -> None:
+    """Ask a worker to run a replay or backtest job (runs.manual.run_replay_job)."""
+    senders = _connected()
+    try:
+        senders.replay(job_id)
+    except Exception:
+        logger.warning("could not send replay job %s to the workers; the sweeper will", job_id, exc_info=True)
+        counters.incr("queue_send_failed")

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from executor.chain import ChainClient, ChainError, scrub_urls
-from executor.models import Chain, RpcEndpoint
+from executor.models import Chain, ReplayJob, RpcEndpoint
 from tests.conftest import free_port
 from tests.executor.chainkit import BIG, event_graph, publish
 from tests.team_fixtures import api_client
@@ -48,12 +48,18 @@ def test_a_chain_error_never_carries_the_endpoint_url(dead_chain, caplog):
 
 
 def test_a_replay_against_an_unreachable_endpoint_answers_without_the_key(dead_chain, alice, team, caplog):
+    from executor.tasks import run_replay
+
     version = publish(team, alice, event_graph(31399, BIG))
-    response = api_client(alice).post(f"/api/v1/flows/{version.flow.code}/replay", {"from_block": 0, "to_block": 5},
-                                      content_type="application/json")
-    assert response.status_code == 422
-    assert "dead" in response.json()["error"]["message"]
-    assert CANARY not in response.content.decode()
+    client = api_client(alice)
+    response = client.post(f"/api/v1/flows/{version.flow.code}/replay", {"from_block": 0, "to_block": 5},
+                           content_type="application/json")
+    assert response.status_code == 202
+    job = ReplayJob.objects.get(code=response.json()["job"])
+    run_replay(job.pk)  # what a worker does with the job's message
+    answer = client.get(f"/api/v1/replays/{job.code}")
+    assert answer.json()["status"] == "FAILED" and "dead" in answer.json()["error"]
+    assert CANARY not in answer.content.decode() and CANARY not in ReplayJob.objects.get(pk=job.pk).error
     assert CANARY not in caplog.text
 
 

@@ -72,3 +72,38 @@ def test_the_command_reports_and_refuses_bad_input(history, capsys):
         call_command("replay", "nope", "--from", "1", "--to", "2")
     with pytest.raises(CommandError, match="after"):
         call_command("replay", version.flow.code, "--from", "5", "--to", "2")
+
+
+def test_a_backtest_job_run_twice_creates_its_dry_runs_once_and_the_sweeper_resends_a_lost_one(history, alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from executor.models import ReplayJob
+    from executor.runs.manual import request_replay, run_replay_job
+    from executor.sweeper import sweep
+
+    chain, version, first, last = history
+    job = request_replay(version, first, last, dry_run=True, user=alice)
+    # Its message was lost: after the grace period the sweeper sends it again.
+    ReplayJob.objects.filter(pk=job.pk).update(queued_at=timezone.now() - timedelta(minutes=5))
+    assert sweep(grace_seconds=1)["replay_jobs"] == 1
+    run_replay_job(job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.matched, len(job.run_codes)) == (ReplayJob.Status.SUCCEEDED, 5, 5)
+    # A worker died in it and the sweeper queued it again: running it again adds no run.
+    ReplayJob.objects.filter(pk=job.pk).update(status=ReplayJob.Status.QUEUED)
+    run_replay_job(job.pk)
+    assert Run.objects.filter(version=version, dry_run=True).count() == 5
+    run_replay_job(job.pk)  # a duplicate delivery of a finished job does nothing
+    assert ReplayJob.objects.get(pk=job.pk).status == ReplayJob.Status.SUCCEEDED
+
+
+def test_a_replay_request_that_cannot_work_is_refused_before_it_is_queued(history, alice):
+    from executor.models import ReplayJob
+    from executor.runs.manual import request_replay
+
+    chain, version, first, last = history
+    with pytest.raises(ReplayError, match="after"):
+        request_replay(version, last, first, dry_run=True, user=alice)
+    assert not ReplayJob.objects.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -256,7 +257,7 @@ def test_an_api_run_calls_the_sink_and_an_api_dry_run_only_records_what_it_would
 
 @pytest.mark.django_db(transaction=True)
 def test_a_backtest_runs_past_transfers_without_side_effects_and_a_live_replay_runs_each_once(
-    worker, http_sink, alice, team, anvil_a, w3_a, demo_contracts_a
+    worker, http_sink, alice, charlie, team, anvil_a, w3_a, demo_contracts_a
 ):
     chain = Chain.objects.create(slug="anvil-a", name="Anvil A", chain_id=31337)
     RpcEndpoint.objects.create(chain=chain, url=anvil_a.http_url)
@@ -276,25 +277,37 @@ def test_a_backtest_runs_past_transfers_without_side_effects_and_a_live_replay_r
     client = api_client(alice)
     span = {"from_block": first, "to_block": last}
 
-    backtest = body(client.post(f"/api/v1/flows/{flow.code}/replay", {**span, "dry_run": True},
-                                content_type="application/json"))
-    assert (backtest["matched"], len(backtest["runs"]), backtest["dry_run"]) == (3, 3, True)
+    def replayed(**request) -> dict:
+        """POST a replay (answered at once, 202: a worker reads the blocks) and follow its job to the end."""
+        response = client.post(f"/api/v1/flows/{flow.code}/replay", request, content_type="application/json")
+        assert response.status_code == 202, response.content
+        job = response.json()
+        assert job["status"] == "QUEUED" and job["runs"] == []
+        deadline = time.monotonic() + 60
+        while job["status"] in ("QUEUED", "RUNNING"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+            job = body(client.get(f"/api/v1/replays/{job['job']}"))
+        return job
+
+    backtest = replayed(**span, dry_run=True)
+    assert (backtest["status"], backtest["matched"], len(backtest["runs"]), backtest["dry_run"]) == (
+        "SUCCEEDED", 3, 3, True)
     runs = wait_for_runs(backtest["runs"])
     assert all(r.status == Run.Status.SUCCEEDED and r.dry_run for r in runs)
     assert [json.loads(r.steps.get().output["would_send"]["body"]) for r in runs] == [
         {"value": 11}, {"value": 12}, {"value": 13}]
     assert http_sink.to("/replayed") == []
 
-    live = body(client.post(f"/api/v1/flows/{flow.code}/replay", {**span, "dry_run": False},
-                            content_type="application/json"))
+    live = replayed(**span, dry_run=False)
     assert len(live["runs"]) == 3
     wait_for_runs(live["runs"])
     assert sorted(r.json()["value"] for r in http_sink.wait_for("/replayed", 3)) == [11, 12, 13]
-    again = body(client.post(f"/api/v1/flows/{flow.code}/replay", {**span, "dry_run": False},
-                             content_type="application/json"))
+    again = replayed(**span, dry_run=False)
     assert again["runs"] == [] and again["matched"] == 3
     assert AuditEvent.objects.filter(team=team, action="flow.replayed").count() == 3
 
-    error = assert_error(client.post(f"/api/v1/flows/{flow.code}/replay", {"from_block": last, "to_block": last + 50},
-                                     content_type="application/json"), 422, "replay_error")
-    assert "beyond the chain head" in error["message"]
+    beyond = replayed(from_block=last, to_block=last + 50)
+    assert beyond["status"] == "FAILED" and "beyond the chain head" in beyond["error"]
+    # Another team cannot follow the job.
+    assert_error(api_client(charlie).get(f"/api/v1/replays/{beyond['job']}"), 404, "replay_not_found")
