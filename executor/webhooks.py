@@ -23,6 +23,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -52,7 +54,7 @@ def _secret(flow: Flow, name: str) -> str | None:
     return secret.reveal() if secret is not None else None
 
 
-def _verified(spec: dict, flow: Flow, request: HttpRequest, body: bytes) -> str | None:
+def _verified(spec: dict, flow: Flow, headers: Mapping[str, str], body: bytes) -> str | None:
     """None when the request does not verify; else what identifies it, covered by its
     signature ("" for an unverified webhook: the caller's Idempotency-Key decides)."""
     method = spec.get("verification") or "none"
@@ -63,12 +65,12 @@ def _verified(spec: dict, flow: Flow, request: HttpRequest, body: bytes) -> str 
         logger.warning("webhook for flow %s: its signing secret %r does not exist", flow.code, spec.get("secret"))
         return None
     if method == "hmac-sha256":
-        given = request.headers.get(spec.get("signature_header") or "X-Signature-256", "")
+        given = headers.get(spec.get("signature_header") or "X-Signature-256", "")
         given = given.removeprefix("sha256=").strip().lower()
         signed = body
         timestamp_header = spec.get("timestamp_header") or ""
         if timestamp_header:
-            stamp = request.headers.get(timestamp_header, "").strip()
+            stamp = headers.get(timestamp_header, "").strip()
             if not stamp.isdigit() or abs(time.time() - int(stamp)) > TIMESTAMP_TOLERANCE_S:
                 return None
             signed = stamp.encode() + b"." + body
@@ -80,12 +82,12 @@ def _verified(spec: dict, flow: Flow, request: HttpRequest, body: bytes) -> str 
     if method == "standard-webhooks":
         from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        lowered = {k.lower(): v for k, v in headers.items()}
         try:
-            Webhook(key).verify(body, headers)
+            Webhook(key).verify(body, lowered)
         except (WebhookVerificationError, ValueError):
             return None
-        return f"id:{headers.get('webhook-id', '')}"  # signed, with the timestamp
+        return f"id:{lowered.get('webhook-id', '')}"  # signed, with the timestamp
     logger.error("webhook for flow %s: unknown verification %r", flow.code, method)
     return None
 
@@ -119,20 +121,32 @@ def _live_webhook(code: str, token: str) -> tuple[FlowVersion, dict] | None:
     return (version, spec) if spec.get("type") == "webhook" else None
 
 
-@csrf_exempt
-def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse:
-    """Verify, claim and start in one statement; answer 202 with the run's code.
+@dataclass
+class Answer:
+    """What a webhook request is answered: status, JSON body, extra headers."""
+
+    status: int
+    body: dict
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _refused(status: int, code: str, message: str, **headers: str) -> Answer:
+    return Answer(status, {"error": {"code": code, "message": message, "details": []}}, headers)
+
+
+def accept(code: str, token: str, *, method: str, headers: Mapping[str, str], query: Mapping[str, str],
+           body: bytes) -> Answer:
+    """Verify, claim and start in one statement; 202 with the run's code.
 
     The run is stored, with its trigger, before the answer: a 202 is never lost.
     Its steps then go to the workers like a chain event's. When PostgreSQL or
     Redis cannot take the request, the caller is told to come back (503 with
-    Retry-After, kwala_site.overload), never 202.
+    Retry-After, kwala_site.overload), never 202. Served by the ASGI door
+    (executor.webhook_door) and by the Django view below, with the same answers.
     """
-    if request.method != "POST":
-        return _error(405, "method_not_allowed", "Send a POST.")
     found = _live_webhook(code, token)
     if found is None:
-        return _error(404, "not_found", "No live flow listens at this URL.")
+        return _refused(404, "not_found", "No live flow listens at this URL.")
     version, spec = found
     flow = version.flow
     limit = flow.team.webhook_rate_per_minute or settings.KWALA_WEBHOOK_RATE_PER_MINUTE
@@ -141,34 +155,29 @@ def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse
     if window.over(limit):
         logger.warning("webhook for flow %s: over its limit of %s requests a minute; answered 429", flow.code, limit)
         counters.incr("webhook_rate_limited")
-        response = _error(429, "rate_limited", f"This webhook takes at most {limit} requests a minute.")
-        response["Retry-After"] = str(window.retry_after)
-        return response
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        return _error(413, "too_large", "The request body is too large.")
-    signed_as = _verified(spec, flow, request, body)
+        return _refused(429, "rate_limited", f"This webhook takes at most {limit} requests a minute.",
+                        **{"Retry-After": str(window.retry_after)})
+    signed_as = _verified(spec, flow, headers, body)
     if signed_as is None:
         logger.info("webhook for flow %s: signature does not verify; refused", flow.code)
-        return _error(401, "bad_signature", "The request signature does not verify.")
+        return _refused(401, "bad_signature", "The request signature does not verify.")
     text = body.decode("utf-8", errors="replace").replace("\x00", "")
     try:
         parsed = json.loads(text) if text else None
     except ValueError:
         parsed = text
     except RecursionError:
-        return _error(400, "too_deep", "The JSON body is nested too deeply.")
+        return _refused(400, "too_deep", "The JSON body is nested too deeply.")
     # A signed request is identified by what its signature covers; headers it does not
     # cover (Idempotency-Key) would let a captured request be replayed as new.
-    sent_id = signed_as or request.headers.get("Idempotency-Key") or ""
+    sent_id = signed_as or headers.get("Idempotency-Key") or ""
     trigger = {
         "type": "webhook",
-        "method": request.method,
+        "method": method,
         "body": parsed,
-        "headers": {k.lower(): v.replace("\x00", "") for k, v in request.headers.items()
+        "headers": {k.lower(): v.replace("\x00", "") for k, v in headers.items()
                     if k.lower() not in _DROPPED_HEADERS},
-        "query": {k: v.replace("\x00", "") for k, v in request.GET.items()},
+        "query": {k: v.replace("\x00", "") for k, v in query.items()},
     }
     key = f"webhook:{hashlib.sha256(sent_id.encode()).hexdigest()[:32]}" if sent_id else f"webhook:{uuid.uuid4()}"
     run, new = start_claimed(RunClaim(version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id,
@@ -176,5 +185,21 @@ def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse
     if not new:
         run = Run.objects.only("code", "status").get(version=version, trigger_key=key)
         logger.info("webhook for flow %s: a repeat of run %s; no new run", flow.code, run.code)
-        return JsonResponse({"run": str(run.code), "status": run.status, "repeat": True}, status=200)
-    return JsonResponse({"run": str(run.code), "status": run.status}, status=202)
+        return Answer(200, {"run": str(run.code), "status": run.status, "repeat": True})
+    return Answer(202, {"run": str(run.code), "status": run.status})
+
+
+@csrf_exempt
+def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse:
+    """The webhook through Django: what the ASGI door does not take (a server without it, the tests' client)."""
+    if request.method != "POST":
+        return _error(405, "method_not_allowed", "Send a POST.")
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return _error(413, "too_large", "The request body is too large.")
+    answer = accept(code, token, method=request.method, headers=request.headers, query=request.GET, body=body)
+    response = JsonResponse(answer.body, status=answer.status)
+    for name, value in answer.headers.items():
+        response[name] = value
+    return response

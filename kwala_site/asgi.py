@@ -15,10 +15,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from executor.routing import websocket_urlpatterns  # noqa: E402
+from executor.webhook_door import WebhookDoor  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Inbound webhooks are answered straight from ASGI; everything else goes to Django.
+        "http": WebhookDoor(django_asgi_app),
         # Browsers send Origin on websockets; refuse pages from other sites.
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }

@@ -34,12 +34,17 @@ def is_overload(exc: BaseException | None) -> bool:
     return False
 
 
-def overloaded(request) -> JsonResponse:
-    logger.warning("overloaded: no database connection for %s %s; answered 503", request.method, request.path)
+BODY = {"error": {"code": "overloaded", "message": "The server is busy; try again in a moment.", "details": []}}
+
+
+def note(method: str, path: str) -> None:
+    """Log and count one request answered 503 for overload."""
+    logger.warning("overloaded: no database connection for %s %s; answered 503", method, path)
     counters.incr("overloaded")
-    response = JsonResponse(
-        {"error": {"code": "overloaded", "message": "The server is busy; try again in a moment.", "details": []}},
-        status=503,
-    )
+
+
+def overloaded(request) -> JsonResponse:
+    note(request.method, request.path)
+    response = JsonResponse(BODY, status=503)
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
