@@ -47,24 +47,24 @@ def _connected() -> _Senders:
     return _senders[0]
 
 
+def _send_or_leave_to_the_sweeper(what: str, send: Callable[[], None]) -> None:
+    try:
+        send()
+    except Exception:
+        logger.warning("could not send %s to the workers; the sweeper will", what, exc_info=True)
+        counters.incr("queue_send_failed")
+
+
 def send_run(run_id: int, delay_seconds: float = 0) -> None:
     """Ask a worker to start a QUEUED run (or re-advance a RUNNING one), after `delay_seconds`."""
-    senders = _connected()
-    try:
-        senders.run(run_id, int(delay_seconds * 1000))
-    except Exception:
-        logger.warning("could not send run %s to the workers; the sweeper will", run_id, exc_info=True)
-        counters.incr("queue_send_failed")
+    run = _connected().run
+    _send_or_leave_to_the_sweeper(f"run {run_id}", lambda: run(run_id, int(delay_seconds * 1000)))
 
 
 def send_step(step_run_id: int, delay_seconds: float = 0) -> None:
     """Ask a worker to run a QUEUED step, after `delay_seconds`."""
-    senders = _connected()
-    try:
-        senders.step(step_run_id, int(delay_seconds * 1000))
-    except Exception:
-        logger.warning("could not send step %s to the workers; the sweeper will", step_run_id, exc_info=True)
-        counters.incr("queue_send_failed")
+    step = _connected().step
+    _send_or_leave_to_the_sweeper(f"step {step_run_id}", lambda: step(step_run_id, int(delay_seconds * 1000)))
 
 
 def send_pushed(payload: dict[str, Any]) -> None:
@@ -78,9 +78,5 @@ def send_pushed(payload: dict[str, Any]) -> None:
 
 def send_replay(job_id: int) -> None:
     """Ask a worker to run a replay or backtest job (runs.manual.run_replay_job)."""
-    senders = _connected()
-    try:
-        senders.replay(job_id)
-    except Exception:
-        logger.warning("could not send replay job %s to the workers; the sweeper will", job_id, exc_info=True)
-        counters.incr("queue_send_failed")
+    replay = _connected().replay
+    _send_or_leave_to_the_sweeper(f"replay job {job_id}", lambda: replay(job_id))
