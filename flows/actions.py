@@ -61,6 +61,13 @@ def enabled_chains() -> dict[int, str]:
     return dict(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "slug"))
 
 
+def chain_names() -> dict[int, str]:
+    """The enabled chains as people see them, {chain id: name}, in chain-id order (every form's choices)."""
+    from executor.models import Chain
+
+    return dict(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "name"))
+
+
 def compile_context(team: Team) -> dict:
     """What the compiler checks names against: the enabled chains, the team's secrets and signer keys."""
 

@@ -158,7 +158,7 @@ def _form_field(spec: FieldSpec, chains: list[tuple[int, str]], secret_names: li
         return forms.ChoiceField(choices=[(c, c) for c in spec.choices], **common)
     if kind == "chain":
         return forms.TypedChoiceField(
-            choices=[("", "Choose a chain")] + [(cid, f"{slug} ({cid})") for cid, slug in chains],
+            choices=[("", "Choose a chain")] + [(cid, f"{name} ({cid})") for cid, name in chains],
             coerce=int,
             empty_value=None,
             **common,

@@ -8,7 +8,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 
 from flows import gallery
-from flows.actions import create_flow
+from flows.actions import chain_names, create_flow
 from flows.graph_svg import graph_svg
 from flows.models import Membership, Secret, SignerKey
 from flows.permissions import require_membership
@@ -35,9 +35,7 @@ def gallery_page(request):
 
 
 def _chains() -> dict[int, str]:
-    from executor.models import Chain
-
-    return dict(Chain.objects.filter(enabled=True).values_list("chain_id", "name"))
+    return chain_names()
 
 
 @login_required

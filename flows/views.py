@@ -6,6 +6,7 @@ from datetime import timedelta
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db.models import Count, Max, Q
+from django.db.models.functions import Lower
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -42,7 +43,7 @@ def home(request):
             ),
             runs_succeeded=Count("runs", filter=Q(runs__created_at__gte=since, runs__status="SUCCEEDED")),
         )
-        .order_by("name")
+        .order_by(Lower("name"), "name")  # "whale alert" among the W's, not after every capital
     )
     live = dict(
         FlowVersion.objects.filter(flow__team=membership.team, status=FlowVersion.Status.PUBLISHED).values_list(
@@ -82,7 +83,7 @@ def flow_create(request):
 
 
 def _chains() -> list[tuple[int, str]]:
-    return list(actions.enabled_chains().items())
+    return list(actions.chain_names().items())  # named as in the gallery's forms
 
 
 def _secret_names(flow: Flow) -> list[str]:

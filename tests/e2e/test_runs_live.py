@@ -82,7 +82,7 @@ def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
     connect(page, "condition_1", "true", "http_request_1")
 
     inspect(page, "chain_event_1")
-    page.get_by_label("Chain", exact=True).select_option(label="anvil-a (31337)")
+    page.get_by_label("Chain", exact=True).select_option(value="31337")
     page.get_by_label("Contract addresses").fill(token_address)
     page.get_by_text("Pick from an ABI").click()
     page.get_by_label("Demo contract").select_option("KwalaToken")

@@ -434,3 +434,24 @@ def test_deleting_a_flow_through_the_api_is_audited(alice, flow):
 
     assert api_client(alice).delete(f"/api/v1/flows/{flow.code}").status_code == 204
     assert AuditEvent.objects.filter(action="flow.deleted", data__flow=flow.code).exists()
+
+
+def test_the_flows_list_sorts_names_regardless_of_case(client, alice, team):
+    for name in ("Zeta watcher", "whale alert", "Alpha feed", "beta digest"):
+        actions.create_flow(team, alice, name)
+    as_user(client, alice)
+    page = client.get("/").content.decode()
+    positions = [page.index(name) for name in ("Alpha feed", "beta digest", "whale alert", "Zeta watcher")]
+    assert positions == sorted(positions)
+
+
+def test_the_editor_and_the_gallery_name_a_chain_the_same_way(client, alice, flow):
+    from executor.models import Chain
+
+    Chain.objects.update_or_create(chain_id=31337, defaults={"slug": "anvil-a", "name": "Anvil A (local)"})
+    as_user(client, alice)
+    watcher = actions.create_flow(flow.team, alice, "Watcher", graph={"nodes": [
+        {"id": "t", "type": "chain.event", "config": {"chain": 31337}, "position": {"x": 0, "y": 0}}], "edges": []})
+    inspector = client.get(f"/flows/{watcher.code}/nodes/t/").content.decode()
+    template = client.get("/templates/erc20-whale-slack/").content.decode()
+    assert ">Anvil A (local) (31337)<" in inspector and ">Anvil A (local) (31337)<" in template
