@@ -32,6 +32,9 @@ def clean_slate() -> None:
     from flows.models import FlowVersion
 
     call_command("migrate", verbosity=0)
+    from executor.metrics import clear_samples
+
+    clear_samples()
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE executor_runevent, executor_steprun, executor_run, executor_event, "
                        "executor_chaincursor, executor_rpcendpoint CASCADE")

@@ -36,6 +36,8 @@ from web3 import HTTPProvider, Web3
 from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
+from executor import metrics
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -123,6 +125,7 @@ class Endpoint:
     down_until: float = 0.0
     provider: HTTPProvider | None = None
     batches: bool = True  # False once the endpoint refused a JSON-RPC batch
+    label: str = ""  # scheme://host:port, for metrics
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,9 @@ class ChainClient:
         self.chain_id = chain_id
         self.timeout = timeout
         self.record_health = record_health
-        self.endpoints = [Endpoint(url=url, pk=pk) for url, pk in zip(urls, ids, strict=True)]
+        self.endpoints = [Endpoint(url=url, pk=pk, label=metrics.endpoint_label(url))
+                          for url, pk in zip(urls, ids, strict=True)]
+        self._chain_label = str(chain_id) if chain_id is not None else "?"
         self._lock = threading.Lock()
         self._web3: Web3 | None = None
 
@@ -238,6 +243,8 @@ class ChainClient:
     def _failed(self, endpoint: Endpoint, message: str, retry_after: float | None = None) -> None:
         """Put the endpoint in a cool-down: the node's own Retry-After when it sent one, else
         exponential (a node that says when to come back is asked again then, not later)."""
+        metrics.RPC_REQUESTS.labels(self._chain_label, endpoint.label,
+                                    "rate_limited" if retry_after is not None else "failed").inc()
         with self._lock:
             endpoint.failures += 1
             if retry_after is not None:
@@ -257,6 +264,7 @@ class ChainClient:
             return max(0.0, min((e.down_until for e in self.endpoints), default=0.0) - now)
 
     def _succeeded(self, endpoint: Endpoint) -> None:
+        metrics.RPC_REQUESTS.labels(self._chain_label, endpoint.label, "ok").inc()
         if endpoint.failures == 0:
             return
         with self._lock:
@@ -288,11 +296,14 @@ class ChainClient:
         """
         errors: list[str] = []
         for endpoint in self._order():
+            started = time.monotonic()
             try:
                 response = self._provider(endpoint).make_request(RPCEndpoint(method), params)
             except _TRANSPORT_ERRORS as exc:
                 errors.append(self._transport_failed(endpoint, exc))
                 continue
+            finally:
+                metrics.RPC_SECONDS.labels(self._chain_label, endpoint.label).observe(time.monotonic() - started)
             self._succeeded(endpoint)
             return endpoint.url, response
         raise self._all_failed(method, errors)

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from executor import metrics
 from executor.models import ReplayJob, Run, StepRun
 from executor.runs import queue
 from executor.runs.store import record_run_event
@@ -84,4 +85,7 @@ def sweep(grace_seconds: float | None = None) -> dict[str, int]:
 
     if any(counts.values()):
         logger.info("sweep re-sent %s", counts)
+        for kind, count in counts.items():
+            if count:
+                metrics.SWEEPER.labels(kind=kind).inc(count)
     return counts

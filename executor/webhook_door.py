@@ -25,6 +25,7 @@ from django.http import QueryDict
 from django.http.request import split_domain_port, validate_host
 from django.utils.datastructures import CaseInsensitiveMapping
 
+from executor import metrics
 from executor.webhooks import Answer, accept
 from kwala_site import overload
 
@@ -39,6 +40,7 @@ def _accept_in_thread(code, token, method, headers, query, body) -> Answer:
     except Exception as exc:
         if overload.is_overload(exc):
             overload.note(method, f"/hooks/{code}/…/")
+            metrics.WEBHOOKS.labels(outcome="overloaded").inc()
             return Answer(503, overload.BODY, {"Retry-After": str(overload.RETRY_AFTER_SECONDS)})
         logger.exception("webhook for flow %s: the door failed", code)
         return Answer(500, {"error": {"code": "server_error", "message": "Internal error.", "details": []}})
@@ -60,11 +62,13 @@ class WebhookDoor:
         host = headers.get("host", "")
         domain, _ = split_domain_port(host)
         if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+            metrics.WEBHOOKS.labels(outcome="bad_host").inc()
             await _send(send, Answer(400, {"error": {"code": "bad_host", "message": "Bad Host header.",
                                                      "details": []}}))
             return
         body = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         if body is None:
+            metrics.WEBHOOKS.labels(outcome="too_large").inc()
             await _send(send, Answer(413, {"error": {"code": "too_large", "message": "The request body is too large.",
                                                      "details": []}}))
             return

@@ -31,6 +31,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from executor import metrics
 from executor.models import Run
 from executor.runs.start import RunClaim, start_claimed
 from executor.runs.store import known_version
@@ -131,6 +132,7 @@ class Answer:
 
 
 def _refused(status: int, code: str, message: str, **headers: str) -> Answer:
+    metrics.WEBHOOKS.labels(outcome=code).inc()
     return Answer(status, {"error": {"code": code, "message": message, "details": []}}, headers)
 
 
@@ -185,7 +187,9 @@ def accept(code: str, token: str, *, method: str, headers: Mapping[str, str], qu
     if not new:
         run = Run.objects.only("code", "status").get(version=version, trigger_key=key)
         logger.info("webhook for flow %s: a repeat of run %s; no new run", flow.code, run.code)
+        metrics.WEBHOOKS.labels(outcome="repeat").inc()
         return Answer(200, {"run": str(run.code), "status": run.status, "repeat": True})
+    metrics.WEBHOOKS.labels(outcome="accepted").inc()
     return Answer(202, {"run": str(run.code), "status": run.status})
 
 

@@ -70,6 +70,13 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 VAR_DIR = Path(env_str("KWALA_VAR_DIR") or BASE_DIR / "var" / ("test" if TESTING else "")).resolve()
 
+# Prometheus samples from every process, added up by GET /metrics (executor.metrics). Set
+# before anything imports prometheus_client, which reads it once.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "metrics"))
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+# GET /metrics wants `Authorization: Bearer <this>`; unset, it answers only this machine.
+KWALA_METRICS_TOKEN = env_str("KWALA_METRICS_TOKEN") or ""
+
 # -- database and Redis ---------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL")
@@ -417,7 +424,7 @@ if not DEV_DEFAULTS:
     # Production (DATABASE_URL set): HTTPS only, as `manage.py check --deploy` expects.
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
     # Load balancers probe health over plain HTTP.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000, minimum=0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)

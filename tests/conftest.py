@@ -289,6 +289,10 @@ def pytest_configure(config):
     # The outermost pytest owns the embedded servers; a pytest that a test starts inside it
     # (tests/e2e/test_artifacts.py) inherits this and must leave them running.
     os.environ.setdefault("KWALA_TEST_SERVERS_OWNER", str(os.getpid()))
+    if os.environ["KWALA_TEST_SERVERS_OWNER"] == str(os.getpid()):
+        from executor.metrics import clear_samples
+
+        clear_samples()  # counters start at zero with the session's processes
 
 
 def pytest_unconfigure(config):

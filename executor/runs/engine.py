@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from executor import metrics
 from executor.models import Notification, Run, StepRun
 from executor.runs.store import (
     ClaimLost,
@@ -338,6 +339,11 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
 
 def _execute(run: Run, row: StepRun, step: dict, ctx: StepContext) -> StepResult | Reschedule | StepError:
     """Run the step's kind; every failure comes back as a StepError, with secrets redacted."""
+    with metrics.STEP_SECONDS.labels(type=step["type"]).time():
+        return _execute_timed(run, row, step, ctx)
+
+
+def _execute_timed(run: Run, row: StepRun, step: dict, ctx: StepContext) -> StepResult | Reschedule | StepError:
     try:
         kind = STEP_KINDS.get(step["type"])
         if kind is None:
@@ -446,6 +452,7 @@ def _settle(run: Run, row: StepRun, step: dict, ctx: StepContext, outcome, log: 
     if not outcome.permanent and row.attempt < int(retry.get("max_attempts", 1)):
         wait = backoff_seconds(retry, row.attempt)
         when = now + timedelta(seconds=wait)
+        transaction.on_commit(lambda: metrics.STEP_RETRIES.labels(type=step["type"]).inc())
         changes.change(row, status=S.QUEUED, next_attempt_at=when, queued_at=now, lease_expires_at=None,
                        error=error, logs=logs + [f"attempt {row.attempt} failed: {error}"], input=sent)
         _step_event(log, row, error=error, retry_at=when.isoformat())

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from django.db import connection, transaction
 from django.utils import timezone
 
+from executor import metrics
 from executor.live import broadcast_all, message
 from executor.models import Run, RunEvent, StepRun
 from executor.runs import queue
@@ -196,6 +197,9 @@ def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
         messages = [message(run.code, seq, kind, data, at) for (_, seq), (kind, data) in zip(ids, events, strict=True)]
         flow_code = run.flow.code
         transaction.on_commit(lambda: broadcast_all(messages, flow_code))
+        if any(kind == "run.status" for kind, _ in events):
+            team, started_at = str(run.team_id), run.started_at
+            transaction.on_commit(lambda: metrics.observe_run_events(team, flow_code, events, started_at, now))
 
     return Statement(sql, params, done)
 

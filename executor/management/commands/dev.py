@@ -22,6 +22,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from executor.metrics import clear_samples
 from executor.supervisor import Program, Supervisor
 
 DEMO_USERNAME = "admin"
@@ -47,6 +48,7 @@ class Command(BaseCommand):
         supervisor = Supervisor(self.stdout._out)
         say = lambda line: supervisor.say("dev", line)  # noqa: E731
         say(f"data under {settings.VAR_DIR}")
+        clear_samples()  # the metrics of an earlier `make run`'s processes
         call_command("migrate", interactive=False, verbosity=0)
         password = self.ensure_demo_user()
 
