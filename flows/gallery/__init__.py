@@ -60,6 +60,14 @@ class Template:
     def node_types(self) -> list[str]:
         return [node["type"] for node in self.graph["nodes"]]
 
+    @property
+    def needs(self) -> list[str]:
+        """What a team must have to use it: chains, secrets, a signer key (for the gallery's cards)."""
+        count = {kind: sum(1 for i in self.inputs if i.kind == kind) for kind in ("chain", "secret", "signer")}
+        words = {"chain": ("a chain", "{} chains"), "secret": ("a secret", "{} secrets"),
+                 "signer": ("a signer key", "{} signer keys")}
+        return [(one if n == 1 else many.format(n)) for kind, (one, many) in words.items() if (n := count[kind])]
+
     def matches(self, query: str) -> bool:
         haystack = " ".join([self.title, self.description, self.category, *self.node_types()]).lower()
         return all(word in haystack for word in query.lower().split())

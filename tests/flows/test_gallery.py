@@ -121,3 +121,10 @@ def test_a_viewer_cannot_use_a_template(team, make_member, chains):
 
 def test_an_unknown_template_is_404(alice):
     assert logged_in(alice).get(reverse("use_template", args=["nope"])).status_code == 404
+
+
+def test_each_card_says_what_the_template_needs(alice):
+    page = logged_in(alice).get(reverse("gallery")).content.decode()
+    assert "Needs: a chain, a secret<" in page  # the whale alert: a chain and the Slack webhook's secret
+    assert "Needs: 2 chains, a signer key<" in page  # the cross-chain mirror
+    assert gallery.get_template("block-heartbeat").needs == ["a chain"]
