@@ -37,6 +37,7 @@ from executor.runs.start import RunClaim, start_claimed
 from executor.runs.store import known_version
 from flows.models import Flow, FlowVersion, Secret
 from kwala_site import counters, ratelimit
+from kwala_site.logfilters import bound
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,12 @@ def accept(code: str, token: str, *, method: str, headers: Mapping[str, str], qu
     if found is None:
         return _refused(404, "not_found", "No live flow listens at this URL.")
     version, spec = found
+    with bound(flow=version.flow.code):
+        return _accept_for(version, spec, method=method, headers=headers, query=query, body=body)
+
+
+def _accept_for(version: FlowVersion, spec: dict, *, method: str, headers: Mapping[str, str],
+                query: Mapping[str, str], body: bytes) -> Answer:
     flow = version.flow
     limit = flow.team.webhook_rate_per_minute or settings.KWALA_WEBHOOK_RATE_PER_MINUTE
     # By the flow's code, which is never reused (a primary key is, in a recreated database).

@@ -493,13 +493,25 @@ os.environ.setdefault("dramatiq_worker_timeout", str(DRAMATIQ_WORKER_TIMEOUT_MS)
 
 # -- logging --------------------------------------------------------------------------
 
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {
+        "plain": {"()": "kwala_site.logfilters.PlainFormatter",
+                  "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        # One object a line: timestamp, level, logger, message, and run/flow when a run is concerned.
+        "json": {"()": "pythonjsonlogger.json.JsonFormatter",
+                 "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+                 "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"}},
+    },
     # A webhook URL's token is its credential: no log line shows it (Django logs a 4xx's path).
-    "filters": {"webhook_tokens": {"()": "kwala_site.logfilters.RedactWebhookTokens"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["webhook_tokens"]}},
+    "filters": {"webhook_tokens": {"()": "kwala_site.logfilters.RedactWebhookTokens"},
+                "run_context": {"()": "kwala_site.logfilters.RunContext"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT,
+                             "filters": ["webhook_tokens", "run_context"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

@@ -49,6 +49,7 @@ from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepR
 from executor.steps.base import to_jsonable
 from flows.models import Secret
 from flows.nodes import NODE_TYPES
+from kwala_site.logfilters import bound
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
 
 def _execute(run: Run, row: StepRun, step: dict, ctx: StepContext) -> StepResult | Reschedule | StepError:
     """Run the step's kind; every failure comes back as a StepError, with secrets redacted."""
-    with metrics.STEP_SECONDS.labels(type=step["type"]).time():
+    with bound(flow=run.flow.code, run=run.code), metrics.STEP_SECONDS.labels(type=step["type"]).time():
         return _execute_timed(run, row, step, ctx)
 
 

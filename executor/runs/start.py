@@ -60,6 +60,7 @@ from executor.runs.store import (
     rows_json,
 )
 from flows.models import Flow, FlowVersion
+from kwala_site.logfilters import bound
 
 logger = logging.getLogger(__name__)
 
@@ -189,25 +190,31 @@ def _start_locked(run_id: int, keep_one: bool, *, counted: bool = False,
         if run is None:
             logger.warning("start_run: run %s does not exist", run_id)
             return None, None, None
-        rows = None
-        log, changes, ready = RunLog(run), StepChanges(), []
-        if run.status == Run.Status.RUNNING:
-            rows = load_steps(run)
-            ready = _advance(run, rows, log, changes)
-        elif run.status == Run.Status.QUEUED:
-            ended = _ends_unstarted(run)
-            wait = 0 if ended is not None or counted else run_start_wait(run.team_id, run.flow_id, run.flow.code)
-            if ended is not None:
-                _finish_run(run, *ended, log, changes, {})
-            elif wait:
-                _defer(run, wait)
-                return None, run, None
-            else:
-                rows, ready = _begin(run, log, changes)
-        kept = _hand_out(ready, keep_one, run, log, changes)
-        # With keep_one the caller's block is the outermost, and this write is its last statement.
-        write(changes, log, commit=keep_one)
-        return kept, run, rows
+        with bound(flow=run.flow.code, run=run.code):
+            return _start_loaded(run, keep_one, counted)
+
+
+def _start_loaded(run: Run, keep_one: bool, counted: bool) -> tuple[StepRun | None, Run | None, dict | None]:
+    """_start_locked for the run it loaded and locked (inside its transaction)."""
+    rows = None
+    log, changes, ready = RunLog(run), StepChanges(), []
+    if run.status == Run.Status.RUNNING:
+        rows = load_steps(run)
+        ready = _advance(run, rows, log, changes)
+    elif run.status == Run.Status.QUEUED:
+        ended = _ends_unstarted(run)
+        wait = 0 if ended is not None or counted else run_start_wait(run.team_id, run.flow_id, run.flow.code)
+        if ended is not None:
+            _finish_run(run, *ended, log, changes, {})
+        elif wait:
+            _defer(run, wait)
+            return None, run, None
+        else:
+            rows, ready = _begin(run, log, changes)
+    kept = _hand_out(ready, keep_one, run, log, changes)
+    # With keep_one the caller's block is the outermost, and this write is its last statement.
+    write(changes, log, commit=keep_one)
+    return kept, run, rows
 
 
 def _defer(run: Run, wait: int) -> None:

@@ -117,3 +117,30 @@ def test_the_proxy_header_is_trusted_only_when_configured(monkeypatch):
     values = load_settings(monkeypatch, dict(PRODUCTION, SECURE_PROXY_SSL_HEADER="HTTP_X_FORWARDED_PROTO=https"))
     assert values["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
     assert values["SECURE_SSL_REDIRECT"] is True and values["SECURE_HSTS_SECONDS"] >= 31_536_000
+
+
+def test_json_logs_carry_the_run_and_flow_codes_and_no_webhook_token(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    script = (
+        "import logging, django; django.setup()\n"
+        "from kwala_site.logfilters import bound\n"
+        "log = logging.getLogger('kwala.test')\n"
+        "with bound(flow='FLOWCODE', run='RUNCODE'):\n"
+        "    log.warning('step failed for %s', '/hooks/FLOWCODE/SECRET-TOKEN/')\n"
+        "log.warning('outside any run')\n"
+    )
+    env = {**os.environ, "LOG_FORMAT": "json", "DJANGO_SETTINGS_MODULE": "kwala_site.settings",
+           "KWALA_VAR_DIR": str(settings.VAR_DIR)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=settings.BASE_DIR, env=env, capture_output=True,
+                            text=True, timeout=120)
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    inside, outside = (line for line in lines if line["logger"] == "kwala.test")
+    assert (inside["run"], inside["flow"], inside["level"]) == ("RUNCODE", "FLOWCODE", "WARNING")
+    assert inside["message"] == "step failed for /hooks/FLOWCODE/…/"
+    assert "SECRET-TOKEN" not in result.stderr
+    assert "run" not in outside and outside["message"] == "outside any run"
