@@ -225,8 +225,55 @@ let inspectedId = null;
 let inspectorLoad = null;
 let loadToken = 0;
 
+// Typed settings are applied when the person moves on to another node, as the canvas
+// autosaves: nothing typed is dropped without a word. Settings the server refuses stay on
+// screen with their errors, and the panel stays on that node until they are fixed.
+document.addEventListener("input", (e) => {
+  const form = e.target.closest?.("#inspector-form");
+  if (form && form.getAttribute("hx-post")) form.dataset.edited = "1";
+});
+
+let applying = null;
+
+// A click opens the inspector twice (the click and the selection change): both wait for one apply.
+function applyPendingEdits(nextId) {
+  const form = $("#inspector-form");
+  if (applying) return applying;
+  if (!form || form.dataset.edited !== "1" || form.dataset.node === nextId) return Promise.resolve(true);
+  applying = applyForm(form).finally(() => { applying = null; });
+  return applying;
+}
+
+async function applyForm(form) {
+  await flush();
+  if (conflict) return false;
+  const res = await fetch(form.getAttribute("hx-post"), {
+    method: "POST", body: new FormData(form), credentials: "same-origin",
+    headers: { "X-CSRFToken": csrf, "X-Kwala-Revision": String(revision), "HX-Request": "true" },
+  });
+  const panel = $("#inspector");
+  panel.innerHTML = await res.text();
+  htmx.process(panel);
+  const events = res.headers.get("HX-Trigger");
+  for (const [name, detail] of Object.entries(events ? JSON.parse(events) : {})) {
+    document.body.dispatchEvent(new CustomEvent(name, { detail }));
+  }
+  if (res.ok) return true;
+  const note = document.createElement("p");
+  note.className = "form-error";
+  note.setAttribute("role", "alert");
+  note.textContent = "These settings were not saved: fix them (or undo your edits) before leaving this node.";
+  $("#inspector-form")?.prepend(note);
+  return false;
+}
+
 async function openInspector(node, focus) {
   showTab("inspector");
+  if (!(await applyPendingEdits(node.id))) {
+    const current = graph.getCellById($("#inspector-form")?.dataset.node);
+    if (current) selectOnly(current);
+    return;
+  }
   if (activeRun) loadStep(node.id);
   const loaded = $("#inspector-form")?.dataset.node === node.id;
   if (!(loaded && !inspectorLoad) && !(inspectedId === node.id && inspectorLoad)) {

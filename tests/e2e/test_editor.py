@@ -216,3 +216,37 @@ def test_pages_carry_a_content_security_policy_that_the_editor_works_under(asgi_
     page.get_by_role("button", name="Load recent events from the chain").click()  # a wired, not inline, action
     page.locator("#samples button[data-action=load-samples]").wait_for(state="detached")
     assert page.console_errors == []  # a blocked script or style would be reported here
+
+
+def test_settings_typed_and_left_without_apply_are_saved_not_dropped(
+    asgi_server, page, team, alice
+):
+    """Measured before: type a name and URL, click another node without Apply, come back: both empty."""
+    local_chain()
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+
+    node(page, "http_request_1").click()
+    page.wait_for_selector("#inspector-form[data-node='http_request_1']")
+    page.get_by_label("Name", exact=True).fill("Tell the desk")
+    page.get_by_label("URL").fill("https://example.com/typed")
+    node(page, "condition_1").click()
+    page.wait_for_selector("#inspector-form[data-node='condition_1']")
+    node(page, "http_request_1").click()
+    page.wait_for_selector("#inspector-form[data-node='http_request_1']")
+    assert page.get_by_label("URL").input_value() == "https://example.com/typed"
+    assert page.get_by_label("Name", exact=True).input_value() == "Tell the desk"
+    saved = {n["id"]: n for n in saved_graph(flow)["nodes"]}["http_request_1"]
+    assert (saved["name"], saved["config"]["url"]) == ("Tell the desk", "https://example.com/typed")
+
+    # A value with a problem is kept too, and the node says so.
+    page.get_by_label("Timeout").fill("soon")
+    node(page, "condition_1").click()
+    page.wait_for_selector("#inspector-form[data-node='condition_1']")
+    badge = node(page, "http_request_1").locator(".node-badge")
+    page.wait_for_function("el => el.getAttribute('visibility') === 'visible'", arg=badge.element_handle())
+    node(page, "http_request_1").click()
+    page.wait_for_selector("#inspector-form[data-node='http_request_1']")
+    assert page.get_by_label("Timeout").input_value() == "soon"
+    assert page.console_errors == []
