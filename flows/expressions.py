@@ -701,6 +701,14 @@ class KwalaEnvironment(SandboxedEnvironment):
             raise ExpressionError("String formatting with % is not allowed; use ~ or filters")
         return super().call_binop(context, operator, left, right)
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # `args.values` names the argument called "values", not dict.values: event and function
+        # arguments, webhook bodies and step outputs are mappings whose keys are the data (an
+        # ERC-1155 TransferBatch has `ids` and `values`; the picker offers those paths).
+        if isinstance(obj, Mapping) and not attribute.startswith("_") and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(argument, str) and argument.startswith("_"):
             raise ExpressionError(f"Access to '{argument}' is not allowed")

@@ -215,7 +215,13 @@ def _finish_run(run: Run, status: str, error: str, log: RunLog, changes: StepCha
 
 
 def notify_run_failed(run: Run) -> None:
-    """An in-app notification, and the configured failure webhook; once per run."""
+    """An in-app notification, and the configured failure webhook; once per run.
+
+    Not for a dry run: a test run that fails is the editor's answer, shown where it was
+    started, not an incident for the team's Alerts page.
+    """
+    if run.dry_run:
+        return
     message = f"Run of “{run.flow.name}” failed: {run.error}"[:2000]
     _, created = Notification.objects.get_or_create(
         run=run, kind=Notification.Kind.RUN_FAILED, defaults={"team_id": run.team_id, "message": message}

@@ -27,12 +27,30 @@ def idempotency_key(ctx: StepContext) -> str:
     return f"{ctx.run.code}:{ctx.step['id']}"
 
 
+# JavaScript (and every JSON parser that reads numbers as doubles) silently rounds integers
+# beyond 2**53 - 1: a uint256 amount of 1.5e21 wei would arrive changed. Such integers go out
+# as decimal strings; smaller ones stay numbers.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _safe_numbers(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _safe_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_safe_numbers(v) for v in value]
+    return value
+
+
 def _encode_body(body: Any) -> tuple[bytes | None, str | None]:
     if body is None or body == "":
         return None, None
     if isinstance(body, str):
         return body.encode(), "text/plain; charset=utf-8"
-    return json.dumps(to_jsonable(body), separators=(",", ":")).encode(), "application/json"
+    return json.dumps(_safe_numbers(to_jsonable(body)), separators=(",", ":")).encode(), "application/json"
 
 
 def send(

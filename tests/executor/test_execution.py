@@ -7,6 +7,7 @@ nothing is sent to a broker; what matters is what PostgreSQL holds.
 from __future__ import annotations
 
 import ipaddress
+import json
 import threading
 
 import pytest
@@ -14,7 +15,7 @@ from django.db import connection
 
 from executor import ssrf
 from executor.models import Run, RunEvent, StepRun
-from executor.runs import start
+from executor.runs import engine, start
 from executor.runs.manual import start_manual_run
 from executor.runs.store import RunLog, record_run_events
 from tests.executor.conftest import edge, make_version, manual, node, steps_of
@@ -110,6 +111,21 @@ def test_an_inline_stop_ends_the_run_and_cancels_what_was_queued(team, alice):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_failed_run_alerts_the_team_once_but_a_failed_dry_run_does_not(team, alice, dry_run):
+    from executor.models import Notification
+
+    version = make_version(team, alice, [manual(), node("halt", "stop", {"fail": True, "message": "no more"})],
+                           [edge("start", "halt")])
+    run = start_manual_run(version, {}, user=alice, dry_run=dry_run)
+    start.start_run(run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
+    # A test run that fails is the editor's answer, not an incident: it stays off the Alerts page.
+    assert Notification.objects.filter(run=run).count() == (0 if dry_run else 1)
+
+
+@pytest.mark.django_db
 def test_a_broken_inline_expression_fails_the_step_and_the_run(team, alice):
     version = make_version(
         team, alice,
@@ -176,3 +192,20 @@ def test_connection_pools_are_kept_per_name_and_address():
     assert ssrf.pooled_transport(one) is ssrf.pooled_transport(again)
     # A connection checked for one name is never reused for another name on the same address.
     assert ssrf.pooled_transport(one) is not ssrf.pooled_transport(other_name)
+
+
+@pytest.mark.django_db
+def test_integers_beyond_javascripts_exact_range_go_out_as_strings(team, alice):
+    """1500000000000000000000 wei went out as a JSON number, which JavaScript receivers round."""
+    body = {"value": "{{ trigger.payload.value }}", "small": "{{ trigger.payload.small }}",
+            "list": "{{ trigger.payload.list }}", "flag": True}
+    version = make_version(team, alice, [manual(), node("post", "http.request",
+                                                        {"method": "POST", "url": "http://127.0.0.1:9/x", "body": body})],
+                           [edge("start", "post")])
+    payload = {"value": 1500000000000000000000, "small": 7, "list": [2**53, -(2**60), 2**53 - 1]}
+    run = start_manual_run(version, payload, user=alice, dry_run=True)
+    start.start_run(run.pk)
+    engine.run_step(steps_of(run)["post"].pk)  # a dry run: recorded, not sent
+    sent = json.loads(steps_of(run)["post"].output["would_send"]["body"])
+    assert sent == {"value": "1500000000000000000000", "small": 7,
+                    "list": ["9007199254740992", "-1152921504606846976", 9007199254740991], "flag": True}

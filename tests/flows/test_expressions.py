@@ -220,3 +220,16 @@ def test_redact_hides_escaped_forms_of_a_secret():
     text = f"repr={secret!r} json={json.dumps(secret)} url={quote(secret, safe='')} raw={secret}"
     redacted = redact(text, [secret])
     assert "line1" not in redacted and "line2" not in redacted
+
+
+def test_a_key_named_like_a_dict_method_names_the_key():
+    """An ERC-1155 TransferBatch's `values` rendered `<built-in method values of dict object>` before."""
+    args = {"ids": [1, 2], "values": [10, 20], "keys": "k", "items": 3, "get": "g"}
+    context = {"trigger": {"args": args}}
+    assert evaluate("trigger.args.values", context) == [10, 20]
+    assert evaluate("trigger.args.values | sum", context) == 30
+    assert render_template("{{ trigger.args.values }} {{ trigger.args.keys }} {{ trigger.args.get }}", context) == (
+        "[10, 20] k g")
+    assert evaluate("trigger.args.items", context) == 3
+    # Without such a key, the allowed method is still there.
+    assert evaluate("{'a': 1}.keys() | list", {}) == ["a"]
