@@ -102,7 +102,7 @@ class MembershipInline(admin.TabularInline):
 class TeamAdmin(TeamScopedAdmin):
     team_path = ""
     list_display = ["name", "code", "webhook_rate_per_minute", "runs_per_minute", "flow_runs_per_minute",
-                    "condition_ms_per_block", "created_at"]
+                    "condition_ms_per_block", "run_retention_days", "failed_run_retention_days", "created_at"]
     search_fields = ["name", "code"]
     inlines = [MembershipInline]
 

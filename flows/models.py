@@ -39,6 +39,13 @@ class Team(models.Model):
     flow_runs_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Runs each of the team's flows may start per minute; empty: the site's default."
     )
+    # Operators' overrides of settings.KWALA_RUN_RETENTION_DAYS and _FAILED_ (executor.retention).
+    run_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Days finished runs are kept; empty: the site's default."
+    )
+    failed_run_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Days failed runs are kept; empty: the site's default."
+    )
     # Operators' override of settings.KWALA_CONDITION_MS_PER_BLOCK (executor.quotas).
     condition_ms_per_block = models.PositiveIntegerField(
         null=True, blank=True, help_text="CPU time the team's trigger conditions may take on one block, in ms; "

@@ -535,6 +535,11 @@ KWALA_CONDITION_MS_PER_BLOCK = env_int("KWALA_CONDITION_MS_PER_BLOCK", 500, mini
 # either is not dropped, it starts in the next minute. A team's own limits are set in the admin.
 KWALA_RUNS_PER_MINUTE_PER_FLOW = env_int("KWALA_RUNS_PER_MINUTE_PER_FLOW", 30_000, minimum=1)
 KWALA_RUNS_PER_MINUTE_PER_TEAM = env_int("KWALA_RUNS_PER_MINUTE_PER_TEAM", 60_000, minimum=1)
+# How long finished runs are kept (failed ones longer), pruned by the sweeper every interval
+# (executor.retention); a team's own retention is set in the admin.
+KWALA_RUN_RETENTION_DAYS = env_int("KWALA_RUN_RETENTION_DAYS", 30, minimum=1)
+KWALA_FAILED_RUN_RETENTION_DAYS = env_int("KWALA_FAILED_RUN_RETENTION_DAYS", 90, minimum=1)
+KWALA_RETENTION_INTERVAL_SECONDS = env_int("KWALA_RETENTION_INTERVAL_SECONDS", 600, minimum=10)
 # The sweeper re-sends work that sat QUEUED this long without being picked up (lost messages).
 KWALA_SWEEP_GRACE_SECONDS = env_int("KWALA_SWEEP_GRACE_SECONDS", 30, minimum=1)
 # A replay job still running after this long lost its worker: the sweeper queues it again.

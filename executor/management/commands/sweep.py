@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections
 
-from executor import sweeper
+from executor import retention, sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,14 @@ class Command(BaseCommand):
                 signal.signal(sig, lambda *_: stop.set())
         self.stdout.write("sweeper started", ending="\n")
         self.stdout.flush()
+        next_prune = 0.0
         while not stop.is_set():
+            if not once and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + settings.KWALA_RETENTION_INTERVAL_SECONDS
+                try:
+                    retention.prune()
+                except Exception:
+                    logger.exception("pruning old runs failed; the next interval retries")
             try:
                 counts = sweeper.sweep(grace)
             except Exception:
