@@ -175,7 +175,21 @@ function updateHistoryButtons() {
 updateHistoryButtons();
 
 graph.on("node:click", ({ node }) => { container.focus({ preventScroll: true }); selectOnly(node); openInspector(node, false); });
-graph.on("blank:click", () => { container.focus({ preventScroll: true }); });
+graph.on("blank:click", async () => {
+  container.focus({ preventScroll: true });
+  // Deselecting shows no node's settings (typed ones are applied first, as on a switch).
+  if ($("#inspector-form") && await applyPendingEdits(null)) clearInspector();
+});
+// Undo, redo or a delete can take away the node the side panel shows: the panel follows.
+graph.on("node:removed", ({ node }) => {
+  if ($("#inspector-form")?.dataset.node === node.id) clearInspector();
+});
+
+function clearInspector() {
+  inspectedId = null;
+  ++loadToken; // a load still on its way is for a node no longer shown
+  $("#inspector").innerHTML = '<p class="empty">Select a node to see its settings.</p>';
+}
 graph.on("node:dblclick", ({ node }) => openInspector(node, true));
 graph.on("selection:changed", ({ selected }) => {
   const nodes = selected.filter((c) => c.isNode());
@@ -451,8 +465,7 @@ function deleteSelection() {
   graph.startBatch("delete");
   graph.removeCells(cells);
   graph.stopBatch("delete");
-  inspectedId = null;
-  $("#inspector").innerHTML = '<p class="empty">Select a node to see its settings.</p>';
+  clearInspector();
 }
 
 function copySelection() {

@@ -250,3 +250,26 @@ def test_settings_typed_and_left_without_apply_are_saved_not_dropped(
     page.wait_for_selector("#inspector-form[data-node='http_request_1']")
     assert page.get_by_label("Timeout").input_value() == "soon"
     assert page.console_errors == []
+
+
+def test_the_side_panel_follows_the_selection_blank_canvas_and_undo(asgi_server, page, team, alice):
+    """Measured before: a click on the empty canvas left the old form, and after undo the panel
+    kept a node that no longer existed (its Apply then 404ed)."""
+    local_chain()
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    empty = page.locator("#inspector .empty")
+
+    node(page, "condition_1").click()
+    page.wait_for_selector("#inspector-form[data-node='condition_1']")
+    box = page.locator("#canvas").bounding_box()
+    page.mouse.click(box["x"] + 20, box["y"] + box["height"] - 20)  # empty canvas
+    empty.wait_for()
+
+    drag_from_palette(page, "Stop", 600, 420)  # a dropped node is selected, its settings shown
+    page.wait_for_selector("#inspector-form[data-node='stop_1']")
+    page.get_by_role("button", name="Undo").click()
+    empty.wait_for()
+    assert "stop_1" not in node_ids(page)
+    assert page.console_errors == []
