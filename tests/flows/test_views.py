@@ -455,3 +455,17 @@ def test_the_editor_and_the_gallery_name_a_chain_the_same_way(client, alice, flo
     inspector = client.get(f"/flows/{watcher.code}/nodes/t/").content.decode()
     template = client.get("/templates/erc20-whale-slack/").content.decode()
     assert ">Anvil A (local) (31337)<" in inspector and ">Anvil A (local) (31337)<" in template
+
+
+def test_a_test_run_of_the_draft_is_labelled_draft_not_with_a_version_number(client, alice, flow, run):
+    _, graph = actions.current_graph(flow)
+    flow.refresh_from_db()
+    draft = actions.save_draft(flow, alice, graph, revision=flow.revision)
+    draft_run = Run.objects.create(team=flow.team, flow=flow, version=draft, trigger_key="test:draft", dry_run=True)
+    assert draft.status == FlowVersion.Status.DRAFT and draft.number == 2
+    as_user(client, alice)
+    listed = client.get("/runs/").content.decode()
+    detail = client.get(f"/runs/{draft_run.code}/").content.decode()
+    assert "Payments draft" in listed and "Payments v2" not in listed
+    assert "Payments v1" in listed  # the live run keeps its number
+    assert "</a> draft</h1>" in detail
