@@ -469,3 +469,9 @@ def test_a_test_run_of_the_draft_is_labelled_draft_not_with_a_version_number(cli
     assert "Payments draft" in listed and "Payments v2" not in listed
     assert "Payments v1" in listed  # the live run keeps its number
     assert "</a> draft</h1>" in detail
+
+
+def test_chain_health_comes_before_the_flows_however_many_there_are(client, alice, flow):
+    as_user(client, alice)
+    page = client.get("/").content.decode()
+    assert page.index('id="chains-h"') < page.index("<table")
