@@ -640,8 +640,8 @@ def claim(claims: Sequence[RunClaim], *, start: RunStart | None = None,
              "trigger_key": c.trigger_key, "trigger": c.trigger, "event_id": c.event_id, "chain_id": c.chain_id,
              "block_number": c.block_number, "block_hash": c.block_hash, "dry_run": c.dry_run,
              "log_index": c.trigger.get("log_index") if pushed is not None else None} for c in claims]
-    if not runs:
-        return Claimed([], [], None, [], [], None)
+    if not runs and pushed is None:
+        return Claimed([], [], None, [], [], None)  # (pushed events are stored even when no run is claimed)
     if start is not None:
         runs[0].update(start.run)
     params = {"now": now, "runs": rows_json(runs), "published": FlowVersion.Status.PUBLISHED,

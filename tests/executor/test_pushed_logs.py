@@ -205,3 +205,19 @@ def test_a_start_worked_out_before_the_flow_changed_is_not_written(zoo_setup, te
     claim(listener, block)
     run = Run.objects.get(version=version, block_hash=block.hash)
     assert run.status == Run.Status.CANCELLED and not run.steps.exclude(status=StepRun.Status.CANCELLED).exists()
+
+
+def test_a_pushed_log_only_a_deeper_trigger_wants_is_stored_though_no_run_is_claimed_yet(zoo_setup, team, alice):
+    from executor.devchain import transact
+    from executor.models import Event
+
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, BIG, confirmations=2))
+    listener = listener_for(chain)
+    listener.step()
+    block = pushed(w3, transact(w3, zoo.functions.emitBig(3, 30)))
+    (batch,) = pushed_claims(chain, [block], listener.registry.get(31337))
+    assert batch.events and not batch.claims  # the run waits for its confirmations
+    start_pushed_runs(batch.payload())
+    assert Event.objects.filter(chain=chain, block_hash=block.hash).count() == 1
+    assert not Run.objects.filter(version=version).exists()
