@@ -33,8 +33,9 @@ function registerShapes() {
         stripe: { width: 6, refHeight: "100%", rx: 3, fill: "#64748b" },
         title: { refX: 16, refY: 16, fontSize: 13, fontWeight: 600, fill: "#0f172a", textAnchor: "start", textVerticalAnchor: "middle" },
         subtitle: { refX: 16, refY: 33, fontSize: 11, fill: "#475569", textAnchor: "start", textVerticalAnchor: "middle" },
-        badge: { refX: "100%", refX2: -4, refY: 4, r: 10, fill: "#dc2626", stroke: "#fff", strokeWidth: 2, visibility: "hidden", class: "node-badge" },
-        badgeText: { refX: "100%", refX2: -4, refY: 4, fontSize: 11, fontWeight: 700, fill: "#fff", textAnchor: "middle", textVerticalAnchor: "middle", visibility: "hidden" },
+        // On the top border, clear of the output ports on the right edge (it covered `out` before).
+        badge: { refX: "100%", refX2: -30, refY: 0, r: 10, fill: "#dc2626", stroke: "#fff", strokeWidth: 2, visibility: "hidden", class: "node-badge" },
+        badgeText: { refX: "100%", refX2: -30, refY: 0, fontSize: 11, fontWeight: 700, fill: "#fff", textAnchor: "middle", textVerticalAnchor: "middle", visibility: "hidden" },
       },
       ports: {
         groups: {

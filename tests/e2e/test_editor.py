@@ -129,6 +129,13 @@ def test_compile_problems_show_on_the_right_node_and_clear_when_fixed(asgi_serve
 
     badge = node(page, "condition_1").locator(".node-badge")
     assert badge.get_attribute("visibility") == "visible"
+    # The badge covers none of the node's ports (it sat on the first output port before).
+    b = badge.bounding_box()
+    for port in ("in", "out:true", "out:false"):
+        q = page.locator(f"#canvas [data-cell-id='condition_1'] [port='{port}']").bounding_box()
+        apart = (b["x"] + b["width"] <= q["x"] or q["x"] + q["width"] <= b["x"]
+                 or b["y"] + b["height"] <= q["y"] or q["y"] + q["height"] <= b["y"])
+        assert apart, (port, b, q)
     assert node(page, "stop_1").locator(".node-badge").get_attribute("visibility") == "hidden"
     assert page.locator("#problem-count").inner_text() == "1"
 
