@@ -25,8 +25,7 @@ from django.http import QueryDict
 from django.http.request import split_domain_port, validate_host
 from django.utils.datastructures import CaseInsensitiveMapping
 
-from executor import metrics
-from executor.webhooks import Answer, accept
+from executor.webhooks import Answer, accept, refused
 from kwala_site import overload
 
 logger = logging.getLogger(__name__)
@@ -40,10 +39,10 @@ def _accept_in_thread(code, token, method, headers, query, body) -> Answer:
     except Exception as exc:
         if overload.is_overload(exc):
             overload.note(method, f"/hooks/{code}/…/")
-            metrics.WEBHOOKS.labels(outcome="overloaded").inc()
-            return Answer(503, overload.BODY, {"Retry-After": str(overload.RETRY_AFTER_SECONDS)})
+            return refused(503, "overloaded", overload.BODY["error"]["message"],
+                           **{"Retry-After": str(overload.RETRY_AFTER_SECONDS)})
         logger.exception("webhook for flow %s: the door failed", code)
-        return Answer(500, {"error": {"code": "server_error", "message": "Internal error.", "details": []}})
+        return refused(500, "server_error", "Internal error.")
     finally:
         close_old_connections()  # with the pool: the connection goes back to it
 
@@ -62,15 +61,11 @@ class WebhookDoor:
         host = headers.get("host", "")
         domain, _ = split_domain_port(host)
         if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
-            metrics.WEBHOOKS.labels(outcome="bad_host").inc()
-            await _send(send, Answer(400, {"error": {"code": "bad_host", "message": "Bad Host header.",
-                                                     "details": []}}))
+            await _send(send, refused(400, "bad_host", "Bad Host header."))
             return
         body = await _read_body(receive, settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
         if body is None:
-            metrics.WEBHOOKS.labels(outcome="too_large").inc()
-            await _send(send, Answer(413, {"error": {"code": "too_large", "message": "The request body is too large.",
-                                                     "details": []}}))
+            await _send(send, refused(413, "too_large", "The request body is too large."))
             return
         query = QueryDict(scope.get("query_string", b"").decode("latin-1"))
         answer = await self.accept(match[1], match[2], "POST", headers, query, body)

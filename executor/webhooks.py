@@ -47,8 +47,11 @@ _DROPPED_HEADERS = {"authorization", "cookie", "proxy-authorization", "x-api-key
 TIMESTAMP_TOLERANCE_S = 300
 
 
-def _error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message, "details": []}}, status=status)
+def _as_response(answer: Answer) -> JsonResponse:
+    response = JsonResponse(answer.body, status=answer.status)
+    for name, value in answer.headers.items():
+        response[name] = value
+    return response
 
 
 def _secret(flow: Flow, name: str) -> str | None:
@@ -98,8 +101,8 @@ def _verified(spec: dict, flow: Flow, headers: Mapping[str, str], body: bytes) -
 def tokenless_webhook(request: HttpRequest, code: str) -> JsonResponse:
     """The URL form before webhook tokens: the flow code alone opens nothing."""
     logger.info("webhook for flow %s called without its URL token; refused", code)
-    return _error(404, "not_found", "No live flow listens at this URL. Webhook URLs end with the "
-                                    "webhook's token: copy the URL from the flow's webhook trigger.")
+    return _as_response(refused(404, "not_found", "No live flow listens at this URL. Webhook URLs end with the "
+                                                "webhook's token: copy the URL from the flow's webhook trigger."))
 
 
 def _live_webhook(code: str, token: str) -> tuple[FlowVersion, dict] | None:
@@ -132,7 +135,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _refused(status: int, code: str, message: str, **headers: str) -> Answer:
+def refused(status: int, code: str, message: str, **headers: str) -> Answer:
+    """A refusal in the API's error format, counted by its code (the view and the ASGI door both answer with it)."""
     metrics.WEBHOOKS.labels(outcome=code).inc()
     return Answer(status, {"error": {"code": code, "message": message, "details": []}}, headers)
 
@@ -149,7 +153,7 @@ def accept(code: str, token: str, *, method: str, headers: Mapping[str, str], qu
     """
     found = _live_webhook(code, token)
     if found is None:
-        return _refused(404, "not_found", "No live flow listens at this URL.")
+        return refused(404, "not_found", "No live flow listens at this URL.")
     version, spec = found
     with bound(flow=version.flow.code):
         return _accept_for(version, spec, method=method, headers=headers, query=query, body=body)
@@ -164,19 +168,19 @@ def _accept_for(version: FlowVersion, spec: dict, *, method: str, headers: Mappi
     if window.over(limit):
         logger.warning("webhook for flow %s: over its limit of %s requests a minute; answered 429", flow.code, limit)
         counters.incr("webhook_rate_limited")
-        return _refused(429, "rate_limited", f"This webhook takes at most {limit} requests a minute.",
+        return refused(429, "rate_limited", f"This webhook takes at most {limit} requests a minute.",
                         **{"Retry-After": str(window.retry_after)})
     signed_as = _verified(spec, flow, headers, body)
     if signed_as is None:
         logger.info("webhook for flow %s: signature does not verify; refused", flow.code)
-        return _refused(401, "bad_signature", "The request signature does not verify.")
+        return refused(401, "bad_signature", "The request signature does not verify.")
     text = body.decode("utf-8", errors="replace").replace("\x00", "")
     try:
         parsed = json.loads(text) if text else None
     except ValueError:
         parsed = text
     except RecursionError:
-        return _refused(400, "too_deep", "The JSON body is nested too deeply.")
+        return refused(400, "too_deep", "The JSON body is nested too deeply.")
     # A signed request is identified by what its signature covers; headers it does not
     # cover (Idempotency-Key) would let a captured request be replayed as new.
     sent_id = signed_as or headers.get("Idempotency-Key") or ""
@@ -204,13 +208,10 @@ def _accept_for(version: FlowVersion, spec: dict, *, method: str, headers: Mappi
 def inbound_webhook(request: HttpRequest, code: str, token: str) -> JsonResponse:
     """The webhook through Django: what the ASGI door does not take (a server without it, the tests' client)."""
     if request.method != "POST":
-        return _error(405, "method_not_allowed", "Send a POST.")
+        return _as_response(refused(405, "method_not_allowed", "Send a POST."))
     try:
         body = request.body
     except RequestDataTooBig:
-        return _error(413, "too_large", "The request body is too large.")
-    answer = accept(code, token, method=request.method, headers=request.headers, query=request.GET, body=body)
-    response = JsonResponse(answer.body, status=answer.status)
-    for name, value in answer.headers.items():
-        response[name] = value
-    return response
+        return _as_response(refused(413, "too_large", "The request body is too large."))
+    return _as_response(accept(code, token, method=request.method, headers=request.headers, query=request.GET,
+                               body=body))

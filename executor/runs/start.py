@@ -282,9 +282,6 @@ def _begin_claim(run_claim: RunClaim, keep_one: bool, now: datetime) -> tuple[Be
     known = known_version(run_claim.version_id)
     if known is None:
         return None, 0
-    wait = run_start_wait(run_claim.team_id, run_claim.flow_id, known.flow_code)
-    if wait:
-        return None, wait
     run = Run(code=uuid.uuid4(), team_id=run_claim.team_id, flow_id=run_claim.flow_id,
               version_id=run_claim.version_id, trigger_key=run_claim.trigger_key, trigger=run_claim.trigger,
               chain_id=run_claim.chain_id, block_number=run_claim.block_number, block_hash=run_claim.block_hash,
@@ -297,6 +294,9 @@ def _begin_claim(run_claim: RunClaim, keep_one: bool, now: datetime) -> tuple[Be
                                          "dag": known.dag})
     if _ends_unstarted(run) is not None:
         return None, 0  # cancelled or failed: the locked start writes that (a failure with its notification)
+    wait = run_start_wait(run_claim.team_id, run_claim.flow_id, known.flow_code)
+    if wait:
+        return None, wait
     log, changes = RunLog(run), StepChanges()
     rows, ready = _begin(run, log, changes)
     if run.status == Run.Status.FAILED:
