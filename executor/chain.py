@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -135,15 +135,18 @@ class Block:
     parent_hash: str
     timestamp: int
     logs_bloom: str | None = None  # hex; what executor.blockcheck holds an empty logs answer against
+    # The node's block object when it was read with its transactions (executor.chaintx keeps them).
+    full: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-def block_from_rpc(raw: dict[str, Any]) -> Block:
+def block_from_rpc(raw: dict[str, Any], *, full: bool = False) -> Block:
     return Block(
         number=int(raw["number"], 16),
         hash=raw["hash"].lower(),
         parent_hash=raw["parentHash"].lower(),
         timestamp=int(raw["timestamp"], 16),
         logs_bloom=raw.get("logsBloom"),
+        full=raw if full else None,
     )
 
 
@@ -419,10 +422,11 @@ class ChainClient:
     def block_number(self) -> int:
         return int(self.request("eth_blockNumber", []), 16)
 
-    def get_block(self, number_or_tag: int | str) -> Block | None:
+    def get_block(self, number_or_tag: int | str, *, full: bool = False) -> Block | None:
+        """A block's header (`full`: with its transactions, for executor.chaintx)."""
         tag = hex(number_or_tag) if isinstance(number_or_tag, int) else number_or_tag
-        raw = self.request("eth_getBlockByNumber", [tag, False])
-        return block_from_rpc(raw) if raw else None
+        raw = self.request("eth_getBlockByNumber", [tag, full])
+        return block_from_rpc(raw, full=full) if raw else None
 
     def get_block_by_hash(self, block_hash: str) -> Block | None:
         raw = self.request("eth_getBlockByHash", [block_hash, False])
@@ -447,11 +451,11 @@ class ChainClient:
         """eth_call at a block given by hash (EIP-1898), so a reorg cannot change what it read."""
         return self.request("eth_call", [{"to": to, "data": data}, {"blockHash": block_hash}])
 
-
-    def get_blocks(self, numbers: list[int]) -> list[Block | None]:
-        """Several headers in one round trip per BATCH_SIZE blocks (None where the node has none)."""
-        raws = self.request_batch([("eth_getBlockByNumber", [hex(n), False]) for n in numbers])
-        return [block_from_rpc(raw) if raw else None for raw in raws]
+    def get_blocks(self, numbers: list[int], *, full: bool = False) -> list[Block | None]:
+        """Several headers in one round trip per BATCH_SIZE blocks (None where the node has none);
+        `full`: with their transactions."""
+        raws = self.request_batch([("eth_getBlockByNumber", [hex(n), full]) for n in numbers])
+        return [block_from_rpc(raw, full=full) if raw else None for raw in raws]
 
 
 class FailoverProvider(JSONBaseProvider):

@@ -422,6 +422,7 @@ def deploy_demo_contracts(w3: Web3) -> dict[str, str]:
         "Receiver": deploy(w3, "Receiver"),
         "PriceFeed": deploy(w3, "PriceFeed", DEMO_INITIAL_PRICE),
         "EventZoo": deploy(w3, "EventZoo"),
+        "Vault": deploy(w3, "Vault"),
     }
     token = contract(w3, "KwalaToken", addresses["KwalaToken"])
     for account in DEV_ACCOUNTS[:3]:

@@ -68,6 +68,7 @@ from executor.chain import (
     scrub_urls,
 )
 from executor.chainsocket import SOCKET_ERRORS, SubscriptionSocket
+from executor.chaintx import BlockTransactions, TxMatch
 from executor.matching import (
     Candidate,
     ChainTriggers,
@@ -75,6 +76,7 @@ from executor.matching import (
     build_chain_triggers,
     condition_holds,
     log_payload,
+    tx_payload,
 )
 from executor.models import Chain, ChainCursor, Event, Run, TriggerState
 from executor.quotas import ConditionBudget
@@ -91,7 +93,7 @@ REORG_WINDOW = getattr(settings, "KWALA_REORG_WINDOW", 128)
 POLL_SECONDS = getattr(settings, "KWALA_LISTENER_POLL_SECONDS", 2.0)
 # Largest eth_getLogs range asked for while filling a gap; halved when a provider refuses.
 MAX_LOG_RANGE = getattr(settings, "KWALA_LOG_RANGE", 2000)
-CHAIN_TRIGGER_TYPES = ("chain.event", "chain.block", "chain.state")
+CHAIN_TRIGGER_TYPES = ("chain.event", "chain.transaction", "chain.block", "chain.state")
 # How often a halted listener looks whether an operator has resumed its chain.
 HALT_RECHECK_SECONDS = 5.0
 # How long the block loop lets freshly claimed runs go first (see ChainListener._yield_to_claimed_runs).
@@ -175,11 +177,13 @@ def process_block(
     *,
     window: int = REORG_WINDOW,
     pushed: frozenset[int] | set[int] = frozenset(),
+    transactions: BlockTransactions | None = None,
 ) -> str:
     """Process one block that may extend the chain's cursor; see the module docstring.
 
     `logs` are the block's logs (at least those matching `triggers.logs`'s
-    filter), all with this block's hash. `client` is needed for state triggers.
+    filter), all with this block's hash. `client` is needed for state triggers,
+    `transactions` (reading the blocks' transactions) for transaction triggers.
     `pushed` names the log indexes whose events and depth-0 runs the pushed claim
     already stored with these same `triggers`: they are skipped (doing them again
     would only find every row there).
@@ -235,6 +239,18 @@ def process_block(
                     log = _event_log(event)
                     found = [c for c in log_triggers.candidates(log, now) if c.trigger.confirmations == depth]
                     _log_claims(chain, log, found, ids, target_ts, now, claims, budget)
+
+        # Transactions: of this block for depth 0, of the block `depth` below for the others.
+        if triggers.txs.triggers:
+            if transactions is None:
+                raise ValueError("transaction triggers need the blocks' transactions")
+            for depth in sorted({t.confirmations for t in triggers.txs.triggers}):
+                target = recent.get(block.number - depth)
+                if target is None:
+                    continue
+                for match in transactions.matches(target[1], triggers.txs, now):
+                    _tx_claims(chain, match, [c for c in match.found if c.trigger.confirmations == depth],
+                               target[3], now, claims, budget)
 
         for trigger in triggers.blocks:
             target = recent.get(block.number - trigger.confirmations)
@@ -517,6 +533,35 @@ def _log_claims(chain: Chain, log: dict, found: list[Candidate], event_ids: dict
         )
 
 
+def _tx_claims(chain: Chain, match: TxMatch, found: list, timestamp: int, now, claims: list[RunClaim],
+               budget: ConditionBudget) -> None:
+    """Runs for one matched transaction: one per trigger whose condition holds (keyed like a log's)."""
+    tx = match.tx
+    for candidate in found:
+        trigger = candidate.trigger
+        if trigger.condition and not budget.allows(trigger.team_id):
+            budget.skip(trigger.flow_id)
+            continue
+        payload = tx_payload(candidate, tx, match.receipt, chain_id=chain.chain_id, timestamp=timestamp)
+        started = budget.start()
+        try:
+            if not condition_holds(trigger.condition, payload, flow_code=trigger.flow_code, now=now):
+                continue
+        except ExpressionError as exc:
+            logger.warning("flow %s: trigger condition failed on transaction %s: %s", trigger.flow_code, tx["hash"], exc)
+            continue
+        finally:
+            if trigger.condition:
+                budget.charge(trigger.team_id, started)
+        claims.append(
+            RunClaim(
+                version_id=trigger.version_id, flow_id=trigger.flow_id, team_id=trigger.team_id,
+                trigger_key=f"tx:{chain.chain_id}:{tx['block_hash']}:{tx['tx_index']}",
+                trigger=payload, chain_id=chain.pk, block_number=tx["block_number"], block_hash=tx["block_hash"],
+            )
+        )
+
+
 def _state_claim(chain: Chain, trigger, target: list, client: ChainClient | None, now) -> RunClaim | None:
     """Read the state at the target block and claim a run on a false-to-true edge.
 
@@ -768,6 +813,7 @@ class ChainListener:
             self.client = client_for_chain(self.chain)
         self.range_size = self.max_range
         self.registry.listeners.append(self.wake)
+        self.transactions = BlockTransactions(self.client)
         # Block hash -> what was asked for its pushed logs (see _note_pushed).
         self._pushed: OrderedDict[str, _Pushed] = OrderedDict()
         self._pushed_lock = threading.Lock()
@@ -816,7 +862,7 @@ class ChainListener:
 
     def step(self) -> None:
         client = self.client
-        head = client.get_block("latest")
+        head = client.get_block("latest", full=len(self.registry.get(self.chain.chain_id).txs) > 0)
         if head is None:
             return
         try:
@@ -858,6 +904,7 @@ class ChainListener:
             triggers = self.registry.get(self.chain.chain_id)
             addresses, topics = triggers.logs.log_filter()
             want_logs = len(triggers.logs) > 0
+            want_txs = len(triggers.txs) > 0  # read blocks whole (executor.chaintx)
             end = min(last, number + self.range_size - 1)
             by_block: dict[int, list[dict]] | None = None  # None: ask each block for its own logs
             if want_logs and last - number >= 2:
@@ -876,11 +923,11 @@ class ChainListener:
             for chunk in range(number, end + 1, BATCH_SIZE):
                 numbers = list(range(chunk, min(end, chunk + BATCH_SIZE - 1) + 1))
                 if len(numbers) > 1:
-                    blocks = self.client.get_blocks(numbers)
+                    blocks = self.client.get_blocks(numbers, full=want_txs)
                 elif head is not None and head.number == numbers[0]:
                     blocks = [head]
                 else:
-                    blocks = [self.client.get_block(numbers[0])]
+                    blocks = [self.client.get_block(numbers[0], full=want_txs)]
                 for block in blocks:
                     if block is None:
                         return  # the node's head moved back; the next pass sees it
@@ -940,11 +987,26 @@ class ChainListener:
     def process(self, block: Block, logs: list[dict], triggers: ChainTriggers,
                 pushed: frozenset[int] | set[int] = frozenset()) -> bool:
         """Process a block; False when the caller must stop and look again (reorg or gap)."""
-        result = process_block(self.chain, block, logs, triggers, self.client, window=self.window, pushed=pushed)
+        if triggers.txs.triggers:
+            self._read_transactions(block, triggers)
+        result = process_block(self.chain, block, logs, triggers, self.client, window=self.window, pushed=pushed,
+                               transactions=self.transactions)
         if result == REORG:
             self.recover_from_reorg()
             return False
         return result != GAP
+
+    def _read_transactions(self, block: Block, triggers: ChainTriggers) -> None:
+        """Read, before taking the cursor's lock, the transactions and receipts process_block will match:
+        this block's, and those of the blocks deeper-confirmation triggers reach back to."""
+        if block.full is not None:
+            self.transactions.prime(block.full)
+        recent = _recent(get_cursor(self.chain))
+        now = timezone.now()
+        for depth in {t.confirmations for t in triggers.txs.triggers}:
+            target = [block.number, block.hash] if depth == 0 else recent.get(block.number - depth)
+            if target is not None:
+                self.transactions.matches(target[1], triggers.txs, now)
 
     def recover_from_reorg(self) -> None:
         ancestor = find_common_ancestor(self.chain, self.client)

@@ -262,7 +262,8 @@ def _lower_hex(value: str) -> str:
 
 
 def compile_trigger(spec: Mapping[str, Any], *, version_id: int, flow_id: int, team_id: int, flow_code: str,
-                    decoders: dict[str, EventDecoder] | None = None) -> LogTrigger | BlockTrigger | StateTrigger | None:
+                    decoders: dict[str, EventDecoder] | None = None
+                    ) -> LogTrigger | TxTrigger | BlockTrigger | StateTrigger | None:
     """A DAG trigger spec -> a matcher, or None for triggers that do not ride a chain."""
     kind = spec.get("type")
     common = {
@@ -306,6 +307,8 @@ def compile_trigger(spec: Mapping[str, Any], *, version_id: int, flow_id: int, t
                 expire_at=datetime.fromisoformat(expire_at) if isinstance(expire_at, str) else expire_at,
                 decoder=decoder,
             )
+        if kind == "chain.transaction":
+            return _compile_tx_trigger(spec, common)
         if kind == "chain.block":
             return BlockTrigger(**common, every=max(int(spec.get("every") or 1), 1),
                                 confirmations=int(spec.get("confirmations") or 0))
@@ -430,9 +433,11 @@ class ChainTriggers:
     logs: TriggerIndex = field(default_factory=TriggerIndex)
     blocks: list[BlockTrigger] = field(default_factory=list)
     states: list[StateTrigger] = field(default_factory=list)
+    txs: TxIndex = field(default_factory=lambda: TxIndex())
 
     def confirmation_depths(self) -> set[int]:
         depths = {t.confirmations for t in self.logs.triggers}
+        depths.update(t.confirmations for t in self.txs.triggers)
         depths.update(t.confirmations for t in self.blocks)
         depths.update(t.confirmations for t in self.states)
         return depths
@@ -460,8 +465,208 @@ def build_chain_triggers(rows: Iterable[Mapping[str, Any]]) -> tuple[dict[int, C
         group = by_chain.setdefault(trigger.chain_id, ChainTriggers(trigger.chain_id))
         if isinstance(trigger, LogTrigger):
             group.logs.add(trigger)
+        elif isinstance(trigger, TxTrigger):
+            group.txs.add(trigger)
         elif isinstance(trigger, BlockTrigger):
             group.blocks.append(trigger)
         else:
             group.states.append(trigger)
     return by_chain, problems
+
+
+# -- transactions ---------------------------------------------------------------------------
+
+
+class FunctionDecoder:
+    """Decodes one function ABI's call data into (args by name, args in order)."""
+
+    def __init__(self, function_abi: Mapping[str, Any]):
+        self.name = function_abi["name"]
+        self.names = [p.get("name") or str(i) for i, p in enumerate(function_abi["inputs"])]
+        self.types = [canonical_type(p) for p in function_abi["inputs"]]
+
+    def decode(self, call_data: str) -> tuple[dict[str, Any], list[Any]] | None:
+        """None when the call data does not decode as this function's arguments."""
+        try:
+            values = abi_decode(self.types, bytes.fromhex(call_data[10:]), strict=False) if self.types else ()
+        except (DecodingError, ValueError, OverflowError):
+            return None
+        ordered = [to_json_value(t, v) for t, v in zip(self.types, values, strict=True)]
+        return dict(zip(self.names, ordered, strict=True)), ordered
+
+
+@dataclass
+class TxTrigger:
+    version_id: int
+    flow_id: int
+    team_id: int
+    flow_code: str
+    chain_id: int
+    to: frozenset[str]  # lower-case; empty = any recipient
+    senders: frozenset[str]  # lower-case; empty = any sender
+    selector: str | None  # lower-case 0x + 8 hex; None = any call or transfer
+    decoder: FunctionDecoder | None
+    arg_filters: tuple[ArgFilter, ...]
+    min_value: int | None
+    max_value: int | None
+    status: str  # success / failed / any
+    condition: str | None
+    confirmations: int
+    expire_at: datetime | None
+
+    def wants_status(self, succeeded: bool) -> bool:
+        return self.status == "any" or (self.status == "success") == succeeded
+
+
+@dataclass
+class TxCandidate:
+    trigger: TxTrigger
+    args: dict[str, Any]
+    args_list: list[Any]
+
+
+def _compile_tx_trigger(spec: Mapping[str, Any], common: dict[str, Any]) -> TxTrigger:
+    function = spec.get("function_abi")
+    decoder = FunctionDecoder(function) if function else None
+    types = dict(zip(decoder.names, decoder.types, strict=True)) if decoder else {}
+    filters = []
+    for flt in spec.get("arg_filters") or []:
+        type_str = flt.get("type") or types[flt["arg"]]
+        if flt["op"] == "in":
+            value: Any = frozenset(_filter_value(type_str, v) for v in flt["value"])
+        elif flt["op"] in _OPS:
+            value = _filter_value(type_str, flt["value"])
+        else:
+            raise MatchError(f"unknown filter operator {flt['op']!r}")
+        filters.append(ArgFilter(flt["arg"], flt["op"], value))
+    status = spec.get("status") or "success"
+    if status not in ("success", "failed", "any"):
+        raise MatchError(f"unknown transaction status {status!r}")
+    expire_at = spec.get("expire_at")
+    return TxTrigger(
+        **common,
+        to=frozenset(a.lower() for a in spec.get("to") or []),
+        senders=frozenset(a.lower() for a in spec.get("from") or []),
+        selector=spec["selector"].lower() if spec.get("selector") else None,
+        decoder=decoder,
+        arg_filters=tuple(filters),
+        min_value=int(spec["min_value"]) if spec.get("min_value") is not None else None,
+        max_value=int(spec["max_value"]) if spec.get("max_value") is not None else None,
+        status=status,
+        condition=spec.get("condition") or None,
+        confirmations=int(spec.get("confirmations") or 0),
+        expire_at=datetime.fromisoformat(expire_at) if isinstance(expire_at, str) else expire_at,
+    )
+
+
+class TxIndex:
+    """The transaction triggers of one chain, indexed by recipient, then sender, then selector.
+
+    A trigger sits in one bucket only (its recipients if it has any, else its senders,
+    else its selector), so a transaction is checked against the triggers of its own
+    `to`, its own `from` and its own selector: the cost per transaction depends on the
+    triggers that could match it, not on how many there are.
+    """
+
+    def __init__(self, triggers: Iterable[TxTrigger] = ()):
+        self.by_to: dict[str, list[TxTrigger]] = {}
+        self.by_from: dict[str, list[TxTrigger]] = {}
+        self.by_selector: dict[str, list[TxTrigger]] = {}
+        self.triggers: list[TxTrigger] = []
+        for trigger in triggers:
+            self.add(trigger)
+
+    def add(self, trigger: TxTrigger) -> None:
+        self.triggers.append(trigger)
+        if trigger.to:
+            for address in trigger.to:
+                self.by_to.setdefault(address, []).append(trigger)
+        elif trigger.senders:
+            for address in trigger.senders:
+                self.by_from.setdefault(address, []).append(trigger)
+        else:
+            assert trigger.selector is not None  # the node type refuses a trigger on every transaction
+            self.by_selector.setdefault(trigger.selector, []).append(trigger)
+
+    def __len__(self) -> int:
+        return len(self.triggers)
+
+    def candidates(self, tx: Mapping[str, Any], now: datetime | None = None) -> list[TxCandidate]:
+        """The triggers whose addresses, function, arguments and value the transaction satisfies
+        (status and condition need its receipt, and are checked by the caller).
+
+        `tx` is a transaction as eth_getBlockByHash(..., true) gives it, with `to`,
+        `from` and `input` lower-case and `value` an int (see executor.chain.tx_from_rpc)."""
+        to, sender, data = tx["to"], tx["from"], tx["input"]
+        selector = data[:10] if len(data) >= 10 else ""
+        groups = (self.by_to.get(to) if to else None, self.by_from.get(sender),
+                  self.by_selector.get(selector) if selector else None)
+        if not any(groups):
+            return []
+        found: list[TxCandidate] = []
+        decoded_by: dict[int, tuple[dict, list] | None] = {}
+        for group in groups:
+            for trigger in group or ():
+                if trigger.expire_at is not None and now is not None and now >= trigger.expire_at:
+                    continue
+                if trigger.to and to not in trigger.to:
+                    continue
+                if trigger.senders and sender not in trigger.senders:
+                    continue
+                if trigger.min_value is not None and tx["value"] < trigger.min_value:
+                    continue
+                if trigger.max_value is not None and tx["value"] > trigger.max_value:
+                    continue
+                if trigger.selector is None:
+                    found.append(TxCandidate(trigger, {}, []))
+                    continue
+                if selector != trigger.selector:
+                    continue
+                assert trigger.decoder is not None
+                key = id(trigger.decoder)
+                if key not in decoded_by:
+                    decoded_by[key] = trigger.decoder.decode(data)
+                decoded = decoded_by[key]
+                if decoded is not None and all(f.holds(decoded[0].get(f.arg)) for f in trigger.arg_filters):
+                    found.append(TxCandidate(trigger, decoded[0], decoded[1]))
+        return found
+
+
+# Call data kept in a run's trigger payload: enough to read any ordinary call, bounded for the run record.
+TX_INPUT_KEPT = 4096
+
+
+def tx_payload(candidate: TxCandidate, tx: Mapping[str, Any], receipt: Mapping[str, Any], *, chain_id: int,
+               timestamp: int | None) -> dict[str, Any]:
+    """The run's `trigger` value for a transaction (what expressions see as trigger.*)."""
+    from decimal import Decimal
+
+    trigger = candidate.trigger
+    data = tx["input"]
+    value = tx["value"]
+    return {
+        "type": "chain.transaction",
+        "hash": tx["hash"],
+        "tx_hash": tx["hash"],
+        "from": checksum(tx["from"]),
+        "to": checksum(tx["to"]) if tx["to"] else None,
+        "contract_created": checksum(receipt["contract_address"]) if receipt.get("contract_address") else None,
+        "value": value,
+        "value_ether": format(Decimal(value).scaleb(-18).normalize(), "f") if value else "0",
+        "function": trigger.decoder.name if trigger.decoder else "",
+        "selector": data[:10] if len(data) >= 10 else "",
+        "args": candidate.args,
+        "args_list": candidate.args_list,
+        "input": data[:TX_INPUT_KEPT],
+        "input_size": max(len(data) - 2, 0) // 2,
+        "status": "success" if receipt["succeeded"] else "failed",
+        "revert_reason": receipt.get("revert_reason"),
+        "gas_used": receipt["gas_used"],
+        "effective_gas_price": receipt["effective_gas_price"],
+        "nonce": tx["nonce"],
+        "chain_id": chain_id,
+        "block_number": tx["block_number"],
+        "block_hash": tx["block_hash"],
+        "tx_index": tx["tx_index"],
+        "timestamp": timestamp,
+    }

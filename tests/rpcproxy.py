@@ -21,6 +21,10 @@ Fault classes (``Faults`` fields):
 * ``stale_head``: ``eth_getBlockByNumber("latest")`` answers a block 1-3 behind,
   for a share of requests (a head that goes backwards);
 * ``max_range``: ``eth_getLogs`` over more blocks than this is refused (-32005);
+* ``empty_blocks``: a block asked for with its transactions (``eth_getBlockByHash``/``Number``
+  with ``true``) comes back with ``transactions: []`` for this many requests (its header still
+  lists them in ``transactionsRoot``), as a node does that serves the header before the body;
+* ``lag_tx_receipts``: ``eth_getTransactionReceipt`` answers ``null`` for this many requests;
 * ``reorder_batches``: batch answers come back in a shuffled order (ids kept);
 * ``refuse_batches``: a JSON-RPC batch is answered with one error object, as some nodes do;
 * ``throttle_first``: the first N HTTP requests answer 429 (no Retry-After).
@@ -67,6 +71,8 @@ class Faults:
     null_headers: float = 0.0
     stale_head: float = 0.0
     max_range: int | None = None
+    empty_blocks: int = 0
+    lag_tx_receipts: int = 0
     reorder_batches: bool = False
     refuse_batches: bool = False
     throttle_first: int = 0
@@ -294,6 +300,23 @@ class RpcProxy:
                 if number is not None and self._lagging(number, number, faults.lag_logs):
                     self._note(method, "lagging receipts")
                     return {**reply, "result": None}
+        if method in ("eth_getBlockByHash", "eth_getBlockByNumber") and len(params) > 1 and params[1] is True:
+            with self._lock:
+                empty = faults.empty_blocks > 0
+                faults.empty_blocks -= empty
+            if empty:
+                answer = self._upstream(call)
+                if answer.get("result"):
+                    self._note(method, "block without transactions")
+                    return {**answer, "result": {**answer["result"], "transactions": []}}
+                return answer
+        if method == "eth_getTransactionReceipt":
+            with self._lock:
+                lagging = faults.lag_tx_receipts > 0
+                faults.lag_tx_receipts -= lagging
+            if lagging:
+                self._note(method, "no receipt yet")
+                return {**reply, "result": None}
         if method == "eth_getBlockByNumber" and params:
             if params[0] == "latest" and self._chance(faults.stale_head):
                 head = self._head()

@@ -371,3 +371,182 @@ class Manual(TriggerType):
 
     def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         return {"payload": {"type": "any", "description": "The payload given when the run started"}}
+
+
+TX_STATUSES = ("success", "failed", "any")
+_WEI_UNITS = {"wei": 0, "kwei": 3, "mwei": 6, "gwei": 9, "szabo": 12, "finney": 15, "ether": 18, "eth": 18}
+
+
+def parse_wei(value: Any) -> int:
+    """An amount of native currency in wei: ``1000``, ``"10 ether"``, ``"1.5 gwei"``, ``"0.01 eth"``.
+
+    Exact (decimal arithmetic, no floats); raises ValueError for anything else,
+    including fractions of a wei.
+    """
+    from decimal import Decimal, InvalidOperation
+
+    if isinstance(value, bool):
+        raise ValueError("not an amount")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("an amount cannot be negative")
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("not an amount")
+    parts = value.strip().lower().replace("_", "").split()
+    unit = parts[1] if len(parts) == 2 else "wei" if len(parts) == 1 else None
+    if unit not in _WEI_UNITS:
+        raise ValueError(f"{value!r}: write wei, or a number and a unit ({', '.join(_WEI_UNITS)})")
+    try:
+        amount = Decimal(parts[0]).scaleb(_WEI_UNITS[unit])
+    except InvalidOperation:
+        raise ValueError(f"{parts[0]!r} is not a number") from None
+    if amount < 0:
+        raise ValueError("an amount cannot be negative")
+    if amount != amount.to_integral_value():
+        raise ValueError(f"{value!r} is not a whole number of wei")
+    return int(amount)
+
+
+class ChainTransaction(TriggerType):
+    key = "chain.transaction"
+    label = "Transaction"
+    description = (
+        "Runs on each transaction to or from watched addresses: native transfers and function "
+        "calls, succeeded or reverted. Needs no event, so it sees plain ETH transfers."
+    )
+    fields = (
+        CHAIN,
+        FieldSpec("to", "To", "addresses", default=[],
+                  help="Transactions sent to any of these addresses (a contract or a wallet)."),
+        FieldSpec("from", "From", "addresses", default=[],
+                  help="Transactions sent by any of these. With both set, a transaction must match both."),
+        FieldSpec("function", "Function", "abi_function",
+                  help="Only calls of this function (matched by its selector), e.g. transferOwnership(address "
+                       "newOwner), or a pasted ABI and the function name. Empty: any call or transfer."),
+        FieldSpec(
+            "filters", "Argument filters", "list", default=[],
+            item_fields=(
+                FieldSpec("arg", "Argument", "text", required=True),
+                FieldSpec("op", "Operator", "choice", default="eq", choices=FILTER_OPS),
+                FieldSpec("value", "Value", "json", required=True),
+            ),
+        ),
+        FieldSpec("min_value", "Value at least", "text", default="",
+                  help="Native currency sent, in wei or with a unit: 10 ether, 1.5 gwei."),
+        FieldSpec("max_value", "Value at most", "text", default=""),
+        FieldSpec("status", "Status", "choice", default="success", choices=TX_STATUSES,
+                  help="failed: reverted transactions (the run gets the revert reason when the node gives one)."),
+        FieldSpec("condition", "Condition", "expression", help="Only run when this is true."),
+        CONFIRMATIONS,
+        FieldSpec("expire_at", "Stop listening at", "datetime"),
+    )
+
+    def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
+        problems: Problems = []
+        if not config["to"] and not config["from"] and not config["function"]:
+            problems.append(("to", "Watch an address (to or from) or a function: every transaction of a chain is "
+                                   "too many to start a run for"))
+        for name in ("min_value", "max_value"):
+            if config[name]:
+                try:
+                    parse_wei(config[name])
+                except ValueError as exc:
+                    problems.append((name, str(exc)))
+        if not problems and config["min_value"] and config["max_value"] and (
+            parse_wei(config["min_value"]) > parse_wei(config["max_value"])
+        ):
+            problems.append(("max_value", "The most must not be below the least"))
+        if config["filters"] and not config["function"]:
+            problems.append(("filters", "Argument filters need a function to decode the arguments with"))
+            return problems
+        if not config["function"]:
+            return problems
+        function = abi_lib.resolve_function(config["function"])
+        inputs = {p["name"]: p for p in function["inputs"] if p["name"]}
+        for index, flt in enumerate(config["filters"]):
+            path = f"filters.{index}"
+            param = inputs.get(flt["arg"])
+            if param is None:
+                names = ", ".join(inputs) or "none are named"
+                problems.append((f"{path}.arg", f"The function has no argument '{flt['arg']}' ({names})"))
+                continue
+            type_str = abi_lib.canonical_type(param)
+            if flt["op"] == "in" and (not isinstance(flt["value"], list) or not flt["value"]):
+                problems.append((f"{path}.value", "'in' needs a non-empty list of values"))
+                continue
+            if flt["op"] in _ORDERED_OPS and not type_str.startswith(("uint", "int")):
+                problems.append((f"{path}.op", f"'{flt['op']}' only works on numbers, not {type_str}"))
+                continue
+            for value in flt["value"] if flt["op"] == "in" else [flt["value"]]:
+                message = _check_abi_value(param, value)
+                if message:
+                    problems.append((f"{path}.value", f"Filter on '{flt['arg']}': {message}"))
+        return problems
+
+    def normalize(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().normalize(config)
+        for name in ("to", "from"):
+            if out.get(name):
+                out[name] = sorted(out[name], key=str.lower)
+        return out
+
+    def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
+        function = abi_lib.resolve_function(config["function"]) if config["function"] else None
+        params = {p["name"]: p for p in function["inputs"] if p["name"]} if function else {}
+        arg_filters = []
+        for flt in config["filters"]:
+            type_str = abi_lib.canonical_type(params[flt["arg"]])
+            values = [_normalize_filter_value(type_str, v)
+                      for v in (flt["value"] if flt["op"] == "in" else [flt["value"]])]
+            arg_filters.append({"arg": flt["arg"], "type": type_str, "op": flt["op"],
+                                "value": values if flt["op"] == "in" else values[0]})
+        return {
+            "type": self.key,
+            "node_id": node_id,
+            "chain_id": config["chain"],
+            "to": list(config["to"] or []),
+            "from": list(config["from"] or []),
+            "function_abi": function,
+            "selector": abi_lib.function_selector(function) if function else None,
+            "arg_filters": arg_filters,
+            # Decimal strings: a wei amount is often above 2**53.
+            "min_value": str(parse_wei(config["min_value"])) if config["min_value"] else None,
+            "max_value": str(parse_wei(config["max_value"])) if config["max_value"] else None,
+            "status": config["status"],
+            "condition": config["condition"],
+            "confirmations": config["confirmations"],
+            "expire_at": config["expire_at"],
+        }
+
+    def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        shape: dict[str, dict[str, Any]] = {
+            "hash": {"type": "bytes32", "description": "Transaction hash"},
+            "tx_hash": {"type": "bytes32", "description": "Transaction hash (as chain events name it)"},
+            "from": {"type": "address", "description": "Sender"},
+            "to": {"type": "address", "description": "Recipient (null for a contract creation)"},
+            "value": {"type": "int", "description": "Native currency sent, in wei"},
+            "value_ether": {"type": "string", "description": "The value in ether, as exact decimal text"},
+            "function": {"type": "string", "description": "Called function's name (empty for a plain transfer)"},
+            "selector": {"type": "string", "description": "First 4 bytes of the input (empty for a plain transfer)"},
+            "args": {"type": "object", "description": "Decoded function arguments by name", "fields": {}},
+            "args_list": {"type": "list", "description": "Decoded function arguments in order"},
+            "input": {"type": "string", "description": "Call data (hex), cut at 4 KiB"},
+            "status": {"type": "string", "description": "success or failed"},
+            "revert_reason": {"type": "string", "description": "Why it reverted, when the node tells"},
+            "gas_used": {"type": "int", "description": "Gas used"},
+            "effective_gas_price": {"type": "int", "description": "Price paid per gas, in wei"},
+            "nonce": {"type": "int", "description": "Sender's nonce"},
+            "chain_id": {"type": "int", "description": "Chain id"},
+            "block_number": {"type": "int", "description": "Block number"},
+            "block_hash": {"type": "bytes32", "description": "Block hash"},
+            "tx_index": {"type": "int", "description": "Position of the transaction in the block"},
+            "timestamp": {"type": "int", "description": "Block timestamp (unix seconds)"},
+        }
+        try:
+            function = abi_lib.resolve_function(config.get("function")) if config.get("function") else None
+        except abi_lib.AbiError:
+            function = None
+        if function:
+            shape["args"]["fields"] = _abi_shape(function["inputs"])
+        return shape

@@ -49,7 +49,7 @@ def test_demo_contracts_are_deployed_with_code(
     w3_a: Web3, demo_contracts_a: dict[str, str]
 ) -> None:
     assert set(demo_contracts_a) == {
-        "KwalaToken", "KwalaNFT", "Governance", "Receiver", "PriceFeed", "EventZoo",
+        "KwalaToken", "KwalaNFT", "Governance", "Receiver", "PriceFeed", "EventZoo", "Vault",
     }  # fmt: skip
     for address in demo_contracts_a.values():
         assert Web3.is_checksum_address(address)
