@@ -15,6 +15,7 @@ SAMPLES = {"address": ADDRESS, "email": "ops@example.com", "url": "https://hooks
 REQUIRED_SUBJECTS = [
     "erc20-whale-slack", "nft-mint-discord", "governance-proposal-alert", "vote-digest", "lending-health-watcher",
     "cross-chain-mirror", "treasury-report", "webhook-relay", "block-heartbeat", "flow-failure-escalation",
+    "treasury-deposit-slack", "failed-transaction-discord", "admin-function-email",
 ]
 
 
@@ -79,6 +80,8 @@ def test_the_gallery_page_searches_and_filters_by_category(alice):
     page = client.get(reverse("gallery"))
     assert page.status_code == 200 and page.content.count(b"<svg") >= 10
     found = [t.slug for t, _ in client.get(reverse("gallery"), {"q": "discord"}).context["templates"]]
+    assert found == ["failed-transaction-discord", "nft-mint-discord"]
+    found = [t.slug for t, _ in client.get(reverse("gallery"), {"q": "discord mint"}).context["templates"]]
     assert found == ["nft-mint-discord"]
     governance = [t.slug for t, _ in client.get(reverse("gallery"), {"category": "Governance"}).context["templates"]]
     assert set(governance) == {"governance-proposal-alert", "vote-digest"}

@@ -160,6 +160,7 @@ def g(world, django_db_blocker, http_sink_server, smtp_sink_server):
 TESTED = {
     "erc20-whale-slack", "cross-chain-mirror", "governance-proposal-alert", "nft-mint-discord", "block-heartbeat",
     "lending-health-watcher", "treasury-report", "vote-digest", "flow-failure-escalation", "webhook-relay",
+    "treasury-deposit-slack", "failed-transaction-discord", "admin-function-email",
 }
 
 
@@ -178,6 +179,48 @@ def fresh_address() -> str:
 
 
 # -- chain events -----------------------------------------------------------------------------------
+
+
+def test_treasury_deposits_reach_slack_though_a_transfer_emits_no_log(g):
+    treasury = g.a["Vault"]
+    flow = g.use("treasury-deposit-slack", {"chain": 31337, "treasury": treasury, "min_amount": 2})
+    g.w3_a.eth.wait_for_transaction_receipt(
+        g.w3_a.eth.send_transaction({"from": SENDER, "to": treasury, "value": 10**18}), poll_latency=0.01)
+    receipt = g.w3_a.eth.wait_for_transaction_receipt(
+        g.w3_a.eth.send_transaction({"from": SENDER, "to": treasury, "value": 25 * 10**17}), poll_latency=0.01)
+    assert receipt["logs"] == []
+    (message,) = [r.json() for r in g.http.wait_for("/slack")]
+    assert message == {"text": f"Treasury received 2.5 from {SENDER} (block {receipt['blockNumber']}, "
+                               f"tx {receipt['transactionHash'].to_0x_hex()})"}
+    g.first_run(flow)
+    assert len(g.runs_of(flow)) == 1
+
+
+def test_a_reverted_call_reaches_discord_with_its_reason(g):
+    vault = contract(g.w3_a, "Vault", g.a["Vault"])
+    flow = g.use("failed-transaction-discord", {"chain": 31337, "target": vault.address})
+    stranger = DEV_ACCOUNTS[2].address
+    tx_hash = vault.functions.withdraw(stranger, 10**30).transact({"from": SENDER, "gas": 100_000})
+    receipt = g.w3_a.eth.wait_for_transaction_receipt(tx_hash, poll_latency=0.01)
+    assert receipt["status"] == 0
+    (message,) = [r.json() for r in g.http.wait_for("/discord")]
+    assert message == {"content": f"Reverted: {tx_hash.to_0x_hex()} from {SENDER} (selector "
+                                  f"{vault.functions.withdraw(stranger, 1)._encode_transaction_data()[:10]}): "
+                                  f"Vault: not enough balance"}
+    g.first_run(flow)
+
+
+def test_an_admin_call_is_emailed_with_its_name_and_other_calls_are_not(g):
+    vault = contract(g.w3_a, "Vault", g.a["Vault"])
+    flow = g.use("admin-function-email", {"chain": 31337, "target": vault.address, "email": "security@example.com"})
+    transact(g.w3_a, vault.functions.ratio(4, 2))  # not an admin function
+    receipt = transact(g.w3_a, vault.functions.upgradeTo(fresh_address()))
+    (mail,) = g.smtp.wait_for(1)
+    assert mail["to"] == ["security@example.com"] and f"Subject: upgradeTo called on {vault.address}" in mail["data"]
+    assert f"in transaction {receipt['transactionHash'].to_0x_hex()}" in mail["data"]
+    g.first_run(flow)
+    assert len(g.runs_of(flow)) == 1 and len(g.smtp.messages) == 1
+
 
 
 def test_erc20_whale_transfers_reach_slack_and_small_ones_do_not(g):
