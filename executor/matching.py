@@ -262,7 +262,7 @@ def _lower_hex(value: str) -> str:
 
 
 def compile_trigger(spec: Mapping[str, Any], *, version_id: int, flow_id: int, team_id: int, flow_code: str,
-                    decoders: dict[str, EventDecoder] | None = None
+                    decoders: dict[str, Any] | None = None
                     ) -> LogTrigger | TxTrigger | BlockTrigger | StateTrigger | None:
     """A DAG trigger spec -> a matcher, or None for triggers that do not ride a chain."""
     kind = spec.get("type")
@@ -308,7 +308,7 @@ def compile_trigger(spec: Mapping[str, Any], *, version_id: int, flow_id: int, t
                 decoder=decoder,
             )
         if kind == "chain.transaction":
-            return _compile_tx_trigger(spec, common)
+            return _compile_tx_trigger(spec, common, decoders if decoders is not None else {})
         if kind == "chain.block":
             return BlockTrigger(**common, every=max(int(spec.get("every") or 1), 1),
                                 confirmations=int(spec.get("confirmations") or 0))
@@ -450,7 +450,7 @@ def build_chain_triggers(rows: Iterable[Mapping[str, Any]]) -> tuple[dict[int, C
     """rows: {version_id, flow_id, team_id, flow_code, spec} -> (triggers by chain id, [(version_id, problem)])."""
     by_chain: dict[int, ChainTriggers] = {}
     problems: list[tuple[int, str]] = []
-    decoders: dict[str, EventDecoder] = {}
+    decoders: dict[str, Any] = {}  # shared event and function decoders
     for row in rows:
         try:
             trigger = compile_trigger(
@@ -525,9 +525,15 @@ class TxCandidate:
     args_list: list[Any]
 
 
-def _compile_tx_trigger(spec: Mapping[str, Any], common: dict[str, Any]) -> TxTrigger:
+def _compile_tx_trigger(spec: Mapping[str, Any], common: dict[str, Any], decoders: dict[str, Any]) -> TxTrigger:
     function = spec.get("function_abi")
-    decoder = FunctionDecoder(function) if function else None
+    decoder = None
+    if function:
+        # One decoder per function ABI, shared by its triggers: a call is decoded once, not once per trigger.
+        key = f"fn:{spec['selector']}{function['inputs']!r}"
+        decoder = decoders.get(key)
+        if decoder is None:
+            decoder = decoders[key] = FunctionDecoder(function)
     types = dict(zip(decoder.names, decoder.types, strict=True)) if decoder else {}
     filters = []
     for flt in spec.get("arg_filters") or []:
