@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from executor.models import Chain
 from flows import actions
-from flows.flowyaml import DEFAULT_SIGNER, FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
+from flows.flowyaml import DEFAULT_SIGNER, FlowYamlError, export_yaml, import_yaml, translate_kwala_yaml
 from flows.models import Flow, Team
 
 
@@ -67,10 +67,16 @@ class Command(BaseCommand):
         try:
             if options["kwala"]:
                 chains = dict(Chain.objects.values_list("chain_id", "slug"))
-                meta, graph = import_kwala_yaml(text, chains=chains, signer=options["signer"])
+                kwala = translate_kwala_yaml(text, chains=chains, signer=options["signer"])
+                meta, graph = kwala.meta, kwala.graph
+                # What does not map is imported without it: say so before anything is saved.
+                for warning in kwala.warnings:
+                    self.stderr.write(f"warning: {options['file']}: {warning}")
             else:
                 meta, graph = import_yaml(text)
         except FlowYamlError as exc:
+            for warning in exc.warnings:
+                self.stderr.write(f"warning: {options['file']}: {warning}")
             raise CommandError(f"{options['file']}: {exc}") from None
 
         if options["flow"]:
