@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from itertools import combinations
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -150,20 +151,31 @@ _DYNAMIC_INDEXED = ("string", "bytes")
 
 
 class EventDecoder:
-    """Decodes one event ABI's logs into (args by name, args in order)."""
+    """Decodes one event ABI's logs into (args by name, args in order, how the layout was found).
+
+    A signature that marks no argument `indexed` (as Kwala workflow files write them) has
+    the same topic0 as the real event, so its logs arrive; when a log has more topics
+    than such a signature allows, the indexed layout is inferred from the log itself
+    (see `_infer`) instead of the log being dropped. The third element is None for a
+    log decoded as declared, else a note for the run's trigger payload.
+    """
 
     def __init__(self, event_abi: Mapping[str, Any]):
         self.name = event_abi["name"]
+        self.abi = event_abi
         self.params = [(p.get("name") or str(i), canonical_type(p), bool(p.get("indexed"))) for i, p in enumerate(event_abi["inputs"])]
         self.indexed = [(n, t) for n, t, idx in self.params if idx]
         self.data_types = [t for _, t, idx in self.params if not idx]
         self.topic_count = 1 + len(self.indexed)
+        # No `indexed` marker at all: the markers were probably left out, so other layouts may be tried.
+        self.may_infer = bool(self.params) and not self.indexed
+        self._layouts: dict[tuple[int, ...], EventDecoder] = {}
 
-    def decode(self, log: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any]] | None:
+    def decode(self, log: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any], dict[str, Any] | None] | None:
         """None when the log does not have this event's shape (same topic0, other indexing)."""
         topics = log["topics"]
         if len(topics) != self.topic_count:
-            return None
+            return self._infer(log) if self.may_infer else None
         try:
             data = bytes.fromhex(log["data"][2:])
             data_values = iter(abi_decode(self.data_types, data, strict=False)) if self.data_types else iter(())
@@ -184,7 +196,89 @@ class EventDecoder:
                 ordered.append(value)
         except (DecodingError, ValueError, OverflowError, StopIteration):
             return None
-        return args, ordered
+        return args, ordered, None
+
+    def _infer(self, log: Mapping[str, Any]) -> tuple[dict[str, Any], list[Any], dict[str, Any]] | None:
+        """Decode with the indexed layout the log's topics and data fit.
+
+        Each choice of len(topics) - 1 arguments as the indexed ones is tried in order
+        (leading arguments first, the usual Solidity convention): every topic must be a
+        valid value of its argument's type, and the data must decode strictly as the
+        others, to its exact length. The first layout that fits is used; when another
+        fits too, the note says the choice is a guess (the run page shows it).
+        """
+        topics = log["topics"]
+        count = len(topics) - 1
+        if count > min(len(self.params), 3) or len(self.params) > 16:
+            return None
+        try:
+            data = bytes.fromhex(log["data"][2:])
+        except ValueError:
+            return None
+        fits: list[tuple[int, ...]] = []
+        for layout in combinations(range(len(self.params)), count):
+            if not all(_fits_topic(self.params[i][1], topics[j + 1]) for j, i in enumerate(layout)):
+                continue
+            if not _fits_data([t for i, (_, t, _) in enumerate(self.params) if i not in layout], data):
+                continue
+            fits.append(layout)
+            if len(fits) == 2:
+                break
+        if not fits:
+            return None
+        layout = fits[0]
+        decoder = self._layouts.get(layout)
+        if decoder is None:
+            inputs = [{**p, "indexed": i in layout} for i, p in enumerate(self.abi["inputs"])]
+            decoder = self._layouts[layout] = EventDecoder({**self.abi, "inputs": inputs})
+        decoded = decoder.decode(log)
+        if decoded is None:
+            return None
+        names = [self.params[i][0] for i in layout]
+        ambiguous = len(fits) > 1
+        message = (
+            f"The event signature marks no argument indexed, but this log has {count} indexed "
+            f"argument{'s' if count != 1 else ''}: decoded with {', '.join(names)} indexed"
+            + (", the first layout that fits; another fits too, so the arguments may be misread. Mark the indexed "
+               "arguments in the signature (or paste the contract's ABI) to be sure." if ambiguous else
+               ", the only layout that fits.")
+        )
+        return decoded[0], decoded[1], {"inferred": True, "indexed": names, "ambiguous": ambiguous,
+                                        "message": message}
+
+
+def _fits_topic(type_str: str, topic: str) -> bool:
+    """Whether a 32-byte topic can hold an indexed argument of this type."""
+    if type_str in _DYNAMIC_INDEXED or type_str.endswith(("]", ")")):
+        return True  # a hash: anything
+    value = int(topic, 16)
+    if type_str == "address":
+        return value < 1 << 160
+    if type_str == "bool":
+        return value in (0, 1)
+    if type_str.startswith("uint"):
+        return value < 1 << int(type_str[4:] or 256)
+    if type_str.startswith("int"):
+        bits = int(type_str[3:] or 256)
+        return value < 1 << (bits - 1) or value >= (1 << 256) - (1 << (bits - 1))
+    if type_str.startswith("bytes"):
+        size = int(type_str[5:])
+        return size == 32 or value & ((1 << (8 * (32 - size))) - 1) == 0
+    return True
+
+
+def _fits_data(types: list[str], data: bytes) -> bool:
+    """Whether `data` is exactly these types, ABI-encoded (strict: padding and length checked)."""
+    if not types:
+        return not data
+    static = all(not (t in _DYNAMIC_INDEXED or t.endswith(("]", ")"))) for t in types)
+    if static and len(data) != 32 * len(types):
+        return False
+    try:
+        abi_decode(types, data, strict=True)
+    except (DecodingError, ValueError, OverflowError):
+        return False
+    return True
 
 
 @dataclass
@@ -255,6 +349,7 @@ class Candidate:
     trigger: LogTrigger
     args: dict[str, Any]
     args_list: list[Any]
+    decoding: dict[str, Any] | None = None  # how an inferred layout was found (EventDecoder._infer)
 
 
 def _lower_hex(value: str) -> str:
@@ -395,13 +490,13 @@ class TriggerIndex:
                 decoded = decoded_by[key]
                 if trigger.args_match(decoded):
                     assert decoded is not None
-                    found.append(Candidate(trigger, decoded[0], decoded[1]))
+                    found.append(Candidate(trigger, decoded[0], decoded[1], decoded[2]))
         return found
 
 
 def log_payload(candidate: Candidate, log: Mapping[str, Any], *, chain_id: int, timestamp: int | None) -> dict[str, Any]:
     """The run's `trigger` value for a log (what expressions see as trigger.*)."""
-    return {
+    payload = {
         "type": "chain.event",
         "event": candidate.trigger.decoder.name,
         "args": candidate.args,
@@ -414,6 +509,9 @@ def log_payload(candidate: Candidate, log: Mapping[str, Any], *, chain_id: int, 
         "log_index": log["log_index"],
         "timestamp": timestamp,
     }
+    if candidate.decoding is not None:
+        payload["decoding"] = candidate.decoding
+    return payload
 
 
 def condition_holds(condition: str | None, payload: Mapping[str, Any], *, flow_code: str, now: datetime,

@@ -190,7 +190,12 @@ def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_ed
         else:
             field_problems.setdefault(field, []).append(message)
     abi_fields = [s.name for s in node_type.fields if s.kind in ("abi_event", "abi_function")]
+    notes: dict[str, list[str]] = {}
+    if not problems:
+        for path, message in node_type.notes(node.get("config") or {}):
+            notes.setdefault(path, []).append(message)
     return {
+        "notes": notes,
         "flow": flow,
         "node": node,
         "node_type": node_type,

@@ -396,6 +396,11 @@ class NodeType:
         """Cross-field rules, run on the normalized config once every field is valid."""
         return []
 
+    def notes(self, config: Mapping[str, Any]) -> Problems:
+        """Things worth knowing about a valid config that do not stop it compiling, as
+        (field, message) pairs; the editor shows them under the field."""
+        return []
+
     def normalize(self, config: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for spec in self.fields:

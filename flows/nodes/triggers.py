@@ -105,6 +105,17 @@ class ChainEvent(TriggerType):
                     problems.append((f"{path}.arg", str(exc)))
         return problems
 
+    def notes(self, config: Mapping[str, Any]) -> Problems:
+        try:
+            event = abi_lib.resolve_event(config.get("event"))
+        except abi_lib.AbiError:
+            return []
+        if event["inputs"] and not any(p.get("indexed") for p in event["inputs"]):
+            return [("event", "No argument is marked indexed. If the contract indexes some, Kwala infers which from "
+                              "each log's topics, and a run says when more than one layout fits; mark them "
+                              "(e.g. uint256 indexed proposalId) or paste the ABI to be exact.")]
+        return []
+
     def normalize(self, config: Mapping[str, Any]) -> dict[str, Any]:
         out = super().normalize(config)
         if out.get("addresses"):

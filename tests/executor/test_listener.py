@@ -54,6 +54,26 @@ def test_it_fires_once_per_event_with_exact_big_values(zoo_setup, team, alice):
     assert first.trigger["timestamp"] > 0 and first.trigger["tx_hash"].startswith("0x")
 
 
+def test_a_signature_without_indexed_markers_fires_and_the_editor_and_run_page_say_it_was_inferred(
+        zoo_setup, team, alice):
+    from tests.team_fixtures import logged_in
+
+    w3, zoo, chain = zoo_setup
+    version = publish(team, alice, event_graph(31337, "Big(uint256 id, uint256 value)", addresses=[zoo.address]))
+    listener = listener_for(chain)
+    listener.step()
+    transact(w3, zoo.functions.emitBig(7, 2**200 + 3))
+    listener.step()
+    (run,) = live_runs(version)
+    assert run.trigger["args"] == {"id": 7, "value": 2**200 + 3}
+    assert run.trigger["decoding"]["indexed"] == ["id"] and run.trigger["decoding"]["ambiguous"]
+    client = logged_in(alice)
+    page = client.get(f"/runs/{run.code}/").content.decode()
+    assert 'class="banner banner-warning"' in page and "another fits too" in page
+    inspector = client.get(f"/flows/{version.flow.code}/nodes/start/").content.decode()
+    assert 'class="form-note"' in inspector and "No argument is marked indexed" in inspector
+
+
 def test_filters_on_indexed_and_plain_arguments_and_any_address_triggers(zoo_setup, team, alice):
     w3, zoo, chain = zoo_setup
     other_zoo = deploy_zoo(w3)

@@ -196,3 +196,54 @@ def test_the_fast_topic_decoding_agrees_with_the_abi_decoder(address, number, fl
         topic = "0x" + encode([type_str], [value]).hex()
         expected = to_json_value(type_str, abi_decode([type_str], bytes.fromhex(topic[2:]))[0])
         assert _topic_value(type_str, topic) == expected
+
+
+# -- signatures without `indexed` markers (Kwala workflow files write them so) -----------------
+
+
+def vote_cast_log(proposal: int, support: int, flag: bool, tag: bytes) -> dict:
+    """VoteCast(uint256 indexed proposalId, uint8 support, bool flag, bytes32 tag), as a node sends it."""
+    return {
+        "address": ZOO, "topics": [topic0("VoteCast(uint256,uint8,bool,bytes32)"), word("uint256", proposal)],
+        "data": "0x" + encode(["uint8", "bool", "bytes32"], [support, flag, tag]).hex(), "block_number": 7,
+        "block_hash": "0x" + "77" * 32, "log_index": 0, "tx_hash": "0x" + "99" * 32,
+    }
+
+
+def test_a_signature_without_indexed_markers_still_decodes_and_says_it_guessed():
+    index = index_for(event_graph(31337, "VoteCast(uint256 proposalId, uint8 support, bool flag, bytes32 tag)",
+                                  filters=[{"arg": "support", "op": "eq", "value": 1}]))
+    tag = b"\x05" * 32
+    (found,) = index.candidates(vote_cast_log(42, 1, True, tag))
+    assert found.args == {"proposalId": 42, "support": 1, "flag": True, "tag": "0x" + tag.hex()}
+    payload = log_payload(found, vote_cast_log(42, 1, True, tag), chain_id=31337, timestamp=1)
+    decoding = payload["decoding"]
+    assert decoding["inferred"] and decoding["indexed"] == ["proposalId"] and decoding["ambiguous"]
+    assert "Mark the indexed arguments" in decoding["message"]
+    assert index.candidates(vote_cast_log(42, 0, True, tag)) == []  # the filter still applies
+
+
+def test_the_only_layout_that_fits_is_not_called_a_guess():
+    # Many(address indexed a, uint256 indexed b, bytes32 indexed c, bool flag): with `flag` data and c a
+    # hash-like value, no other choice of three indexed arguments fits the topics.
+    index = index_for(event_graph(31337, "Many(address a, uint256 b, bytes32 c, bool flag)"))
+    c = "0x" + "fe" * 32
+    log = {"address": ZOO, "topics": [topic0("Many(address,uint256,bytes32,bool)"), word("address", ALICE),
+                                      word("uint256", 2**200), c],
+           "data": word("bool", True), "block_number": 7, "block_hash": "0x" + "77" * 32, "log_index": 0,
+           "tx_hash": "0x" + "99" * 32}
+    (found,) = index.candidates(log)
+    assert found.args == {"a": to_checksum_address(ALICE), "b": 2**200, "c": c, "flag": True}
+    assert found.decoding["indexed"] == ["a", "b", "c"] and not found.decoding["ambiguous"]
+
+
+def test_a_log_no_layout_fits_is_not_decoded_into_nonsense():
+    index = index_for(event_graph(31337, "VoteCast(uint256 proposalId, uint8 support, bool flag, bytes32 tag)"))
+    log = vote_cast_log(42, 1, True, b"\x05" * 32)
+    log["data"] = log["data"][:-64]  # one word short: no layout with one indexed argument fits
+    assert index.candidates(log) == []
+    declared = index_for(event_graph(31337, "VoteCast(uint256 indexed proposalId, uint8 support, bool flag, "
+                                            "bytes32 tag)"))
+    (found,) = declared.candidates(vote_cast_log(42, 1, False, b"\x05" * 32))
+    assert found.decoding is None and "decoding" not in log_payload(found, vote_cast_log(42, 1, False, b"\x05" * 32),
+                                                                    chain_id=31337, timestamp=1)
