@@ -1,4 +1,4 @@
-"""`manage.py flows export|import`: flows as code from the command line."""
+"""`manage.py flows export|import|import-oz-monitor`: flows as code from the command line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from executor.models import Chain
-from flows import actions
+from flows import actions, ozmonitor
 from flows.flowyaml import DEFAULT_SIGNER, FlowYamlError, export_yaml, import_yaml, translate_kwala_yaml
 from flows.models import Flow, Team
 
@@ -32,9 +32,18 @@ class Command(BaseCommand):
         imp.add_argument("--signer", default=DEFAULT_SIGNER,
                          help=f"With --kwala: the team's signer key for contract calls (default {DEFAULT_SIGNER}).")
 
+        oz = sub.add_parser("import-oz-monitor",
+                            help="Create flows from an OpenZeppelin Monitor configuration directory.")
+        oz.add_argument("dir", help="The directory holding networks/, monitors/ and triggers/.")
+        oz.add_argument("--team", required=True, help="The team's code.")
+        oz.add_argument("--publish", action="store_true",
+                        help="Publish each flow that compiles and has nothing left to fill in or review.")
+
     def handle(self, *args, action: str, **options):
         if action == "export":
             self.export(options)
+        elif action == "import-oz-monitor":
+            self.import_oz_monitor(options)
         else:
             self.import_(options)
 
@@ -106,6 +115,18 @@ class Command(BaseCommand):
             except actions.CompileError as exc:
                 raise CommandError(_problems_text("The draft was saved but does not compile", exc)) from None
             self.stdout.write(f"flow {flow.code}: version {version.number} published")
+
+    def import_oz_monitor(self, options) -> None:
+        team = Team.objects.filter(code=options["team"]).first()
+        if team is None:
+            raise CommandError(f"No team with code {options['team']!r}.")
+        try:
+            config = ozmonitor.read_directory(options["dir"])
+        except (ozmonitor.OzConfigError, OSError) as exc:
+            raise CommandError(f"{options['dir']}: {exc}") from None
+        result = ozmonitor.import_oz_monitor(team, None, config, publish=options["publish"], via="cli")
+        for line in ozmonitor.summary_lines(result):
+            self.stdout.write(line)
 
 
 def _problems_text(headline: str, exc: actions.CompileError) -> str:
