@@ -417,6 +417,39 @@ def import_flow(request, payload: YamlIn):
     return Status(201, _flow_out(flow, detail=True))
 
 
+class OzMonitorIn(Schema):
+    networks: dict[str, JsonObject | Text] = Field({}, description="networks/<file>.json: its content")
+    monitors: dict[str, JsonObject | Text] = Field(description="monitors/<file>.json: its content")
+    triggers: dict[str, JsonObject | Text] = Field({}, description="triggers/<file>.json: its content")
+    publish: bool = Field(False, description="Publish each flow that compiles and has nothing left to fill in")
+
+
+class OzImportOut(Schema):
+    flows: list[dict[str, Any]]
+    secrets_stored: list[str]
+    secrets_to_fill: list[dict[str, str]]
+    missing_networks: list[dict[str, Any]]
+    refused: list[dict[str, Any]]
+    warnings: list[str]
+
+
+@flows_router.post("/import-oz-monitor", response={201: OzImportOut, **COMMON_ERRORS})
+def import_oz_monitor(request, payload: OzMonitorIn):
+    """Create flows from an OpenZeppelin Monitor configuration (see docs/dag.md); plain secret values
+    are stored as team secrets only for admins, editors get them listed to fill in."""
+    from flows import ozmonitor
+
+    membership = _membership(request, Role.EDITOR)
+    files = {"networks": payload.networks, "monitors": payload.monitors, "triggers": payload.triggers}
+    try:
+        config = ozmonitor.read_files(files)
+    except ozmonitor.OzConfigError as exc:
+        raise ApiError(400, "invalid_config", str(exc)) from None
+    result = ozmonitor.import_oz_monitor(membership.team, request.user, config, publish=payload.publish,
+                                         store_secrets=has_role(membership, Role.ADMIN), via="api")
+    return Status(201, result.as_dict())
+
+
 @flows_router.get("/{code}", response={200: FlowDetailOut, **COMMON_ERRORS})
 def get_flow(request, code: str):
     flow, _ = _flow(request, code)

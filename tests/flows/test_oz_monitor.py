@@ -460,6 +460,37 @@ def api_files(case: str) -> dict:
             for section in ozmonitor.SECTIONS}
 
 
+def test_the_api_imports_for_admins_with_secrets_and_for_editors_without(team, alice, bob, anvil_chain):
+    from tests.team_fixtures import api_client
+
+    response = api_client(bob).post("/api/v1/flows/import-oz-monitor", api_files("quickstart"),
+                                    content_type="application/json")
+    assert response.status_code == 201, response.content
+    data = json.loads(response.content)
+    assert len(data["flows"]) == 2 and data["secrets_stored"] == []
+    assert data["secrets_to_fill"][0]["name"] == "EVM_LARGE_TRANSFER_USDC_SLACK_URL"
+    Flow.objects.all().delete()
+    response = api_client(alice).post("/api/v1/flows/import-oz-monitor", {**api_files("quickstart"), "publish": True},
+                                      content_type="application/json")
+    assert response.status_code == 201
+    assert json.loads(response.content)["secrets_stored"] == ["EVM_LARGE_TRANSFER_USDC_SLACK_URL"]
+
+
+def test_the_api_refuses_viewers_outsiders_and_configs_without_monitors(team, make_member, charlie, anvil_chain):
+    from tests.team_fixtures import api_client
+
+    viewer = api_client(make_member("VIEWER"))
+    assert viewer.post("/api/v1/flows/import-oz-monitor", api_files("quickstart"),
+                       content_type="application/json").status_code == 403
+    outsider = api_client(charlie).post("/api/v1/flows/import-oz-monitor", api_files("quickstart"),
+                                        content_type="application/json")
+    assert outsider.status_code == 201  # into his own team, which has none of alice's flows
+    assert not Flow.objects.filter(team=team).exists()
+    empty = api_client(charlie).post("/api/v1/flows/import-oz-monitor", {"monitors": {}},
+                                     content_type="application/json")
+    assert empty.status_code == 400 and json.loads(empty.content)["error"]["code"] == "invalid_config"
+
+
 # -- on a real chain -----------------------------------------------------------------------------
 
 
