@@ -483,6 +483,8 @@ def flow_export(request, code):
 def flow_import(request, code):
     """Replace the draft's graph with an imported YAML file (revision-checked)."""
     flow, membership = get_flow_for_user(request.user, code, Role.EDITOR)
+    if request.method == "POST" and "oz_config" in request.FILES:
+        return _oz_monitor_import(request, flow, membership)
     form = ImportForm(request.POST or None, initial={"revision": flow.revision})
     if request.method == "POST" and form.is_valid():
         text = form.cleaned_data["text"]
@@ -503,6 +505,26 @@ def flow_import(request, code):
                 return redirect("flow_editor", code=flow.code)
     return render(request, "flows/import.html", {"flow": flow, "membership": membership, "form": form},
                   status=422 if form.errors else 200)
+
+
+def _oz_monitor_import(request, flow, membership):
+    """An OpenZeppelin Monitor config (a zip of its directory) becomes new draft flows of the team;
+    this flow is left as it is. Plain secrets are stored only for admins."""
+    from flows import ozmonitor
+
+    upload = request.FILES["oz_config"]
+    context = {"flow": flow, "membership": membership, "form": ImportForm(initial={"revision": flow.revision})}
+    try:
+        if upload.size > ozmonitor.MAX_TOTAL_BYTES:
+            raise ozmonitor.OzConfigError("The zip is larger than 20 MiB")
+        config = ozmonitor.read_zip(upload.read())
+    except ozmonitor.OzConfigError as exc:
+        context["oz_error"] = str(exc)
+        return render(request, "flows/import.html", context, status=422)
+    result = ozmonitor.import_oz_monitor(membership.team, request.user, config, publish=False,
+                                         store_secrets=has_role(membership, Role.ADMIN), via="editor")
+    context.update(oz_result=result, oz_lines=list(ozmonitor.summary_lines(result))[len(result.flows):])
+    return render(request, "flows/import.html", context)
 
 
 @login_required

@@ -491,6 +491,41 @@ def test_the_api_refuses_viewers_outsiders_and_configs_without_monitors(team, ma
     assert empty.status_code == 400 and json.loads(empty.content)["error"]["code"] == "invalid_config"
 
 
+def zipped(case: str) -> io.BytesIO:
+    import zipfile
+
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        for path in (EXAMPLES / case).rglob("*.json"):
+            archive.write(path, str(path.relative_to(EXAMPLES)))
+    data.seek(0)
+    data.name = f"{case}.zip"
+    return data
+
+
+def test_the_editors_import_page_takes_a_zip_and_lists_what_it_made(team, alice, make_member, anvil_chain):
+    from django.urls import reverse
+
+    from tests.team_fixtures import logged_in
+
+    flow = actions.create_flow(team, alice, "Existing")
+    url = reverse("flow_import", args=[flow.code])
+    page = logged_in(alice).post(url, {"oz_config": zipped("quickstart")})
+    assert page.status_code == 200
+    made = Flow.objects.get(team=team, name="Large Transfer of USDC Token: Transfer")
+    assert f'href="/flows/{made.code}/"'.encode() in page.content
+    assert b"refused monitor Large Swap By Dex" in page.content
+    assert b"filter script(s) not translated" in page.content
+    assert SLACK_PLAIN.encode() not in page.content
+    assert actions.current_graph(flow)[1] == actions.EMPTY_GRAPH  # the flow the page belongs to is unchanged
+
+    bad = logged_in(alice).post(url, {"oz_config": io.BytesIO(b"not a zip")})
+    assert bad.status_code == 422 and b"not a zip archive" in bad.content
+    viewer = logged_in(make_member("VIEWER")).post(url, {"oz_config": zipped("quickstart")})
+    assert viewer.status_code in (403, 404)
+    assert Flow.objects.filter(team=team).count() == 3
+
+
 # -- on a real chain -----------------------------------------------------------------------------
 
 
