@@ -533,12 +533,8 @@ class _Trigger:
         elif f.peek("TriggerPrice") is not None or f.peek("RecurringPrice") is not None or "oracle_price" in words:
             node = self._price(repeat)
         elif "address_tracking" in words:
-            self.report.problem(
-                f.at("ExecuteAfter" if _sentinel(execute_after) == "address_tracking" else "RepeatEvery"),
-                "address tracking (any transaction of an address) has no equivalent here yet; "
-                "watch one of the contract's events with TriggerEventName instead",
-            )
-            node = None
+            node = self._address_tracking(
+                "ExecuteAfter" if _sentinel(execute_after) == "address_tracking" else "RepeatEvery")
         else:
             node = self._schedule(repeat, execute_after)
         if node is not None:
@@ -812,6 +808,29 @@ class _Trigger:
             report.warn(f.at("RepeatEvery"), "Kwala would run once; this flow runs each time the price "
                         "comes back into the band")
         return {"id": "trigger", "type": "chain.state", "name": f"Price near {raw}", "config": config}
+
+    def _address_tracking(self, word_field: str) -> dict[str, Any] | None:
+        """`address_tracking`: a chain.transaction trigger on the transactions sent to TriggerSourceContract."""
+        f, report = self.f, self.report
+        address, chain = f.get("TriggerSourceContract"), f.get("TriggerChainID")
+        if address is None or chain is None:
+            report.problem(f.at(word_field), "address tracking needs the address in TriggerSourceContract and its "
+                                             "chain in TriggerChainID")
+            return None
+        config: dict[str, Any] = {"status": "any"}
+        for key, field_name, value, read in (
+                ("chain", "TriggerChainID", chain, lambda v: _chain_value(v, self.chains)),
+                ("to", "TriggerSourceContract", address, lambda v: [_address_value(v)])):
+            try:
+                config[key] = read(value)
+            except _Invalid as exc:
+                report.problem(f.at(field_name), str(exc))
+        if "chain" not in config or "to" not in config:
+            return None
+        report.warn(f.at(word_field), f"address tracking maps to a transaction trigger on every transaction sent to "
+                                      f"{config['to'][0]}, succeeded or failed; transactions it sends are a second "
+                                      "flow (a transaction trigger with From set)")
+        return {"id": "trigger", "type": "chain.transaction", "name": "Transaction to the address", "config": config}
 
     # -- time ---------------------------------------------------------------
 
