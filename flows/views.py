@@ -19,7 +19,7 @@ from executor.models import Run
 from executor.runs.manual import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
-from flows.flowyaml import FlowYamlError, export_yaml, import_kwala_yaml, import_yaml
+from flows.flowyaml import FlowYamlError, export_yaml, import_yaml, translate_kwala_yaml
 from flows.forms import ROW_ACTION, ImportForm, NewFlowForm, NodeForm, edit_rows
 from flows.graph import CompileError, graph_validator
 from flows.models import Flow, FlowVersion, Secret
@@ -486,15 +486,18 @@ def flow_import(request, code):
     if request.method == "POST" and "oz_config" in request.FILES:
         return _oz_monitor_import(request, flow, membership)
     form = ImportForm(request.POST or None, initial={"revision": flow.revision})
+    warnings: list[str] = []
     if request.method == "POST" and form.is_valid():
         text = form.cleaned_data["text"]
         try:
             if form.cleaned_data["format"] == "kwala":
-                _, graph = import_kwala_yaml(text, chains=actions.compile_context(flow.team)["chains"])
+                imported = translate_kwala_yaml(text, chains=actions.compile_context(flow.team)["chains"])
+                graph, warnings = imported.graph, imported.warnings
             else:
                 _, graph = import_yaml(text)
         except FlowYamlError as exc:
             form.add_error("text", str(exc))
+            warnings = exc.warnings
         else:
             try:
                 actions.save_draft(flow, request.user, graph, revision=form.cleaned_data["revision"])
@@ -502,8 +505,11 @@ def flow_import(request, code):
                 form.add_error(None, str(exc))
             else:
                 messages.success(request, "Imported into the draft.")
+                for warning in warnings:  # what a Kwala file holds that does not map
+                    messages.warning(request, warning)
                 return redirect("flow_editor", code=flow.code)
-    return render(request, "flows/import.html", {"flow": flow, "membership": membership, "form": form},
+    return render(request, "flows/import.html",
+                  {"flow": flow, "membership": membership, "form": form, "warnings": warnings},
                   status=422 if form.errors else 200)
 
 

@@ -475,3 +475,22 @@ def test_chain_health_comes_before_the_flows_however_many_there_are(client, alic
     as_user(client, alice)
     page = client.get("/").content.decode()
     assert page.index('id="chains-h"') < page.index("<table")
+
+
+def test_a_kwala_import_in_the_editor_shows_what_does_not_map(client, alice, flow):
+    from pathlib import Path
+
+    kwala = Path(__file__).parent / "kwala"
+    as_user(client, alice)
+    revision = Flow.objects.get(pk=flow.pk).revision
+    text = (kwala / "dao_vote_every_field.yaml").read_text().replace("11155111", "31337")
+    response = client.post(f"/flows/{flow.code}/import/", {"format": "kwala", "text": text, "revision": revision},
+                           follow=True)
+    page = response.content.decode()
+    assert response.redirect_chain[-1][0] == f"/flows/{flow.code}/"
+    assert "Imported into the draft." in page and "message-warning" in page and "marks no argument" in page
+    bad = client.post(f"/flows/{flow.code}/import/", {
+        "format": "kwala", "revision": revision + 1,
+        "text": (kwala / "many_problems.yaml").read_text()})
+    content = bad.content.decode()
+    assert bad.status_code == 422 and 'class="field-error"' in content and 'class="form-note"' in content
