@@ -607,6 +607,7 @@ def _plan_monitor(plan: Plan, config: OzConfig, filename: str, monitor: dict[str
 
     hold: list[str] = []
     scripts = monitor.get("trigger_conditions") or []
+    scripts = scripts if isinstance(scripts, list) else [scripts]
     if scripts:
         paths = ", ".join(str(s.get("script_path", "?")) if isinstance(s, dict) else "?" for s in scripts)
         warn(f"Monitor {name}: its filter script(s) ({paths}) are not run by Kwala, so its flows would fire "
@@ -614,7 +615,8 @@ def _plan_monitor(plan: Plan, config: OzConfig, filename: str, monitor: dict[str
              "trigger's condition, then publish")
         hold.append(f"filter script(s) not translated: {paths}")
 
-    trigger_keys = [k for k in monitor.get("triggers") or [] if isinstance(k, str)]
+    listed = monitor.get("triggers") or []
+    trigger_keys = [k for k in (listed if isinstance(listed, list) else [listed]) if isinstance(k, str)]
     for key in trigger_keys:
         if key not in config.triggers:
             warn(f"Monitor {name}: trigger {key} is not defined in triggers/; it is left out")
@@ -705,7 +707,10 @@ def _monitor_units(name: str, monitor: dict[str, Any]) -> tuple[list[_Unit], lis
     """The flows one monitor needs on any network, or the reasons it cannot be translated."""
     reasons: list[str] = []
     addresses: list[tuple[str, list[dict[str, Any]]]] = []
-    for index, entry in enumerate(monitor.get("addresses") or []):
+    entries = monitor.get("addresses") or []
+    if not isinstance(entries, list):
+        return [], ["addresses must be a list"]
+    for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("address"), str) or not is_address(entry["address"]):
             reasons.append(f"addresses.{index}: not an EVM address")
             continue
@@ -753,7 +758,8 @@ def _fragment(addresses: list[tuple[str, list[dict[str, Any]]]], kind: str, sign
         for fragment in abi:
             if fragment.get("type", "function") == kind and abi_lib.signature_of(fragment) == wanted:
                 found = found or fragment
-                where.append(address)
+                if address not in where:
+                    where.append(address)
                 break
     return found, where
 
@@ -949,7 +955,12 @@ def _need_secret(plan: Plan, key: str, field_name: str, suffix: str, raw: Any) -
     if parsed is None:
         return None
     source, value = parsed
-    name = secret_name(key, suffix)
+    name = base = secret_name(key, suffix)
+    n = 1
+    while name in plan.secrets and plan.secrets[name].trigger != key:
+        # Two trigger ids that differ only in punctuation must not share a secret.
+        n += 1
+        name = f"{base[:60]}_{n}"
     if name not in plan.secrets:
         plan.secrets[name] = SecretNeed(name, key, field_name, source,
                                         reference="" if source == "plain" else value,
@@ -963,7 +974,7 @@ def _retry(config: dict[str, Any]) -> dict[str, int]:
     retries = policy.get("max_retries", 3)
     retries = retries if isinstance(retries, int) and not isinstance(retries, bool) else 3
     initial_ms = policy.get("initial_backoff", 250)
-    backoff = max(1, round(initial_ms / 1000)) if isinstance(initial_ms, (int, float)) else 1
+    backoff = min(max(1, round(initial_ms / 1000)), 86400) if isinstance(initial_ms, (int, float)) else 1
     return {"max_attempts": max(1, min(retries + 1, 25)), "backoff_seconds": backoff}
 
 

@@ -334,6 +334,26 @@ def test_environment_and_vault_secrets_are_named_after_their_trigger_and_keep_no
     assert [n["type"] for n in flow.graph["nodes"]] == ["chain.event", "notify.slack", "notify.telegram"]
 
 
+def test_odd_but_valid_configs_make_flows_that_compile():
+    slack = {"name": "S", "trigger_type": "slack", "config": {"slack_url": {"type": "Plain", "value": "https://a.example/1"},
+                                                               "message": {"title": "t", "body": "b"},
+                                                               "retry_policy": {"max_retries": 5,
+                                                                                "initial_backoff": 10**9}}}
+    other = {**slack, "config": {**slack["config"], "slack_url": {"type": "Plain", "value": "https://a.example/2"}}}
+    monitor = {**DOCS_MONITOR, "addresses": DOCS_MONITOR["addresses"] * 2,  # the same contract listed twice
+               "match_conditions": {"events": [{"signature": "Transfer(address, address, uint256)"}]},
+               "triggers": ["team-alerts", "team_alerts"]}
+    plan = ozmonitor.plan_import(config_with(monitor, triggers={"team-alerts": slack, "team_alerts": other}),
+                                 {31337: "anvil-a"})
+    (flow,) = plan.flows
+    assert flow.graph["nodes"][0]["config"]["addresses"] == [TOKEN]
+    # Two trigger ids that differ only in punctuation get a secret each, with their own value.
+    assert {n.name: n.value for n in plan.secrets.values()} == {"TEAM_ALERTS_URL": "https://a.example/1",
+                                                               "TEAM_ALERTS_URL_2": "https://a.example/2"}
+    assert flow.graph["nodes"][1]["config"]["retry"] == {"max_attempts": 6, "backoff_seconds": 86400}
+    compile_graph(flow.graph, chains={31337: "anvil-a"}, secret_names=set(plan.secrets))
+
+
 def test_reading_a_zip_finds_the_config_in_a_folder_and_bad_files_are_named():
     import zipfile
 
