@@ -1193,6 +1193,11 @@ def import_oz_monitor(team, user, config: OzConfig, *, publish: bool = False, st
             actions.pause_flow(flow, user)
         result.flows.append(ImportedFlow(flow.code, flow.name, planned.monitor, planned.network, published,
                                          planned.paused, [] if published else reasons))
+    logger.info("OZ import into team %s via %s: %d flow(s), %d published, %d monitor(s) refused (%s), "
+                "%d network(s) missing, %d secret(s) to fill in, %d warning(s)", team.code, via, len(result.flows),
+                sum(f.published for f in result.flows), len(result.refused),
+                ", ".join(r["monitor"] or r["file"] for r in result.refused) or "none",
+                len(result.missing_networks), len(result.secrets_to_fill), len(result.warnings))
     return result
 
 
