@@ -35,7 +35,10 @@ On the websocket (``ws_url``, in front of the node's own):
 * ``ws_duplicate_heads`` / ``ws_drop_heads``: a share of ``newHeads`` notifications
   is sent twice / not at all;
 * ``ws_reorder_heads``: ``newHeads`` notifications are held and sent two at a time,
-  newest first.
+  newest first;
+* ``ws_orphan_logs``: a share of pushed ``logs`` notifications is preceded by the same log in
+  a block that never makes the chain (same height, another block hash), as a node pushes the
+  logs of a block it then reorganises away.
 
 It serves from construction; use it as a context manager (``with RpcProxy(node.http_url,
 Faults(lag_logs=2)) as proxy: proxy.url ...``) or call ``close()``. Change ``proxy.faults`` at any
@@ -80,6 +83,7 @@ class Faults:
     ws_duplicate_heads: float = 0.0
     ws_drop_heads: float = 0.0
     ws_reorder_heads: bool = False
+    ws_orphan_logs: float = 0.0
 
 
 class RpcProxy:
@@ -189,6 +193,12 @@ class RpcProxy:
                     if self._chance(self.faults.ws_duplicate_heads):
                         self._note("ws", "head duplicated")
                         client.send(frame)
+                elif '"eth_subscription"' in frame and '"logIndex"' in frame and self._chance(self.faults.ws_orphan_logs):
+                    self._note("ws", "orphan log pushed")
+                    try:
+                        client.send(_orphaned(frame))
+                    except Exception:
+                        return
                 try:
                     client.send(frame)
                 except Exception:
@@ -329,6 +339,17 @@ class RpcProxy:
                     self._note(method, "null header")
                     return {**reply, "result": None}
         return self._upstream(call)
+
+
+def _orphaned(frame: str) -> str:
+    """A pushed log notification moved to a sibling block that is never canonical (hash derived from the real one)."""
+    import hashlib
+
+    message = json.loads(frame)
+    log = message["params"]["result"]
+    log["blockHash"] = "0x" + hashlib.sha256(("orphan" + log["blockHash"]).encode()).hexdigest()
+    log["transactionHash"] = "0x" + hashlib.sha256(("orphan" + log["transactionHash"]).encode()).hexdigest()
+    return json.dumps(message)
 
 
 def _number(tag: Any, head: int | None) -> int | None:

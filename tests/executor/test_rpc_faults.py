@@ -279,3 +279,39 @@ def test_with_verify_with_2_and_one_endpoint_a_second_read_a_block_later_must_ag
     step_until(listener, lambda: len(runs_of(version)) == 1)
     assert [r.trigger["args"]["id"] for r in runs_of(version)] == [6]
     assert ChainCursor.objects.get(chain=chain).inconsistencies == 0
+
+
+def test_logs_pushed_for_a_block_that_never_makes_the_chain_leave_no_live_run(fresh_anvil, team, alice,
+                                                                              executor_worker):
+    """The node pushes a log in a sibling block it then drops: whatever the push started is retracted, the real
+    log runs once."""
+    w3 = fresh_anvil.web3()
+    zoo = deploy_zoo(w3)
+    with RpcProxy(fresh_anvil.http_url, Faults(ws_orphan_logs=1.0), ws_upstream=fresh_anvil.ws_url) as proxy:
+        chain = make_chain(fresh_anvil, http_urls=[proxy.url], ws=False)
+        RpcEndpoint.objects.create(chain=chain, url=proxy.ws_url, kind=RpcEndpoint.Kind.WS)
+        version = publish(team, alice, event_graph(31337, BIG, addresses=[zoo.address]))
+        stop = threading.Event()
+        threads = listen([chain], stop, poll_seconds=0.2)
+        try:
+            wait_for(lambda: ChainCursor.objects.filter(chain=chain, ws_state="connected").exists(), timeout=10)
+            receipts = [transact(w3, zoo.functions.emitBig(i, i)) for i in range(3)]
+            real = {r["blockHash"].to_0x_hex() for r in receipts}
+            wait_for(lambda: ChainCursor.objects.filter(
+                chain=chain, block_number__gte=receipts[-1]["blockNumber"]).exists(), timeout=20)
+
+            def settled():
+                runs = runs_of(version)
+                live = [r for r in runs if r.status not in (Run.Status.CANCELLED, Run.Status.REORGED)]
+                return sorted(r.block_hash for r in live) == sorted(real) and len(live) == 3
+
+            wait_for(settled, timeout=20)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+    assert proxy.faults_seen("orphan log pushed") >= 3
+    retracted = [r for r in runs_of(version) if r.block_hash not in real]
+    assert all(r.status in (Run.Status.CANCELLED, Run.Status.REORGED) and "reorganised" in r.error
+               for r in retracted)
+    assert not Event.objects.filter(block_hash__in=[r.block_hash for r in retracted], retracted_at__isnull=True)
