@@ -493,4 +493,5 @@ def test_a_kwala_import_in_the_editor_shows_what_does_not_map(client, alice, flo
         "format": "kwala", "revision": revision + 1,
         "text": (kwala / "many_problems.yaml").read_text()})
     content = bad.content.decode()
-    assert bad.status_code == 422 and 'class="field-error"' in content and 'class="form-note"' in content
+    assert bad.status_code == 422 and 'class="form-error"' in content and 'class="form-note"' in content
+    assert "problems:<br>  Line 4:" in content  # one problem a line
