@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels."""
+"""ASGI entry point: HTTP through Django, websockets through Channels; webhooks and MCP beside Django."""
 
 import os
 
@@ -16,11 +16,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from executor.routing import websocket_urlpatterns  # noqa: E402
 from executor.webhook_door import WebhookDoor  # noqa: E402
+from flows.mcp.door import McpDoor  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Inbound webhooks are answered straight from ASGI; everything else goes to Django.
-        "http": WebhookDoor(django_asgi_app),
+        # Inbound webhooks and MCP (/mcp, streamable HTTP) are answered straight from ASGI;
+        # everything else goes to Django.
+        "http": WebhookDoor(McpDoor(django_asgi_app)),
         # Browsers send Origin on websockets; refuse pages from other sites.
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
