@@ -536,17 +536,20 @@ def _oz_monitor_import(request, flow, membership):
 @login_required
 @require_GET
 def flow_samples(request, code):
-    """Recent real events of the trigger's contract, to test the flow with (a fragment)."""
-    from executor.samples import SampleError, recent_trigger_samples
+    """What the trigger would hand a run now (recent events, the latest block, a webhook request,
+    the schedule's window), to test the flow with: the picker fragment for htmx, else JSON for
+    prefilling the sample (each sample as JSON text, so big ints stay exact)."""
+    from executor.samples import SampleError, trigger_samples
 
     flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
     _, graph = actions.current_graph(flow)
     try:
-        samples = [{"sample": s, "json": json.dumps(s, indent=2)} for s in recent_trigger_samples(graph)]
-        error = None
+        samples, error = trigger_samples(flow, graph), None
     except SampleError as exc:
-        samples, error = [], str(exc)
-    return render(request, "flows/editor.html#samples", {"samples": samples, "error": error})
+        samples, error = None, str(exc)
+    if not request.htmx:
+        return JsonResponse({"error": error}, status=422) if error else JsonResponse(samples.as_json())
+    return render(request, "executor/samples.html", {"samples": samples, "error": error})
 
 
 @login_required

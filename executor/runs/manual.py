@@ -32,19 +32,27 @@ def _check_version(version: FlowVersion) -> None:
 def start_manual_run(version: FlowVersion, payload: Any, *, user, dry_run: bool = False) -> Run:
     """Create a run of `version` with `payload` as its trigger and queue it.
 
+    A manual trigger hands the payload on as `trigger.payload`; any other trigger's
+    run gets the payload as that trigger's own output (`trigger.block_number`, ...),
+    as a sample of what the chain, a webhook or the schedule would hand it.
     A dry run executes the logic but records what side-effecting steps would
     send instead of sending it. The caller has checked that `user` may run the flow.
     A run that acts (not a dry run) goes into the team's audit log.
     """
     _check_version(version)
     flow = version.flow
+    kind = (version.dag.get("trigger") or {}).get("type") or "manual"
+    if kind == "manual" or not isinstance(payload, dict):
+        trigger = {"type": "manual", "payload": payload, "by": getattr(user, "username", None)}
+    else:
+        trigger = {**payload, "type": kind}
     with transaction.atomic():
         run = Run.objects.create(
             team_id=flow.team_id,
             flow=flow,
             version=version,
             trigger_key=f"manual:{uuid.uuid4()}",
-            trigger={"type": "manual", "payload": payload, "by": getattr(user, "username", None)},
+            trigger=trigger,
             dry_run=dry_run,
             created_by=user if getattr(user, "is_authenticated", False) else None,
         )

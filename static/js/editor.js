@@ -659,17 +659,28 @@ for (const tab of document.querySelectorAll("[data-tab]")) tab.addEventListener(
 
 async function startTest() {
   const status = $("#test-status");
+  const text = $("#test-payload").value.trim() || "{}";
   let payload;
   try {
-    payload = JSON.parse($("#test-payload").value || "{}");
+    payload = JSON.parse(text);
   } catch (err) {
     status.textContent = `The sample trigger is not valid JSON: ${err.message}`;
+    return;
+  }
+  if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
+    status.textContent = "The sample trigger must be a JSON object.";
     return;
   }
   await flush();
   if (conflict) return;
   status.textContent = "Starting…";
-  const res = await post(urls.test_run, { payload, dry_run: $("#test-dry").checked });
+  // The sample goes as typed, not re-serialised: JSON.parse rounds integers above 2^53 (wei amounts).
+  const res = await fetch(urls.test_run, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
+    body: `{"dry_run": ${$("#test-dry").checked}, "payload": ${text}}`,
+    credentials: "same-origin",
+  });
   const body = await res.json();
   if (!res.ok) {
     status.textContent = body.error;
@@ -679,6 +690,28 @@ async function startTest() {
   watchRun(body.run, body.url);
 }
 $("#test-start")?.addEventListener("click", startTest);
+
+// The sample is prefilled with what the trigger would hand a run now (the latest matching log,
+// the latest block, a webhook request, the schedule's window), unless the person wrote their own.
+let prefilled = null;
+async function prefillSample() {
+  const box = $("#test-payload");
+  const url = $("#samples")?.getAttribute("hx-get");
+  if (!box || !url || (box.value.trim() !== "{}" && box.value !== prefilled)) return;
+  await flush(); // the sample is of the trigger as it is now, saved
+  const res = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok || !body.samples?.length) return;
+  if (box.value.trim() !== "{}" && box.value !== prefilled) return; // typed into meanwhile
+  box.value = prefilled = body.samples[0].json;
+  box.dataset.sample = body.samples[0].label;
+}
+document.querySelector('[data-tab="test"]')?.addEventListener("click", prefillSample);
+document.body.addEventListener("htmx:afterSwap", (e) => {
+  if (e.detail.target.id !== "samples") return;
+  const pick = $("#sample-pick");
+  if (pick) $("#test-payload").value = prefilled = pick.value;
+});
 
 const refreshActive = debounce(() => { if (activeRun) refreshRun(activeRun); }, 80);
 
@@ -754,7 +787,9 @@ document.addEventListener("click", (e) => {
   const target = e.target.closest("[data-action]");
   if (!target) return;
   if (target.dataset.action === "reload") window.location.reload();
-  if (target.dataset.action === "load-samples") htmx.trigger(document.body, "kwala:load-samples");
+  if (target.dataset.action === "load-samples" || target.dataset.action === "reload-samples") {
+    htmx.trigger(document.body, "kwala:load-samples");
+  }
   if (target.dataset.action === "select") target.select();
 });
 document.addEventListener("change", (e) => {
