@@ -10,9 +10,44 @@ const CATEGORY_COLOURS = { trigger: "#7c3aed", logic: "#0369a1", action: "#04785
 
 let registered = false;
 
+// Edges leave an output port to the right and enter an input port from the left, whatever
+// the nodes' positions: with X6's "smooth" connector an edge to a node below or to the left
+// curved back under its source, so two branches of a condition looked alike. A forward edge
+// is one curve; an edge to a node further left goes out, down (or up) between the two nodes,
+// across and in, so it never crosses its own source. flows/graph_svg.py draws the same.
+const STUB = 24;
+
+export function portPath(source, target) {
+  if (target.x - source.x >= 2 * STUB) {
+    const reach = Math.max(STUB, (target.x - source.x) / 2);
+    return `M ${source.x} ${source.y} C ${source.x + reach} ${source.y} ${target.x - reach} ${target.y} ${target.x} ${target.y}`;
+  }
+  const middle = (source.y + target.y) / 2;
+  return rounded([source, { x: source.x + STUB, y: source.y }, { x: source.x + STUB, y: middle },
+    { x: target.x - STUB, y: middle }, { x: target.x - STUB, y: target.y }, target], 8);
+}
+
+// A polyline whose corners are rounded with radius r (less where a segment is shorter).
+function rounded(points, r) {
+  let d = `M ${points[0].x} ${points[0].y}`;
+  for (let i = 1; i < points.length - 1; i += 1) {
+    const [a, b, c] = [points[i - 1], points[i], points[i + 1]];
+    const inLen = Math.hypot(b.x - a.x, b.y - a.y);
+    const outLen = Math.hypot(c.x - b.x, c.y - b.y);
+    const k = Math.min(r, inLen / 2, outLen / 2);
+    if (!k) continue;
+    const p = { x: b.x - ((b.x - a.x) / inLen) * k, y: b.y - ((b.y - a.y) / inLen) * k };
+    const q = { x: b.x + ((c.x - b.x) / outLen) * k, y: b.y + ((c.y - b.y) / outLen) * k };
+    d += ` L ${p.x} ${p.y} Q ${b.x} ${b.y} ${q.x} ${q.y}`;
+  }
+  const last = points[points.length - 1];
+  return `${d} L ${last.x} ${last.y}`;
+}
+
 function registerShapes() {
   if (registered) return;
   registered = true;
+  X6.Graph.registerConnector("ports", (source, target) => portPath(source, target), true);
   X6.Graph.registerNode(
     "kwala-node",
     {
@@ -113,7 +148,7 @@ export function edgeCell(edge) {
     shape: "edge",
     source: { cell: edge.source, port: `out:${edge.source_port}` },
     target: { cell: edge.target, port: "in" },
-    connector: { name: "smooth" },
+    connector: { name: "ports" },
     attrs: { line: { stroke: "#64748b", strokeWidth: 1.5, targetMarker: { name: "block", width: 8, height: 6 } } },
     zIndex: 0,
   };
@@ -203,7 +238,10 @@ export function createGraph(container, { readonly = false, minimap = null } = {}
       allowEdge: false,
       allowMulti: false,
       highlight: true,
-      connector: { name: "smooth" },
+      connector: { name: "ports" },
+      // Edges start and end at the ports' centres (the circles are drawn over them), not where
+      // a line would cross the circle, which moved the ends off the port by up to its radius.
+      connectionPoint: "anchor",
       validateMagnet({ magnet }) {
         return !readonly && magnet.getAttribute("port-group") === "out";
       },

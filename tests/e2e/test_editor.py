@@ -280,3 +280,48 @@ def test_the_side_panel_follows_the_selection_blank_canvas_and_undo(asgi_server,
     empty.wait_for()
     assert "stop_1" not in node_ids(page)
     assert page.console_errors == []
+
+
+# Laid out top to bottom (as flows from templates, the API and YAML often are): the branches of a
+# condition must still leave their own ports, to the right, and enter the next node's input port.
+VERTICAL = {
+    "nodes": [
+        {"id": "manual_1", "type": "manual", "config": {}, "position": {"x": 300, "y": 40}},
+        {"id": "condition_1", "type": "condition", "config": {"expression": "true"}, "position": {"x": 300, "y": 180}},
+        {"id": "yes", "type": "stop", "config": {}, "position": {"x": 120, "y": 340}},
+        {"id": "no", "type": "stop", "config": {}, "position": {"x": 480, "y": 340}},
+    ],
+    "edges": [
+        {"id": "e1", "source": "manual_1", "source_port": "out", "target": "condition_1"},
+        {"id": "e2", "source": "condition_1", "source_port": "true", "target": "yes"},
+        {"id": "e3", "source": "condition_1", "source_port": "false", "target": "no"},
+    ],
+}
+
+EDGE_ENDS = """() => {
+  const centre = (el) => { const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; };
+  const port = (cell, id) => centre(document.querySelector(`[data-cell-id="${cell}"] [port="${id}"]`));
+  return window.kwalaEditor.graph.getEdges().map((edge) => {
+    const path = document.querySelector(`[data-cell-id="${edge.id}"] path[stroke]`);
+    const m = path.getScreenCTM();
+    const at = (len) => { const p = path.getPointAtLength(len).matrixTransform(m); return [p.x, p.y]; };
+    const start = at(0), next = at(6);
+    return {edge: edge.id, start, end: at(path.getTotalLength()), rightwards: next[0] > start[0],
+            source: port(edge.getSourceCellId(), edge.getSourcePortId()), target: port(edge.getTargetCellId(), "in")};
+  });
+}"""
+
+
+def test_edges_meet_their_own_ports_whatever_the_layout(asgi_server, page, team, alice):
+    flow = make_flow(team, alice, graph=VERTICAL)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    ends = page.evaluate(EDGE_ENDS)
+    assert len(ends) == 3
+    for end in ends:
+        assert abs(end["start"][0] - end["source"][0]) < 2 and abs(end["start"][1] - end["source"][1]) < 2, end
+        assert abs(end["end"][0] - end["target"][0]) < 2 and abs(end["end"][1] - end["target"][1]) < 2, end
+        assert end["rightwards"], f"{end['edge']} leaves its port backwards"
+    starts = {e["edge"]: e["start"][1] for e in ends}
+    assert starts["e2"] < starts["e3"]  # true above false, as the ports are
+    assert page.console_errors == []
