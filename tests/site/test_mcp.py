@@ -79,22 +79,25 @@ def _session(transport) -> Iterator[Assistant]:
 
 
 @asynccontextmanager
-async def _http_client(url: str, token: str | None):
+async def _http_client(url: str, token: str | None, mode: str):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
-        async with Client(streamable_http_client(url, http_client=http)) as client:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
             yield client
 
 
-def over_http(server, token: str | None) -> Iterator[Assistant]:
-    return _session(_http_client(f"{server.url}/mcp", token))
+def over_http(server, token: str | None, mode: str = "auto") -> Iterator[Assistant]:
+    """`mode`: "auto" (the SDK's default: the 2026 protocol when the server has it), "legacy" (the
+    initialize handshake most editors' clients still speak)."""
+    return _session(_http_client(f"{server.url}/mcp", token, mode))
 
 
 @contextmanager
-def over_stdio(env: dict, token: str, log_dir: Path) -> Iterator[Assistant]:
+def over_stdio(env: dict, token: str, log_dir: Path, mode: str = "auto") -> Iterator[Assistant]:
     params = StdioServerParameters(command=sys.executable, args=["manage.py", "mcp", "--token", token], env=env,
                                    cwd=str(ROOT))
-    with open(log_dir / "mcp-stdio.log", "a") as log, _session(Client(stdio_client(params, errlog=log))) as assistant:
+    with open(log_dir / "mcp-stdio.log", "a") as log, \
+            _session(Client(stdio_client(params, errlog=log), mode=mode)) as assistant:
         yield assistant
 
 
@@ -304,11 +307,19 @@ def test_without_a_valid_token_the_http_endpoint_answers_401(asgi_server, alice)
 
 def test_a_token_revoked_during_a_stdio_session_is_refused_at_its_next_call(team, alice, child_env, service_logs):
     token = token_for(alice)
-    with over_stdio(child_env, token, service_logs) as assistant:
+    with over_stdio(child_env, token, service_logs, mode="legacy") as assistant:
         assert assistant.call("list_flows")["count"] == 0
         ApiToken.objects.update(revoked_at=timezone.now())
         refused = assistant.refused("list_flows")
         assert (refused["status"], refused["error"]["code"]) == (401, "unauthorized")
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_clients_of_either_protocol_era_are_served_over_http(asgi_server, team, alice, alices_flow, mode):
+    with over_http(asgi_server, token_for(alice), mode=mode) as assistant:
+        assert "publish_flow" in assistant.tools()
+        assert [f["code"] for f in assistant.call("list_flows")["items"]] == [alices_flow.code]
+        assert assistant.refused("get_run", run="nope")["error"]["code"] == "run_not_found"
 
 
 def test_a_role_lowered_during_a_session_counts_at_the_next_call(asgi_server, team, bob, alices_flow):
