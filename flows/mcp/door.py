@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -27,6 +28,8 @@ from flows import api as rest
 from flows.mcp import PATH, api_request, bearer
 from flows.teams import membership_for_token
 from kwala_site import overload
+
+logger = logging.getLogger(__name__)
 
 
 class McpDoor:
@@ -75,9 +78,13 @@ class McpDoor:
 
 
 async def _serve(server, ready: asyncio.Event) -> None:
-    async with server.session_manager.run():
-        ready.set()
-        await asyncio.Event().wait()  # until the process stops
+    try:
+        async with server.session_manager.run():
+            ready.set()
+            await asyncio.Event().wait()  # until the process stops
+    except Exception:
+        logger.exception("MCP: the session manager stopped; /mcp cannot answer in this process")
+        raise
 
 
 def _check_token(authorization: str | None, method: str) -> tuple[int, dict]:
