@@ -53,8 +53,8 @@ A flow is a graph, {"nodes": [...], "edges": [...]}:
   fails); stop has none.
 - Expressions (kind expression) and templates ({{ ... }} in kinds template, url, headers,
   template_value, emails) are Jinja. They read `trigger` (chain.event: trigger.args.<name>,
-  trigger.contract, trigger.tx_hash, trigger.block_number; webhook: trigger.body; manual runs:
-  trigger.payload), `steps.<id>.output` of an ancestor step, `secrets.<NAME>` (actions only),
+  trigger.contract, trigger.tx_hash, trigger.block_number; webhook: trigger.body; the manual
+  trigger: trigger.payload), `steps.<id>.output` of an ancestor step, `secrets.<NAME>` (actions only),
   `flow` and `now`. A template_value leaf that is exactly "{{ expr }}" keeps its type.
 - Values by field kind: chain = a chain id (list_chains); address/addresses = EIP-55 checksummed;
   abi_event / abi_function = a Solidity signature such as
@@ -351,8 +351,9 @@ async def get_version(flow: FlowCode, number: Annotated[int, Field(ge=1, le=2**3
 
 async def start_run(
     flow: FlowCode,
-    payload: Annotated[dict[str, Any], Field(description="The sample trigger; the run reads it as trigger.payload")]
-    | None = None,
+    payload: Annotated[dict[str, Any], Field(description="The sample trigger: what the flow's trigger would hand "
+                                                         "the run (trigger.args, ... for a contract event), or "
+                                                         "trigger.payload for a manual trigger")] | None = None,
     dry_run: Annotated[bool, Field(description="true: run the logic and record what actions would send, "
                                                "send nothing; false: act for real")] = True,
     draft: Annotated[bool, Field(description="true: test the draft, compiled now; false: the live version")] = False,
