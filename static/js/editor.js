@@ -763,7 +763,8 @@ async function refreshRun(code) {
   box.dataset.status = run.status;
   const label = box.querySelector(".run-status") || document.createElement("strong");
   label.className = "run-status";
-  label.textContent = ` ${run.status.toLowerCase()}${run.dry_run ? " (dry run)" : ""}${run.reorged ? " — reorged" : ""}`;
+  label.textContent = ` ${run.filtered ? "filtered" : run.status.toLowerCase()}${run.dry_run ? " (dry run)" : ""}${run.reorged ? " — reorged" : ""}`;
+  label.title = run.filtered ? "The run succeeded, but a condition stopped it before any action." : "";
   box.append(label);
   const selected = selection.getSelectedCells().find((c) => c.isNode());
   if (selected) loadStep(selected.id);
@@ -774,6 +775,22 @@ function loadStep(stepId) {
   const panel = $("#step-details");
   panel.hidden = false;
   htmx.ajax("GET", urls.step.replace("00000000-0000-0000-0000-000000000000", activeRun).replace("STEP", encodeURIComponent(stepId)), { target: "#step-details", swap: "innerHTML" });
+}
+
+// A step's input or output, as the JSON text the server rendered (exact big ints).
+async function copyText(button) {
+  const source = document.getElementById(button.dataset.copy);
+  if (!source) return;
+  try {
+    await navigator.clipboard.writeText(source.textContent);
+  } catch {
+    // No clipboard API outside secure contexts (plain http on a LAN): select the text to copy by hand.
+    getSelection().selectAllChildren(source);
+    button.textContent = "Selected: press Ctrl+C";
+    return;
+  }
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
 }
 
 function debounce(fn, ms) {
@@ -790,6 +807,7 @@ document.addEventListener("click", (e) => {
   if (target.dataset.action === "load-samples" || target.dataset.action === "reload-samples") {
     htmx.trigger(document.body, "kwala:load-samples");
   }
+  if (target.dataset.action === "copy") copyText(target);
   if (target.dataset.action === "select") target.select();
 });
 document.addEventListener("change", (e) => {

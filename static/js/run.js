@@ -4,51 +4,77 @@
 import { createGraph, liveSocket, loadGraph, openView, setStatus } from "./canvas.js";
 
 const $ = (sel) => document.querySelector(sel);
-const graphData = JSON.parse($("#run-graph").textContent);
-const urls = JSON.parse($("#run-urls").textContent);
-let state = JSON.parse($("#run-state").textContent);
-const catalogue = Object.fromEntries(JSON.parse($("#run-catalogue").textContent).map((e) => [e.key, e]));
-const graph = createGraph($("#canvas"), { readonly: true });
-loadGraph(graph, graphData, catalogue);
-paint();
-openView(graph);
-requestAnimationFrame(() => openView(graph)); // once the page's layout has settled
 
-function paint() {
-  for (const node of graph.getNodes()) {
-    const step = state.steps[node.id];
-    const status = step ? step.status : node.id === triggerId() ? "SUCCEEDED" : "PENDING";
-    setStatus(node, status);
-    const label = document.querySelector(`[data-step-status="${CSS.escape(node.id)}"]`);
-    if (label) label.textContent = status.toLowerCase();
-  }
-  const badge = $("#run-status");
-  badge.textContent = state.status.charAt(0) + state.status.slice(1).toLowerCase();
-  badge.className = `badge status-${state.status.toLowerCase()}`;
-  $("#reorg-banner").hidden = !state.reorged;
-  document.documentElement.dataset.runStatus = state.status;
-}
+if ($("#run-graph")) runPage();
 
-function triggerId() {
+function runPage() {
+  const graphData = JSON.parse($("#run-graph").textContent);
+  const urls = JSON.parse($("#run-urls").textContent);
+  let state = JSON.parse($("#run-state").textContent);
+  const catalogue = Object.fromEntries(JSON.parse($("#run-catalogue").textContent).map((e) => [e.key, e]));
+  const graph = createGraph($("#canvas"), { readonly: true });
   const targets = new Set(graphData.edges.map((e) => e.target));
-  return graphData.nodes.find((n) => !targets.has(n.id))?.id;
-}
-
-let selected = null;
-async function refresh() {
-  const res = await fetch(urls.state, { credentials: "same-origin" });
-  if (!res.ok) return;
-  state = await res.json();
+  const triggerId = graphData.nodes.find((n) => !targets.has(n.id))?.id;
+  loadGraph(graph, graphData, catalogue);
   paint();
-  if (selected) show(selected);
+  openView(graph);
+  requestAnimationFrame(() => openView(graph)); // once the page's layout has settled
+
+  function paint() {
+    for (const node of graph.getNodes()) {
+      const step = state.steps[node.id];
+      const status = step ? step.status : node.id === triggerId ? "SUCCEEDED" : "PENDING";
+      setStatus(node, status);
+      const label = document.querySelector(`[data-step-status="${CSS.escape(node.id)}"]`);
+      if (label) label.textContent = status.toLowerCase() + (step?.duration_ms != null ? ` · ${step.duration_ms} ms` : "");
+    }
+    const badge = $("#run-status");
+    if (state.filtered) {
+      badge.textContent = "Filtered";
+      badge.title = "The run succeeded, but a condition stopped it before any action.";
+    } else {
+      badge.textContent = state.status.charAt(0) + state.status.slice(1).toLowerCase();
+      badge.title = "";
+    }
+    badge.className = `badge status-${state.filtered ? "filtered" : state.status.toLowerCase()}`;
+    $("#reorg-banner").hidden = !state.reorged;
+    document.documentElement.dataset.runStatus = state.status;
+  }
+
+  let selected = null;
+  async function refresh() {
+    const res = await fetch(urls.state, { credentials: "same-origin" });
+    if (!res.ok) return;
+    state = await res.json();
+    paint();
+    if (selected) show(selected);
+  }
+
+  function show(stepId) {
+    selected = stepId;
+    htmx.ajax("GET", urls.step.replace("STEP", encodeURIComponent(stepId)), { target: "#step-details", swap: "innerHTML" });
+  }
+
+  let timer = null;
+  liveSocket(urls.ws, () => { clearTimeout(timer); timer = setTimeout(refresh, 80); });
+  graph.on("node:click", ({ node }) => show(node.id));
+  for (const button of document.querySelectorAll(".step-pick")) button.addEventListener("click", () => show(button.dataset.step));
 }
 
-function show(stepId) {
-  selected = stepId;
-  htmx.ajax("GET", urls.step.replace("STEP", encodeURIComponent(stepId)), { target: "#step-details", swap: "innerHTML" });
-}
-
-let timer = null;
-liveSocket(urls.ws, () => { clearTimeout(timer); timer = setTimeout(refresh, 80); });
-graph.on("node:click", ({ node }) => show(node.id));
-for (const button of document.querySelectorAll(".step-pick")) button.addEventListener("click", () => show(button.dataset.step));
+// Copy a step's input or output (or a hash) as the server rendered it: exact big ints.
+document.addEventListener("click", async (e) => {
+  const button = e.target.closest("[data-action=copy]");
+  if (!button) return;
+  const source = document.getElementById(button.dataset.copy);
+  if (!source) return;
+  try {
+    await navigator.clipboard.writeText(source.textContent);
+  } catch {
+    // No clipboard API outside secure contexts (plain http on a LAN): select the text to copy by hand.
+    if (!source.hidden) getSelection().selectAllChildren(source);
+    button.textContent = "Press Ctrl+C";
+    return;
+  }
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
+});

@@ -54,7 +54,7 @@ def test_a_dry_test_run_lights_up_the_nodes_and_shows_each_steps_output(
     assert "would_send" in output.inner_text()
     node(page, "condition_1").click()
     page.wait_for_function("document.querySelector('#step-details h2')?.textContent.includes('condition_1')")
-    assert "True" in page.locator("#step-details .step-output").inner_text()
+    assert '"result": true' in page.locator("#step-details .step-output").inner_text()  # JSON, not repr
     assert http_sink.requests == []  # a dry run sends nothing
     run = Run.objects.get(flow=flow)
     assert run.dry_run and run.status == Run.Status.SUCCEEDED
@@ -122,3 +122,38 @@ def test_a_person_builds_a_transfer_flow_by_dragging_and_sees_the_live_run(
     bodies = [r.json() for r in http_sink.requests if r.path == "/transfers"]
     assert {"value": str(5 * 10**17), "to": receiver} in bodies or {"value": 5 * 10**17, "to": receiver} in bodies
     assert page.console_errors == []
+
+
+def test_a_block_flows_test_tab_is_prefilled_with_the_latest_block_and_the_dry_run_reads_it(
+    asgi_server, dramatiq_worker, fresh_anvil, page, team, alice, http_sink
+):
+    """Issue #19, C9: a block trigger's sample failed to load, and a dry run with it failed on
+    'dict object' has no attribute 'block_number'."""
+    w3 = fresh_anvil.web3()
+    make_chain(fresh_anvil)
+    w3.provider.make_request("anvil_mine", [hex(146)])
+    graph = sample_graph(url=f"{http_sink.url}/blocks")
+    graph["nodes"][0].update(id="block_1", type="chain.block", config={"chain": 31337})
+    graph["nodes"][1]["config"]["expression"] = "trigger.block_number > 100"
+    graph["nodes"][2]["config"]["body"] = {"block": "{{ trigger.block_number }}"}
+    graph["edges"][0]["source"] = "block_1"
+    flow = make_flow(team, alice, graph=graph)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+
+    page.get_by_role("tab", name="Test").click()
+    sample = page.get_by_label("Sample trigger (JSON)")
+    page.wait_for_selector("#test-payload[data-sample]", state="attached", timeout=10_000)
+    assert '"block_number": 146' in sample.input_value() and '"type": "chain.block"' in sample.input_value()
+    page.get_by_role("button", name="Load recent events from the chain").click()
+    assert page.locator("#sample-pick option").first.inner_text().startswith("block 146 ·")
+
+    page.get_by_role("button", name="Run now").click()
+    page.wait_for_selector("#test-status[data-status='SUCCEEDED']", state="attached", timeout=30_000)
+    succeeded(page, "http_request_1")
+    node(page, "http_request_1").click()
+    page.locator("#step-details .step-output").wait_for()
+    assert '\\"block\\":146' in page.locator("#step-details .step-output").inner_text()
+    assert http_sink.requests == []
+    assert page.console_errors == []
+
