@@ -5,8 +5,9 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from executor.live import event_as_message, flow_group, run_group
+from executor.live import event_as_message, flow_group, run_group, team_group
 from executor.models import RunEvent
+from flows.models import Membership
 from flows.permissions import flow_for_user_or_none, run_for_user_or_none
 
 REPLAY_LIMIT = 1000
@@ -101,6 +102,38 @@ class FlowRunsConsumer(TeamScopedConsumer):
     async def run_events(self, message: dict):
         for event in message["events"]:
             await self.send_json(event)
+
+
+class TeamRunsConsumer(TeamScopedConsumer):
+    """ws/teams/<code>/runs/: the status changes of the team's runs, for the runs list.
+
+    Says {"type": "live"} once joined, so a list that reconnects reads itself again
+    (what changed while it was away is not replayed).
+    """
+
+    async def connect(self):
+        user = self.scope["user"]
+        code = self.scope["url_route"]["kwargs"]["code"]
+        team_id = await database_sync_to_async(_team_of_member)(user, code)
+        if team_id is None:
+            await self.close(code=4403)
+            return
+        await self.join(team_group(team_id), team_id)
+        await self.accept()
+        await self.send_json({"type": "live"})
+
+    async def run_event(self, message: dict):
+        await self.send_json(message)
+
+    async def run_events(self, message: dict):
+        for event in message["events"]:
+            await self.send_json(event)
+
+
+def _team_of_member(user, team_code: str) -> int | None:
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user, team__code=team_code).values_list("team_id", flat=True).first()
 
 
 def _after(scope) -> int:

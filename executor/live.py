@@ -10,6 +10,7 @@ notice gaps.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -30,6 +31,19 @@ def flow_group(flow_code: str) -> str:
     return f"flow.{flow_code}"
 
 
+def team_group(team_id: int) -> str:
+    """A team's runs list: only run.status events go here (a run started, finished, was retried)."""
+    return f"team.{team_id}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _team_of_flow(flow_code: str) -> int | None:
+    # A flow never changes team, so the answer is cached for the process's life.
+    from flows.models import Flow
+
+    return Flow.objects.filter(code=flow_code).values_list("team_id", flat=True).first()
+
+
 def broadcast_all(messages: list[dict], flow_code: str) -> None:
     """Hand the messages to this process's broadcast loop and return at once.
 
@@ -40,7 +54,14 @@ def broadcast_all(messages: list[dict], flow_code: str) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    _outbox().put((layer, messages, flow_code))
+    team_id = None
+    if any(m["kind"] == "run.status" for m in messages):
+        try:
+            team_id = _team_of_flow(flow_code)
+        except Exception:
+            # The runs list then learns of the run at its next change or reconnect.
+            logger.warning("no team for flow %s: its runs list is not told", flow_code, exc_info=True)
+    _outbox().put((layer, messages, flow_code, team_id))
 
 
 # Group sends in flight at once: each holds one of the channel layer's Redis connections.
@@ -97,9 +118,12 @@ class _Outbox:
             with self.lock:
                 items, self.items = self.items, []
             groups: dict[tuple, list[dict]] = {}
-            for layer, messages, flow_code in items:
+            for layer, messages, flow_code, team_id in items:
                 groups.setdefault((layer, run_group(messages[0]["run"])), []).extend(messages)
                 groups.setdefault((layer, flow_group(flow_code)), []).extend(messages)
+                if team_id is not None:
+                    statuses = [m for m in messages if m["kind"] == "run.status"]
+                    groups.setdefault((layer, team_group(team_id)), []).extend(statuses)
             await asyncio.gather(*(send(layer, group, events) for (layer, group), events in groups.items()))
             with self.lock:
                 if self.items:

@@ -48,6 +48,7 @@ def run_list(request):
         "membership": membership,
         "page": page,
         "filtered": filtered_runs(page.object_list),
+        "ws": f"/ws/teams/{membership.team.code}/runs/",
         "flows": flows,
         "statuses": Run.Status.choices,
         "periods": list(PERIODS),

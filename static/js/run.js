@@ -1,4 +1,5 @@
-// The run page: the flow's graph, read-only, with each step's status updated live.
+// The run page: the flow's graph, read-only, with each step's status updated live; and the
+// runs list, which reloads its rows when a run of the team starts or changes status.
 // The websocket only says "something changed"; the state is read back from the server.
 /* global htmx */
 import { createGraph, liveSocket, loadGraph, openView, setStatus } from "./canvas.js";
@@ -6,6 +7,7 @@ import { createGraph, liveSocket, loadGraph, openView, setStatus } from "./canva
 const $ = (sel) => document.querySelector(sel);
 
 if ($("#run-graph")) runPage();
+if ($("#runs[data-live]")) runList($("#runs"));
 
 function runPage() {
   const graphData = JSON.parse($("#run-graph").textContent);
@@ -59,6 +61,44 @@ function runPage() {
   liveSocket(urls.ws, () => { clearTimeout(timer); timer = setTimeout(refresh, 80); });
   graph.on("node:click", ({ node }) => show(node.id));
   for (const button of document.querySelectorAll(".step-pick")) button.addEventListener("click", () => show(button.dataset.step));
+}
+
+// The list as the server renders it for the current filters and page, read again at most
+// every REFRESH_MS while runs change; rows that were not there before are marked new.
+function runList(box) {
+  const REFRESH_MS = 400;
+  let timer = null;
+  let busy = false;
+  let again = false;
+  const codes = () => new Set([...box.querySelectorAll("tr[data-run]")].map((row) => row.dataset.run));
+
+  async function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    const before = codes();
+    try {
+      await htmx.ajax("GET", window.location.pathname + window.location.search, { target: "#runs", swap: "innerHTML" });
+      for (const row of box.querySelectorAll("tr[data-run]")) {
+        if (!before.has(row.dataset.run)) row.classList.add("run-new");
+      }
+      box.dataset.refreshed = String(Number(box.dataset.refreshed || 0) + 1);
+    } finally {
+      busy = false;
+      if (again) { again = false; schedule(); }
+    }
+  }
+
+  function schedule() {
+    if (timer) return;
+    timer = setTimeout(() => { timer = null; refresh(); }, REFRESH_MS);
+  }
+
+  // The socket's first message ("live") follows every (re)connect: what changed while it was
+  // down is read then.
+  liveSocket(box.dataset.live, (msg) => {
+    if (msg.type === "live") box.dataset.connected = "1";
+    schedule();
+  });
 }
 
 // Copy a step's input or output (or a hash) as the server rendered it: exact big ints.

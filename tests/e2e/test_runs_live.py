@@ -8,6 +8,8 @@ import pytest
 
 from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact, transact
 from executor.models import Run
+from executor.runs.manual import start_manual_run
+from flows import actions
 from tests.conftest import Service, login
 from tests.e2e.editor_helpers import (
     apply_settings,
@@ -157,3 +159,24 @@ def test_a_block_flows_test_tab_is_prefilled_with_the_latest_block_and_the_dry_r
     assert http_sink.requests == []
     assert page.console_errors == []
 
+
+def test_the_runs_list_shows_a_new_run_and_how_it_ended_without_a_reload(
+    asgi_server, dramatiq_worker, page, team, alice, http_sink
+):
+    local_chain()
+    graph = sample_graph(url=f"{http_sink.url}/hook")
+    graph["nodes"][1]["config"]["expression"] = "trigger.payload.amount > 10"
+    flow = make_flow(team, alice, graph=graph)
+    version = actions.publish_version(flow, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    page.goto(f"{asgi_server.url}/runs/")
+    page.wait_for_selector("#runs[data-connected='1']", state="attached", timeout=10_000)
+    assert page.locator("tr[data-run]").count() == 0
+
+    run = start_manual_run(version, {"amount": 3}, user=alice, dry_run=True)
+    row = page.locator(f"tr[data-run='{run.code}']")
+    row.wait_for(timeout=10_000)
+    # Its condition was false and it sent nothing: "Filtered", not "Succeeded", once it ends.
+    row.locator(".status-filtered").wait_for(timeout=30_000)
+    assert "run-new" in (row.get_attribute("class") or "")
+    assert page.console_errors == []

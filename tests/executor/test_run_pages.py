@@ -1,17 +1,22 @@
 """The run page and the runs list: exact JSON, what a condition compared, timings, the trigger's
-transaction and the "filtered" label (real worker, PostgreSQL)."""
+transaction, the "filtered" label, and the list's live socket (real worker, PostgreSQL, Redis, uvicorn)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from html import unescape
 
 import pytest
 from django.test import Client
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from executor.models import Chain, Run, StepRun
 from executor.runs.manual import start_manual_run
+from flows.models import Membership
+from flows.teams import do_remove_member
 from tests.executor.conftest import edge, make_version, manual, node, wait_for_run
+from tests.site.test_services import open_socket
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = StepRun.Status
@@ -139,3 +144,56 @@ def test_a_flow_without_actions_is_never_filtered(executor_worker, team, alice):
     client = Client()
     client.force_login(alice)
     assert client.get(f"/runs/{run.code}/state/").json()["filtered"] is False
+
+
+# -- the runs list, live --------------------------------------------------------------------------
+
+
+def team_socket(asgi_server, team, user):
+    return open_socket(asgi_server, f"/ws/teams/{team.code}/runs/", user)
+
+
+@pytest.mark.parametrize("role", ["OWNER", "ADMIN", "EDITOR", "VIEWER"])
+def test_every_member_hears_a_new_run_of_the_team(asgi_server, users_by_role, team, alice, http_sink, role):
+    version = gated_flow(team, alice, http_sink.url)
+    with team_socket(asgi_server, team, users_by_role[role]) as socket:
+        assert json.loads(socket.recv(timeout=5)) == {"type": "live"}
+        run = start_manual_run(version, {"amount": 1}, user=alice, dry_run=True)
+        heard = json.loads(socket.recv(timeout=5))
+    assert (heard["run"], heard["kind"], heard["data"]["status"]) == (str(run.code), "run.status", "QUEUED")
+
+
+@pytest.mark.parametrize("who", ["OUTSIDER", "ANONYMOUS"])
+def test_outsiders_and_anonymous_visitors_cannot_open_the_teams_runs_socket(asgi_server, users_by_role, team, who):
+    with pytest.raises((ConnectionClosed, InvalidStatus)):
+        with team_socket(asgi_server, team, users_by_role.get(who)) as socket:
+            socket.recv(timeout=5)
+
+
+def test_a_team_hears_only_its_own_runs_and_a_removed_member_is_cut_off(asgi_server, team, alice, bob, charlie,
+                                                                         http_sink):
+    theirs = Membership.objects.get(user=charlie).team
+    other = gated_flow(theirs, charlie, http_sink.url)
+    ours = gated_flow(team, alice, http_sink.url)
+    with team_socket(asgi_server, team, bob) as socket:
+        assert json.loads(socket.recv(timeout=5)) == {"type": "live"}
+        start_manual_run(other, {"amount": 1}, user=charlie, dry_run=True)
+        mine = start_manual_run(ours, {"amount": 1}, user=alice, dry_run=True)
+        assert json.loads(socket.recv(timeout=5))["run"] == str(mine.code)  # not theirs, which came first
+        do_remove_member(Membership.objects.get(user=alice, team=team), Membership.objects.get(user=bob, team=team))
+        with pytest.raises(ConnectionClosed):
+            for _ in range(10):
+                socket.recv(timeout=5)
+    with pytest.raises((ConnectionClosed, InvalidStatus)):
+        with team_socket(asgi_server, team, bob) as socket:
+            socket.recv(timeout=5)
+
+
+def test_the_runs_list_names_its_socket_and_a_guessed_team_code_is_refused(asgi_server, team, alice, charlie):
+    assert f'data-live="/ws/teams/{team.code}/runs/"' in page(alice, "/runs/")
+    with pytest.raises((ConnectionClosed, InvalidStatus)):
+        with team_socket(asgi_server, team, charlie) as socket:
+            socket.recv(timeout=5)
+    with pytest.raises((ConnectionClosed, InvalidStatus)):
+        with open_socket(asgi_server, f"/ws/teams/{uuid.uuid4().hex[:12]}/runs/", alice) as socket:
+            socket.recv(timeout=5)
