@@ -8,9 +8,10 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from flows.nodes import NODE_TYPES
+from flows.nodes.base import CATEGORY_COLOURS, NODE_HEADER, NODE_WIDTH, node_height
 
-# The editor's node geometry (static/js/canvas.js), so a preview's edges meet the same ports.
-NODE_W, HEADER, PORT_ROW, PAD = 210, 44, 20, 20
+# The node look is the editor's (flows/nodes/base.py), so a preview's edges meet the same ports.
+NODE_W, HEADER, PAD = NODE_WIDTH, NODE_HEADER, 20
 _FILL = {"trigger": "#e8f0fe", "logic": "#fff4e5", "action": "#e6f4ea"}
 
 
@@ -30,7 +31,7 @@ def _outputs(node: dict[str, Any]) -> list[str]:
 
 
 def _height(outputs: list[str]) -> float:
-    return HEADER + ((len(outputs) - 1) * PORT_ROW + 8 if len(outputs) > 1 else 0)
+    return node_height(len(outputs))
 
 
 def _port_y(outputs: list[str], port: str, height: float) -> float:
@@ -95,6 +96,8 @@ def graph_svg(graph: dict[str, Any], *, title: str = "Flow graph") -> SafeString
         parts.append(
             f'<g class="node"><rect x="{x:g}" y="{y:g}" width="{NODE_W}" height="{h:g}" rx="8" '
             f'fill="{_FILL.get(_category(kind), "#eee")}" stroke="#999"/>'
+            f'<rect x="{x:g}" y="{y:g}" width="6" height="{h:g}" rx="3" '
+            f'fill="{CATEGORY_COLOURS.get(_category(kind), "#64748b")}"/>'
             f'<text x="{x + 10:g}" y="{y + 18:g}" font-size="13" font-weight="600">{escape(label)}</text>'
             f'<text x="{x + 10:g}" y="{y + 35:g}" font-size="11" fill="#555">{escape(kind)}</text>'
         )

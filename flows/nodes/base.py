@@ -44,6 +44,17 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 Problems = list[tuple[str, str]]
 
+# How a node is drawn: the editor and run page (static/js/canvas.js, from each catalogue entry's
+# "look") and the server previews (flows/graph_svg.py) read these, so they cannot drift apart.
+NODE_WIDTH = 210
+NODE_HEADER = 44  # a node with one output port is this tall
+PORT_ROW = 20  # each further output port adds this
+CATEGORY_COLOURS = {"trigger": "#7c3aed", "logic": "#0369a1", "action": "#047857"}
+
+
+def node_height(output_count: int) -> int:
+    return NODE_HEADER + ((output_count - 1) * PORT_ROW + 8 if output_count > 1 else 0)
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -336,6 +347,9 @@ class NodeType:
     fields: tuple[FieldSpec, ...] = ()
     input_ports: tuple[str, ...] = ("in",)
     static_output_ports: tuple[str, ...] = ("out",)
+    # Output ports named by a list field of the config, before the static ones: (list field, key).
+    # The browser derives the ports from this too, as the config is edited (see describe()).
+    ports_from: tuple[str, str] | None = None
     side_effect: bool = False
     join: str = "any"
     # Side-effect-free logic that the engine runs in the transaction that made it ready,
@@ -355,7 +369,12 @@ class NodeType:
         return self.lease_extra_seconds
 
     def output_ports(self, config: Mapping[str, Any]) -> list[str]:
-        return list(self.static_output_ports)
+        if self.ports_from is None:
+            return list(self.static_output_ports)
+        field, key = self.ports_from
+        items = config.get(field)
+        names = [item.get(key) for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+        return [n for n in names if isinstance(n, str) and n] + list(self.static_output_ports)
 
     def output_shape(self, config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Field name -> {"type", "description"} so the editor can offer a data picker."""
@@ -423,7 +442,10 @@ class NodeType:
             "fields": [f.as_dict() for f in self.fields],
             "input_ports": list(self.input_ports),
             "output_ports": list(self.static_output_ports),
+            "ports_from": list(self.ports_from) if self.ports_from else None,
             "side_effect": self.side_effect,
+            "look": {"colour": CATEGORY_COLOURS[self.category], "width": NODE_WIDTH, "header": NODE_HEADER,
+                     "port_row": PORT_ROW},
         }
 
 

@@ -40,11 +40,7 @@ class Switch(NodeType):
         ),
     )
     static_output_ports = ("default",)
-
-    def output_ports(self, config: Mapping[str, Any]) -> list[str]:
-        cases = config.get("cases")
-        names = [c.get("name") for c in cases if isinstance(c, dict)] if isinstance(cases, list) else []
-        return [n for n in names if isinstance(n, str) and n] + ["default"]
+    ports_from = ("cases", "name")  # a port per case, then `default`
 
     def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
         problems: Problems = []

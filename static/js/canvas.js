@@ -2,11 +2,9 @@
 // are the flow's nodes, converted to and from the graph JSON the server stores.
 /* global X6 */
 
-export const NODE_WIDTH = 210;
-const HEADER = 44;
-const PORT_ROW = 20;
-
-const CATEGORY_COLOURS = { trigger: "#7c3aed", logic: "#0369a1", action: "#047857" };
+// How nodes look comes with each catalogue entry ("look", from flows/nodes/base.py); these
+// are only what an entry of an unknown type falls back to.
+const FALLBACK_LOOK = { colour: "#64748b", width: 210, header: 44, port_row: 20 };
 
 let registered = false;
 
@@ -52,8 +50,8 @@ function registerShapes() {
     "kwala-node",
     {
       inherit: "rect",
-      width: NODE_WIDTH,
-      height: HEADER,
+      width: FALLBACK_LOOK.width,
+      height: FALLBACK_LOOK.header,
       markup: [
         { tagName: "rect", selector: "body" },
         { tagName: "rect", selector: "stripe" },
@@ -93,26 +91,33 @@ function registerShapes() {
   );
 }
 
+// The node type's ports: those named by a list field of the config (a switch's cases), then
+// its static ones; the rule is the node type's (NodeType.ports_from), not this file's.
 export function outputPorts(type, config, catalogue) {
-  if (type === "switch") {
-    const cases = Array.isArray(config?.cases) ? config.cases : [];
-    const names = cases.map((c) => c && c.name).filter((n) => typeof n === "string" && n);
-    return [...names, "default"];
-  }
-  return catalogue[type]?.output_ports ?? ["out"];
+  const entry = catalogue[type];
+  const statics = entry?.output_ports ?? ["out"];
+  if (!entry?.ports_from) return statics;
+  const [field, key] = entry.ports_from;
+  const items = Array.isArray(config?.[field]) ? config[field] : [];
+  const names = items.map((item) => item && item[key]).filter((n) => typeof n === "string" && n);
+  return [...names, ...statics];
+}
+
+export function lookOf(entry) {
+  return entry?.look ?? FALLBACK_LOOK;
 }
 
 export function nodeMeta(node, catalogue) {
   const entry = catalogue[node.type];
   const outs = outputPorts(node.type, node.config, catalogue);
   const ins = entry ? entry.input_ports : ["in"];
-  const rows = Math.max(outs.length, 1);
-  const height = HEADER + (outs.length > 1 ? (rows - 1) * PORT_ROW + 8 : 0);
+  const look = lookOf(entry);
+  const height = look.header + (outs.length > 1 ? (outs.length - 1) * look.port_row + 8 : 0);
   const items = [
     ...ins.map((p) => ({ id: p, group: "in" })),
     ...outs.map((p) => ({ id: `out:${p}`, group: "out", attrs: { text: { text: outs.length > 1 || p !== "out" ? p : "" } } })),
   ];
-  return { entry, height, items };
+  return { entry, height, items, width: look.width };
 }
 
 export function problemsByNode(problems) {
@@ -122,20 +127,20 @@ export function problemsByNode(problems) {
 }
 
 export function nodeCell(node, catalogue, problems = []) {
-  const { entry, height, items } = nodeMeta(node, catalogue);
+  const { entry, height, items, width } = nodeMeta(node, catalogue);
   const label = node.name || entry?.label || node.type;
   return {
     id: node.id,
     shape: "kwala-node",
     x: node.position?.x ?? 0,
     y: node.position?.y ?? 0,
-    width: NODE_WIDTH,
+    width,
     height,
     data: { type: node.type, name: node.name || "", config: node.config || {} },
     attrs: {
       title: { text: clip(label, 26) },
       subtitle: { text: entry ? `${entry.label} · ${node.id}` : `Unknown type ${node.type}` },
-      stripe: { fill: CATEGORY_COLOURS[entry?.category] ?? "#64748b" },
+      stripe: { fill: lookOf(entry).colour },
       ...problemAttrs(problems, label),
     },
     ports: { items },
@@ -390,7 +395,7 @@ export function refreshNode(node, catalogue) {
   // The problem badge belongs to the last answer from the server, not to the node's data.
   const { badge, badgeText, tip, ...attrs } = cell.attrs;
   node.attr(attrs, { history: false });
-  node.resize(NODE_WIDTH, cell.height, { history: false });
+  node.resize(cell.width, cell.height, { history: false });
   const wanted = cell.ports.items.map((p) => p.id).join("|");
   const have = node.getPorts().map((p) => p.id).join("|");
   if (wanted !== have) {

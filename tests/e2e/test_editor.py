@@ -325,3 +325,19 @@ def test_edges_meet_their_own_ports_whatever_the_layout(asgi_server, page, team,
     starts = {e["edge"]: e["start"][1] for e in ends}
     assert starts["e2"] < starts["e3"]  # true above false, as the ports are
     assert page.console_errors == []
+
+
+def test_a_switch_shows_a_port_per_case_and_nodes_take_their_look_from_the_catalogue(asgi_server, page, team, alice):
+    graph = {"nodes": [
+        {"id": "manual_1", "type": "manual", "config": {}, "position": {"x": 40, "y": 40}},
+        {"id": "route", "type": "switch", "position": {"x": 340, "y": 40}, "config": {
+            "cases": [{"name": "big", "expression": "true"}, {"name": "small", "expression": "false"}]}},
+    ], "edges": [{"id": "e1", "source": "manual_1", "source_port": "out", "target": "route"}]}
+    flow = make_flow(team, alice, graph=graph)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    ports = page.evaluate("window.kwalaEditor.graph.getCellById('route').getPorts().map(p => p.id)")
+    assert ports == ["in", "out:big", "out:small", "out:default"]
+    stripe = page.locator("[data-cell-id='manual_1'] rect").nth(1).get_attribute("fill")
+    assert stripe == "#7c3aed"  # the trigger colour, from flows/nodes/base.py
+    assert page.console_errors == []

@@ -538,6 +538,13 @@ def test_the_catalogue_lists_every_type_as_json():
     assert by_key["condition"]["output_ports"] == ["true", "false"]
     ops = next(f for f in by_key["chain.event"]["fields"] if f["name"] == "filters")["item_fields"][1]
     assert ops["choices"] == ["eq", "ne", "gt", "gte", "lt", "lte", "in"]
+    # How a node looks and which ports a config names come from the node type, for the browser too.
+    assert by_key["switch"]["ports_from"] == ["cases", "name"] and by_key["condition"]["ports_from"] is None
+    assert {e["look"]["colour"] for e in entries if e["category"] == "trigger"} == {"#7c3aed"}
+    assert all(e["look"]["width"] == 210 and e["look"]["header"] == 44 for e in entries)
+    switch = NODE_TYPES["switch"]
+    assert switch.output_ports({"cases": [{"name": "big"}, {"name": ""}, "x", {"name": "small"}]}) == [
+        "big", "small", "default"]
 
 
 def test_output_shapes_follow_the_config():
