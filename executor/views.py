@@ -94,7 +94,8 @@ def _duration_ms(started_at, finished_at) -> int | None:
 def as_json(value: Any) -> str:
     """Readable JSON for a page: indented, ints of any size exact (a browser's JSON.parse would round
     those above 2**53, so the page shows this text and copies it as it is)."""
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    # Keys sorted: PostgreSQL's jsonb keeps them in its own order (shortest first), which reads as none.
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def run_state_data(run: Run) -> dict:
@@ -318,6 +319,7 @@ def run_step(request, code, step_id):
          "output_json": as_json(step.output) if step is not None and step.output is not None else "",
          "trigger_json": as_json(run.trigger),
          "duration_ms": _duration_ms(step.started_at, step.finished_at) if step is not None else None,
+         "started": f"{timezone.localtime(step.started_at):%H:%M:%S.%f}"[:-3] if step and step.started_at else "",
          "max_attempts": retry.get("max_attempts") if isinstance(retry, dict) else None,
          "can_edit": has_role(membership, Role.EDITOR)},
     )

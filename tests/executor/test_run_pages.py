@@ -9,6 +9,7 @@ from html import unescape
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from executor.models import Chain, Run, StepRun
@@ -58,7 +59,7 @@ def test_step_output_is_indented_json_with_exact_big_ints_and_a_copy_button(team
 
     html = fragment_of(alice, run, "tell")
 
-    assert f'"value": {2**70 + 1},' in html and '"ok": true' in html and '"missing": null' in html
+    assert f'"value": {2**70 + 1}\n' in html and '"ok": true' in html and '"missing": null' in html
     assert f'"to": "{ADDRESS}"' in html and '"flag": true' in html
     assert "True" not in html and "None" not in html  # no Python repr left
     assert 'data-action="copy" data-copy="step-output-tell"' in html and 'id="step-output-tell"' in html
@@ -77,7 +78,7 @@ def test_a_condition_shows_its_expression_the_values_it_compared_and_the_branch(
     shown = json.loads(html.split('id="step-input-big">', 1)[1].split("</pre>", 1)[0])
     assert shown == {"expression": "trigger.payload.amount > 10 and trigger.payload.to != none",
                      "values": {"trigger.payload.amount": 4, "trigger.payload.to": ADDRESS}}
-    assert '"result": false' in html and "took <strong>false</strong>" in html
+    assert '"result": false' in html and "took the <strong>false</strong> branch" in html
 
 
 def test_a_steps_start_duration_and_attempts_are_shown(executor_worker, team, alice, http_sink):
@@ -91,6 +92,7 @@ def test_a_steps_start_duration_and_attempts_are_shown(executor_worker, team, al
     assert f'<span data-testid="step-duration">{took} ms</span>' in html
     assert '<span data-testid="step-attempts">attempt 1</span>' in html
     assert f'<time datetime="{step.started_at.isoformat()}"' in html
+    assert f"{timezone.localtime(step.started_at):%H:%M:%S.%f}"[:-3] + "</time>" in html  # to the millisecond
     state = Client()
     state.force_login(alice)
     assert state.get(f"/runs/{run.code}/state/").json()["steps"]["tell"]["duration_ms"] == took
