@@ -44,6 +44,30 @@ def _check_abi_value(param: dict[str, Any], value: Any) -> str | None:
     return None
 
 
+def _filter_problems(filters: list[dict[str, Any]], inputs: Mapping[str, dict[str, Any]], owner: str) -> Problems:
+    """Problems of argument filters against the named parameters of an event or a function (`owner`)."""
+    problems: Problems = []
+    for index, flt in enumerate(filters):
+        path = f"filters.{index}"
+        param = inputs.get(flt["arg"])
+        if param is None:
+            names = ", ".join(inputs) or "none are named"
+            problems.append((f"{path}.arg", f"The {owner} has no argument '{flt['arg']}' ({names})"))
+            continue
+        type_str = abi_lib.canonical_type(param)
+        if flt["op"] == "in" and (not isinstance(flt["value"], list) or not flt["value"]):
+            problems.append((f"{path}.value", "'in' needs a non-empty list of values"))
+            continue
+        if flt["op"] in _ORDERED_OPS and not type_str.startswith(("uint", "int")):
+            problems.append((f"{path}.op", f"'{flt['op']}' only works on numbers, not {type_str}"))
+            continue
+        for value in flt["value"] if flt["op"] == "in" else [flt["value"]]:
+            message = _check_abi_value(param, value)
+            if message:
+                problems.append((f"{path}.value", f"Filter on '{flt['arg']}': {message}"))
+    return problems
+
+
 class ChainEvent(TriggerType):
     key = "chain.event"
     label = "Contract event"
@@ -73,36 +97,21 @@ class ChainEvent(TriggerType):
     )
 
     def check(self, config: Mapping[str, Any], ctx: ValidationContext) -> Problems:
-        problems: Problems = []
         event = abi_lib.resolve_event(config["event"])
         if event.get("anonymous"):
             # Anonymous events have no topic0, so the listener has nothing to index them by.
             return [("event", f"{event['name']} is anonymous; Kwala can only match events by topic")]
         inputs = {p["name"]: p for p in event["inputs"] if p["name"]}
+        problems = _filter_problems(config["filters"], inputs, "event")
+        bad = {path.split(".")[1] for path, _ in problems}
         for index, flt in enumerate(config["filters"]):
-            path = f"filters.{index}"
             param = inputs.get(flt["arg"])
-            if param is None:
-                names = ", ".join(inputs) or "none are named"
-                problems.append((f"{path}.arg", f"The event has no argument '{flt['arg']}' ({names})"))
+            if str(index) in bad or not param or not param.get("indexed") or flt["op"] not in ("eq", "in"):
                 continue
-            type_str = abi_lib.canonical_type(param)
-            values = flt["value"] if flt["op"] == "in" else [flt["value"]]
-            if flt["op"] == "in" and (not isinstance(flt["value"], list) or not flt["value"]):
-                problems.append((f"{path}.value", "'in' needs a non-empty list of values"))
-                continue
-            if flt["op"] in _ORDERED_OPS and not type_str.startswith(("uint", "int")):
-                problems.append((f"{path}.op", f"'{flt['op']}' only works on numbers, not {type_str}"))
-                continue
-            for value in values:
-                message = _check_abi_value(param, value)
-                if message:
-                    problems.append((f"{path}.value", f"Filter on '{flt['arg']}': {message}"))
-            if param.get("indexed") and flt["op"] in ("eq", "in"):
-                try:
-                    abi_lib.encode_topic(param, values[0])
-                except abi_lib.AbiError as exc:
-                    problems.append((f"{path}.arg", str(exc)))
+            try:
+                abi_lib.encode_topic(param, flt["value"][0] if flt["op"] == "in" else flt["value"])
+            except abi_lib.AbiError as exc:
+                problems.append((f"filters.{index}.arg", str(exc)))
         return problems
 
     def notes(self, config: Mapping[str, Any]) -> Problems:
@@ -475,24 +484,7 @@ class ChainTransaction(TriggerType):
             return problems
         function = abi_lib.resolve_function(config["function"])
         inputs = {p["name"]: p for p in function["inputs"] if p["name"]}
-        for index, flt in enumerate(config["filters"]):
-            path = f"filters.{index}"
-            param = inputs.get(flt["arg"])
-            if param is None:
-                names = ", ".join(inputs) or "none are named"
-                problems.append((f"{path}.arg", f"The function has no argument '{flt['arg']}' ({names})"))
-                continue
-            type_str = abi_lib.canonical_type(param)
-            if flt["op"] == "in" and (not isinstance(flt["value"], list) or not flt["value"]):
-                problems.append((f"{path}.value", "'in' needs a non-empty list of values"))
-                continue
-            if flt["op"] in _ORDERED_OPS and not type_str.startswith(("uint", "int")):
-                problems.append((f"{path}.op", f"'{flt['op']}' only works on numbers, not {type_str}"))
-                continue
-            for value in flt["value"] if flt["op"] == "in" else [flt["value"]]:
-                message = _check_abi_value(param, value)
-                if message:
-                    problems.append((f"{path}.value", f"Filter on '{flt['arg']}': {message}"))
+        problems += _filter_problems(config["filters"], inputs, "function")
         return problems
 
     def normalize(self, config: Mapping[str, Any]) -> dict[str, Any]:
