@@ -148,15 +148,7 @@ class ChainEvent(TriggerType):
                 current = topic_filters[slot]
                 topic_filters[slot] = topics if current is None else sorted(set(current) & set(topics))
                 continue
-            coerced = [_normalize_filter_value(type_str, v) for v in values]
-            arg_filters.append(
-                {
-                    "arg": flt["arg"],
-                    "type": type_str,
-                    "op": flt["op"],
-                    "value": coerced if flt["op"] == "in" else coerced[0],
-                }
-            )
+            arg_filters.append(_arg_filter(flt, type_str))
         return {
             "type": self.key,
             "node_id": node_id,
@@ -189,6 +181,12 @@ class ChainEvent(TriggerType):
             return shape
         shape["args"]["fields"] = _abi_shape(event["inputs"])
         return shape
+
+
+def _arg_filter(flt: Mapping[str, Any], type_str: str) -> dict[str, Any]:
+    """A filter on a decoded argument, as the matcher (executor.matching.ArgFilter) reads it."""
+    values = [_normalize_filter_value(type_str, v) for v in (flt["value"] if flt["op"] == "in" else [flt["value"]])]
+    return {"arg": flt["arg"], "type": type_str, "op": flt["op"], "value": values if flt["op"] == "in" else values[0]}
 
 
 def _normalize_filter_value(type_str: str, value: Any) -> Any:
@@ -497,13 +495,7 @@ class ChainTransaction(TriggerType):
     def trigger_spec(self, node_id: str, config: Mapping[str, Any]) -> dict[str, Any]:
         function = abi_lib.resolve_function(config["function"]) if config["function"] else None
         params = {p["name"]: p for p in function["inputs"] if p["name"]} if function else {}
-        arg_filters = []
-        for flt in config["filters"]:
-            type_str = abi_lib.canonical_type(params[flt["arg"]])
-            values = [_normalize_filter_value(type_str, v)
-                      for v in (flt["value"] if flt["op"] == "in" else [flt["value"]])]
-            arg_filters.append({"arg": flt["arg"], "type": type_str, "op": flt["op"],
-                                "value": values if flt["op"] == "in" else values[0]})
+        arg_filters = [_arg_filter(flt, abi_lib.canonical_type(params[flt["arg"]])) for flt in config["filters"]]
         return {
             "type": self.key,
             "node_id": node_id,
