@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from web3 import Web3
 
-from executor.devchain import AnvilProcess, deploy_demo_contracts
+from kwala_site.dev.devchain import AnvilProcess, deploy_demo_contracts
 
 
 def timed(fn: Callable[[], object]) -> float:

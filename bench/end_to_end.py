@@ -1,7 +1,7 @@
 """End to end on anvil: ERC-20 Transfer -> condition -> http.request to a local sink.
 
 Everything is the real product path, each part in its own process as in
-production: anvil (executor.devchain), `manage.py listen_chains` (websocket
+production: anvil (kwala_site.dev.devchain), `manage.py listen_chains` (websocket
 newHeads, the default poll), `manage.py rundramatiq` with the worker settings
 `manage.py dev` uses, embedded PostgreSQL and Redis under var/bench (never the
 dev data), and a real HTTP sink (tests.sinks.HttpSink) in this process.
@@ -144,7 +144,7 @@ def main() -> None:
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DEBUG", "0")  # as in production: no query log kept in memory
 
-    from executor.devchain import DEV_ACCOUNTS, AnvilProcess, deploy, deploy_demo_contracts, load_artifact
+    from kwala_site.dev.devchain import DEV_ACCOUNTS, AnvilProcess, deploy, deploy_demo_contracts, load_artifact
 
     anvil = AnvilProcess(chain_id=31337, port=port, log_path=var_dir / "anvil.log")
     var_dir.mkdir(parents=True, exist_ok=True)
@@ -169,9 +169,9 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
 
     from django.contrib.auth import get_user_model
     from django.db import connection
+    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from web3 import Web3
 
-    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from executor.models import Chain, Run
     from flows import actions
     from flows.models import Team

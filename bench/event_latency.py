@@ -1,7 +1,7 @@
 """From a transaction with a matching log to its run, at 0 confirmations, as the product runs.
 
 Run from the repo root: ``python bench/event_latency.py [--events 200]``. It starts
-what production runs, each part in its own process: anvil (executor.devchain),
+what production runs, each part in its own process: anvil (kwala_site.dev.devchain),
 ``manage.py listen_chains`` (the block loop and the node's websocket: newHeads
 and the logs subscription) and ``manage.py rundramatiq`` (the workers that claim
 pushed logs' runs and start them), on embedded PostgreSQL and Redis under
@@ -35,7 +35,7 @@ def main() -> None:
 
     var_dir = product_env(log_level="INFO")  # the listener's log is read for websocket drops
 
-    from executor.devchain import AnvilProcess
+    from kwala_site.dev.devchain import AnvilProcess
 
     anvil = AnvilProcess(chain_id=31337, log_path=var_dir / "anvil.log")
     anvil.start()
@@ -64,10 +64,10 @@ def measure(args, anvil, children, var_dir) -> dict:
     from django.db import connection
     from web3 import Web3
 
-    from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
     from executor.models import ChainCursor
     from flows import actions
     from flows.models import Team
+    from kwala_site.dev.devchain import DEV_ACCOUNTS, deploy, load_artifact
 
     clean_slate()
 

@@ -81,7 +81,7 @@ def stop(children: list[subprocess.Popen]) -> None:
             child.kill()
     from django.db import connections
 
-    from kwala_site import embedded
+    from kwala_site.dev import embedded
 
     connections.close_all()
     embedded.stop_postgres(VAR_DIR / "pg")

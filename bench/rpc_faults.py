@@ -63,7 +63,7 @@ def main() -> None:
 
     var_dir = product_env()
 
-    from executor.devchain import AnvilProcess
+    from kwala_site.dev.devchain import AnvilProcess
     from tests.rpcproxy import Faults, RpcProxy
 
     anvil = AnvilProcess(chain_id=31337, block_time=1, log_path=var_dir / "anvil.log")
@@ -97,11 +97,11 @@ def measure(args, anvil, proxy, children, var_dir) -> dict:
     from django.db import connection
     from web3 import Web3
 
-    from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact
     from executor.listener_health import chain_health
     from executor.models import ChainCursor
     from flows import actions
     from flows.models import Team
+    from kwala_site.dev.devchain import DEV_ACCOUNTS, deploy, load_artifact
     from tests.sinks import HttpSink
 
     clean_slate()

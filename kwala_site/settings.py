@@ -2,7 +2,7 @@
 
 A bad value stops start-up with an ImproperlyConfigured message that names the
 variable. With no DATABASE_URL / REDIS_URL the project starts embedded, real
-PostgreSQL and Redis servers under the var directory (see kwala_site.embedded);
+PostgreSQL and Redis servers under the var directory (see kwala_site.dev.embedded);
 that is also what turns on the development defaults (DEBUG, generated keys).
 """
 
@@ -86,7 +86,7 @@ REDIS_URL = env_str("REDIS_URL")
 DEV_DEFAULTS = TESTING or DATABASE_URL is None
 
 if DATABASE_URL is None:
-    from kwala_site import embedded
+    from kwala_site.dev import embedded
 
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASE_URL = embedded.ensure_postgres(VAR_DIR / "pg")
@@ -94,7 +94,7 @@ if DATABASE_URL is None:
 if REDIS_URL is None:
     if not DEV_DEFAULTS:
         raise ImproperlyConfigured("REDIS_URL must be set when DATABASE_URL is (redis://host:6379/0).")
-    from kwala_site import embedded
+    from kwala_site.dev import embedded
 
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     REDIS_URL = embedded.ensure_redis(VAR_DIR / "redis")
@@ -325,6 +325,7 @@ INSTALLED_APPS = [
     "django_dramatiq",
     "flows",
     "executor",
+    "kwala_site.dev",
 ]
 
 MIDDLEWARE = [

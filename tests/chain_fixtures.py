@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from web3 import Web3
 
-from executor.devchain import AnvilProcess, deploy_demo_contracts
+from kwala_site.dev.devchain import AnvilProcess, deploy_demo_contracts
 
 CHAIN_ID_A = 31337
 CHAIN_ID_B = 31338

@@ -303,7 +303,7 @@ def pytest_unconfigure(config):
     """
     from django.db import connections
 
-    from kwala_site import embedded
+    from kwala_site.dev import embedded
 
     if os.environ.get("KWALA_TEST_SERVERS_OWNER") != str(os.getpid()):
         return

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from executor.devchain import DEV_ACCOUNTS, deploy, load_artifact, transact
 from executor.models import Run
 from executor.runs.manual import start_manual_run
 from flows import actions
+from kwala_site.dev.devchain import DEV_ACCOUNTS, deploy, load_artifact, transact
 from tests.conftest import Service, login
 from tests.e2e.editor_helpers import (
     apply_settings,

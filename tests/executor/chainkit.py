@@ -1,6 +1,6 @@
 """Builders for executor tests: Chain rows for an anvil node, trigger graphs, published flows.
 
-The chains themselves come from tests/chain_fixtures.py (executor.devchain.AnvilProcess).
+The chains themselves come from tests/chain_fixtures.py (kwala_site.dev.devchain.AnvilProcess).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import time
 from web3 import Web3
 from web3.contract import Contract
 
-from executor.devchain import DEV_ACCOUNTS, AnvilProcess, contract, deploy
 from executor.listener import ChainListener, TriggerRegistry
 from executor.models import Chain, RpcEndpoint
 from flows import actions
 from flows.models import FlowVersion
+from kwala_site.dev.devchain import DEV_ACCOUNTS, AnvilProcess, contract, deploy
 
 
 def make_chain(node: AnvilProcess, slug: str = "anvil-a", *, http_urls: list[str] | None = None,

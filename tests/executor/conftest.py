@@ -95,8 +95,8 @@ def steps_of(run: Run) -> dict:
 @pytest.fixture
 def signer(team, alice):
     """The team's signer key "hot": dev account 0, which the executor signs with in these tests."""
-    from executor.devchain import DEV_ACCOUNTS
     from flows.models import SignerKey
+    from kwala_site.dev.devchain import DEV_ACCOUNTS
 
     key = SignerKey(team=team, name="hot", created_by=alice)
     key.set_private_key(DEV_ACCOUNTS[0].private_key)

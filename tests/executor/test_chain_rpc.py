@@ -6,8 +6,8 @@ import pytest
 from web3.exceptions import ContractLogicError
 
 from executor.chain import ChainClient, ChainError, client_for_chain
-from executor.devchain import DEV_ACCOUNTS, contract, mine, transact
 from executor.models import RpcEndpoint, Run
+from kwala_site.dev.devchain import DEV_ACCOUNTS, contract, mine, transact
 from tests.conftest import free_port
 from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish, trigger_graph
 from tests.rpcproxy import Faults, RpcProxy

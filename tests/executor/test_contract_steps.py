@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from executor.devchain import DEV_ACCOUNTS, contract, deploy
 from executor.models import RpcEndpoint, Run, StepRun, Transaction
 from executor.runs.manual import start_manual_run
+from kwala_site.dev.devchain import DEV_ACCOUNTS, contract, deploy
 from tests.conftest import free_port
 from tests.executor.chainkit import make_chain
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run

@@ -11,8 +11,8 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError, TransactionNotFound
 
-from executor import devchain
-from executor.devchain import (
+from kwala_site.dev import devchain
+from kwala_site.dev.devchain import (
     DEV_ACCOUNTS,
     AnvilProcess,
     DevchainError,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from django.core.management import call_command
 
-from executor.devchain import DEV_ACCOUNTS, contract, deploy, transact, wait_for_receipt
 from executor.models import Run
 from flows.models import Flow
+from kwala_site.dev.devchain import DEV_ACCOUNTS, contract, deploy, transact, wait_for_receipt
 from tests.executor.chainkit import deploy_zoo, listener_for, make_chain
 
 KWALA = Path(__file__).resolve().parent.parent / "flows" / "kwala"

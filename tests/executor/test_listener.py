@@ -12,9 +12,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from executor.devchain import DEV_ACCOUNTS, mine, reorg, transact
 from executor.listener import ChainHalted, TriggerRegistry, listen
 from executor.models import ChainCursor, Event, RpcEndpoint, Run, TriggerState
+from kwala_site.dev.devchain import DEV_ACCOUNTS, mine, reorg, transact
 from tests.conftest import Service, free_port
 from tests.executor.chainkit import (
     BIG,

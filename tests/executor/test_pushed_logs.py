@@ -14,12 +14,12 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from executor.chain import log_from_rpc
-from executor.devchain import mine, reorg, transact
 from executor.listener import ChainListener, PushedBlock, TriggerRegistry, pushed_claims
 from executor.models import ChainCursor, Event, Run, StepRun
 from executor.tasks import start_pushed_runs
 from flows import actions
 from flows.models import Flow
+from kwala_site.dev.devchain import mine, reorg, transact
 from tests.executor.chainkit import BIG, event_graph, listener_for, publish, replacing, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -208,8 +208,8 @@ def test_a_start_worked_out_before_the_flow_changed_is_not_written(zoo_setup, te
 
 
 def test_a_pushed_log_only_a_deeper_trigger_wants_is_stored_though_no_run_is_claimed_yet(zoo_setup, team, alice):
-    from executor.devchain import transact
     from executor.models import Event
+    from kwala_site.dev.devchain import transact
 
     w3, zoo, chain = zoo_setup
     version = publish(team, alice, event_graph(31337, BIG, confirmations=2))

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from executor.devchain import transact
 from executor.models import Run
 from flows.models import AuditEvent, Flow, Membership
+from kwala_site.dev.devchain import transact
 from tests.executor.chainkit import BIG, event_graph, listener_for, publish
 
 pytestmark = pytest.mark.django_db(transaction=True)

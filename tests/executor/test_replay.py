@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.core.management import CommandError, call_command
 
-from executor.devchain import transact
 from executor.models import Run
 from executor.replay import ReplayError, replay_blocks
+from kwala_site.dev.devchain import transact
 from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish
 
 

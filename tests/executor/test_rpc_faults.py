@@ -13,11 +13,11 @@ from django.db import transaction
 from web3 import Web3
 
 from executor.chain import log_from_rpc
-from executor.devchain import mine, transact
 from executor.listener import PushedBlock, listen, pushed_claims
 from executor.listener_health import chain_health
 from executor.models import Chain, ChainCursor, Event, RpcEndpoint, Run
 from executor.tasks import start_pushed_runs
+from kwala_site.dev.devchain import mine, transact
 from tests.executor.chainkit import BIG, deploy_zoo, event_graph, listener_for, make_chain, publish, wait_for
 from tests.rpcproxy import Faults, RpcProxy
 

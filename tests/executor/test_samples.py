@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from django.test import Client
 
-from executor.devchain import DEV_ACCOUNTS, contract, deploy, transact, wait_for_receipt
 from executor.matching import TxIndex, compile_trigger
 from executor.models import Chain, RpcEndpoint, Run, StepRun
 from executor.samples import TX_LOOKBACK_BLOCKS, SampleError, trigger_samples
 from flows import actions
 from flows.nodes import NODE_TYPES
+from kwala_site.dev.devchain import DEV_ACCOUNTS, contract, deploy, transact, wait_for_receipt
 from tests.conftest import free_port
 from tests.executor.chainkit import make_chain, trigger_graph
 from tests.executor.conftest import wait_for_run

@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from executor.devchain import contract, deploy
 from executor.models import Notification, Run, Transaction
 from executor.runs.manual import start_manual_run
 from flows.models import AuditEvent, Membership
 from flows.teams import do_set_signer_limits
+from kwala_site.dev.devchain import contract, deploy
 from tests.conftest import running_workers, start_worker
 from tests.executor.chainkit import make_chain
 from tests.executor.conftest import edge, make_version, manual, node, steps_of, wait_for_run

@@ -6,8 +6,8 @@ import pytest
 from web3 import Web3
 
 from executor.chain import ChainError
-from executor.devchain import DEV_ACCOUNTS, contract, deploy, mine, reorg, transact, wait_for_receipt
 from executor.models import ChainCursor, Run
+from kwala_site.dev.devchain import DEV_ACCOUNTS, contract, deploy, mine, reorg, transact, wait_for_receipt
 from tests.executor.chainkit import listener_for, make_chain, publish, trigger_graph
 from tests.rpcproxy import Faults, RpcProxy
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from executor.devchain import DEV_ACCOUNTS, load_artifact
 from executor.models import Chain, RpcEndpoint, Run, StepRun
 from flows.actions import create_flow, publish_version, save_draft
 from flows.models import AuditEvent
+from kwala_site.dev.devchain import DEV_ACCOUNTS, load_artifact
 from tests.flows.test_api import assert_error, body
 from tests.team_fixtures import api_client
 

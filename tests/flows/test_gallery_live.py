@@ -24,9 +24,9 @@ from django.core.management import call_command
 from django.utils import timezone
 from eth_account import Account
 
-from executor.devchain import DEV_ACCOUNTS, load_artifact
 from executor.models import Chain, ChainCursor, RpcEndpoint, Run, TriggerState
 from flows.models import Flow, Membership, Secret, SignerKey, Team
+from kwala_site.dev.devchain import DEV_ACCOUNTS, load_artifact
 from tests.conftest import Service, start_worker
 from tests.team_fixtures import api_client, token_for
 

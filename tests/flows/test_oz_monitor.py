@@ -17,7 +17,6 @@ import pytest
 from django.core.management import CommandError, call_command
 from eth_utils import to_checksum_address
 
-from executor.devchain import DEV_ACCOUNTS, AnvilProcess, contract, deploy, mine, transact, wait_for_receipt
 from executor.models import Chain, Run
 from flows import actions, audit, ozmonitor
 from flows.expressions import evaluate
@@ -25,6 +24,7 @@ from flows.graph import compile_graph
 from flows.models import Flow, FlowVersion, Membership, Secret
 from flows.ozmonitor import Operand, TemplateContext, Untranslatable, translate_expression, translate_template
 from flows.teams import do_set_secret
+from kwala_site.dev.devchain import DEV_ACCOUNTS, AnvilProcess, contract, deploy, mine, transact, wait_for_receipt
 from tests.executor.chainkit import listener_for, make_chain, wait_for
 
 EXAMPLES = Path(__file__).parent / "ozmonitor"

@@ -101,9 +101,9 @@ def test_a_secret_and_a_signer_key_used_by_real_runs_reach_only_their_destinatio
     import sys
     import time
 
-    from executor.devchain import load_artifact
     from executor.models import Chain, RpcEndpoint, Run
     from flows.actions import create_flow, publish_version
+    from kwala_site.dev.devchain import load_artifact
     from tests.conftest import Service, start_worker
     from tests.site.test_services import open_socket
 

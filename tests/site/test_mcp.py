@@ -22,12 +22,12 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from executor.devchain import transact
 from flows import api as rest
 from flows.actions import create_flow, publish_version
 from flows.mcp import tools
 from flows.models import ApiToken, Flow, FlowVersion, Membership
 from flows.nodes import NODE_TYPES
+from kwala_site.dev.devchain import transact
 from tests.executor.chainkit import BIG, deploy_zoo, listener_for, make_chain
 from tests.team_fixtures import token_for
 

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from executor.models import Run, WorkerProbe
 from executor.runs.store import record_run_event
 from flows.models import Flow, FlowVersion
-from kwala_site import embedded
+from kwala_site.dev import embedded
 
 
 def test_embedded_postgres_and_redis_start_stop_and_keep_their_data():

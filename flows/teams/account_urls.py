@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, reverse_lazy
 
-from flows import account_views
+from flows.teams import account_views
 from flows.throttle import throttled_posts
 
 urlpatterns = [

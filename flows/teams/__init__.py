@@ -463,7 +463,7 @@ def do_duplicate_flow(user, flow: Flow, target: Membership) -> Flow:
     _, graph = current_graph(flow)
     if not Membership.objects.filter(user=user, team_id=flow.team_id).exists():
         # Someone outside the flow's team sees only its redacted graph; a copy must not reveal more.
-        from flows.sharing import redacted_graph
+        from flows.teams.sharing import redacted_graph
 
         graph = redacted_graph(graph)
     with transaction.atomic():

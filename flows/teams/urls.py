@@ -1,6 +1,6 @@
 from django.urls import path
 
-from flows import team_views
+from flows.teams import views as team_views
 
 urlpatterns = [
     path("team/", team_views.team, name="team"),

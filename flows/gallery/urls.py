@@ -1,6 +1,6 @@
 from django.urls import path
 
-from flows import gallery_views
+from flows.gallery import views as gallery_views
 
 urlpatterns = [
     path("templates/", gallery_views.gallery_page, name="gallery"),

@@ -22,8 +22,6 @@ from flows.actions import current_graph
 from flows.graph_svg import graph_svg
 from flows.models import Flow, FlowShare, Invitation, Membership, PublicLink, Secret, SignerKey
 from flows.permissions import SESSION_TEAM_KEY, get_flow_for_user, has_role, require_membership, safe_next
-from flows.sharing import redacted_graph
-from flows.team_forms import InviteForm, RoleForm, SecretForm, ShareForm, SignerForm, SignerLimitsForm, TeamForm
 from flows.teams import (
     TeamError,
     do_accept_invitation,
@@ -46,6 +44,8 @@ from flows.teams import (
     invitation_from_token,
     role_choices_for,
 )
+from flows.teams.forms import InviteForm, RoleForm, SecretForm, ShareForm, SignerForm, SignerLimitsForm, TeamForm
+from flows.teams.sharing import redacted_graph
 
 Role = Membership.Role
 

@@ -23,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from executor.metrics import clear_samples
-from executor.supervisor import Program, Supervisor
+from kwala_site.dev.supervisor import Program, Supervisor
 
 DEMO_USERNAME = "admin"
 # The worker settings `dev` starts with (bench/end_to_end.py measures with the same):
@@ -104,7 +104,7 @@ class Command(BaseCommand):
     def start_chains(self, say) -> list:
         from web3 import Web3
 
-        from executor import devchain
+        from kwala_site.dev import devchain
 
         chain_dir = settings.VAR_DIR / "chains"
         chain_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ class Command(BaseCommand):
         return anvils
 
     def stop_embedded(self, say) -> None:
-        from kwala_site import embedded
+        from kwala_site.dev import embedded
 
         if not os.environ.get("DATABASE_URL"):
             embedded.stop_postgres(settings.VAR_DIR / "pg")

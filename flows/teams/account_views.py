@@ -11,8 +11,8 @@ from django.views.decorators.http import require_POST
 
 from flows.models import ApiToken
 from flows.permissions import require_membership, safe_next
-from flows.team_forms import ProfileForm, SignUpForm, TokenForm
 from flows.teams import TeamError, do_create_token, do_revoke_token, do_sign_up
+from flows.teams.forms import ProfileForm, SignUpForm, TokenForm
 
 
 def signup(request):

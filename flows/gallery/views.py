@@ -12,7 +12,7 @@ from flows.actions import chain_names, create_flow
 from flows.graph_svg import graph_svg
 from flows.models import Membership, Secret, SignerKey
 from flows.permissions import require_membership
-from flows.team_views import flow_page_url
+from flows.teams.views import flow_page_url
 
 Role = Membership.Role
 
