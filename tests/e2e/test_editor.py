@@ -220,7 +220,7 @@ def test_pages_carry_a_content_security_policy_that_the_editor_works_under(asgi_
     node(page, "http_request_1").click()  # htmx loads the side panel
     assert page.get_by_label("URL").input_value() == "http://127.0.0.1:9/hook"
     page.get_by_role("tab", name="Test").click()
-    page.get_by_role("button", name="Load recent events from the chain").click()  # a wired, not inline, action
+    page.get_by_role("button", name="Pick another sample").click()  # a wired, not inline, action
     page.locator("#samples button[data-action=load-samples]").wait_for(state="detached")
     assert page.console_errors == []  # a blocked script or style would be reported here
 

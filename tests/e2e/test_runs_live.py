@@ -147,7 +147,7 @@ def test_a_block_flows_test_tab_is_prefilled_with_the_latest_block_and_the_dry_r
     sample = page.get_by_label("Sample trigger (JSON)")
     page.wait_for_selector("#test-payload[data-sample]", state="attached", timeout=10_000)
     assert '"block_number": 146' in sample.input_value() and '"type": "chain.block"' in sample.input_value()
-    page.get_by_role("button", name="Load recent events from the chain").click()
+    page.get_by_role("button", name="Pick another sample").click()
     assert page.locator("#sample-pick option").first.inner_text().startswith("block 146 ·")
 
     page.get_by_role("button", name="Run now").click()
