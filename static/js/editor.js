@@ -104,6 +104,10 @@ async function saveNow() {
       revision = body.revision;
       problems = body.problems;
       showProblems();
+      if (edgesChanged) {
+        edgesChanged = false;
+        refreshPicker();
+      }
       if (!dirty) setSaveState("Saved");
       showStatus({ draft: true, live: state.live });
     } catch (err) {
@@ -164,6 +168,11 @@ graph.on("node:change:data", ({ node }) => { refreshNode(node, catalogue); sched
 graph.on("edge:connected", scheduleSave);
 graph.on("edge:change:source", scheduleSave);
 graph.on("edge:change:target", scheduleSave);
+// What a node can read (the data picker) depends on the edges into it: refresh it once they are saved.
+let edgesChanged = false;
+for (const event of ["edge:connected", "edge:removed", "edge:change:source", "edge:change:target"]) {
+  graph.on(event, () => { edgesChanged = true; });
+}
 graph.on("history:change", updateHistoryButtons);
 
 function updateHistoryButtons() {
@@ -247,6 +256,17 @@ document.addEventListener("input", (e) => {
   if (form && form.getAttribute("hx-post")) form.dataset.edited = "1";
 });
 
+// A field's error belongs to the value the server checked: once the person changes the field
+// (types, or picks from a list), it no longer stands. The server checks again on apply.
+function clearFieldError(e) {
+  const field = e.target.closest?.("#inspector-form .field, #inspector-form .row-cell");
+  if (!field?.classList.contains("field-invalid")) return;
+  field.classList.remove("field-invalid");
+  for (const error of field.querySelectorAll(":scope > .field-error")) error.remove();
+}
+document.addEventListener("input", clearFieldError);
+document.addEventListener("change", clearFieldError);
+
 let applying = null;
 
 // A click opens the inspector twice (the click and the selection change): both wait for one apply.
@@ -307,6 +327,20 @@ async function openInspector(node, focus) {
   }
   if (inspectorLoad) await inspectorLoad;
   if (focus) focusFirstField();
+}
+
+// The open inspector's "Insert data" list, from the server, without touching what is typed in the form.
+async function refreshPicker() {
+  const form = $("#inspector-form");
+  const picker = form?.querySelector(".picker");
+  if (!picker) return;
+  const nodeId = form.dataset.node;
+  const res = await fetch(urls.node.replace("NODE", encodeURIComponent(nodeId)), { credentials: "same-origin" });
+  if (!res.ok || $("#inspector-form")?.dataset.node !== nodeId) return;
+  const fresh = new DOMParser().parseFromString(await res.text(), "text/html").querySelector(".picker");
+  if (!fresh) return;
+  fresh.open = picker.open;
+  picker.replaceWith(fresh);
 }
 
 function focusFirstField() {

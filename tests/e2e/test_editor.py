@@ -10,6 +10,7 @@ from tests.e2e.editor_helpers import (
     connect,
     drag_from_palette,
     edge_keys,
+    inspect,
     local_chain,
     make_flow,
     node,
@@ -340,4 +341,47 @@ def test_a_switch_shows_a_port_per_case_and_nodes_take_their_look_from_the_catal
     assert ports == ["in", "out:big", "out:small", "out:default"]
     stripe = page.locator("[data-cell-id='manual_1'] rect").nth(1).get_attribute("fill")
     assert stripe == "#7c3aed"  # the trigger colour, from flows/nodes/base.py
+    assert page.console_errors == []
+
+
+def test_a_field_s_error_clears_when_the_person_fixes_it_and_comes_back_if_still_wrong(asgi_server, page, team,
+                                                                                      alice):
+    local_chain()
+    graph = {"nodes": [{"id": "watch", "type": "chain.event", "config": {}, "position": {"x": 80, "y": 80}}],
+             "edges": []}
+    flow = make_flow(team, alice, graph=graph)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    node(page, "watch").click()
+    chain_field = page.locator("#inspector-form .field[data-field='chain']")
+    assert chain_field.locator(".field-error").inner_text() == "Chain is required"
+    page.locator("#inspector select[name=chain]").select_option(index=1)
+    assert chain_field.locator(".field-error").count() == 0
+    assert "field-invalid" not in (chain_field.get_attribute("class") or "")
+    # The event is still missing: applying brings its error back from the server, not the chain's.
+    page.get_by_role("button", name="Apply").click()
+    event_field = page.locator("#inspector-form .field[data-field='event']")
+    event_field.locator(".field-error").wait_for()
+    assert event_field.locator(".field-error").inner_text() == "Event is required"
+    assert page.locator("#inspector-form .field[data-field='chain'] .field-error").count() == 0
+    assert page.console_errors == []
+
+
+def test_the_data_picker_follows_a_new_connection_without_reselecting(asgi_server, page, team, alice):
+    graph = {"nodes": [
+        {"id": "manual_1", "type": "manual", "config": {}, "position": {"x": 40, "y": 120}},
+        {"id": "hook", "type": "http.request", "config": {"url": "https://example.com/x", "method": "POST"},
+         "position": {"x": 400, "y": 120}},
+    ], "edges": []}
+    flow = make_flow(team, alice, graph=graph)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    inspect(page, "hook")
+    page.get_by_label("URL").fill("https://example.com/typed")  # typed, not applied: must survive
+    picker = page.locator("#inspector-form .picker")
+    assert "Trigger: Manual" not in picker.text_content() and "Flow" in picker.text_content()
+    connect(page, "manual_1", "out", "hook")
+    page.locator("#inspector-form .picker h3", has_text="Trigger: Manual").wait_for(state="attached")
+    assert page.locator("#inspector-form .picker [data-expr='trigger.payload']").count() == 1
+    assert page.get_by_label("URL").input_value() == "https://example.com/typed"
     assert page.console_errors == []
