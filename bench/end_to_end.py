@@ -169,7 +169,7 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
 
     from django.contrib.auth import get_user_model
     from django.db import connection
-    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
+    from kwala_site.dev.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from web3 import Web3
 
     from executor.models import Chain, Run

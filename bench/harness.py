@@ -62,7 +62,7 @@ def spawn(children: list[subprocess.Popen], name: str, command: list[str]) -> su
 
 def spawn_workers_and_listener(children: list[subprocess.Popen]) -> None:
     """The Dramatiq workers (as `manage.py dev` sizes them) and `manage.py listen_chains`."""
-    from executor.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
+    from kwala_site.dev.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
 
     spawn(children, "worker", [sys.executable, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
                                "--threads", str(WORKER_THREADS)])
