@@ -175,7 +175,11 @@ def flow_graph(request, code):
         actions.save_draft(flow, request.user, graph, revision=revision)
     except actions.ConflictError as exc:
         return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
-    return JsonResponse({"revision": flow.revision, "problems": _problems(flow, graph)})
+    live = actions.live_version(flow)
+    return JsonResponse({"revision": flow.revision, "problems": _problems(flow, graph),
+                         "live": live.number if live else None,
+                         # Undoing back to the live graph leaves no draft changes to show.
+                         "draft": live is None or not is_empty(diff_graphs(live.graph, graph))})
 
 
 def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_edit: bool, saved: bool,

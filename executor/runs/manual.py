@@ -116,6 +116,9 @@ def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
         raise RunError(f"This flow version has no step {step_id!r}.")
     again = _descendants(dag, step_id)
     old = {row.step_id: row for row in run.steps.all()}
+    if step_id in old and old[step_id].status in (S.SKIPPED, S.PENDING):
+        raise RunError(f"Step {step_id!r} did not run in this run (its branch was not taken): re-run from a step "
+                       "that ran, such as the one that chose the branch.")
     for sid in {s["id"] for s in dag["steps"]} - again:
         if sid not in old or old[sid].status in (S.PENDING, S.QUEUED, S.RUNNING):
             raise RunError(f"Step {sid!r} has not finished in the original run, so its result cannot be reused.")

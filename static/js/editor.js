@@ -109,7 +109,7 @@ async function saveNow() {
         refreshPicker();
       }
       if (!dirty) setSaveState("Saved");
-      showStatus({ draft: true, live: state.live });
+      showStatus({ draft: body.draft, live: body.live });
     } catch (err) {
       dirty = true;
       setSaveState("Offline — will retry");
@@ -686,6 +686,9 @@ function showTab(name) {
     const panel = document.getElementById(`tab-${tab.dataset.tab}`);
     if (panel) panel.hidden = !on;
   }
+  // A test run's step details go with the node's settings and the Test tab, not with the problems.
+  const details = $("#step-details");
+  if (details) details.hidden = name === "problems" || !activeRun || !details.hasChildNodes();
 }
 for (const tab of document.querySelectorAll("[data-tab]")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
 

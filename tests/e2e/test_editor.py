@@ -385,3 +385,22 @@ def test_the_data_picker_follows_a_new_connection_without_reselecting(asgi_serve
     assert page.locator("#inspector-form .picker [data-expr='trigger.payload']").count() == 1
     assert page.get_by_label("URL").input_value() == "https://example.com/typed"
     assert page.console_errors == []
+
+
+def test_undoing_back_to_the_live_graph_clears_draft_changes(asgi_server, page, team, alice):
+    from flows.actions import publish_version
+
+    flow = make_flow(team, alice)
+    publish_version(flow, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    badge = page.locator("#flow-status")
+    assert badge.inner_text() == "Live v1"
+    page.evaluate("window.kwalaEditor.graph.getCellById('manual_1').translate(60, 40)")
+    page.wait_for_function("document.querySelector('#flow-status').textContent.includes('draft changes')")
+    node(page, "condition_1").click()  # the canvas has the focus, as after a person's drag
+    page.keyboard.press("Control+z")
+    page.wait_for_function("document.querySelector('#flow-status').textContent === 'Live v1'")
+    wait_saved(page)
+    assert badge.inner_text() == "Live v1"
+    assert page.console_errors == []

@@ -12,7 +12,7 @@ from flows.actions import create_flow, publish_version, save_draft
 from flows.models import AuditEvent
 from kwala_site.dev.devchain import DEV_ACCOUNTS, load_artifact
 from tests.flows.test_api import assert_error, body
-from tests.team_fixtures import api_client
+from tests.team_fixtures import api_client, logged_in
 
 S = StepRun.Status
 
@@ -169,6 +169,18 @@ def test_rerunning_from_an_unknown_step_is_a_clear_409(alice, live_flow):
                                                 content_type="application/json"), 409, "run_error")
     assert "nope" in error["message"] and Run.objects.count() == 1
     assert not AuditEvent.objects.filter(action="run.rerun").exists()
+
+
+def test_rerunning_from_a_step_that_was_skipped_is_refused_and_the_page_does_not_offer_it(alice, live_flow):
+    run = failed_run(live_flow)
+    run.steps.filter(step_id="h").update(status=S.SKIPPED, error="")
+    error = assert_error(api_client(alice).post(f"/api/v1/runs/{run.code}/rerun", {"step_id": "h"},
+                                                content_type="application/json"), 409, "run_error")
+    assert "did not run" in error["message"] and Run.objects.count() == 1
+    page = logged_in(alice).get(f"/runs/{run.code}/steps/h/").content.decode()
+    assert "Re-run from this step" not in page
+    run.steps.filter(step_id="h").update(status=S.FAILED)
+    assert "Re-run from this step" in logged_in(alice).get(f"/runs/{run.code}/steps/h/").content.decode()
 
 
 def test_another_teams_run_cannot_be_retried_or_rerun(alice, charlie, live_flow):
