@@ -142,12 +142,29 @@ function showConflict(message) {
   setSaveState("Not saved: changed elsewhere");
 }
 
+// A message that floats over the canvas and goes away by itself (an error stays a little longer).
+let noticeTimer = null;
 function notice(text, isError = false) {
   const box = $("#notice");
   box.textContent = text;
   box.classList.toggle("banner-error", isError);
   box.hidden = !text;
+  clearTimeout(noticeTimer);
+  if (text) noticeTimer = setTimeout(() => { box.hidden = true; }, isError ? 10_000 : 5_000);
 }
+
+const TWO_TRIGGERS = "A flow has exactly one trigger; this one will show as a problem until you remove one.";
+const triggerCount = () => graph.getNodes().filter((n) => catalogue[n.getData().type]?.category === "trigger").length;
+
+// An empty canvas says how to begin; a message about a second trigger goes once there is one again.
+function showCanvasHint() {
+  const hint = $("#canvas-hint");
+  if (hint) hint.hidden = graph.getNodes().length > 0;
+  if ($("#notice").textContent === TWO_TRIGGERS && triggerCount() <= 1) notice("");
+}
+graph.on("cell:added", showCanvasHint);
+graph.on("cell:removed", showCanvasHint);
+showCanvasHint();
 
 function showStatus(s) {
   const badge = $("#flow-status");
@@ -480,7 +497,7 @@ function newNodeId(type) {
 function addNode(type, position, select) {
   if (!catalogue[type]) return null;
   if (catalogue[type].category === "trigger" && graph.getNodes().some((n) => catalogue[n.getData().type]?.category === "trigger")) {
-    notice("A flow has exactly one trigger; this one will show as a problem until you remove one.");
+    notice(TWO_TRIGGERS);
   }
   const node = graph.addNode(nodeCell({ id: newNodeId(type), type, config: {}, position }, catalogue));
   setProblems(node, [], catalogue);

@@ -404,3 +404,22 @@ def test_undoing_back_to_the_live_graph_clears_draft_changes(asgi_server, page, 
     wait_saved(page)
     assert badge.inner_text() == "Live v1"
     assert page.console_errors == []
+
+
+def test_an_empty_flow_says_how_to_begin_and_messages_float_and_go(asgi_server, page, team, alice):
+    flow = make_flow(team, alice, graph={"nodes": [], "edges": []})
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    hint = page.locator("#canvas-hint")
+    assert hint.is_visible() and "Start with a trigger" in hint.inner_text()
+    canvas_top = page.locator(".canvas-wrap").bounding_box()["y"]
+    drag_from_palette(page, "Manual", 200, 150)
+    hint.wait_for(state="hidden")
+    drag_from_palette(page, "Webhook", 450, 150)  # a second trigger
+    notice = page.locator("#notice")
+    notice.wait_for(state="visible")
+    assert "exactly one trigger" in notice.inner_text()
+    assert page.locator(".canvas-wrap").bounding_box()["y"] == canvas_top  # it floats: nothing moved down
+    page.keyboard.press("Control+z")  # the second trigger goes, and the message with it (before its 5 s are up)
+    notice.wait_for(state="hidden", timeout=2_000)
+    assert page.console_errors == []
