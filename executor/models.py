@@ -182,6 +182,42 @@ class Run(models.Model):
         return f"run {self.code} ({self.status})"
 
 
+class RunRollup(models.Model):
+    """Finished runs of a flow counted per hour they were created in, by final status.
+
+    Kept exact by a trigger on executor_run (migration 0007): the statement that gives a run
+    a final status, or takes it away (a retry, a reorg of a finished run), adds to its hour
+    here in the same transaction. The flows page reads its figures from these rows, never by
+    scanning runs (executor.rollups). Each run counts in one of SHARDS rows of its hour, so
+    runs finishing together do not queue on one row lock; retention folds the shards of past
+    hours into one row and deletes hours older than KWALA_ROLLUP_RETENTION_DAYS. Deleting
+    runs leaves their counts: the figures outlive the runs.
+    """
+
+    SHARDS = 8
+
+    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="+", db_index=False)  # see Meta
+    flow = models.ForeignKey("flows.Flow", models.CASCADE, related_name="run_rollups", db_index=False)
+    hour = models.DateTimeField()
+    shard = models.PositiveSmallIntegerField(default=0)
+    # Signed: a run leaving a status subtracts from a shard that may not be the one it was counted in.
+    succeeded = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    cancelled = models.IntegerField(default=0)
+    reorged = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["flow", "hour", "shard"], name="runrollup_unique_bucket")]
+        indexes = [
+            models.Index(fields=["team", "hour"], name="runrollup_team_hour"),
+            # The shard rows of recent hours, for the fold (everything else is in shard 0).
+            models.Index(fields=["hour"], name="runrollup_shards", condition=~models.Q(shard=0)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flow_id} @ {self.hour:%Y-%m-%d %H}:00/{self.shard}"
+
+
 class StepRun(models.Model):
     class Status(models.TextChoices):
         PENDING = "PENDING", "Pending"

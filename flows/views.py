@@ -5,7 +5,6 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Max, Q
 from django.db.models.functions import Lower
 from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -14,8 +13,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
+from executor import rollups
 from executor.listener_health import chain_health
-from executor.models import Run
 from executor.runs.manual import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
@@ -32,31 +31,22 @@ STATS_WINDOW = timedelta(days=7)
 
 @login_required
 def home(request):
+    """The team's flows, each with its newest run and its success rate over the last 7 days
+    (from the run rollups: this page never counts runs)."""
     membership = require_membership(request)
-    since = timezone.now() - STATS_WINDOW
-    flows = (
-        Flow.objects.filter(team=membership.team)
-        .annotate(
-            last_run_at=Max("runs__created_at"),
-            runs_finished=Count(
-                "runs", filter=Q(runs__created_at__gte=since, runs__status__in=["SUCCEEDED", "FAILED"])
-            ),
-            runs_succeeded=Count("runs", filter=Q(runs__created_at__gte=since, runs__status="SUCCEEDED")),
-        )
-        .order_by(Lower("name"), "name")  # "whale alert" among the W's, not after every capital
-    )
+    flows = Flow.objects.filter(team=membership.team).order_by(Lower("name"), "name")  # "whale alert" among the W's
     live = dict(
         FlowVersion.objects.filter(flow__team=membership.team, status=FlowVersion.Status.PUBLISHED).values_list(
             "flow_id", "number"
         )
     )
-    last_status = {}
-    for run in Run.objects.filter(team=membership.team).order_by("flow_id", "-created_at").distinct("flow_id"):
-        last_status[run.flow_id] = run
+    figures = rollups.flow_figures(membership.team_id, timezone.now() - STATS_WINDOW)
+    last_runs = rollups.last_runs(membership.team_id)
     rows = []
     for flow in flows:
-        rate = round(100 * flow.runs_succeeded / flow.runs_finished) if flow.runs_finished else None
-        rows.append({"flow": flow, "live": live.get(flow.pk), "last_run": last_status.get(flow.pk), "rate": rate})
+        week = figures.get(flow.pk, rollups.Figures())
+        rows.append({"flow": flow, "live": live.get(flow.pk), "last_run": last_runs.get(flow.pk),
+                     "rate": week.success_rate, "finished": week.finished})
     return render(
         request,
         "flows/home.html",

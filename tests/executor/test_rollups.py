@@ -1,0 +1,194 @@
+"""Run rollups: every way a run finishes moves its flow's hour by exactly one, once; the flows
+page reads them."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from executor import rollups
+from executor.listener import retract_blocks
+from executor.models import Chain, Run, RunRollup
+from executor.runs import start
+from executor.runs.manual import retry_run, start_manual_run
+from executor.runs.start import RunClaim, start_claimed
+from tests.executor.conftest import edge, make_version, manual, node
+from tests.team_fixtures import logged_in
+
+pytestmark = pytest.mark.django_db
+
+S = Run.Status
+
+
+def counts(flow) -> dict[str, int]:
+    """The flow's rollups summed over every hour and shard."""
+    figures = rollups.flow_figures(flow.team_id, timezone.now() - timedelta(days=3650)).get(flow.pk, rollups.Figures())
+    return {"succeeded": figures.succeeded, "failed": figures.failed, "cancelled": figures.cancelled,
+            "reorged": figures.reorged}
+
+
+def zero(**moved) -> dict[str, int]:
+    return {"succeeded": 0, "failed": 0, "cancelled": 0, "reorged": 0, **moved}
+
+
+def stop_version(team, user, *, fail: bool = False):
+    return make_version(team, user, [manual(), node("halt", "stop", {"fail": fail, "message": "no more"})],
+                        [edge("start", "halt")])
+
+
+def bare_run(version, key: str, status: str = S.QUEUED, **fields) -> Run:
+    return Run.objects.create(team=version.flow.team, flow=version.flow, version=version, trigger_key=key,
+                              status=status, **fields)
+
+
+# -- the rollups move with the runs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [S.SUCCEEDED, S.FAILED, S.CANCELLED, S.REORGED])
+def test_a_run_entering_each_final_status_counts_once_in_that_status(team, alice, status):
+    version = stop_version(team, alice)
+    run = bare_run(version, "manual:1")
+    Run.objects.filter(pk=run.pk).update(status=S.RUNNING)
+    assert counts(version.flow) == zero()
+
+    Run.objects.filter(pk=run.pk).update(status=status)
+    Run.objects.filter(pk=run.pk).update(status=status)  # finished again: nothing moves
+
+    assert counts(version.flow) == zero(**{status.lower(): 1})
+
+
+def test_a_run_that_runs_to_its_end_in_the_engine_counts_once(team, alice):
+    ok, failing = stop_version(team, alice), stop_version(team, alice, fail=True)
+    for version in (ok, failing):
+        run = start_manual_run(version, {}, user=alice)
+        start.start_run(run.pk)
+        start.start_run(run.pk)  # start_run delivered twice
+
+    assert counts(ok.flow) == zero(succeeded=1)
+    assert counts(failing.flow) == zero(failed=1)
+
+
+def test_a_run_claimed_already_finished_counts_once_however_often_it_is_claimed(team, alice):
+    version = stop_version(team, alice)
+    claim = RunClaim(version_id=version.pk, flow_id=version.flow_id, team_id=team.pk, trigger_key="webhook:1",
+                     trigger={"type": "webhook", "payload": {}})
+
+    run, new = start_claimed(claim)
+    again, new_again = start_claimed(claim)
+
+    assert (new, again, new_again) == (True, None, False)
+    assert Run.objects.get(pk=run.pk).status == S.SUCCEEDED
+    assert counts(version.flow) == zero(succeeded=1)
+
+
+def test_a_retry_takes_the_failure_back_and_counts_its_new_end(team, alice):
+    version = stop_version(team, alice, fail=True)
+    run = start_manual_run(version, {}, user=alice)
+    start.start_run(run.pk)
+    assert counts(version.flow) == zero(failed=1)
+
+    # Out of FAILED, and into whatever the retry ends with (nothing failed to run again: it succeeds).
+    retry_run(Run.objects.get(pk=run.pk), user=alice)
+    assert Run.objects.get(pk=run.pk).status == S.SUCCEEDED
+    assert counts(version.flow) == zero(succeeded=1)
+
+    Run.objects.filter(pk=run.pk).update(status=S.RUNNING)
+    assert counts(version.flow) == zero()
+    Run.objects.filter(pk=run.pk).update(status=S.FAILED)
+    assert counts(version.flow) == zero(failed=1)
+
+
+def test_a_reorg_moves_finished_runs_to_reorged_and_unstarted_ones_to_cancelled(team, alice):
+    version = stop_version(team, alice)
+    chain = Chain.objects.create(slug="rollup-chain", name="Rollup chain", chain_id=990001)
+    done = bare_run(version, "log:1", S.SUCCEEDED, chain=chain, block_hash="0xaa", started_at=timezone.now())
+    waiting = bare_run(version, "log:2", S.QUEUED, chain=chain, block_hash="0xaa")
+    assert counts(version.flow) == zero(succeeded=1)
+
+    retract_blocks(chain, ["0xaa"], "reorged away")
+    retract_blocks(chain, ["0xaa"], "reorged away")  # seen twice
+
+    assert {r.pk: r.status for r in Run.objects.filter(pk__in=[done.pk, waiting.pk])} == {
+        done.pk: S.REORGED, waiting.pk: S.CANCELLED}
+    assert counts(version.flow) == zero(reorged=1, cancelled=1)
+
+
+def test_unfinished_and_deleted_runs_leave_the_counts_as_they_are(team, alice):
+    version = stop_version(team, alice)
+    bare_run(version, "manual:queued")
+    bare_run(version, "manual:running", S.RUNNING)
+    finished = bare_run(version, "manual:done", S.SUCCEEDED)
+
+    Run.objects.filter(pk=finished.pk).delete()
+
+    assert counts(version.flow) == zero(succeeded=1)  # the figures outlive the runs
+
+
+def test_a_run_counts_in_the_hour_it_was_created_in(team, alice):
+    version = stop_version(team, alice)
+    run = bare_run(version, "manual:1", S.SUCCEEDED)
+    then = timezone.now() - timedelta(days=10)
+    Run.objects.filter(pk=run.pk).update(created_at=then)
+
+    hours = {row.hour: row.succeeded for row in RunRollup.objects.filter(flow=version.flow) if row.succeeded}
+    assert hours == {rollups.hour_of(then): 1}
+    week = rollups.flow_figures(team.pk, timezone.now() - timedelta(days=7))
+    assert week.get(version.flow_id, rollups.Figures()) == rollups.Figures()
+
+
+def test_runs_of_one_hour_spread_over_shards_and_fold_into_one_row_once_the_hour_is_over(team, alice):
+    version = stop_version(team, alice)
+    for n in range(20):
+        run = bare_run(version, f"manual:{n}", S.SUCCEEDED if n % 4 else S.FAILED)
+        Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(hours=3))
+    assert RunRollup.objects.filter(flow=version.flow).exclude(shard=0).exists()
+    before = counts(version.flow)
+
+    rollups.fold()
+
+    rows = RunRollup.objects.filter(flow=version.flow).exclude(succeeded=0, failed=0, cancelled=0, reorged=0)
+    assert [(row.shard, row.succeeded, row.failed) for row in rows] == [(0, 15, 5)]
+    assert counts(version.flow) == before == zero(succeeded=15, failed=5)
+
+
+def test_rebuild_counts_the_runs_again(team, alice):
+    version = stop_version(team, alice)
+    for n, status in enumerate([S.SUCCEEDED, S.SUCCEEDED, S.FAILED, S.RUNNING]):
+        bare_run(version, f"manual:{n}", status)
+    RunRollup.objects.all().delete()
+
+    rollups.rebuild(since=timezone.now() - timedelta(days=1))
+
+    assert counts(version.flow) == zero(succeeded=2, failed=1)
+
+
+# -- the flows page -----------------------------------------------------------------------------
+
+
+def test_the_flows_page_shows_the_week_from_the_rollups_and_the_newest_run(team, alice):
+    version = stop_version(team, alice)
+    newest = bare_run(version, "manual:newest", S.RUNNING)
+    # No runs behind these figures (pruned, say): the page reads the rollups, not the runs.
+    RunRollup.objects.create(team=team, flow=version.flow, hour=rollups.hour_of(timezone.now()), shard=3,
+                             succeeded=3, failed=1, cancelled=7)
+    RunRollup.objects.create(team=team, flow=version.flow, hour=rollups.hour_of(timezone.now() - timedelta(days=8)),
+                             failed=50)
+
+    page = logged_in(alice).get(reverse("home"))
+
+    assert page.status_code == 200
+    row = page.context["rows"][0]
+    assert (row["rate"], row["finished"], row["last_run"].pk) == (75, 4, newest.pk)
+    assert "75% of 4" in page.content.decode()
+
+
+def test_the_flows_page_of_another_team_shows_none_of_these_figures(team, alice, charlie):
+    version = stop_version(team, alice)
+    bare_run(version, "manual:1", S.SUCCEEDED)
+
+    page = logged_in(charlie).get(reverse("home"))
+
+    assert page.status_code == 200 and page.context["rows"] == []
