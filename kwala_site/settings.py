@@ -541,6 +541,11 @@ KWALA_RUNS_PER_MINUTE_PER_TEAM = env_int("KWALA_RUNS_PER_MINUTE_PER_TEAM", 60_00
 KWALA_RUN_RETENTION_DAYS = env_int("KWALA_RUN_RETENTION_DAYS", 30, minimum=1)
 KWALA_FAILED_RUN_RETENTION_DAYS = env_int("KWALA_FAILED_RUN_RETENTION_DAYS", 90, minimum=1)
 KWALA_RETENTION_INTERVAL_SECONDS = env_int("KWALA_RETENTION_INTERVAL_SECONDS", 600, minimum=10)
+# While runs are due, the sweeper deletes them for this long between two of its sweeps.
+KWALA_RETENTION_SLICE_SECONDS = env_int("KWALA_RETENTION_SLICE_SECONDS", 1, minimum=1)
+# How long the per-hour run counts the flows page reads are kept (executor.rollups); at least
+# the page's 7 days.
+KWALA_ROLLUP_RETENTION_DAYS = env_int("KWALA_ROLLUP_RETENTION_DAYS", 400, minimum=8)
 # The sweeper re-sends work that sat QUEUED this long without being picked up (lost messages).
 KWALA_SWEEP_GRACE_SECONDS = env_int("KWALA_SWEEP_GRACE_SECONDS", 30, minimum=1)
 # A replay job still running after this long lost its worker: the sweeper queues it again.

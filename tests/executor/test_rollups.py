@@ -1,5 +1,5 @@
 """Run rollups: every way a run finishes moves its flow's hour by exactly one, once; the flows
-page reads them."""
+page reads them; retention folds and prunes them, and deletes chain events with their runs."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from executor import rollups
+from executor import retention, rollups
 from executor.listener import retract_blocks
-from executor.models import Chain, Run, RunRollup
+from executor.models import Chain, Event, Notification, Run, RunRollup, StepRun
 from executor.runs import start
 from executor.runs.manual import retry_run, start_manual_run
 from executor.runs.start import RunClaim, start_claimed
@@ -154,6 +154,20 @@ def test_runs_of_one_hour_spread_over_shards_and_fold_into_one_row_once_the_hour
     assert counts(version.flow) == before == zero(succeeded=15, failed=5)
 
 
+def test_retention_deletes_rollup_hours_past_their_days_and_keeps_the_rest(team, alice, settings):
+    settings.KWALA_ROLLUP_RETENTION_DAYS = 30
+    version = stop_version(team, alice)
+    old, recent = (bare_run(version, f"manual:{n}", S.SUCCEEDED) for n in range(2))
+    Run.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=31))
+    Run.objects.filter(pk=recent.pk).update(created_at=timezone.now() - timedelta(days=29))
+    Run.objects.filter(pk__in=[old.pk, recent.pk]).update(status=S.FAILED)  # not due: failed runs are kept 90 days
+
+    assert retention.prune() == 0  # nothing due, so the rollups are tidied
+
+    assert [row.hour for row in RunRollup.objects.filter(flow=version.flow) if row.failed] == [
+        rollups.hour_of(timezone.now() - timedelta(days=29))]
+
+
 def test_rebuild_counts_the_runs_again(team, alice):
     version = stop_version(team, alice)
     for n, status in enumerate([S.SUCCEEDED, S.SUCCEEDED, S.FAILED, S.RUNNING]):
@@ -192,3 +206,44 @@ def test_the_flows_page_of_another_team_shows_none_of_these_figures(team, alice,
     page = logged_in(charlie).get(reverse("home"))
 
     assert page.status_code == 200 and page.context["rows"] == []
+
+
+# -- retention with the chain events ----------------------------------------------------------
+
+
+def test_retention_deletes_a_runs_chain_event_with_its_last_run_and_events_that_fired_no_run(team, alice):
+    version = stop_version(team, alice)
+    chain = Chain.objects.create(slug="retention-chain", name="Retention chain", chain_id=990002)
+
+    def event(n: int, days: float) -> Event:
+        made = Event.objects.create(chain=chain, block_number=n, block_hash=f"0x{n:064x}", log_index=0,
+                                    tx_hash=f"0x{n:064x}", address="0x" + "1" * 40)
+        Event.objects.filter(pk=made.pk).update(created_at=timezone.now() - timedelta(days=days))
+        return made
+
+    shared, own, young_unused = event(1, 40), event(2, 40), event(4, 1)
+    event(3, 40)  # fired no run
+    for key, ev, status in (("log:a", shared, S.SUCCEEDED), ("log:b", shared, S.FAILED), ("log:c", own, S.SUCCEEDED)):
+        run = bare_run(version, key, status, event=ev)
+        StepRun.objects.create(run=run, step_id="halt", status="SUCCEEDED")
+        Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(days=40))
+    Notification.objects.create(team=team, run=Run.objects.get(trigger_key="log:b"), kind="RUN_FAILED", message="x")
+
+    assert retention.prune() == 2
+    assert retention.prune() == 0  # and the events no run fired on
+
+    # The failed run is kept 90 days, and the event it fired on with it.
+    assert set(Event.objects.values_list("pk", flat=True)) == {shared.pk, young_unused.pk}
+    assert list(Run.objects.values_list("trigger_key", flat=True)) == ["log:b"]
+    assert Notification.objects.count() == 1
+
+
+def test_a_pass_with_a_time_budget_stops_and_the_next_goes_on(team, alice):
+    version = stop_version(team, alice)
+    for n in range(3):
+        run = bare_run(version, f"manual:{n}", S.SUCCEEDED)
+        Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(days=31))
+
+    assert retention.prune(batch=1, max_seconds=0) == 0  # no time at all: nothing done, nothing lost
+    assert retention.prune(batch=1, max_seconds=60) == 3
+    assert not Run.objects.exists()

@@ -39,11 +39,14 @@ class Command(BaseCommand):
         next_prune = 0.0
         while not stop.is_set():
             if not once and time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + settings.KWALA_RETENTION_INTERVAL_SECONDS
+                # A slice of pruning between two sweeps while runs are due, so that neither waits long.
                 try:
-                    retention.prune()
+                    pruned = retention.prune(max_seconds=settings.KWALA_RETENTION_SLICE_SECONDS)
                 except Exception:
                     logger.exception("pruning old runs failed; the next interval retries")
+                    pruned = 0
+                if not pruned:
+                    next_prune = time.monotonic() + settings.KWALA_RETENTION_INTERVAL_SECONDS
             try:
                 counts = sweeper.sweep(grace)
             except Exception:
