@@ -171,9 +171,15 @@ class Run(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["version", "trigger_key"], name="run_unique_trigger"),
         ]
+        # The lists read a page of runs newest first and the next page from where it stopped
+        # ((created_at, id) below the last one's), each through an index that ends with
+        # (created_at, id); the team's index with status serves a status filter and retention,
+        # the one with finished_at an API client polling for the runs finished since it last asked.
         indexes = [
-            models.Index(fields=["team", "-created_at"]),
-            models.Index(fields=["flow", "-created_at"]),
+            models.Index(fields=["team", "created_at", "id"], name="run_team_created"),
+            models.Index(fields=["team", "status", "created_at", "id"], name="run_team_status_created"),
+            models.Index(fields=["team", "finished_at"], name="run_team_finished"),
+            models.Index(fields=["flow", "created_at", "id"], name="run_flow_created"),
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["chain", "block_hash"]),
         ]
@@ -357,7 +363,7 @@ class Notification(models.Model):
         RUN_FAILED = "RUN_FAILED", "Run failed"
         TX_STUCK = "TX_STUCK", "Transaction stuck"
 
-    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="notifications")
+    team = models.ForeignKey("flows.Team", models.CASCADE, related_name="notifications", db_index=False)  # see Meta
     run = models.ForeignKey(Run, models.CASCADE, null=True, blank=True, related_name="notifications")
     kind = models.CharField(max_length=20, choices=Kind.choices)
     message = models.TextField()
@@ -367,6 +373,11 @@ class Notification(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [models.UniqueConstraint(fields=["run", "kind"], name="notification_unique_run_kind")]
+        indexes = [
+            models.Index(fields=["team", "created_at", "id"], name="notification_team_created"),
+            # The nav's unread count reads only these.
+            models.Index(fields=["team"], name="notification_unread", condition=models.Q(read_at=None)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message[:40]}"

@@ -1,21 +1,24 @@
 from __future__ import annotations
 
 import json
+import sys
+import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 from jinja2 import nodes as jinja_nodes
 
 from executor.models import Chain, Notification, Run, StepRun, Transaction
+from executor.paging import capped_count, keyset_page
 from executor.runs.manual import RunError, rerun_from, retry_run
 from flows.editor import palette
 from flows.expressions import ExpressionError, explorer_url, parse_expression
@@ -30,25 +33,32 @@ PERIODS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(d
 @login_required
 @require_GET
 def run_list(request):
-    """The team's runs, newest first, filtered by flow, status and period."""
+    """The team's runs, newest first, filtered by flow, status and period; a page at a time
+    from where the last stopped (`before` / `after` a run's code), so every page costs the same."""
     membership = require_membership(request)
-    runs = Run.objects.filter(team=membership.team).select_related("flow", "version").order_by("-created_at")
-    flows = list(Flow.objects.filter(team=membership.team).order_by("name").only("code", "name"))
+    team = membership.team
+    runs = Run.objects.filter(team=team)
+    flows = list(Flow.objects.filter(team=team).order_by("name").only("code", "name"))
     chosen = {"flow": request.GET.get("flow", ""), "status": request.GET.get("status", ""),
               "period": request.GET.get("period", "")}
     if chosen["flow"]:
-        runs = runs.filter(flow__code=chosen["flow"])
+        runs = runs.filter(flow_id=next((f.pk for f in flows if f.code == chosen["flow"]), None))
     if chosen["status"] in Run.Status.values:
         runs = runs.filter(status=chosen["status"])
     if chosen["period"] in PERIODS:
         runs = runs.filter(created_at__gte=timezone.now() - PERIODS[chosen["period"]])
-    page = Paginator(runs, PAGE_SIZE).get_page(request.GET.get("page"))
+    count, capped = capped_count(runs)
+    page = keyset_page(runs.select_related("flow", "version"), PAGE_SIZE,
+                       before=_run_cursor(team, request.GET.get("before")),
+                       after=_run_cursor(team, request.GET.get("after")))
     query = "&".join(f"{k}={v}" for k, v in chosen.items() if v)
     context = {
         "membership": membership,
         "page": page,
-        "filtered": filtered_runs(page.object_list),
-        "ws": f"/ws/teams/{membership.team.code}/runs/",
+        "count": count,
+        "count_capped": capped,
+        "filtered": filtered_runs(page.items),
+        "ws": f"/ws/teams/{team.code}/runs/",
         "flows": flows,
         "statuses": Run.Status.choices,
         "periods": list(PERIODS),
@@ -57,6 +67,15 @@ def run_list(request):
     }
     template = "executor/run_list.html#runs" if request.htmx else "executor/run_list.html"
     return render(request, template, context)
+
+
+def _run_cursor(team, code: str | None) -> tuple[datetime, int] | None:
+    """The (created_at, id) of the team's run `code` a page starts from; None (the newest page) if there is none."""
+    try:
+        code = uuid.UUID(code or "")
+    except ValueError:
+        return None
+    return Run.objects.filter(team=team, code=code).values_list("created_at", "pk").first()
 
 
 def _steps(run: Run) -> dict[str, StepRun]:
@@ -365,11 +384,21 @@ def run_rerun(request, code):
 
 @login_required
 def notifications(request):
-    """The team's alerts (failed runs), newest first; POST marks them all read."""
+    """The team's alerts (failed runs), newest first, a page at a time; POST marks them all read.
+
+    A page starts from the time of the alert the last one ended (`before`) or began with
+    (`after`): alerts are made one at a time, each at its own microsecond.
+    """
     membership = require_membership(request)
     alerts = Notification.objects.filter(team=membership.team).select_related("run", "run__flow")
     if request.method == "POST":
         alerts.filter(read_at=None).update(read_at=timezone.now())
         return redirect("notifications")
-    page = Paginator(alerts, PAGE_SIZE).get_page(request.GET.get("page"))
+    before, after = _time_cursor(request.GET.get("before")), _time_cursor(request.GET.get("after"))
+    page = keyset_page(alerts, PAGE_SIZE, before=before and (before, 0), after=after and (after, sys.maxsize))
     return render(request, "executor/notifications.html", {"membership": membership, "page": page})
+
+
+def _time_cursor(value: str | None) -> datetime | None:
+    moment = parse_datetime(value or "")  # None for anything else
+    return moment if moment is not None and moment.tzinfo is not None else None

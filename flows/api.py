@@ -10,7 +10,7 @@ code. Every error, including validation, 404, 403, 409 and 429, has one shape:
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
@@ -26,6 +26,7 @@ from ninja.security.session import SessionAuth
 from ninja.throttling import BaseThrottle
 from pydantic import AfterValidator
 
+from executor.paging import COUNT_CAP, capped_count, older_than
 from flows import audit, gallery
 from flows.actions import (
     CompileError,
@@ -607,7 +608,10 @@ class RunDetailOut(RunOut):
 
 class RunPage(Schema):
     items: list[RunOut]
-    count: int
+    count: int = Field(description="Runs matching the filters, counted up to 10,000 (see count_capped)")
+    count_capped: bool = Field(description="There are more than 10,000: count says 10,000")
+    has_more: bool = Field(description="Older runs match the filters beyond this page")
+    next_before: str | None = Field(description="Pass as `before` for the next page (the code of this page's last run)")
 
 
 def _run_out(run, detail: bool = False) -> dict:
@@ -630,6 +634,14 @@ def _run_out(run, detail: bool = False) -> dict:
 RunStatus = Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "REORGED"]
 
 
+def _utc(moment: datetime, name: str) -> datetime:
+    """`moment` in UTC (naive: taken as UTC): PostgreSQL refuses offsets past ±15:59 that ISO 8601 allows."""
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(422, "validation_error", f"{name} is out of range.") from None
+
+
 @runs_router.get("", response={200: RunPage, **COMMON_ERRORS})
 def list_runs(
     request,
@@ -638,25 +650,40 @@ def list_runs(
     within_seconds: int | None = Query(None, ge=1, le=366 * 86400, description="Only runs created this recently"),
     finished_after: datetime | None = Query(None, description="Only runs that finished at or after this time"),
     finished_before: datetime | None = Query(None, description="Only runs that finished before this time"),
+    before: str = Query("", max_length=64, description="Only runs older than this run (a code: next_before)"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0, le=10_000_000),
+    offset: int = Query(0, ge=0, le=COUNT_CAP, description="Runs to skip; past 10,000 page with `before`"),
 ):
-    """The team's runs, newest first; `count` is the total matching the filters."""
+    """The team's runs, newest first. Page through them with `before` (each page's `next_before`):
+    every page costs the same. `count` counts the runs matching the filters up to 10,000."""
     from executor.models import Run
 
-    runs = Run.objects.filter(team=request.auth.team).select_related("flow", "version", "chain")
+    team = request.auth.team
+    runs = Run.objects.filter(team=team)
     if flow:
-        runs = runs.filter(flow__code=flow)
+        # By the flow's id, which the planner can weigh against its statistics.
+        runs = runs.filter(flow_id=Flow.objects.filter(team=team, code=flow).values_list("pk", flat=True).first())
     if status:
         runs = runs.filter(status=status)
     if within_seconds:
         runs = runs.filter(created_at__gte=timezone.now() - timedelta(seconds=within_seconds))
     if finished_after:
-        runs = runs.filter(finished_at__gte=finished_after)
+        runs = runs.filter(finished_at__gte=_utc(finished_after, "finished_after"))
     if finished_before:
-        runs = runs.filter(finished_at__lt=finished_before)
-    runs = runs.order_by("-created_at", "-pk")
-    return {"items": [_run_out(r) for r in runs[offset: offset + limit]], "count": runs.count()}
+        # A run is created before it finishes: the bound lets the index start there.
+        runs = runs.filter(finished_at__lt=_utc(finished_before, "finished_before"),
+                           created_at__lt=_utc(finished_before, "finished_before"))
+    count, capped = capped_count(runs)
+    if before:
+        cursor = Run.objects.filter(team=team, code=_uuid_or_404(before, "run")).values_list("created_at", "pk").first()
+        if cursor is None:
+            raise ApiError(404, "run_not_found", "The `before` run is not in your team (or no longer kept).")
+        runs = older_than(runs, cursor)
+    found = list(runs.select_related("flow", "version", "chain").order_by("-created_at", "-id")
+                 [offset: offset + limit + 1])
+    items, more = found[:limit], len(found) > limit
+    return {"items": [_run_out(r) for r in items], "count": count, "count_capped": capped, "has_more": more,
+            "next_before": str(items[-1].code) if more else None}
 
 
 @runs_router.get("/{code}", response={200: RunDetailOut, **COMMON_ERRORS})

@@ -388,11 +388,14 @@ async def list_runs(
     flow: Annotated[str, Field(description="Only this flow's runs", max_length=16)] = "",
     status: Literal["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "REORGED"] | None = None,
     within_seconds: Annotated[int | None, Field(ge=1, le=366 * 86400, description="Created this recently")] = None,
-    limit: Limit = 50, offset: Offset = 0, *, ctx: Context,
+    before: Annotated[str, Field(description="Only runs older than this run: the last page's next_before",
+                                 max_length=64)] = "",
+    limit: Limit = 50, offset: Annotated[int, Field(ge=0, le=10_000)] = 0, *, ctx: Context,
 ) -> CallToolResult:
-    """The team's runs, newest first (code, flow, version, status, trigger key, chain, block, error)."""
+    """The team's runs, newest first (code, flow, version, status, trigger key, chain, block, error);
+    the next page is `before` = next_before."""
     return await _call(ctx, "list_runs", rest.list_runs, flow=flow, status=status, within_seconds=within_seconds,
-                       finished_after=None, finished_before=None, limit=limit, offset=offset)
+                       finished_after=None, finished_before=None, before=before, limit=limit, offset=offset)
 
 
 async def get_run(run: RunCode, *, ctx: Context) -> CallToolResult:

@@ -1,22 +1,23 @@
 """Run rollups: every way a run finishes moves its flow's hour by exactly one, once; the flows
-page reads them; retention folds and prunes them, and deletes chain events with their runs."""
+page reads them; retention folds and prunes them. And the long lists page from where they stopped."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from executor import retention, rollups
+from executor import paging, retention, rollups
 from executor.listener import retract_blocks
 from executor.models import Chain, Event, Notification, Run, RunRollup, StepRun
 from executor.runs import start
 from executor.runs.manual import retry_run, start_manual_run
 from executor.runs.start import RunClaim, start_claimed
 from tests.executor.conftest import edge, make_version, manual, node
-from tests.team_fixtures import logged_in
+from tests.team_fixtures import api_client, logged_in
 
 pytestmark = pytest.mark.django_db
 
@@ -247,3 +248,113 @@ def test_a_pass_with_a_time_budget_stops_and_the_next_goes_on(team, alice):
     assert retention.prune(batch=1, max_seconds=0) == 0  # no time at all: nothing done, nothing lost
     assert retention.prune(batch=1, max_seconds=60) == 3
     assert not Run.objects.exists()
+
+
+# -- long lists, a page at a time -------------------------------------------------------------
+
+
+def runs_at(version, n: int) -> list[Run]:
+    """n runs, the same microsecond for every pair (a claim writes several runs with one time)."""
+    now = timezone.now()
+    made = []
+    for i in range(n):
+        run = bare_run(version, f"manual:page-{i}", S.SUCCEEDED)
+        Run.objects.filter(pk=run.pk).update(created_at=now - timedelta(seconds=i // 2))
+        made.append(run)
+    return sorted(made, key=lambda r: (Run.objects.get(pk=r.pk).created_at, r.pk), reverse=True)
+
+
+def test_the_runs_page_goes_older_and_newer_through_every_run_once(team, alice, monkeypatch):
+    from executor import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 3)
+    version = stop_version(team, alice)
+    newest_first = [r.code for r in runs_at(version, 8)]
+    client = logged_in(alice)
+
+    seen, url = [], reverse("run_list")
+    pages = []
+    while url:
+        page = client.get(url).context["page"]
+        pages.append(page)
+        seen += [r.code for r in page.items]
+        url = f"{reverse('run_list')}?before={page.last.code}" if page.older else None
+    assert seen == newest_first
+    assert [p.newer for p in pages] == [False, True, True]
+
+    back = client.get(f"{reverse('run_list')}?after={pages[-1].first.code}").context["page"]
+    assert [r.code for r in back.items] == [r.code for r in pages[1].items] and back.newer and back.older
+    assert client.get(reverse("run_list")).context["count"] == 8
+
+
+def test_the_runs_page_ignores_a_cursor_from_another_team(team, alice, charlie):
+    version = stop_version(team, alice)
+    mine = bare_run(version, "manual:mine", S.SUCCEEDED)
+
+    page = logged_in(charlie).get(f"{reverse('run_list')}?before={mine.code}")
+
+    assert page.status_code == 200 and page.context["page"].items == []
+
+
+def test_the_api_pages_with_next_before_and_caps_its_count(team, alice, monkeypatch):
+    monkeypatch.setattr(paging, "COUNT_CAP", 5)
+    version = stop_version(team, alice)
+    newest_first = [str(r.code) for r in runs_at(version, 7)]
+    api = api_client(alice)
+
+    first = api.get("/api/v1/runs?limit=4").json()
+    second = api.get(f"/api/v1/runs?limit=4&before={first['next_before']}").json()
+
+    assert [r["code"] for r in first["items"] + second["items"]] == newest_first
+    assert (first["count"], first["count_capped"], first["has_more"]) == (5, True, True)
+    assert (second["has_more"], second["next_before"]) == (False, None)
+
+
+def test_the_api_refuses_a_cursor_it_cannot_find(team, alice, charlie):
+    version = stop_version(team, alice)
+    mine = bare_run(version, "manual:mine", S.SUCCEEDED)
+
+    answer = api_client(charlie).get(f"/api/v1/runs?before={mine.code}")
+
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "run_not_found"
+
+
+def test_the_alerts_page_goes_older_and_newer(team, alice, monkeypatch):
+    from executor import views
+
+    monkeypatch.setattr(views, "PAGE_SIZE", 2)
+    version = stop_version(team, alice)
+    for n in range(5):
+        run = bare_run(version, f"manual:{n}", S.FAILED)
+        Notification.objects.create(team=team, run=run, kind="RUN_FAILED", message=f"failed {n}")
+    client = logged_in(alice)
+
+    messages, url = [], reverse("notifications")
+    while url:
+        response = client.get(url)
+        page = response.context["page"]
+        messages += [a.message for a in page.items]
+        cursor = response.content.decode().partition('href="?before=')[2].partition('"')[0]
+        url = f"{reverse('notifications')}?before={cursor}" if page.older else None
+    assert messages == [f"failed {n}" for n in reversed(range(5))]
+    assert client.get(reverse("home")).context["unread_alerts"] == 5
+
+
+def test_the_nav_counts_unread_alerts_up_to_99(team, alice):
+    version = stop_version(team, alice)
+    Notification.objects.bulk_create(
+        Notification(team=team, run=bare_run(version, f"manual:{n}", S.FAILED), kind="RUN_FAILED", message="x")
+        for n in range(100))
+
+    assert logged_in(alice).get(reverse("home")).context["unread_alerts"] == "99+"
+
+
+def test_the_list_queries_use_their_indexes(team, alice):
+    """At scale, bench/history_scale.py; here, that the planner can take the index at all."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("EXPLAIN SELECT id FROM executor_run WHERE team_id = %s ORDER BY created_at DESC, id DESC "
+                       "LIMIT 50", [team.pk])
+        plan = " ".join(row[0] for row in cursor.fetchall())
+        cursor.execute("SET enable_seqscan = on")
+    assert "run_team_created" in plan and "Sort" not in plan
