@@ -6,6 +6,7 @@ from django.contrib.admin.helpers import ActionForm
 
 from executor.listener_health import scrub_urls
 from executor.models import Chain, ChainCursor, Event, ReplayJob, RpcEndpoint, Run, StepRun
+from executor.paging import CappedPaginator
 from flows.admin import OperatorOnlyAdmin, OwnTeamsFilter, ReadOnlyAdmin, TeamScopedAdmin
 
 
@@ -105,6 +106,8 @@ class ChainCursorAdmin(OperatorOnlyAdmin):
 class EventAdmin(admin.ModelAdmin):
     list_display = ["chain", "block_number", "log_index", "address", "tx_hash", "retracted_at"]
     list_filter = ["chain"]
+    paginator = CappedPaginator  # millions of rows: no count of them all
+    show_full_result_count = False
     search_fields = ["tx_hash", "address", "block_hash"]
 
 
@@ -140,9 +143,11 @@ def retry_failed_runs(modeladmin, request, queryset):
 @admin.register(Run)
 class RunAdmin(TeamScopedAdmin):
     list_display = ["code", "flow", "status", "dry_run", "created_at", "finished_at"]
-    list_filter = ["status", "dry_run", "chain", ("team", OwnTeamsFilter)]
+    # By period rather than date_hierarchy, whose year and month links are read from every run.
+    list_filter = ["status", "dry_run", ("created_at", admin.DateFieldListFilter), "chain", ("team", OwnTeamsFilter)]
     search_fields = ["code", "flow__name", "flow__code", "event__tx_hash", "trigger_key", "block_hash"]
-    date_hierarchy = "created_at"
+    paginator = CappedPaginator  # millions of rows: no count of them all
+    show_full_result_count = False
     inlines = [StepRunInline]
     raw_id_fields = ["event", "version", "flow"]
     actions = [retry_failed_runs]

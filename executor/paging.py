@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
+from django.utils.functional import cached_property
 
 COUNT_CAP = 10_000
 
@@ -67,3 +69,12 @@ def capped_count(rows: QuerySet, cap: int | None = None) -> tuple[int, bool]:
     cap = cap if cap is not None else COUNT_CAP
     counted = rows.order_by()[: cap + 1].count()
     return min(counted, cap), counted > cap
+
+
+class CappedPaginator(Paginator):
+    """Django's paginator counting to COUNT_CAP at most, for the admin's run and event lists
+    (with show_full_result_count off): its pages reach the newest 10,000; filter for the rest."""
+
+    @cached_property
+    def count(self) -> int:
+        return capped_count(self.object_list)[0]

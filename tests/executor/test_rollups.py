@@ -358,3 +358,15 @@ def test_the_list_queries_use_their_indexes(team, alice):
         plan = " ".join(row[0] for row in cursor.fetchall())
         cursor.execute("SET enable_seqscan = on")
     assert "run_team_created" in plan and "Sort" not in plan
+
+
+def test_the_admin_run_list_counts_runs_only_up_to_the_cap(team, alice, django_user_model, monkeypatch):
+    monkeypatch.setattr(paging, "COUNT_CAP", 3)
+    version = stop_version(team, alice)
+    for n in range(5):
+        bare_run(version, f"manual:{n}", S.SUCCEEDED)
+    root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
+
+    page = logged_in(root).get(reverse("admin:executor_run_changelist"))
+
+    assert page.status_code == 200 and page.context["cl"].result_count == 3
