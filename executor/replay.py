@@ -1,6 +1,7 @@
-"""Replay and backtest: run a flow version's event trigger over a past block range.
+"""Replay and backtest: run a flow version's event or transaction trigger over a past block range.
 
-A live replay uses the live keys (`log:<chain>:<block hash>:<log index>`), so
+A live replay uses the live keys (`log:<chain>:<block hash>:<log index>`, `tx:<chain>:<block
+hash>:<index>`), so
 events that already fired are not fired again. A dry run (backtest) creates
 runs with `dry_run=True` under keys prefixed `replay:<uuid>:`, which never
 collide with live runs or with another backtest, and are not enqueued by the
@@ -15,13 +16,25 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.utils import timezone
 
-from executor.chain import ChainClient, ChainError
-from executor.matching import MatchError, TriggerIndex, compile_trigger, condition_holds, log_payload
+from executor.chain import BATCH_SIZE, ChainClient, ChainError
+from executor.chaintx import BlockTransactions
+from executor.matching import (
+    MatchError,
+    TriggerIndex,
+    TxIndex,
+    compile_trigger,
+    condition_holds,
+    log_payload,
+    tx_payload,
+)
 from executor.models import Chain
 from executor.runs.start import RunClaim, claim_runs
 from flows.expressions import ExpressionError
 
 MAX_REPLAY_BLOCKS = getattr(settings, "KWALA_MAX_REPLAY_BLOCKS", 100_000)
+# A transaction trigger reads every block whole (not one eth_getLogs per range): a tenth as many.
+MAX_TX_REPLAY_BLOCKS = getattr(settings, "KWALA_MAX_TX_REPLAY_BLOCKS", 10_000)
+REPLAYABLE = ("chain.event", "chain.transaction")
 FIRST_RANGE = 2000
 
 
@@ -42,11 +55,12 @@ def check_replay(version, chain: Chain, from_block: int, to_block: int) -> None:
         raise ReplayError("Block numbers must not be negative.")
     if from_block > to_block:
         raise ReplayError(f"The range is empty: --from {from_block} is after --to {to_block}.")
-    if to_block - from_block + 1 > MAX_REPLAY_BLOCKS:
-        raise ReplayError(f"The range is {to_block - from_block + 1:,} blocks; at most {MAX_REPLAY_BLOCKS:,} at a time.")
     spec = (version.dag or {}).get("trigger") or {}
-    if spec.get("type") != "chain.event":
-        raise ReplayError("Only flows triggered by a contract event can be replayed over blocks.")
+    if spec.get("type") not in REPLAYABLE:
+        raise ReplayError("Only flows triggered by a contract event or a transaction can be replayed over blocks.")
+    most = MAX_TX_REPLAY_BLOCKS if spec["type"] == "chain.transaction" else MAX_REPLAY_BLOCKS
+    if to_block - from_block + 1 > most:
+        raise ReplayError(f"The range is {to_block - from_block + 1:,} blocks; at most {most:,} at a time.")
     if int(spec.get("chain_id") or 0) != chain.chain_id:
         raise ReplayError(f"The flow listens to chain {spec.get('chain_id')}, not {chain.slug}.")
 
@@ -67,15 +81,15 @@ def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run
         trigger = compile_trigger(spec, version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id, flow_code=flow.code)
     except MatchError as exc:
         raise ReplayError(f"The trigger cannot be matched: {exc}") from None
+    client = client or ChainClient.for_chain(chain)
+    prefix = (key_prefix or f"replay:{uuid.uuid4()}:") if dry_run else ""
+    if spec["type"] == "chain.transaction":
+        return _replay_transactions(version, chain, trigger, from_block, to_block, dry_run, client, prefix)
     index = TriggerIndex([trigger])
     addresses, topics = index.log_filter()
-    client = client or ChainClient.for_chain(chain)
     try:
-        head = client.block_number()
-        if to_block > head:
-            raise ReplayError(f"Block {to_block} is beyond the chain head ({head}).")
+        _check_head(client, to_block)
         logs = _logs(client, from_block, to_block, addresses, topics)
-        prefix = (key_prefix or f"replay:{uuid.uuid4()}:") if dry_run else ""
         timestamps: dict[str, int] = {}
         now = timezone.now()
         claims, matched = [], 0
@@ -99,10 +113,58 @@ def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run
                 ))
     except ChainError as exc:
         raise ReplayError(f"Could not read chain {chain.slug}: {exc}") from None
+    return ReplayResult(logs_seen=len(logs), matched=matched, run_ids=_claim(claims))
+
+
+def _claim(claims: list[RunClaim]) -> list[int]:
     run_ids = []
     for start in range(0, len(claims), 500):
         run_ids += claim_runs(claims[start:start + 500])
-    return ReplayResult(logs_seen=len(logs), matched=matched, run_ids=run_ids)
+    return run_ids
+
+
+def _check_head(client: ChainClient, to_block: int) -> None:
+    head = client.block_number()
+    if to_block > head:
+        raise ReplayError(f"Block {to_block} is beyond the chain head ({head}).")
+
+
+def _replay_transactions(version, chain: Chain, trigger, from_block: int, to_block: int, dry_run: bool,
+                         client: ChainClient, prefix: str) -> ReplayResult:
+    """The transaction trigger over the range: blocks read whole, BATCH_SIZE a round trip, matched as the
+    listener matches them (executor.chaintx), claimed under the listener's keys (or the backtest's)."""
+    flow = version.flow
+    index = TxIndex([trigger])
+    reader = BlockTransactions(client, keep=BATCH_SIZE)
+    now = timezone.now()
+    claims, seen = [], 0
+    try:
+        _check_head(client, to_block)
+        for first in range(from_block, to_block + 1, BATCH_SIZE):
+            blocks = client.get_blocks(list(range(first, min(to_block, first + BATCH_SIZE - 1) + 1)), full=True)
+            for block in blocks:
+                if block is None:
+                    raise ReplayError("The node has not every block of the range yet; try again in a moment.")
+                reader.prime(block.full)
+                seen += len(block.full.get("transactions") or [])
+                for match in reader.matches(block.hash, index, now):
+                    payload = tx_payload(match.found[0], match.tx, match.receipt, chain_id=chain.chain_id,
+                                         timestamp=block.timestamp)
+                    try:
+                        if not condition_holds(trigger.condition, payload, flow_code=flow.code, now=now):
+                            continue
+                    except ExpressionError:
+                        continue
+                    tx = match.tx
+                    claims.append(RunClaim(
+                        version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id,
+                        trigger_key=f"{prefix}tx:{chain.chain_id}:{tx['block_hash']}:{tx['tx_index']}",
+                        trigger=payload, chain_id=chain.pk, block_number=tx["block_number"],
+                        block_hash=tx["block_hash"], dry_run=dry_run,
+                    ))
+    except ChainError as exc:
+        raise ReplayError(f"Could not read chain {chain.slug}: {exc}") from None
+    return ReplayResult(logs_seen=seen, matched=len(claims), run_ids=_claim(claims))
 
 
 def _logs(client: ChainClient, first: int, last: int, addresses, topics) -> list[dict]:

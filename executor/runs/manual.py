@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from executor.models import Chain, ReplayJob, Run, StepRun
-from executor.replay import ReplayError, check_replay, replay_blocks
+from executor.replay import REPLAYABLE, ReplayError, check_replay, replay_blocks
 from executor.runs import engine, queue, start
 from executor.runs.store import record_run_event
 from flows import audit
@@ -156,8 +156,8 @@ def _replay_chain(version: FlowVersion) -> Chain:
     chain_id = (version.dag.get("trigger") or {}).get("chain_id")
     chain = Chain.objects.filter(chain_id=chain_id, enabled=True).first() if chain_id else None
     if chain is None:
-        if (version.dag.get("trigger") or {}).get("type") != "chain.event":
-            raise ReplayError("Only flows triggered by a contract event can be replayed over blocks.")
+        if (version.dag.get("trigger") or {}).get("type") not in REPLAYABLE:
+            raise ReplayError("Only flows triggered by a contract event or a transaction can be replayed over blocks.")
         raise ReplayError(f"Chain {chain_id} is not configured (or is disabled) on this server.")
     return chain
 

@@ -191,3 +191,23 @@ def test_a_trigger_needs_an_address_or_a_function(team, alice):
     messages = {(p.field, p.message) for p in caught.value.problems}
     assert messages == {("max_value", "The most must not be below the least"),
                         ("filters", "Argument filters need a function to decode the arguments with")}
+
+
+def test_a_replay_of_a_transaction_trigger_creates_the_missed_runs_once_and_a_backtest_sends_nothing(
+        vault_setup, team, alice):
+    from executor.replay import replay_blocks
+
+    w3, vault, chain = vault_setup
+    first = w3.eth.block_number + 1
+    sent = [send_value(w3, vault.address, amount) for amount in (5, 6, 7)]
+    send_value(w3, STRANGER, 9, sender=OWNER)  # not to the vault
+    last = w3.eth.block_number
+    version = publish(team, alice, tx_graph(to=[vault.address], condition="trigger.value != 6"))
+    result = replay_blocks(version, chain, first, last, dry_run=False)
+    assert result.matched == 2 and result.logs_seen == 4
+    runs = runs_of(version)
+    assert [r.trigger["hash"] for r in runs] == [sent[0], sent[2]] and not any(r.dry_run for r in runs)
+    assert replay_blocks(version, chain, first, last, dry_run=False).run_ids == []  # once
+    dry = replay_blocks(version, chain, first, last, dry_run=True)
+    assert len(dry.run_ids) == 2
+    assert Run.objects.filter(version=version, dry_run=True).count() == 2 and len(runs_of(version)) == 4

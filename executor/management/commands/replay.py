@@ -36,7 +36,8 @@ class Command(BaseCommand):
         except ReplayError as exc:
             raise CommandError(str(exc)) from None
         kind = "dry run(s)" if options["dry_run"] else "run(s)"
+        read = "transaction(s)" if version.dag["trigger"]["type"] == "chain.transaction" else "log(s)"
         self.stdout.write(
-            f"{result.logs_seen} log(s) in blocks {options['from_block']}..{options['to_block']}, "
+            f"{result.logs_seen} {read} in blocks {options['from_block']}..{options['to_block']}, "
             f"{result.matched} matched, {len(result.run_ids)} new {kind}."
         )
