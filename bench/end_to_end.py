@@ -169,12 +169,12 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
 
     from django.contrib.auth import get_user_model
     from django.db import connection
-    from kwala_site.dev.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from web3 import Web3
 
     from executor.models import Chain, Run
     from flows import actions
     from flows.models import Team
+    from kwala_site.dev.management.commands.dev import WORKER_PROCESSES, WORKER_THREADS
     from tests.sinks import HttpSink
 
     # A clean slate on every run: old runs, cursors of earlier anvils, flows of earlier runs.
