@@ -41,11 +41,11 @@ class Command(BaseCommand):
             if not once and time.monotonic() >= next_prune:
                 # A slice of pruning between two sweeps while runs are due, so that neither waits long.
                 try:
-                    pruned = retention.prune(max_seconds=settings.KWALA_RETENTION_SLICE_SECONDS)
+                    more = retention.prune_slice(settings.KWALA_RETENTION_SLICE_MS / 1000)
                 except Exception:
                     logger.exception("pruning old runs failed; the next interval retries")
-                    pruned = 0
-                if not pruned:
+                    more = False
+                if not more:
                     next_prune = time.monotonic() + settings.KWALA_RETENTION_INTERVAL_SECONDS
             try:
                 counts = sweeper.sweep(grace)
