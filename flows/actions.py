@@ -56,16 +56,16 @@ def check_graph_shape(graph: Any) -> None:
 
 def enabled_chains() -> dict[int, str]:
     """The chains flows may use, {chain id: slug}, in chain-id order."""
-    from executor.models import Chain
+    from executor import interface
 
-    return dict(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "slug"))
+    return interface.enabled_chains()
 
 
 def chain_names() -> dict[int, str]:
     """The enabled chains as people see them, {chain id: name}, in chain-id order (every form's choices)."""
-    from executor.models import Chain
+    from executor import interface
 
-    return dict(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "name"))
+    return interface.chain_names()
 
 
 def compile_context(team: Team) -> dict:

@@ -13,8 +13,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
-from executor import rollups
-from executor.listener_health import chain_health
+from executor import interface as executor
 from executor.runs.manual import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
@@ -40,11 +39,11 @@ def home(request):
             "flow_id", "number"
         )
     )
-    figures = rollups.flow_figures(membership.team_id, timezone.now() - STATS_WINDOW)
-    last_runs = rollups.last_runs(membership.team_id)
+    figures = executor.flow_figures(membership.team_id, timezone.now() - STATS_WINDOW)
+    last_runs = executor.last_runs(membership.team_id)
     rows = []
     for flow in flows:
-        week = figures.get(flow.pk, rollups.Figures())
+        week = figures.get(flow.pk, executor.Figures())
         rows.append({"flow": flow, "live": live.get(flow.pk), "last_run": last_runs.get(flow.pk),
                      "rate": week.success_rate, "finished": week.finished})
     return render(
@@ -53,7 +52,7 @@ def home(request):
         {
             "membership": membership,
             "rows": rows,
-            "health": chain_health(),
+            "health": executor.chain_health(),
             "can_edit": has_role(membership, Role.EDITOR),
             "form": NewFlowForm(),
         },
@@ -533,13 +532,11 @@ def flow_samples(request, code):
     """What the trigger would hand a run now (recent events, the latest block, a webhook request,
     the schedule's window), to test the flow with: the picker fragment for htmx, else JSON for
     prefilling the sample (each sample as JSON text, so big ints stay exact)."""
-    from executor.samples import SampleError, trigger_samples
-
     flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
     _, graph = actions.current_graph(flow)
     try:
-        samples, error = trigger_samples(flow, graph), None
-    except SampleError as exc:
+        samples, error = executor.trigger_samples(flow, graph), None
+    except executor.SampleError as exc:
         samples, error = None, str(exc)
     if not request.htmx:
         return JsonResponse({"error": error}, status=422) if error else JsonResponse(samples.as_json())

@@ -22,7 +22,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from executor.live import revoke_sockets
+from executor.interface import revoke_sockets
 from flows import audit
 from flows.models import (
     ApiToken,

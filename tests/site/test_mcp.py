@@ -22,7 +22,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from flows import api as rest
+from executor import api as rest
 from flows.actions import create_flow, publish_version
 from flows.mcp import tools
 from flows.models import ApiToken, Flow, FlowVersion, Membership

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from executor.models import Chain
+from executor.interface import chain_slugs
 from flows import actions, ozmonitor
 from flows.flowyaml import DEFAULT_SIGNER, FlowYamlError, export_yaml, import_yaml, translate_kwala_yaml
 from flows.models import Flow, Team
@@ -75,7 +75,7 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read {options['file']}: {exc.strerror}.") from None
         try:
             if options["kwala"]:
-                chains = dict(Chain.objects.values_list("chain_id", "slug"))
+                chains = chain_slugs()
                 kwala = translate_kwala_yaml(text, chains=chains, signer=options["signer"])
                 meta, graph = kwala.meta, kwala.graph
                 # What does not map is imported without it: say so before anything is saved.
