@@ -30,7 +30,7 @@ from flows.actions import (
     unpublish_flow,
     webhook_path,
 )
-from flows.diff import diff_graphs
+from flows.diff import diff_graphs, is_empty
 from flows.flowyaml import export_yaml, import_yaml
 from flows.models import Flow, FlowVersion, Membership
 from flows.permissions import has_role, team_flow_or_none
@@ -105,6 +105,17 @@ class ProblemOut(Schema):
     node_id: str | None
     field: str | None
     message: str
+
+
+class DraftOut(VersionOut):
+    revision: int = Field(description="The flow's revision after this save: send it with the next change")
+    problems: list[ProblemOut] = Field(description="What keeps the draft from compiling (a draft may be incomplete)")
+    live_version: int | None
+    differs_from_live: bool = Field(description="False when the draft is the live graph again (or nothing is live: true)")
+
+
+class PublishedOut(VersionOut):
+    revision: int = Field(description="The flow's revision after publishing: send it with the next change")
 
 
 class CompileOut(Schema):
@@ -229,10 +240,25 @@ def delete_flow(request, code: str):
     return Status(204, None)
 
 
-@router.put("/{code}/draft", response={200: VersionOut, **COMMON_ERRORS})
+def _problems(flow: Flow, graph: dict) -> list[dict]:
+    try:
+        compile_for(flow, graph)
+    except CompileError as exc:
+        return exc.as_list()
+    return []
+
+
+@router.put("/{code}/draft", response={200: DraftOut, **COMMON_ERRORS})
 def put_draft(request, code: str, payload: DraftIn):
+    """Save the graph as the draft (what the editor's autosave sends). A draft may be incomplete:
+    the answer lists what keeps it from compiling, with the revision to send next."""
     flow, _ = team_flow(request, code, Role.EDITOR)
-    return version_out(save_draft(flow, request.user, payload.graph.dict(), revision=payload.revision))
+    graph = payload.graph.dict()
+    version = save_draft(flow, request.user, graph, revision=payload.revision)
+    live = live_version(flow)
+    return {**version_out(version), "revision": flow.revision, "problems": _problems(flow, graph),
+            "live_version": live.number if live else None,
+            "differs_from_live": live is None or not is_empty(diff_graphs(live.graph, graph))}
 
 
 @router.post("/{code}/compile", response={200: CompileOut, **COMMON_ERRORS})
@@ -240,19 +266,16 @@ def check_flow(request, code: str):
     """Compile the current draft (or live graph) and list every problem, without publishing."""
     flow, _ = team_flow(request, code)
     _, graph = current_graph(flow)
-    try:
-        compile_for(flow, graph)
-    except CompileError as exc:
-        return {"ok": False, "problems": exc.as_list()}
-    return {"ok": True, "problems": []}
+    problems = _problems(flow, graph)
+    return {"ok": not problems, "problems": problems}
 
 
-@router.post("/{code}/publish", response={200: VersionOut, **COMMON_ERRORS})
+@router.post("/{code}/publish", response={200: PublishedOut, **COMMON_ERRORS})
 def publish(request, code: str, revision: int | None = Query(None, ge=1, le=2**31 - 1,
                                                             description="409 if the flow moved past it")):
     flow, _ = team_flow(request, code, Role.EDITOR)
     version = publish_version(flow, request.user, revision=revision, via="api")
-    return version_out(version)
+    return {**version_out(version), "revision": flow.revision}
 
 
 @router.post("/{code}/unpublish", response={200: FlowOut, **COMMON_ERRORS})

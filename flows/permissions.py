@@ -36,6 +36,13 @@ def current_membership(request: HttpRequest) -> Membership | None:
     return memberships.first()
 
 
+def membership_in_team(user, team_code: str) -> Membership | None:
+    """The user's membership of the team with this code, or None."""
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user, team__code=team_code).select_related("team").first()
+
+
 def require_membership(request: HttpRequest, role: str = Role.VIEWER) -> Membership:
     membership = current_membership(request)
     if membership is None or not has_role(membership, role):

@@ -14,17 +14,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from executor import interface as executor
-from executor.runs.manual import RunError, start_manual_run
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
 from flows.flowyaml import FlowYamlError, export_yaml, import_yaml, translate_kwala_yaml
 from flows.forms import ROW_ACTION, ImportForm, NewFlowForm, NodeForm, edit_rows
-from flows.graph import CompileError, graph_validator
+from flows.graph import CompileError
 from flows.models import Flow, FlowVersion, Secret
 from flows.nodes import NODE_TYPES, ValidationContext
 from flows.permissions import Role, get_flow_for_user, has_role, require_membership
 
-MAX_GRAPH_BYTES = 5_000_000
 STATS_WINDOW = timedelta(days=7)
 
 
@@ -126,11 +124,13 @@ def flow_editor(request, code):
             "state": state,
             "catalogue": editor.palette(),
             "urls": {
-                "graph": reverse("flow_graph", args=[flow.code]),
+                # Saving, publishing and test runs go through the API, with the session, in the flow's team.
+                "team": flow.team.code,
+                "graph": reverse("api:put_draft", args=[flow.code]),
                 "node": reverse("node_inspector", args=[flow.code, "NODE"]),
-                "publish": reverse("flow_publish", args=[flow.code]),
-                "unpublish": reverse("flow_unpublish", args=[flow.code]),
-                "test_run": reverse("flow_test_run", args=[flow.code]),
+                "publish": reverse("api:publish", args=[flow.code]),
+                "unpublish": reverse("api:unpublish", args=[flow.code]),
+                "test_run": reverse("api:start_run", args=[flow.code]),
                 "run_state": reverse("run_state", args=["00000000-0000-0000-0000-000000000000"]),
                 "run_page": reverse("run_detail", args=["00000000-0000-0000-0000-000000000000"]),
                 "step": reverse("run_step", args=["00000000-0000-0000-0000-000000000000", "STEP"]),
@@ -138,37 +138,6 @@ def flow_editor(request, code):
             },
         },
     )
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def flow_graph(request, code):
-    """GET: the editor state. POST {graph, revision}: save the draft, answer the new state.
-
-    A stale revision is refused with 409 and nothing is written."""
-    role = Role.VIEWER if request.method == "GET" else Role.EDITOR
-    flow, _ = get_flow_for_user(request.user, code, role)
-    if request.method == "GET":
-        return JsonResponse(_state(flow))
-    if len(request.body) > MAX_GRAPH_BYTES:
-        return JsonResponse({"error": "This flow is too large to save."}, status=413)
-    try:
-        body = json.loads(request.body)
-        graph, revision = body["graph"], int(body["revision"])
-    except (ValueError, KeyError, TypeError):
-        return JsonResponse({"error": "Expected JSON with a graph and a revision."}, status=400)
-    errors = list(graph_validator().iter_errors(graph))
-    if errors:
-        return JsonResponse({"error": f"The graph is malformed: {errors[0].message}"}, status=400)
-    try:
-        actions.save_draft(flow, request.user, graph, revision=revision)
-    except actions.ConflictError as exc:
-        return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
-    live = actions.live_version(flow)
-    return JsonResponse({"revision": flow.revision, "problems": _problems(flow, graph),
-                         "live": live.number if live else None,
-                         # Undoing back to the live graph leaves no draft changes to show.
-                         "draft": live is None or not is_empty(diff_graphs(live.graph, graph))})
 
 
 def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_edit: bool, saved: bool,
@@ -330,45 +299,6 @@ def abi_helper(request, code):
         "flows/inspector.html#abi-choices",
         {"choices": choices, "error": error, "kind": kind, "target": target, "flow": flow},
     )
-
-
-def _json_body(request) -> dict:
-    try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-@login_required
-@require_POST
-def flow_publish(request, code):
-    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
-    body = _json_body(request)
-    revision = body.get("revision")
-    try:
-        version = actions.publish_version(flow, request.user, revision=int(revision) if revision else None,
-                                          via="editor")
-    except actions.ConflictError as exc:
-        return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
-    except CompileError as exc:
-        return JsonResponse(
-            {"error": "The flow has problems; fix them to publish.", "problems": exc.as_list()}, status=422
-        )
-    except actions.NothingToPublish as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
-    flow.refresh_from_db(fields=["revision"])
-    return JsonResponse({"message": f"Version {version.number} is live.", **_state(flow)})
-
-
-@login_required
-@require_POST
-def flow_unpublish(request, code):
-    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
-    version = actions.unpublish_flow(flow, request.user, via="editor")
-    flow.refresh_from_db(fields=["revision"])
-    message = f"Version {version.number} is no longer live." if version else "The flow was not live."
-    return JsonResponse({"message": message, **_state(flow)})
 
 
 @login_required
@@ -541,35 +471,6 @@ def flow_samples(request, code):
     if not request.htmx:
         return JsonResponse({"error": error}, status=422) if error else JsonResponse(samples.as_json())
     return render(request, "executor/samples.html", {"samples": samples, "error": error})
-
-
-@login_required
-@require_POST
-def flow_test_run(request, code):
-    """Run the current graph now with a sample payload, as a dry run or for real."""
-    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
-    body = _json_body(request)
-    payload = body.get("payload", {})
-    if not isinstance(payload, dict):
-        return JsonResponse({"error": "The sample trigger must be a JSON object."}, status=400)
-    dry_run = bool(body.get("dry_run", True))
-    version, graph = actions.current_graph(flow)
-    if version is None:
-        return JsonResponse({"error": "This flow has no version yet."}, status=409)
-    try:
-        dag = actions.compile_for(flow, graph)
-    except CompileError as exc:
-        return JsonResponse({"error": "Fix the flow's problems to test it.", "problems": exc.as_list()},
-                            status=422)
-    if version.status == FlowVersion.Status.DRAFT:
-        # The draft runs as compiled now; publishing compiles it again.
-        version.dag = dag
-        version.save(update_fields=["dag", "updated_at"])
-    try:
-        run = start_manual_run(version, payload, user=request.user, dry_run=dry_run)
-    except RunError as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
-    return JsonResponse({"run": str(run.code), "url": reverse("run_detail", args=[run.code])}, status=201)
 
 
 def page_not_found(request, exception=None):

@@ -35,7 +35,7 @@ from flows.actions import CompileError, ConflictError, InvalidGraph, NothingToPu
 from flows.flowyaml import FlowYamlError
 from flows.gallery import api as gallery_api
 from flows.models import Membership
-from flows.permissions import current_membership
+from flows.permissions import current_membership, membership_in_team
 from flows.teams import TeamError, membership_for_token
 from flows.teams import api as teams_api
 from kwala_site import ratelimit
@@ -55,9 +55,13 @@ class BearerToken(HttpBearer):
 
 
 class TeamSession(SessionAuth):
-    """The logged-in browser, acting in the team chosen in its session (CSRF checked on writes)."""
+    """The logged-in browser (CSRF checked on writes), acting in the team its X-Kwala-Team header
+    names (the editor names its flow's team) or else in the team chosen in its session."""
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Membership | None:
+        team = request.headers.get("X-Kwala-Team")
+        if team:
+            return membership_in_team(request.user, team)
         return current_membership(request)
 
 

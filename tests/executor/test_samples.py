@@ -268,10 +268,12 @@ def test_a_dry_run_of_a_block_trigger_reads_the_sample_as_trigger_fields(
 
     client = Client()
     client.force_login(alice)
-    response = client.post(f"/flows/{flow.code}/test-run/", f'{{"dry_run": true, "payload": {sample}}}',
+    # As the editor's Test tab sends it: the sample as typed, so big ints stay exact.
+    response = client.post(f"/api/v1/flows/{flow.code}/runs",
+                           f'{{"draft": true, "dry_run": true, "payload": {sample}}}',
                            content_type="application/json")
     assert response.status_code == 201, response.content
-    run = wait_for_run(Run.objects.get(code=response.json()["run"]))
+    run = wait_for_run(Run.objects.get(code=response.json()["code"]))
 
     assert run.status == Run.Status.SUCCEEDED, run.error
     block = json.loads(sample)
@@ -286,9 +288,9 @@ def test_a_manual_flows_test_run_still_hands_the_payload_on_as_trigger_payload(e
     flow = flow_with(team, alice, "manual", {})
     client = Client()
     client.force_login(alice)
-    response = client.post(f"/flows/{flow.code}/test-run/", '{"dry_run": true, "payload": {"amount": 3}}',
+    response = client.post(f"/api/v1/flows/{flow.code}/runs", '{"draft": true, "dry_run": true, "payload": {"amount": 3}}',
                            content_type="application/json")
-    run = wait_for_run(Run.objects.get(code=response.json()["run"]))
+    run = wait_for_run(Run.objects.get(code=response.json()["code"]))
     assert run.trigger == {"type": "manual", "payload": {"amount": 3}, "by": "alice"}
 
 
