@@ -20,14 +20,16 @@ from ninja.responses import Status
 from flows.actions import (
     CompileError,
     compile_for,
-    create_flow,
     current_graph,
-    delete_flow_for_good,
+    do_create_flow,
+    do_delete_flow,
+    do_pause_flow,
+    do_publish_version,
+    do_resume_flow,
+    do_rotate_webhook_token,
+    do_save_draft,
+    do_unpublish_flow,
     live_version,
-    publish_version,
-    rotate_webhook_token,
-    save_draft,
-    unpublish_flow,
     webhook_path,
 )
 from flows.diff import diff_graphs, is_empty
@@ -167,7 +169,7 @@ def list_flows(request, q: str = Query("", max_length=100)):
 def create(request, payload: FlowIn):
     membership = require_role(request, Role.EDITOR)
     graph = payload.graph.dict() if payload.graph else None
-    flow = create_flow(membership.team, request.user, payload.name, payload.description, graph=graph)
+    flow = do_create_flow(membership.team, request.user, payload.name, payload.description, graph=graph)
     return Status(201, flow_out(flow, detail=True))
 
 
@@ -177,7 +179,7 @@ def import_flow(request, payload: YamlIn):
     membership = require_role(request, Role.EDITOR)
     meta, graph = import_yaml(payload.yaml)
     name = str(meta.get("name") or "Imported flow")[:120]
-    flow = create_flow(membership.team, request.user, name, str(meta.get("description") or "")[:5000], graph=graph)
+    flow = do_create_flow(membership.team, request.user, name, str(meta.get("description") or "")[:5000], graph=graph)
     return Status(201, flow_out(flow, detail=True))
 
 
@@ -223,11 +225,14 @@ def get_flow(request, code: str):
 @router.patch("/{code}", response={200: FlowDetailOut, **COMMON_ERRORS})
 def update_flow(request, code: str, payload: FlowPatch):
     flow, _ = team_flow(request, code, Role.EDITOR)
-    fields = [name for name in ("name", "description", "paused") if getattr(payload, name) is not None]
+    fields = [name for name in ("name", "description") if getattr(payload, name) is not None]
     for name in fields:
         setattr(flow, name, getattr(payload, name))
     if fields:
         flow.save(update_fields=[*fields, "updated_at"])
+    if payload.paused is not None:
+        # As the admin's pause: the listeners hear of it on commit, and it is audited.
+        (do_pause_flow if payload.paused else do_resume_flow)(flow, request.user)
     return flow_out(flow, detail=True)
 
 
@@ -236,7 +241,7 @@ def delete_flow(request, code: str):
     flow, _ = team_flow(request, code, Role.ADMIN)
     if live_version(flow) is not None:
         raise ApiError(409, "flow_is_live", "Unpublish the flow before deleting it.")
-    delete_flow_for_good(flow, request.user)
+    do_delete_flow(flow, request.user)
     return Status(204, None)
 
 
@@ -254,7 +259,7 @@ def put_draft(request, code: str, payload: DraftIn):
     the answer lists what keeps it from compiling, with the revision to send next."""
     flow, _ = team_flow(request, code, Role.EDITOR)
     graph = payload.graph.dict()
-    version = save_draft(flow, request.user, graph, revision=payload.revision)
+    version = do_save_draft(flow, request.user, graph, revision=payload.revision)
     live = live_version(flow)
     return {**version_out(version), "revision": flow.revision, "problems": _problems(flow, graph),
             "live_version": live.number if live else None,
@@ -274,14 +279,14 @@ def check_flow(request, code: str):
 def publish(request, code: str, revision: int | None = Query(None, ge=1, le=2**31 - 1,
                                                             description="409 if the flow moved past it")):
     flow, _ = team_flow(request, code, Role.EDITOR)
-    version = publish_version(flow, request.user, revision=revision, via="api")
+    version = do_publish_version(flow, request.user, revision=revision, via="api")
     return {**version_out(version), "revision": flow.revision}
 
 
 @router.post("/{code}/unpublish", response={200: FlowOut, **COMMON_ERRORS})
 def unpublish(request, code: str):
     flow, _ = team_flow(request, code, Role.EDITOR)
-    if unpublish_flow(flow, request.user, via="api") is None:
+    if do_unpublish_flow(flow, request.user, via="api") is None:
         raise ApiError(409, "not_published", "The flow has no live version.")
     flow.refresh_from_db()
     return flow_out(flow)
@@ -341,5 +346,5 @@ def webhook(request, code: str):
 def rotate_webhook(request, code: str):
     """A new token for the flow's inbound webhook URL; the old URL stops working at once. Audited."""
     flow, _ = team_flow(request, code, Role.EDITOR)
-    rotate_webhook_token(flow, request.user)
+    do_rotate_webhook_token(flow, request.user)
     return _webhook_url(request, webhook_path(flow, request.user))

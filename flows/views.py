@@ -65,7 +65,7 @@ def flow_create(request):
     if not form.is_valid():
         messages.error(request, "Give the flow a name (up to 120 characters).")
         return redirect("home")
-    flow = actions.create_flow(membership.team, request.user, form.cleaned_data["name"])
+    flow = actions.do_create_flow(membership.team, request.user, form.cleaned_data["name"])
     return redirect("flow_editor", code=flow.code)
 
 
@@ -190,7 +190,7 @@ def webhook_token(request, code):
     if not has_role(membership, Role.EDITOR):
         raise Http404("No such flow")
     if request.POST.get("rotate") == "1" or not flow.webhook_token():
-        actions.rotate_webhook_token(flow, request.user)
+        actions.do_rotate_webhook_token(flow, request.user)
     return render(request, "flows/inspector.html#webhook-url",
                   {"flow": flow, "webhook_path": _webhook_path(flow, {"type": "webhook"}), "rotated": True})
 
@@ -242,7 +242,7 @@ def node_inspector(request, code, node_id):
     else:
         node.pop("name", None)
     try:
-        actions.save_draft(flow, request.user, graph, revision=revision)
+        actions.do_save_draft(flow, request.user, graph, revision=revision)
     except actions.ConflictError as exc:
         response = render(request, "flows/inspector.html#conflict", {"message": str(exc)}, status=409)
         return trigger_client_event(response, "kwala:conflict", {"message": str(exc)})
@@ -383,7 +383,7 @@ def _diff_picture(old: dict, new: dict, diff: dict) -> dict:
 def version_rollback(request, code, number):
     flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
     version = get_object_or_404(FlowVersion, flow=flow, number=number)
-    draft = actions.rollback_to(flow, request.user, version)
+    draft = actions.do_rollback_to(flow, request.user, version)
     messages.success(request, f"Version {version.number}'s graph is now the draft (v{draft.number}); "
                               "publish it to make it live.")
     return redirect("flow_editor", code=flow.code)
@@ -423,7 +423,7 @@ def flow_import(request, code):
             warnings = exc.warnings
         else:
             try:
-                actions.save_draft(flow, request.user, graph, revision=form.cleaned_data["revision"])
+                actions.do_save_draft(flow, request.user, graph, revision=form.cleaned_data["revision"])
             except actions.ConflictError as exc:
                 form.add_error(None, str(exc))
             else:

@@ -9,7 +9,7 @@ from ninja import Field, Query, Router, Schema
 from ninja.responses import Status
 
 from flows import gallery
-from flows.actions import create_flow, enabled_chains
+from flows.actions import do_create_flow, enabled_chains
 from flows.api import FlowDetailOut, flow_out
 from kwala_site.api_common import COMMON_ERRORS, ApiError, Role, Text, not_found, require_role
 
@@ -78,6 +78,6 @@ def use_template(request, slug: str, payload: UseTemplateIn):
     except gallery.TemplateError as exc:
         raise ApiError(400, "invalid_inputs", "Some template inputs are not valid.",
                        [{"input": k, "message": v} for k, v in exc.errors.items()]) from None
-    flow = create_flow(membership.team, request.user, payload.name or template.title, template.description,
+    flow = do_create_flow(membership.team, request.user, payload.name or template.title, template.description,
                        graph=gallery.instantiate(template, values))
     return Status(201, flow_out(flow, detail=True))

@@ -388,10 +388,10 @@ def test_the_data_picker_follows_a_new_connection_without_reselecting(asgi_serve
 
 
 def test_undoing_back_to_the_live_graph_clears_draft_changes(asgi_server, page, team, alice):
-    from flows.actions import publish_version
+    from flows.actions import do_publish_version
 
     flow = make_flow(team, alice)
-    publish_version(flow, alice)
+    do_publish_version(flow, alice)
     login(page, asgi_server.url, "alice", "alice-password-1")
     open_editor(page, asgi_server.url, flow)
     badge = page.locator("#flow-status")

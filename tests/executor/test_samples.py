@@ -28,7 +28,7 @@ TRANSFER = "Transfer(address indexed from, address indexed to, uint256 value)"
 
 
 def flow_with(team, user, trigger_type: str, config: dict, name: str = "Sampled"):
-    return actions.create_flow(team, user, name, graph=trigger_graph(trigger_type, config))
+    return actions.do_create_flow(team, user, name, graph=trigger_graph(trigger_type, config))
 
 
 def samples_of(flow) -> dict:
@@ -177,7 +177,7 @@ def test_an_event_trigger_samples_only_the_logs_its_filters_and_condition_let_th
 
 def test_a_webhook_trigger_samples_the_flows_last_requests_and_an_example_before_any(team, alice):
     flow = flow_with(team, alice, "webhook", {"verification": "none"})
-    actions.publish_version(flow, alice)
+    actions.do_publish_version(flow, alice)
 
     example = samples_of(flow)
     (shape,) = payloads(example)
@@ -263,7 +263,7 @@ def test_a_dry_run_of_a_block_trigger_reads_the_sample_as_trigger_fields(
     hook = graph["nodes"][1]["config"]
     hook.update(url=f"{http_sink.url}/blocks", body={"block": "{{ trigger.block_number }}",
                                                      "hash": "{{ trigger.block_hash }}"})
-    flow = actions.create_flow(team, alice, "Blocks", graph=graph)
+    flow = actions.do_create_flow(team, alice, "Blocks", graph=graph)
     sample = samples_of(flow)["samples"][0]["json"]
 
     client = Client()

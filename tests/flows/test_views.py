@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def flow(team, alice):
     local_chain()
-    return actions.create_flow(team, alice, "Payments", graph=sample_graph())
+    return actions.do_create_flow(team, alice, "Payments", graph=sample_graph())
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def viewer(team):
 
 @pytest.fixture
 def run(flow, alice):
-    version = actions.publish_version(flow, alice)
+    version = actions.do_publish_version(flow, alice)
     run = Run.objects.create(team=flow.team, flow=flow, version=version, trigger_key="manual:1",
                              trigger={"payload": {}}, status=Run.Status.FAILED, error="boom")
     StepRun.objects.create(run=run, step_id="condition_1", status=StepRun.Status.SUCCEEDED,
@@ -270,10 +270,10 @@ def test_publish_reports_problems_then_publishes_and_unpublishes(alice, flow):
 
 def test_versions_show_a_diff_and_roll_back_into_the_draft(client, alice, flow):
     as_user(client, alice)
-    actions.publish_version(flow, alice)
+    actions.do_publish_version(flow, alice)
     changed = sample_graph()
     changed["nodes"][1]["config"] = {"expression": "false"}
-    actions.save_draft(flow, alice, changed, revision=Flow.objects.get(pk=flow.pk).revision)
+    actions.do_save_draft(flow, alice, changed, revision=Flow.objects.get(pk=flow.pk).revision)
     page = client.get(f"/flows/{flow.code}/versions/?old=1&new=2").content.decode()
     assert "config.expression" in page and 'data-node="condition_1"' in page
     response = client.post(f"/flows/{flow.code}/versions/1/rollback/")
@@ -284,7 +284,7 @@ def test_versions_show_a_diff_and_roll_back_into_the_draft(client, alice, flow):
 def test_export_then_import_round_trips_the_graph(client, alice, flow):
     as_user(client, alice)
     text = client.get(f"/flows/{flow.code}/export.yaml").content.decode()
-    actions.save_draft(flow, alice, {"nodes": [], "edges": []}, revision=Flow.objects.get(pk=flow.pk).revision)
+    actions.do_save_draft(flow, alice, {"nodes": [], "edges": []}, revision=Flow.objects.get(pk=flow.pk).revision)
     revision = Flow.objects.get(pk=flow.pk).revision
     response = client.post(f"/flows/{flow.code}/import/", {"format": "yaml", "text": text, "revision": revision})
     assert response.status_code == 302
@@ -351,7 +351,7 @@ def rows_flow(team, alice):
         ],
         "edges": [{"id": "e1", "source": "on_transfer", "source_port": "out", "target": "route"}],
     }
-    return actions.create_flow(team, alice, "Rows", graph=graph)
+    return actions.do_create_flow(team, alice, "Rows", graph=graph)
 
 
 def cell(html: str, field: str) -> str:
@@ -495,7 +495,7 @@ def test_deleting_a_flow_through_the_api_is_audited(alice, flow):
 
 def test_the_flows_list_sorts_names_regardless_of_case(client, alice, team):
     for name in ("Zeta watcher", "whale alert", "Alpha feed", "beta digest"):
-        actions.create_flow(team, alice, name)
+        actions.do_create_flow(team, alice, name)
     as_user(client, alice)
     page = client.get("/").content.decode()
     positions = [page.index(name) for name in ("Alpha feed", "beta digest", "whale alert", "Zeta watcher")]
@@ -507,7 +507,7 @@ def test_the_editor_and_the_gallery_name_a_chain_the_same_way(client, alice, flo
 
     Chain.objects.update_or_create(chain_id=31337, defaults={"slug": "anvil-a", "name": "Anvil A (local)"})
     as_user(client, alice)
-    watcher = actions.create_flow(flow.team, alice, "Watcher", graph={"nodes": [
+    watcher = actions.do_create_flow(flow.team, alice, "Watcher", graph={"nodes": [
         {"id": "t", "type": "chain.event", "config": {"chain": 31337}, "position": {"x": 0, "y": 0}}], "edges": []})
     inspector = client.get(f"/flows/{watcher.code}/nodes/t/").content.decode()
     template = client.get("/templates/erc20-whale-slack/").content.decode()
@@ -517,7 +517,7 @@ def test_the_editor_and_the_gallery_name_a_chain_the_same_way(client, alice, flo
 def test_a_test_run_of_the_draft_is_labelled_draft_not_with_a_version_number(client, alice, flow, run):
     _, graph = actions.current_graph(flow)
     flow.refresh_from_db()
-    draft = actions.save_draft(flow, alice, graph, revision=flow.revision)
+    draft = actions.do_save_draft(flow, alice, graph, revision=flow.revision)
     draft_run = Run.objects.create(team=flow.team, flow=flow, version=draft, trigger_key="test:draft", dry_run=True)
     assert draft.status == FlowVersion.Status.DRAFT and draft.number == 2
     as_user(client, alice)
