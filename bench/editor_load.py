@@ -110,7 +110,7 @@ def main() -> None:
     user.save()
     Membership.objects.get_or_create(team=team, user=user, defaults={"role": Membership.Role.OWNER})
     Flow.objects.filter(team=team).delete()
-    flow = actions.create_flow(team, user, "editor bench", graph=generate_graph(args.nodes))
+    flow = actions.do_create_flow(team, user, "editor bench", graph=generate_graph(args.nodes))
 
     # The child finds the same embedded PostgreSQL and Redis through KWALA_VAR_DIR.
     env = dict(os.environ)

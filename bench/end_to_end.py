@@ -213,8 +213,8 @@ def measure(args, anvil, children, var_dir, deploy, deploy_demo_contracts, load_
         "edges": [{"source": "t", "source_port": "out", "target": "big"},
                   {"source": "big", "source_port": "true", "target": "hook"}],
     }
-    flow = actions.create_flow(team, user, "bench", graph=graph)
-    actions.publish_version(flow, user)
+    flow = actions.do_create_flow(team, user, "bench", graph=graph)
+    actions.do_publish_version(flow, user)
     connection.close()
 
     env = dict(os.environ)

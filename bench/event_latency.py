@@ -83,7 +83,7 @@ def measure(args, anvil, children, var_dir) -> dict:
         ],
         "edges": [{"source": "t", "source_port": "out", "target": "s"}],
     }
-    version = actions.publish_version(actions.create_flow(team, user, "latency bench", graph=graph), user)
+    version = actions.do_publish_version(actions.do_create_flow(team, user, "latency bench", graph=graph), user)
 
     listener_log = var_dir / "logs" / "listener.log"
     spawn_workers_and_listener(children)

@@ -121,8 +121,8 @@ def measure(args, anvil, proxy, children, var_dir) -> dict:
         ],
         "edges": [{"source": "t", "source_port": "out", "target": "hook"}],
     }
-    flow = actions.create_flow(team, user, "rpc faults bench", graph=graph)
-    actions.publish_version(flow, user)
+    flow = actions.do_create_flow(team, user, "rpc faults bench", graph=graph)
+    actions.do_publish_version(flow, user)
     connection.close()
 
     spawn_workers_and_listener(children)

@@ -208,8 +208,8 @@ def make_flow(sink_url: str) -> str:
         "edges": [{"source": "hook", "source_port": "out", "target": "big"},
                   {"source": "big", "source_port": "true", "target": "post"}],
     }
-    flow = actions.create_flow(team, user, "webhook bench", graph=graph)
-    actions.publish_version(flow, user)
+    flow = actions.do_create_flow(team, user, "webhook bench", graph=graph)
+    actions.do_publish_version(flow, user)
     return actions.webhook_path(flow, user)
 
 

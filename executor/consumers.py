@@ -7,8 +7,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from executor.live import event_as_message, flow_group, run_group, team_group
 from executor.models import RunEvent
+from executor.permissions import run_for_user_or_none
 from flows.models import Membership
-from flows.permissions import flow_for_user_or_none, run_for_user_or_none
+from flows.permissions import flow_for_user_or_none
 
 REPLAY_LIMIT = 1000
 

@@ -55,12 +55,12 @@ class ConditionBudget:
         """Pause the flows whose evaluations were skipped, with an alert; returns their ids."""
         if not self.skipped:
             return []
-        from flows.actions import pause_flow
+        from flows.actions import do_pause_flow
         from flows.models import Flow
 
         paused = []
         for flow in Flow.objects.filter(pk__in=list(self.skipped)).select_related("team"):
-            pause_flow(flow, None)
+            do_pause_flow(flow, None)
             paused.append(flow.pk)
             logger.error(
                 "ALERT team %s, flow %s: trigger conditions took over the team's budget of %.0f ms on %s; "

@@ -19,12 +19,13 @@ from jinja2 import nodes as jinja_nodes
 
 from executor.models import Chain, Notification, Run, StepRun, Transaction
 from executor.paging import capped_count, keyset_page
+from executor.permissions import get_run_for_user
 from executor.runs.manual import RunError, rerun_from, retry_run
 from flows.editor import palette
 from flows.expressions import ExpressionError, explorer_url, parse_expression
 from flows.models import Flow, FlowVersion
 from flows.nodes import NODE_TYPES
-from flows.permissions import Role, get_run_for_user, has_role, membership_for, require_membership
+from flows.permissions import Role, has_role, membership_for, require_membership
 
 PAGE_SIZE = 50
 PERIODS = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}

@@ -1,7 +1,8 @@
 """Writes that touch several rows: create, save, publish, unpublish, pause, roll back.
 
-Each function states its preconditions; views and the API call these and turn
-their exceptions into clear messages. Trigger changes are announced with a
+One `do_*` function per write (as in flows.teams), with its audit entry inside: the
+editor (through the API), the API, the admin and the CLI all call the same one. Each
+states its preconditions; callers turn its exceptions into clear messages. Trigger changes are announced with a
 PostgreSQL NOTIFY inside the same transaction, so listeners hear of a publish
 exactly when (and only if) it commits.
 """
@@ -56,16 +57,16 @@ def check_graph_shape(graph: Any) -> None:
 
 def enabled_chains() -> dict[int, str]:
     """The chains flows may use, {chain id: slug}, in chain-id order."""
-    from executor.models import Chain
+    from executor import interface
 
-    return dict(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "slug"))
+    return interface.enabled_chains()
 
 
 def chain_names() -> dict[int, str]:
     """The enabled chains as people see them, {chain id: name}, in chain-id order (every form's choices)."""
-    from executor.models import Chain
+    from executor import interface
 
-    return dict(Chain.objects.filter(enabled=True).order_by("chain_id").values_list("chain_id", "name"))
+    return interface.chain_names()
 
 
 def compile_context(team: Team) -> dict:
@@ -112,7 +113,7 @@ def new_signing_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(24)).decode()
 
 
-def create_flow(team: Team, user, name: str, description: str = "", graph: dict | None = None) -> Flow:
+def do_create_flow(team: Team, user, name: str, description: str = "", graph: dict | None = None) -> Flow:
     """A new flow with a first draft version; InvalidGraph if `graph` is malformed."""
     if graph is not None:
         check_graph_shape(graph)
@@ -138,7 +139,7 @@ def current_graph(flow: Flow) -> tuple[FlowVersion | None, dict]:
     return (versions[0], versions[0].graph) if versions else (None, EMPTY_GRAPH)
 
 
-def save_draft(flow: Flow, user, graph: dict, *, revision: int) -> FlowVersion:
+def do_save_draft(flow: Flow, user, graph: dict, *, revision: int) -> FlowVersion:
     """Save the editor's graph as the flow's draft.
 
     `revision` is the flow revision the editor started from; if anything changed
@@ -158,7 +159,7 @@ def save_draft(flow: Flow, user, graph: dict, *, revision: int) -> FlowVersion:
     return draft
 
 
-def publish_version(flow: Flow, user, *, revision: int | None = None, via: str = "app") -> FlowVersion:
+def do_publish_version(flow: Flow, user, *, revision: int | None = None, via: str = "app") -> FlowVersion:
     """Compile the draft and make it the live version, retiring the previous one atomically; audited.
 
     Raises NothingToPublish when there is no draft, CompileError with every
@@ -186,7 +187,7 @@ def publish_version(flow: Flow, user, *, revision: int | None = None, via: str =
     return draft
 
 
-def unpublish_flow(flow: Flow, user, *, via: str = "app") -> FlowVersion | None:
+def do_unpublish_flow(flow: Flow, user, *, via: str = "app") -> FlowVersion | None:
     """Stop the flow's trigger: its live version is archived (audited). Returns it, or None if none was live."""
     from flows import audit
 
@@ -203,7 +204,7 @@ def unpublish_flow(flow: Flow, user, *, via: str = "app") -> FlowVersion | None:
     return live
 
 
-def pause_flow(flow: Flow, user) -> bool:
+def do_pause_flow(flow: Flow, user) -> bool:
     """Stop the flow's triggers from firing; runs already started carry on.
 
     Sets Flow.paused and tells the listeners in the same transaction, so they drop the
@@ -213,7 +214,7 @@ def pause_flow(flow: Flow, user) -> bool:
     return _set_paused(flow, user, paused=True)
 
 
-def resume_flow(flow: Flow, user) -> bool:
+def do_resume_flow(flow: Flow, user) -> bool:
     """Let a paused flow's triggers fire again (from the blocks after the resume); False if it was not paused."""
     return _set_paused(flow, user, paused=False)
 
@@ -231,7 +232,7 @@ def _set_paused(flow: Flow, user, *, paused: bool) -> bool:
     return True
 
 
-def rollback_to(flow: Flow, user, version: FlowVersion, *, revision: int | None = None) -> FlowVersion:
+def do_rollback_to(flow: Flow, user, version: FlowVersion, *, revision: int | None = None) -> FlowVersion:
     """Make a new draft whose graph is `version`'s; publishing it makes the rollback live."""
     if version.flow_id != flow.pk:
         raise ValueError("version belongs to another flow")
@@ -256,20 +257,24 @@ __all__ = [
     "ConflictError",
     "NothingToPublish",
     "TRIGGERS_CHANNEL",
-    "create_flow",
     "current_graph",
+    "do_create_flow",
+    "do_delete_flow",
+    "do_pause_flow",
+    "do_publish_version",
+    "do_resume_flow",
+    "do_rollback_to",
+    "do_rotate_webhook_token",
+    "do_save_draft",
+    "do_unpublish_flow",
     "live_version",
-    "publish_version",
-    "rollback_to",
-    "save_draft",
-    "unpublish_flow",
 ]
 
 
 # -- inbound webhook URLs ------------------------------------------------------------------
 
 
-def rotate_webhook_token(flow: Flow, user) -> str:
+def do_rotate_webhook_token(flow: Flow, user) -> str:
     """Give the flow's inbound webhook a new random URL token and return it; audited.
 
     The old URL stops working at once. Call only for an editor of the flow: the
@@ -286,11 +291,11 @@ def rotate_webhook_token(flow: Flow, user) -> str:
 
 def webhook_path(flow: Flow, user) -> str:
     """The flow's inbound webhook path, making its token on first use; for editors only."""
-    token = flow.webhook_token() or rotate_webhook_token(flow, user)
+    token = flow.webhook_token() or do_rotate_webhook_token(flow, user)
     return f"/hooks/{flow.code}/{token}/"
 
 
-def delete_flow_for_good(flow: Flow, user) -> None:
+def do_delete_flow(flow: Flow, user) -> None:
     """Delete a flow with its versions and runs; audited (the entry outlives the flow)."""
     from flows import audit
 

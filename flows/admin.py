@@ -128,17 +128,17 @@ class FlowVersionInline(admin.TabularInline):
 
 @admin.action(description="Pause the selected flows (their triggers stop firing)")
 def pause_flows(modeladmin, request, queryset):
-    from flows.actions import pause_flow
+    from flows.actions import do_pause_flow
 
-    count = sum(pause_flow(flow, request.user) for flow in queryset.select_related("team"))
+    count = sum(do_pause_flow(flow, request.user) for flow in queryset.select_related("team"))
     messages.success(request, f"Paused {count} flow(s).")
 
 
 @admin.action(description="Resume the selected flows")
 def resume_flows(modeladmin, request, queryset):
-    from flows.actions import resume_flow
+    from flows.actions import do_resume_flow
 
-    count = sum(resume_flow(flow, request.user) for flow in queryset.select_related("team"))
+    count = sum(do_resume_flow(flow, request.user) for flow in queryset.select_related("team"))
     messages.success(request, f"Resumed {count} flow(s).")
 
 

@@ -1173,7 +1173,7 @@ def import_oz_monitor(team, user, config: OzConfig, *, publish: bool = False, st
             if planned.name in taken:
                 result.warnings.append(f"A flow named “{planned.name}” exists already; not imported again")
                 continue
-            flow = actions.create_flow(team, user, planned.name, planned.description, planned.graph)
+            flow = actions.do_create_flow(team, user, planned.name, planned.description, planned.graph)
             created.append((planned, flow))
             logger.info("OZ import: flow %s (%s) created in team %s", flow.code, planned.monitor, team.code)
 
@@ -1185,12 +1185,12 @@ def import_oz_monitor(team, user, config: OzConfig, *, publish: bool = False, st
         published = False
         if publish and not reasons:
             try:
-                actions.publish_version(flow, user, via=via)
+                actions.do_publish_version(flow, user, via=via)
                 published = True
             except actions.CompileError as exc:
                 reasons.extend(p.message for p in exc.problems)
         if planned.paused:
-            actions.pause_flow(flow, user)
+            actions.do_pause_flow(flow, user)
         result.flows.append(ImportedFlow(flow.code, flow.name, planned.monitor, planned.network, published,
                                          planned.paused, [] if published else reasons))
     logger.info("OZ import into team %s via %s: %d flow(s), %d published, %d monitor(s) refused (%s), "

@@ -36,6 +36,13 @@ def current_membership(request: HttpRequest) -> Membership | None:
     return memberships.first()
 
 
+def membership_in_team(user, team_code: str) -> Membership | None:
+    """The user's membership of the team with this code, or None."""
+    if not user.is_authenticated:
+        return None
+    return Membership.objects.filter(user=user, team__code=team_code).select_related("team").first()
+
+
 def require_membership(request: HttpRequest, role: str = Role.VIEWER) -> Membership:
     membership = current_membership(request)
     if membership is None or not has_role(membership, role):
@@ -66,23 +73,17 @@ def flow_for_user_or_none(user, code: str) -> Flow | None:
     return Flow.objects.filter(code=code, team__memberships__user=user).select_related("team").first()
 
 
-def run_for_user_or_none(user, code):
-    from executor.models import Run
-
-    if not user.is_authenticated:
-        return None
-    return (
-        Run.objects.filter(code=code, team__memberships__user=user)
-        .select_related("flow", "version", "team")
-        .first()
-    )
+def team_flow_or_none(membership: Membership, code: str) -> Flow | None:
+    """The flow with this code in the membership's team (the API acts in one team: its token's or
+    the session's), whatever other teams the user is in."""
+    return Flow.objects.filter(team=membership.team, code=code).first()
 
 
-def get_run_for_user(user, code):
-    run = run_for_user_or_none(user, code)
-    if run is None:
-        raise Http404("No such run")
-    return run
+def team_member_or_none(membership: Membership, username: str) -> Membership | None:
+    """The membership of `username` in the same team as `membership`."""
+    return Membership.objects.select_related("user", "team").filter(
+        team=membership.team, user__username=username
+    ).first()
 
 
 def safe_next(request: HttpRequest, candidate: str | None, default: str = "/") -> str:

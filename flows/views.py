@@ -13,19 +13,16 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
-from executor import rollups
-from executor.listener_health import chain_health
-from executor.runs.manual import RunError, start_manual_run
+from executor import interface as executor
 from flows import actions, editor
 from flows.diff import diff_graphs, is_empty
 from flows.flowyaml import FlowYamlError, export_yaml, import_yaml, translate_kwala_yaml
 from flows.forms import ROW_ACTION, ImportForm, NewFlowForm, NodeForm, edit_rows
-from flows.graph import CompileError, graph_validator
+from flows.graph import CompileError
 from flows.models import Flow, FlowVersion, Secret
 from flows.nodes import NODE_TYPES, ValidationContext
 from flows.permissions import Role, get_flow_for_user, has_role, require_membership
 
-MAX_GRAPH_BYTES = 5_000_000
 STATS_WINDOW = timedelta(days=7)
 
 
@@ -40,11 +37,11 @@ def home(request):
             "flow_id", "number"
         )
     )
-    figures = rollups.flow_figures(membership.team_id, timezone.now() - STATS_WINDOW)
-    last_runs = rollups.last_runs(membership.team_id)
+    figures = executor.flow_figures(membership.team_id, timezone.now() - STATS_WINDOW)
+    last_runs = executor.last_runs(membership.team_id)
     rows = []
     for flow in flows:
-        week = figures.get(flow.pk, rollups.Figures())
+        week = figures.get(flow.pk, executor.Figures())
         rows.append({"flow": flow, "live": live.get(flow.pk), "last_run": last_runs.get(flow.pk),
                      "rate": week.success_rate, "finished": week.finished})
     return render(
@@ -53,7 +50,7 @@ def home(request):
         {
             "membership": membership,
             "rows": rows,
-            "health": chain_health(),
+            "health": executor.chain_health(),
             "can_edit": has_role(membership, Role.EDITOR),
             "form": NewFlowForm(),
         },
@@ -68,7 +65,7 @@ def flow_create(request):
     if not form.is_valid():
         messages.error(request, "Give the flow a name (up to 120 characters).")
         return redirect("home")
-    flow = actions.create_flow(membership.team, request.user, form.cleaned_data["name"])
+    flow = actions.do_create_flow(membership.team, request.user, form.cleaned_data["name"])
     return redirect("flow_editor", code=flow.code)
 
 
@@ -127,11 +124,13 @@ def flow_editor(request, code):
             "state": state,
             "catalogue": editor.palette(),
             "urls": {
-                "graph": reverse("flow_graph", args=[flow.code]),
+                # Saving, publishing and test runs go through the API, with the session, in the flow's team.
+                "team": flow.team.code,
+                "graph": reverse("api:put_draft", args=[flow.code]),
                 "node": reverse("node_inspector", args=[flow.code, "NODE"]),
-                "publish": reverse("flow_publish", args=[flow.code]),
-                "unpublish": reverse("flow_unpublish", args=[flow.code]),
-                "test_run": reverse("flow_test_run", args=[flow.code]),
+                "publish": reverse("api:publish", args=[flow.code]),
+                "unpublish": reverse("api:unpublish", args=[flow.code]),
+                "test_run": reverse("api:start_run", args=[flow.code]),
                 "run_state": reverse("run_state", args=["00000000-0000-0000-0000-000000000000"]),
                 "run_page": reverse("run_detail", args=["00000000-0000-0000-0000-000000000000"]),
                 "step": reverse("run_step", args=["00000000-0000-0000-0000-000000000000", "STEP"]),
@@ -139,37 +138,6 @@ def flow_editor(request, code):
             },
         },
     )
-
-
-@login_required
-@require_http_methods(["GET", "POST"])
-def flow_graph(request, code):
-    """GET: the editor state. POST {graph, revision}: save the draft, answer the new state.
-
-    A stale revision is refused with 409 and nothing is written."""
-    role = Role.VIEWER if request.method == "GET" else Role.EDITOR
-    flow, _ = get_flow_for_user(request.user, code, role)
-    if request.method == "GET":
-        return JsonResponse(_state(flow))
-    if len(request.body) > MAX_GRAPH_BYTES:
-        return JsonResponse({"error": "This flow is too large to save."}, status=413)
-    try:
-        body = json.loads(request.body)
-        graph, revision = body["graph"], int(body["revision"])
-    except (ValueError, KeyError, TypeError):
-        return JsonResponse({"error": "Expected JSON with a graph and a revision."}, status=400)
-    errors = list(graph_validator().iter_errors(graph))
-    if errors:
-        return JsonResponse({"error": f"The graph is malformed: {errors[0].message}"}, status=400)
-    try:
-        actions.save_draft(flow, request.user, graph, revision=revision)
-    except actions.ConflictError as exc:
-        return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
-    live = actions.live_version(flow)
-    return JsonResponse({"revision": flow.revision, "problems": _problems(flow, graph),
-                         "live": live.number if live else None,
-                         # Undoing back to the live graph leaves no draft changes to show.
-                         "draft": live is None or not is_empty(diff_graphs(live.graph, graph))})
 
 
 def _node_context(flow: Flow, graph: dict, node: dict, form: NodeForm, *, can_edit: bool, saved: bool,
@@ -222,7 +190,7 @@ def webhook_token(request, code):
     if not has_role(membership, Role.EDITOR):
         raise Http404("No such flow")
     if request.POST.get("rotate") == "1" or not flow.webhook_token():
-        actions.rotate_webhook_token(flow, request.user)
+        actions.do_rotate_webhook_token(flow, request.user)
     return render(request, "flows/inspector.html#webhook-url",
                   {"flow": flow, "webhook_path": _webhook_path(flow, {"type": "webhook"}), "rotated": True})
 
@@ -274,7 +242,7 @@ def node_inspector(request, code, node_id):
     else:
         node.pop("name", None)
     try:
-        actions.save_draft(flow, request.user, graph, revision=revision)
+        actions.do_save_draft(flow, request.user, graph, revision=revision)
     except actions.ConflictError as exc:
         response = render(request, "flows/inspector.html#conflict", {"message": str(exc)}, status=409)
         return trigger_client_event(response, "kwala:conflict", {"message": str(exc)})
@@ -331,45 +299,6 @@ def abi_helper(request, code):
         "flows/inspector.html#abi-choices",
         {"choices": choices, "error": error, "kind": kind, "target": target, "flow": flow},
     )
-
-
-def _json_body(request) -> dict:
-    try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-@login_required
-@require_POST
-def flow_publish(request, code):
-    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
-    body = _json_body(request)
-    revision = body.get("revision")
-    try:
-        version = actions.publish_version(flow, request.user, revision=int(revision) if revision else None,
-                                          via="editor")
-    except actions.ConflictError as exc:
-        return JsonResponse({"error": str(exc), "conflict": True, "revision": exc.current_revision}, status=409)
-    except CompileError as exc:
-        return JsonResponse(
-            {"error": "The flow has problems; fix them to publish.", "problems": exc.as_list()}, status=422
-        )
-    except actions.NothingToPublish as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
-    flow.refresh_from_db(fields=["revision"])
-    return JsonResponse({"message": f"Version {version.number} is live.", **_state(flow)})
-
-
-@login_required
-@require_POST
-def flow_unpublish(request, code):
-    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
-    version = actions.unpublish_flow(flow, request.user, via="editor")
-    flow.refresh_from_db(fields=["revision"])
-    message = f"Version {version.number} is no longer live." if version else "The flow was not live."
-    return JsonResponse({"message": message, **_state(flow)})
 
 
 @login_required
@@ -454,7 +383,7 @@ def _diff_picture(old: dict, new: dict, diff: dict) -> dict:
 def version_rollback(request, code, number):
     flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
     version = get_object_or_404(FlowVersion, flow=flow, number=number)
-    draft = actions.rollback_to(flow, request.user, version)
+    draft = actions.do_rollback_to(flow, request.user, version)
     messages.success(request, f"Version {version.number}'s graph is now the draft (v{draft.number}); "
                               "publish it to make it live.")
     return redirect("flow_editor", code=flow.code)
@@ -494,7 +423,7 @@ def flow_import(request, code):
             warnings = exc.warnings
         else:
             try:
-                actions.save_draft(flow, request.user, graph, revision=form.cleaned_data["revision"])
+                actions.do_save_draft(flow, request.user, graph, revision=form.cleaned_data["revision"])
             except actions.ConflictError as exc:
                 form.add_error(None, str(exc))
             else:
@@ -533,46 +462,15 @@ def flow_samples(request, code):
     """What the trigger would hand a run now (recent events, the latest block, a webhook request,
     the schedule's window), to test the flow with: the picker fragment for htmx, else JSON for
     prefilling the sample (each sample as JSON text, so big ints stay exact)."""
-    from executor.samples import SampleError, trigger_samples
-
     flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
     _, graph = actions.current_graph(flow)
     try:
-        samples, error = trigger_samples(flow, graph), None
-    except SampleError as exc:
+        samples, error = executor.trigger_samples(flow, graph), None
+    except executor.SampleError as exc:
         samples, error = None, str(exc)
     if not request.htmx:
         return JsonResponse({"error": error}, status=422) if error else JsonResponse(samples.as_json())
     return render(request, "executor/samples.html", {"samples": samples, "error": error})
-
-
-@login_required
-@require_POST
-def flow_test_run(request, code):
-    """Run the current graph now with a sample payload, as a dry run or for real."""
-    flow, _ = get_flow_for_user(request.user, code, Role.EDITOR)
-    body = _json_body(request)
-    payload = body.get("payload", {})
-    if not isinstance(payload, dict):
-        return JsonResponse({"error": "The sample trigger must be a JSON object."}, status=400)
-    dry_run = bool(body.get("dry_run", True))
-    version, graph = actions.current_graph(flow)
-    if version is None:
-        return JsonResponse({"error": "This flow has no version yet."}, status=409)
-    try:
-        dag = actions.compile_for(flow, graph)
-    except CompileError as exc:
-        return JsonResponse({"error": "Fix the flow's problems to test it.", "problems": exc.as_list()},
-                            status=422)
-    if version.status == FlowVersion.Status.DRAFT:
-        # The draft runs as compiled now; publishing compiles it again.
-        version.dag = dag
-        version.save(update_fields=["dag", "updated_at"])
-    try:
-        run = start_manual_run(version, payload, user=request.user, dry_run=dry_run)
-    except RunError as exc:
-        return JsonResponse({"error": str(exc)}, status=409)
-    return JsonResponse({"run": str(run.code), "url": reverse("run_detail", args=[run.code])}, status=201)
 
 
 def page_not_found(request, exception=None):

@@ -5,6 +5,7 @@ from django.urls import include, path
 from executor import health, metrics, webhooks
 from executor import views as executor_views
 from flows.throttle import ThrottledLoginView
+from kwala_site import api
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -15,7 +16,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("runs/", include("executor.urls")),
     path("alerts/", executor_views.notifications, name="notifications"),
-    path("api/v1/", include("flows.api_urls")),
+    path("api/v1/", include(api.urlpatterns())),
     path("", include("flows.teams.account_urls")),
     path("", include("flows.teams.urls")),
     path("", include("flows.gallery.urls")),

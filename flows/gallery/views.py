@@ -8,7 +8,7 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 
 from flows import gallery
-from flows.actions import chain_names, create_flow
+from flows.actions import chain_names, do_create_flow
 from flows.graph_svg import graph_svg
 from flows.models import Membership, Secret, SignerKey
 from flows.permissions import require_membership
@@ -59,7 +59,7 @@ def use_template(request, slug: str):
         except gallery.TemplateError as exc:
             errors = exc.errors
         else:
-            flow = create_flow(
+            flow = do_create_flow(
                 membership.team, request.user, name, template.description, graph=gallery.instantiate(template, cleaned)
             )
             messages.success(request, f"Created {flow.name} as a draft from the template.")

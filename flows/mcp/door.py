@@ -24,9 +24,9 @@ from django.db import close_old_connections
 from django.http.request import split_domain_port, validate_host
 from ninja.errors import AuthenticationError
 
-from flows import api as rest
 from flows.mcp import PATH, api_request, bearer
 from flows.teams import membership_for_token
+from kwala_site import api as project_api
 from kwala_site import overload
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _check_token(authorization: str | None, method: str) -> tuple[int, dict]:
         close_old_connections()  # with the web server's pool: the connection goes back to it
     if error is None:
         return 200, {}
-    response = rest.api.on_exception(request, error)
+    response = project_api.api.on_exception(request, error)
     return response.status_code, json.loads(response.content)
 
 

@@ -1,6 +1,6 @@
 """The MCP tools: the public API for AI assistants, built with the official `mcp` SDK.
 
-Each tool is a thin adapter over a REST API endpoint (flows.api): it calls the same
+Each tool is a thin adapter over a REST API endpoint (an operation of kwala_site.api's routers): it calls the same
 function with a request that carries the token's membership, so permissions, team
 scoping, validation and the rate limit are the API's own, and a refusal is the API's
 error body (`{"error": {"code", "message", "details"}, "status"}`) in a tool error,
@@ -35,7 +35,9 @@ from flows import api as rest
 from flows.mcp import api_request, bearer
 from flows.nodes import NODE_TYPES, catalogue
 from flows.teams import membership_for_token
+from kwala_site import api as project_api
 from kwala_site import overload
+from kwala_site.api_common import ApiError, not_found
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ def call_api(token: str | None, tool: str, endpoint: Callable[..., Any], *args: 
             raise AuthenticationError()
         request.api_token, request.auth = found
         request.user = request.auth.user
-        throttle = rest.RedisRateLimit()
+        throttle = project_api.RedisRateLimit()
         if not throttle.allow_request(request):
             raise Throttled(throttle.wait())
         try:
@@ -153,7 +155,7 @@ def call_api(token: str | None, tool: str, endpoint: Callable[..., Any], *args: 
     except Exception as exc:
         # The API's handlers answer (and log) exactly as the REST API does: 404s, 403s, compile
         # problems, and a 503 "try again" when PostgreSQL or the pool cannot give a connection.
-        response = rest.api.on_exception(request, exc)
+        response = project_api.api.on_exception(request, exc)
         retry_after = exc.wait if isinstance(exc, Throttled) else (
             overload.RETRY_AFTER_SECONDS if response.status_code == 503 else None)
         answer = _error(response.status_code, json.loads(response.content), retry_after)
@@ -187,10 +189,10 @@ def _page(limit: int, offset: int) -> LimitOffsetPagination.Input:
 
 def _run_step(request: HttpRequest, run: str, step_id: str) -> dict:
     """What the run page's side panel shows of one step, to every member of the team."""
-    found = rest._run(request, run)
+    found = project_api.runs_api.team_run(request, run)
     node = next((n for n in found.version.graph.get("nodes", []) if n.get("id") == step_id), None)
     if node is None:
-        raise rest.not_found("step")
+        raise not_found("step")
     step = found.steps.filter(step_id=step_id).first()
     data: dict[str, Any] = {"step_id": step_id, "type": node.get("type"), "name": node.get("name") or ""}
     if step is None:  # the trigger node has no step row; a step whose branch was not taken has none yet
@@ -206,7 +208,7 @@ def _describe(request: HttpRequest, node_type: str) -> dict:
     if node_type:
         entries = [e for e in entries if e["key"] == node_type]
         if not entries:
-            raise rest.ApiError(404, "node_type_not_found", f"No node type {node_type!r}: see describe_node_types.")
+            raise ApiError(404, "node_type_not_found", f"No node type {node_type!r}: see describe_node_types.")
     return {"node_types": entries}
 
 
@@ -225,7 +227,7 @@ async def describe_node_types(
 
 async def list_chains(*, ctx: Context) -> CallToolResult:
     """The chains flows can use (chain id, slug, name) and how far each listener has read."""
-    return await _call(ctx, "list_chains", rest.list_chains)
+    return await _call(ctx, "list_chains", project_api.runs_api.list_chains)
 
 
 async def list_templates(
@@ -234,12 +236,12 @@ async def list_templates(
     *, ctx: Context,
 ) -> CallToolResult:
     """The gallery's ready-made flows and the inputs each asks for."""
-    return await _call(ctx, "list_templates", rest.list_templates, q=q, category=category)
+    return await _call(ctx, "list_templates", project_api.gallery_api.list_templates, q=q, category=category)
 
 
 async def get_template(slug: Annotated[str, Field(max_length=100)], *, ctx: Context) -> CallToolResult:
     """One template with its inputs and its graph."""
-    return await _call(ctx, "get_template", rest.get_template, slug)
+    return await _call(ctx, "get_template", project_api.gallery_api.get_template, slug)
 
 
 async def use_template(
@@ -249,8 +251,8 @@ async def use_template(
     *, ctx: Context,
 ) -> CallToolResult:
     """Create a draft flow from a template with these input values (editors). A bad input is listed by name."""
-    return await _call(ctx, "use_template", lambda r: rest.use_template(
-        r, slug, rest.UseTemplateIn(name=name, inputs=inputs or {})))
+    return await _call(ctx, "use_template", lambda r: project_api.gallery_api.use_template(
+        r, slug, project_api.gallery_api.UseTemplateIn(name=name, inputs=inputs or {})))
 
 
 async def list_flows(
@@ -361,8 +363,8 @@ async def start_run(
 ) -> CallToolResult:
     """Start a run now with a sample trigger (editors): a test run of the draft or a manual run of the
     live version. A dry run by default. Follow it with get_run."""
-    return await _call(ctx, "start_run", lambda r: rest.start_run(
-        r, flow, rest.StartRunIn(payload=payload or {}, dry_run=dry_run, draft=draft)))
+    return await _call(ctx, "start_run", lambda r: project_api.runs_api.start_run(
+        r, flow, project_api.runs_api.StartRunIn(payload=payload or {}, dry_run=dry_run, draft=draft)))
 
 
 async def replay_flow(
@@ -375,13 +377,13 @@ async def replay_flow(
     """Replay the live version's contract-event trigger over past blocks (editors). A worker reads
     the blocks: follow the job with get_replay. Live (dry_run false), an event that already ran is
     not run twice."""
-    return await _call(ctx, "replay_flow", lambda r: rest.replay(
-        r, flow, rest.ReplayIn(from_block=from_block, to_block=to_block, dry_run=dry_run)))
+    return await _call(ctx, "replay_flow", lambda r: project_api.runs_api.replay(
+        r, flow, project_api.runs_api.ReplayIn(from_block=from_block, to_block=to_block, dry_run=dry_run)))
 
 
 async def get_replay(job: Annotated[str, Field(max_length=64)], *, ctx: Context) -> CallToolResult:
     """A replay or backtest job: its status, the logs it read and matched, and the runs it created."""
-    return await _call(ctx, "get_replay", rest.get_replay, job)
+    return await _call(ctx, "get_replay", project_api.runs_api.get_replay, job)
 
 
 async def list_runs(
@@ -394,13 +396,13 @@ async def list_runs(
 ) -> CallToolResult:
     """The team's runs, newest first (code, flow, version, status, trigger key, chain, block, error);
     the next page is `before` = next_before."""
-    return await _call(ctx, "list_runs", rest.list_runs, flow=flow, status=status, within_seconds=within_seconds,
+    return await _call(ctx, "list_runs", project_api.runs_api.list_runs, flow=flow, status=status, within_seconds=within_seconds,
                        finished_after=None, finished_before=None, before=before, limit=limit, offset=offset)
 
 
 async def get_run(run: RunCode, *, ctx: Context) -> CallToolResult:
     """One run and its steps (step id, status, attempt, error, times)."""
-    return await _call(ctx, "get_run", rest.get_run, run)
+    return await _call(ctx, "get_run", project_api.runs_api.get_run, run)
 
 
 async def get_run_step(run: RunCode, step_id: Annotated[str, Field(max_length=64)], *,
@@ -412,14 +414,14 @@ async def get_run_step(run: RunCode, step_id: Annotated[str, Field(max_length=64
 
 async def retry_run(run: RunCode, *, ctx: Context) -> CallToolResult:
     """Run a failed run's failed steps again (editors); steps that succeeded keep their results."""
-    return await _call(ctx, "retry_run", rest.retry, run)
+    return await _call(ctx, "retry_run", project_api.runs_api.retry, run)
 
 
 async def rerun_from_step(run: RunCode, step_id: Annotated[str, Field(min_length=1, max_length=64)], *,
                           ctx: Context) -> CallToolResult:
     """A new run of the same version and trigger (editors) that runs `step_id` and everything after it
     again, reusing every other result."""
-    return await _call(ctx, "rerun_from_step", lambda r: rest.rerun(r, run, rest.RerunIn(step_id=step_id)))
+    return await _call(ctx, "rerun_from_step", lambda r: project_api.runs_api.rerun(r, run, project_api.runs_api.RerunIn(step_id=step_id)))
 
 
 TOOLS: list[tuple[Callable[..., Any], ToolAnnotations]] = [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flows.nodes.actions import (
+from flows.nodes.base import FieldSpec, NodeType, TriggerType, ValidationContext
+from flows.nodes.logic import Condition, Delay, Join, Stop, Switch, Transform
+from flows.nodes.side_effects import (
     ContractRead,
     ContractWrite,
     HttpRequest,
@@ -11,8 +13,6 @@ from flows.nodes.actions import (
     NotifySlack,
     NotifyTelegram,
 )
-from flows.nodes.base import FieldSpec, NodeType, TriggerType, ValidationContext
-from flows.nodes.logic import Condition, Delay, Join, Stop, Switch, Transform
 from flows.nodes.triggers import (
     ChainBlock,
     ChainEvent,

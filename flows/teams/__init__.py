@@ -22,7 +22,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from executor.live import revoke_sockets
+from executor.interface import revoke_sockets
 from flows import audit
 from flows.models import (
     ApiToken,
@@ -456,7 +456,7 @@ def do_duplicate_flow(user, flow: Flow, target: Membership) -> Flow:
     The caller has checked `user` may read `flow`; `target` must be the user's
     membership with at least the editor role.
     """
-    from flows.actions import create_flow, current_graph
+    from flows.actions import current_graph, do_create_flow
 
     if target.user_id != user.pk or not has_role(target, Role.EDITOR):
         raise _forbid("You need to be an editor in the team you copy the flow into.")
@@ -467,7 +467,7 @@ def do_duplicate_flow(user, flow: Flow, target: Membership) -> Flow:
 
         graph = redacted_graph(graph)
     with transaction.atomic():
-        copy = create_flow(target.team, user, f"{flow.name} (copy)"[:120], flow.description, graph=graph)
+        copy = do_create_flow(target.team, user, f"{flow.name} (copy)"[:120], flow.description, graph=graph)
         audit.record(target.team, user, "flow.duplicated", copy.name, source=flow.code, flow=copy.code)
     return copy
 

@@ -16,7 +16,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from executor.steps.spending import limit_summary, spending_today
+from executor.interface import limit_summary, spending_today
 from flows import audit
 from flows.actions import current_graph
 from flows.graph_svg import graph_svg

@@ -89,16 +89,16 @@ async function saveNow() {
   setSaveState("Saving…");
   saving = (async () => {
     try {
-      const res = await post(urls.graph, { graph: serialize(graph), revision });
+      const res = await post(urls.graph, { graph: serialize(graph), revision }, "PUT");
       const body = await res.json();
       if (res.status === 409) {
-        showConflict(body.error);
+        showConflict(body.error.message);
         return;
       }
       if (!res.ok) {
         dirty = true;
         setSaveState("Not saved");
-        notice(body.error || "The flow could not be saved.", true);
+        notice(body.error?.message || "The flow could not be saved.", true);
         return;
       }
       revision = body.revision;
@@ -109,7 +109,7 @@ async function saveNow() {
         refreshPicker();
       }
       if (!dirty) setSaveState("Saved");
-      showStatus({ draft: body.draft, live: body.live });
+      showStatus({ draft: body.differs_from_live, live: body.live_version });
     } catch (err) {
       dirty = true;
       setSaveState("Offline — will retry");
@@ -125,10 +125,11 @@ export async function flush() {
   else if (saving) await saving;
 }
 
-function post(url, data) {
+// The API, acting in this flow's team with the session (CSRF-checked).
+function post(url, data, method = "POST") {
   return fetch(url, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
+    method,
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf, "X-Kwala-Team": urls.team },
     body: JSON.stringify(data),
     credentials: "same-origin",
   });
@@ -669,29 +670,31 @@ for (const button of document.querySelectorAll("[data-cmd]")) {
 async function publish() {
   await flush();
   if (conflict) return;
-  const res = await post(urls.publish, { revision });
+  const res = await post(`${urls.publish}?revision=${revision}`, {});
   const body = await res.json();
-  if (res.status === 409 && body.conflict) { showConflict(body.error); return; }
+  if (res.status === 409 && body.error.code === "conflict") { showConflict(body.error.message); return; }
   if (!res.ok) {
-    if (body.problems) { problems = body.problems; showProblems(); showTab("problems"); }
-    notice(body.error, true);
+    const unfit = body.error.code === "compile_error";
+    if (unfit) { problems = body.error.details; showProblems(); showTab("problems"); }
+    notice(unfit ? "The flow has problems; fix them to publish." : body.error.message, true);
     return;
   }
   revision = body.revision;
-  problems = body.problems;
+  problems = [];
   showProblems();
-  showStatus(body);
-  notice(body.message);
+  showStatus({ live: body.number, draft: false });
+  notice(`Version ${body.number} is live.`);
 }
 
 async function unpublish() {
   await flush();
   const res = await post(urls.unpublish, {});
   const body = await res.json();
-  if (!res.ok) { notice(body.error || "Could not unpublish.", true); return; }
+  if (!res.ok) { notice(body.error?.message || "Could not unpublish.", true); return; }
   revision = body.revision;
-  showStatus(body);
-  notice(body.message);
+  const was = state.live;
+  showStatus({ live: null });
+  notice(`Version ${was} is no longer live.`);
 }
 
 // -- side tabs -------------------------------------------------------------------------------------
@@ -731,17 +734,18 @@ async function startTest() {
   // The sample goes as typed, not re-serialised: JSON.parse rounds integers above 2^53 (wei amounts).
   const res = await fetch(urls.test_run, {
     method: "POST",
-    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf },
-    body: `{"dry_run": ${$("#test-dry").checked}, "payload": ${text}}`,
+    headers: { "Content-Type": "application/json", "X-CSRFToken": csrf, "X-Kwala-Team": urls.team },
+    body: `{"draft": true, "dry_run": ${$("#test-dry").checked}, "payload": ${text}}`,
     credentials: "same-origin",
   });
   const body = await res.json();
   if (!res.ok) {
-    status.textContent = body.error;
-    if (body.problems) { problems = body.problems; showProblems(); }
+    const unfit = body.error.code === "compile_error";
+    status.textContent = unfit ? "Fix the flow's problems to test it." : body.error.message;
+    if (unfit) { problems = body.error.details; showProblems(); }
     return;
   }
-  watchRun(body.run, body.url);
+  watchRun(body.code, urls.run_page.replace("00000000-0000-0000-0000-000000000000", body.code));
 }
 $("#test-start")?.addEventListener("click", startTest);
 

@@ -33,7 +33,7 @@ def sample_graph(chain_id: int = 31337, url: str = "http://127.0.0.1:9/hook") ->
 
 
 def make_flow(team, user, name: str = "Payments", graph: dict | None = None):
-    return actions.create_flow(team, user, name, graph=graph or sample_graph())
+    return actions.do_create_flow(team, user, name, graph=graph or sample_graph())
 
 
 def open_editor(page, base_url: str, flow) -> None:

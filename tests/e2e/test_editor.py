@@ -388,10 +388,10 @@ def test_the_data_picker_follows_a_new_connection_without_reselecting(asgi_serve
 
 
 def test_undoing_back_to_the_live_graph_clears_draft_changes(asgi_server, page, team, alice):
-    from flows.actions import publish_version
+    from flows.actions import do_publish_version
 
     flow = make_flow(team, alice)
-    publish_version(flow, alice)
+    do_publish_version(flow, alice)
     login(page, asgi_server.url, "alice", "alice-password-1")
     open_editor(page, asgi_server.url, flow)
     badge = page.locator("#flow-status")
@@ -403,6 +403,28 @@ def test_undoing_back_to_the_live_graph_clears_draft_changes(asgi_server, page, 
     page.wait_for_function("document.querySelector('#flow-status').textContent === 'Live v1'")
     wait_saved(page)
     assert badge.inner_text() == "Live v1"
+    assert page.console_errors == []
+
+
+def test_publishing_in_the_editor_goes_through_the_api_and_is_audited_as_it(asgi_server, page, team, alice):
+    from flows.actions import live_version
+    from flows.models import AuditEvent
+
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    page.get_by_role("button", name="Publish").click()
+    page.get_by_text("Version 1 is live.").wait_for()
+    assert page.locator("#flow-status").inner_text() == "Live v1"
+    assert live_version(flow).number == 1
+    page.get_by_role("button", name="Unpublish").click()
+    page.get_by_text("Version 1 is no longer live.").wait_for()
+    assert page.locator("#flow-status").inner_text() == "Draft"
+    entries = AuditEvent.objects.filter(target=flow.name).order_by("id").values_list("action", "actor_name", "data")
+    assert list(entries) == [
+        ("flow.published", "alice", {"flow": flow.code, "version": 1, "via": "api"}),
+        ("flow.unpublished", "alice", {"flow": flow.code, "version": 1, "via": "api"}),
+    ]
     assert page.console_errors == []
 
 

@@ -167,7 +167,7 @@ def test_the_runs_list_shows_a_new_run_and_how_it_ended_without_a_reload(
     graph = sample_graph(url=f"{http_sink.url}/hook")
     graph["nodes"][1]["config"]["expression"] = "trigger.payload.amount > 10"
     flow = make_flow(team, alice, graph=graph)
-    version = actions.publish_version(flow, alice)
+    version = actions.do_publish_version(flow, alice)
     login(page, asgi_server.url, "alice", "alice-password-1")
     page.goto(f"{asgi_server.url}/runs/")
     page.wait_for_selector("#runs[data-connected='1']", state="attached", timeout=10_000)

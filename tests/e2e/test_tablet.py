@@ -79,7 +79,7 @@ def test_palette_canvas_and_inspector_are_all_reachable_on_a_tablet(asgi_server,
 def test_the_run_pages_fit_a_tablet(asgi_server, browser, team, alice, size):
     local_chain()
     flow = make_flow(team, alice)
-    version = actions.publish_version(flow, alice)
+    version = actions.do_publish_version(flow, alice)
     run = Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:tablet",
                              trigger={"payload": {}}, status=Run.Status.FAILED, error="refused")
     StepRun.objects.create(run=run, step_id="condition_1", status=StepRun.Status.SUCCEEDED, output={"result": True})

@@ -61,8 +61,8 @@ def event_graph(chain_id: int, event: str, *, addresses=(), filters=(), conditio
 
 
 def publish(team, user, graph: dict, name: str = "Flow") -> FlowVersion:
-    flow = actions.create_flow(team, user, name, graph=graph)
-    return actions.publish_version(flow, user)
+    flow = actions.do_create_flow(team, user, name, graph=graph)
+    return actions.do_publish_version(flow, user)
 
 
 BIG = "Big(uint256 indexed id, uint256 value)"

@@ -106,8 +106,8 @@ def test_a_paused_or_unpublished_flow_does_not_fire(zoo_setup, team, alice):
     gone = publish(team, alice, event_graph(31337, BIG), "gone")
     listener = listener_for(chain)
     listener.step()
-    actions.pause_flow(paused.flow, alice)
-    actions.unpublish_flow(gone.flow, alice)
+    actions.do_pause_flow(paused.flow, alice)
+    actions.do_unpublish_flow(gone.flow, alice)
     listener.registry.reload()
     transact(w3, zoo.functions.emitBig(1, 1))
     listener.step()
@@ -373,7 +373,7 @@ def test_the_trigger_index_follows_publish_and_unpublish_through_notify(watched_
 
     version = publish(team, alice, event_graph(31337, BIG))
     wait_for(lambda: len(watched_registry.get(31337).logs) == 1, timeout=5)
-    actions.unpublish_flow(version.flow, alice)
+    actions.do_unpublish_flow(version.flow, alice)
     wait_for(lambda: len(watched_registry.get(31337).logs) == 0, timeout=5)
 
 

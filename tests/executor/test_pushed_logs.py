@@ -200,7 +200,7 @@ def test_a_start_worked_out_before_the_flow_changed_is_not_written(zoo_setup, te
     assert run.steps.get(step_id="name").output == {"flow": "Refunds"}  # started again, from the row
     assert run.log.filter(kind="run.status").count() == 1
     # Unpublished meanwhile: the run goes in QUEUED, and its start cancels it as start_run would.
-    actions.unpublish_flow(version.flow, alice)
+    actions.do_unpublish_flow(version.flow, alice)
     block = pushed(w3, transact(w3, zoo.functions.emitBig(3, 30)))
     claim(listener, block)
     run = Run.objects.get(version=version, block_hash=block.hash)

@@ -10,7 +10,7 @@ from executor import quotas
 from executor.models import Run
 from executor.runs import start
 from executor.sweeper import sweep
-from flows.actions import create_flow, publish_version, webhook_path
+from flows.actions import do_create_flow, do_publish_version, webhook_path
 from kwala_site import counters, ratelimit
 from tests.flows.test_webhooks import hook_graph
 
@@ -25,8 +25,8 @@ def fresh_limits():
 
 
 def hooked_flow(team, user, name: str):
-    flow = create_flow(team, user, name, graph=hook_graph("none"))
-    publish_version(flow, user)
+    flow = do_create_flow(team, user, name, graph=hook_graph("none"))
+    do_publish_version(flow, user)
     return flow
 
 

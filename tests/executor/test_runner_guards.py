@@ -45,8 +45,8 @@ def checked_graph(*, hook: bool = False) -> dict:
 
 @pytest.fixture
 def live_version(team, alice):
-    flow = actions.create_flow(team, alice, "Guarded", graph=checked_graph())
-    return actions.publish_version(flow, alice)
+    flow = actions.do_create_flow(team, alice, "Guarded", graph=checked_graph())
+    return actions.do_publish_version(flow, alice)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -55,9 +55,9 @@ def test_a_trigger_run_claimed_before_a_pause_or_unpublish_is_cancelled_not_star
     flow = live_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=live_version, trigger_key="log:31337:0xabc:0")
     if change == "pause":
-        actions.pause_flow(flow, alice)
+        actions.do_pause_flow(flow, alice)
     else:
-        actions.unpublish_flow(flow, alice)
+        actions.do_unpublish_flow(flow, alice)
     start.start_run(run.pk)
     run.refresh_from_db()
     assert run.status == Run.Status.CANCELLED
@@ -77,8 +77,8 @@ def test_a_manual_run_of_a_live_flow_still_runs(live_version, alice):
 
 @pytest.fixture
 def hook_version(team, alice):
-    flow = actions.create_flow(team, alice, "Hooked", graph=checked_graph(hook=True))
-    return actions.publish_version(flow, alice)
+    flow = actions.do_create_flow(team, alice, "Hooked", graph=checked_graph(hook=True))
+    return actions.do_publish_version(flow, alice)
 
 
 @pytest.mark.django_db

@@ -114,8 +114,8 @@ def test_each_schedule_run_knows_the_window_since_the_previous_one(team, alice):
 
     graph = {"nodes": [{"id": "every", "type": "schedule", "name": "Every minute", "position": {"x": 0, "y": 0},
                         "config": {"interval": 60}}], "edges": []}
-    flow = actions.create_flow(team, alice, "Windowed", graph=graph)
-    version = actions.publish_version(flow, alice)
+    flow = actions.do_create_flow(team, alice, "Windowed", graph=graph)
+    version = actions.do_publish_version(flow, alice)
     published = version.published_at
     first = Run.objects.get(pk=tick(published + timedelta(seconds=61))[0])
     second = Run.objects.get(pk=tick(published + timedelta(seconds=125))[0])

@@ -4,7 +4,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from flows import audit
-from flows.actions import create_flow
+from flows.actions import do_create_flow
 from flows.models import Flow, Membership, Secret
 from tests.team_fixtures import logged_in
 
@@ -17,8 +17,8 @@ def make_staff(user, *models):
 
 
 def test_staff_who_are_not_superusers_see_only_their_teams_objects(alice, charlie, team):
-    create_flow(team, alice, "Acme flow")
-    create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
+    do_create_flow(team, alice, "Acme flow")
+    do_create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
     make_staff(alice, "view_flow", "change_flow", "view_auditevent", "view_secret")
     page = logged_in(alice).get(reverse("admin:flows_flow_changelist")).content
     assert b"Acme flow" in page and b"Other flow" not in page
@@ -27,7 +27,7 @@ def test_staff_who_are_not_superusers_see_only_their_teams_objects(alice, charli
 
 
 def test_a_superuser_sees_every_team(alice, charlie, team, django_user_model):
-    create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
+    do_create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
     root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
     assert b"Other flow" in logged_in(root).get(reverse("admin:flows_flow_changelist")).content
 
@@ -53,7 +53,7 @@ def test_secret_values_are_never_shown_in_the_admin(alice, team, django_user_mod
 
 
 def test_the_pause_action_pauses_flows(alice, team, django_user_model):
-    flow = create_flow(team, alice, "To pause")
+    flow = do_create_flow(team, alice, "To pause")
     root = django_user_model.objects.create_superuser("root", "root@example.com", "root-pw-123")
     logged_in(root).post(
         reverse("admin:flows_flow_changelist"), {"action": "pause_flows", "_selected_action": [flow.pk]}
@@ -79,7 +79,7 @@ def test_a_chain_cursor_can_be_reset_to_a_block(chains, django_user_model):
 def test_the_admin_finds_runs_by_tx_hash(alice, team, django_user_model, chains):
     from executor.models import Event, Run
 
-    flow = create_flow(team, alice, "Runs")
+    flow = do_create_flow(team, alice, "Runs")
     event = Event.objects.create(chain=chains[0], block_number=1, block_hash="0x" + "1" * 64, log_index=0,
                                  tx_hash="0x" + "ab" * 32, address="0x" + "0" * 40)
     Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key="log:1", event=event)
@@ -92,13 +92,13 @@ def test_the_admin_finds_runs_by_tx_hash(alice, team, django_user_model, chains)
 def test_the_retry_action_retries_failed_runs_and_reports_the_others(alice, team, django_user_model):
     from executor.models import Run, StepRun
 
-    flow = create_flow(team, alice, "Runs", graph={
+    flow = do_create_flow(team, alice, "Runs", graph={
         "nodes": [{"id": "t", "type": "manual", "config": {}},
                   {"id": "h", "type": "http.request", "config": {"url": "https://example.com/x"}}],
         "edges": [{"source": "t", "source_port": "out", "target": "h"}]})
-    from flows.actions import publish_version
+    from flows.actions import do_publish_version
 
-    version = publish_version(flow, alice)
+    version = do_publish_version(flow, alice)
     failed = Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:1",
                                 status=Run.Status.FAILED, error="boom")
     StepRun.objects.create(run=failed, step_id="h", status=StepRun.Status.FAILED, attempt=2, error="HTTP 500")
@@ -123,7 +123,7 @@ def test_the_retry_action_retries_failed_runs_and_reports_the_others(alice, team
 def test_staff_without_the_change_permission_cannot_retry_runs(alice, team):
     from executor.models import Run
 
-    flow = create_flow(team, alice, "Runs")
+    flow = do_create_flow(team, alice, "Runs")
     run = Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key="manual:1",
                              status=Run.Status.FAILED)
     make_staff(alice, "view_run")
@@ -134,8 +134,8 @@ def test_staff_without_the_change_permission_cannot_retry_runs(alice, team):
 
 
 def test_team_scoped_staff_see_no_other_team_s_name_in_the_filters(alice, charlie, team):
-    create_flow(team, alice, "Acme flow")
-    create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
+    do_create_flow(team, alice, "Acme flow")
+    do_create_flow(Membership.objects.get(user=charlie).team, charlie, "Other flow")
     make_staff(alice, "view_flow", "view_auditevent", "view_run")
     for name in ("admin:flows_flow_changelist", "admin:flows_auditevent_changelist", "admin:executor_run_changelist"):
         page = logged_in(alice).get(reverse(name)).content.decode()

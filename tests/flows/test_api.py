@@ -6,7 +6,7 @@ import pytest
 from django.test import Client, override_settings
 
 from flows import audit
-from flows.actions import create_flow, publish_version
+from flows.actions import do_create_flow, do_publish_version
 from flows.models import ApiToken, Flow, Membership, Secret, SignerKey
 from tests.team_fixtures import ROLES, api_client, logged_in, token_for
 
@@ -34,7 +34,7 @@ def assert_error(response, status: int, code: str) -> dict:
 
 @pytest.fixture
 def flow(alice, team):
-    return create_flow(team, alice, "Hook", graph=GRAPH)
+    return do_create_flow(team, alice, "Hook", graph=GRAPH)
 
 
 def test_the_openapi_schema_and_docs_are_served(client, db):
@@ -57,7 +57,7 @@ def test_a_token_lists_its_teams_flows_and_records_its_use(alice, flow, team):
 
 def test_flows_are_paginated(alice, team):
     for i in range(5):
-        create_flow(team, alice, f"Flow {i}")
+        do_create_flow(team, alice, f"Flow {i}")
     data = body(api_client(alice).get("/api/v1/flows", {"limit": 2, "offset": 2}))
     assert data["count"] == 5 and [f["name"] for f in data["items"]] == ["Flow 2", "Flow 3"]
 
@@ -87,7 +87,7 @@ def test_publish_and_unpublish_are_audited(alice, flow, team):
 
 
 def test_publishing_a_broken_draft_returns_every_node_problem(alice, team):
-    flow = create_flow(team, alice, "Broken", graph=BROKEN)
+    flow = do_create_flow(team, alice, "Broken", graph=BROKEN)
     error = assert_error(api_client(alice).post(f"/api/v1/flows/{flow.code}/publish"), 422, "compile_error")
     assert error["details"] and all({"node_id", "field", "message"} <= set(p) for p in error["details"])
     assert {"node_id": "h", "field": "url"}.items() <= next(p for p in error["details"] if p["field"] == "url").items()
@@ -112,7 +112,7 @@ def test_a_validation_error_is_a_422_in_the_error_format(alice, db):
 
 def test_versions_diff_export_and_import(alice, flow, team):
     client = api_client(alice)
-    publish_version(flow, alice)
+    do_publish_version(flow, alice)
     changed = json.loads(json.dumps(GRAPH))
     changed["nodes"][1]["config"]["url"] = "https://example.com/other"
     client.put(f"/api/v1/flows/{flow.code}/draft", {"graph": changed, "revision": 2}, content_type="application/json")
@@ -240,7 +240,7 @@ RANK = {"VIEWER": 0, "EDITOR": 1, "ADMIN": 2, "OWNER": 3}
 
 @pytest.mark.parametrize("role", ROLES)
 def test_api_endpoints_follow_the_role_matrix(role, users_by_role, alice, team):
-    flow = create_flow(team, alice, "Matrix", graph=GRAPH)
+    flow = do_create_flow(team, alice, "Matrix", graph=GRAPH)
     client = Client(HTTP_AUTHORIZATION=f"Bearer {token_for(users_by_role[role])}")
     for method, path, payload, lowest in ENDPOINTS:
         kwargs = {"content_type": "application/json"}
@@ -253,7 +253,7 @@ def test_api_endpoints_follow_the_role_matrix(role, users_by_role, alice, team):
 
 
 def test_an_outsider_gets_404_for_every_object_endpoint(users_by_role, alice, team):
-    flow = create_flow(team, alice, "Matrix", graph=GRAPH)
+    flow = do_create_flow(team, alice, "Matrix", graph=GRAPH)
     Secret(team=team, name="ACME_SECRET").set_value("v") or None
     client = api_client(users_by_role["OUTSIDER"])
     for path in [f"/api/v1/flows/{flow.code}", f"/api/v1/flows/{flow.code}/versions/1"]:

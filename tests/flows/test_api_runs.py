@@ -8,7 +8,7 @@ import time
 import pytest
 
 from executor.models import Chain, RpcEndpoint, Run, StepRun
-from flows.actions import create_flow, publish_version, save_draft
+from flows.actions import do_create_flow, do_publish_version, do_save_draft
 from flows.models import AuditEvent
 from kwala_site.dev.devchain import DEV_ACCOUNTS, load_artifact
 from tests.flows.test_api import assert_error, body
@@ -31,8 +31,8 @@ def graph(url: str = "https://example.com/hook", trigger: dict | None = None) ->
 
 @pytest.fixture
 def live_flow(alice, team):
-    flow = create_flow(team, alice, "Manual hook", graph=graph())
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Manual hook", graph=graph())
+    do_publish_version(flow, alice)
     return flow
 
 
@@ -93,7 +93,7 @@ def test_a_run_started_by_hand_is_audited_and_a_dry_run_is_not(alice, live_flow,
 
 
 def test_an_unpublished_flow_runs_only_as_a_draft_test_run(alice, team):
-    flow = create_flow(team, alice, "Draft only", graph=graph())
+    flow = do_create_flow(team, alice, "Draft only", graph=graph())
     client = api_client(alice)
     error = assert_error(client.post(f"/api/v1/flows/{flow.code}/runs", {}, content_type="application/json"),
                          409, "not_published")
@@ -105,7 +105,7 @@ def test_an_unpublished_flow_runs_only_as_a_draft_test_run(alice, team):
 
 
 def test_a_draft_test_run_uses_the_draft_not_the_live_version(alice, live_flow):
-    save_draft(live_flow, alice, graph("https://example.com/changed"), revision=live_flow.revision)
+    do_save_draft(live_flow, alice, graph("https://example.com/changed"), revision=live_flow.revision)
     data = body(api_client(alice).post(f"/api/v1/flows/{live_flow.code}/runs", {"draft": True},
                                        content_type="application/json"))
     run = Run.objects.get(code=data["code"])
@@ -114,7 +114,7 @@ def test_a_draft_test_run_uses_the_draft_not_the_live_version(alice, live_flow):
 
 def test_a_draft_that_does_not_compile_is_a_422_listing_its_problems(alice, live_flow):
     broken = {"nodes": [{"id": "h", "type": "http.request", "config": {}}], "edges": []}
-    save_draft(live_flow, alice, broken, revision=live_flow.revision)
+    do_save_draft(live_flow, alice, broken, revision=live_flow.revision)
     error = assert_error(api_client(alice).post(f"/api/v1/flows/{live_flow.code}/runs", {"draft": True},
                                                 content_type="application/json"), 422, "compile_error")
     assert error["details"] and not Run.objects.exists()
@@ -205,7 +205,7 @@ def test_replaying_a_flow_that_is_not_event_triggered_is_a_422(alice, live_flow)
 
 
 def test_replaying_an_unpublished_flow_is_a_409(alice, team):
-    flow = create_flow(team, alice, "Draft", graph=graph())
+    flow = do_create_flow(team, alice, "Draft", graph=graph())
     assert_error(api_client(alice).post(f"/api/v1/flows/{flow.code}/replay", {"from_block": 0, "to_block": 1},
                                         content_type="application/json"), 409, "not_published")
 
@@ -252,8 +252,8 @@ def wait_for_runs(codes: list[str], timeout: float = 30) -> list[Run]:
 def test_an_api_run_calls_the_sink_and_an_api_dry_run_only_records_what_it_would_send(
     worker, http_sink, alice, team
 ):
-    flow = create_flow(team, alice, "Hook", graph=graph(f"{http_sink.url}/api-run"))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Hook", graph=graph(f"{http_sink.url}/api-run"))
+    do_publish_version(flow, alice)
     client = api_client(alice)
     real = body(client.post(f"/api/v1/flows/{flow.code}/runs", {"payload": {"amount": 7}},
                             content_type="application/json"))
@@ -279,8 +279,8 @@ def test_a_backtest_runs_past_transfers_without_side_effects_and_a_live_replay_r
                           "event": "Transfer(address indexed from, address indexed to, uint256 value)"}}
     hook = graph(f"{http_sink.url}/replayed", trigger)
     hook["nodes"][1]["config"]["body"] = {"value": "{{ trigger.args.value }}"}
-    flow = create_flow(team, alice, "Transfers", graph=hook)
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Transfers", graph=hook)
+    do_publish_version(flow, alice)
     first = w3_a.eth.block_number + 1
     for amount in (11, 12, 13):
         tx = token.functions.mint(DEV_ACCOUNTS[2].address, amount).transact({"from": DEV_ACCOUNTS[0].address})

@@ -11,7 +11,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from flows.actions import create_flow
+from flows.actions import do_create_flow
 from tests.team_fixtures import token_for
 
 ERROR_KEYS = {"code", "message", "details"}
@@ -42,7 +42,7 @@ def requests_share_the_test_transaction(db, settings):
 
 @pytest.fixture
 def api_headers(alice, team):
-    create_flow(team, alice, "Fuzzed")
+    do_create_flow(team, alice, "Fuzzed")
     return {"Authorization": f"Bearer {token_for(alice)}"}
 
 

@@ -40,7 +40,7 @@ def chain(db):
 
 
 def test_export_then_import_gives_the_same_graph(team, alice, chain, tmp_path):
-    flow = actions.create_flow(team, alice, "Whale alert", graph=transfer_graph())
+    flow = actions.do_create_flow(team, alice, "Whale alert", graph=transfer_graph())
     path = tmp_path / "flow.yaml"
     call_command("flows", "export", flow.code, "-o", str(path))
     out = io.StringIO()
@@ -114,7 +114,7 @@ def test_a_broken_yaml_file_names_its_line(team, tmp_path):
 
 
 def test_export_to_an_unwritable_path_is_a_clear_error(team, alice, chain):
-    flow = actions.create_flow(team, alice, "Whale alert", graph=transfer_graph())
+    flow = actions.do_create_flow(team, alice, "Whale alert", graph=transfer_graph())
     with pytest.raises(CommandError, match="Cannot write /no/such/dir/flow.yaml"):
         call_command("flows", "export", flow.code, "-o", "/no/such/dir/flow.yaml")
 

@@ -4,7 +4,7 @@ import pytest
 from django.urls import reverse
 
 from flows import gallery
-from flows.actions import publish_version
+from flows.actions import do_publish_version
 from flows.graph import compile_graph
 from flows.models import Flow, Secret, SignerKey
 from tests.team_fixtures import logged_in
@@ -105,7 +105,7 @@ def test_every_template_becomes_a_draft_that_publishes(slug, alice, team, chains
     response = client.post(reverse("use_template", args=[slug]), form_values(template) | {"flow_name": f"My {slug}"})
     assert response.status_code == 302, response.content[:2000]
     flow = Flow.objects.get(team=team, name=f"My {slug}")
-    version = publish_version(flow, alice)
+    version = do_publish_version(flow, alice)
     assert version.status == "PUBLISHED" and version.dag["trigger"]["type"] == template.graph["nodes"][0]["type"]
 
 

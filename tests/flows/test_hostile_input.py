@@ -7,7 +7,7 @@ import json
 import pytest
 from django.test import Client
 
-from flows.actions import create_flow, publish_version, webhook_path
+from flows.actions import do_create_flow, do_publish_version, webhook_path
 from tests.flows.test_webhooks import hook_graph, hooked  # noqa: F401 (a fixture)
 from tests.team_fixtures import api_client
 
@@ -47,8 +47,8 @@ def test_a_non_ascii_signature_header_is_a_401(hooked):  # noqa: F811
 
 @pytest.fixture
 def open_hook(alice, team):
-    flow = create_flow(team, alice, "Open hook", graph=hook_graph("none"))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Open hook", graph=hook_graph("none"))
+    do_publish_version(flow, alice)
     return flow
 
 

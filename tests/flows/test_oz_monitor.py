@@ -403,7 +403,7 @@ def test_the_import_creates_flows_and_stores_plain_secrets_encrypted_and_audited
     assert audit.events_for(team, action="secret.created").count() == 4
     assert {r["monitor"] for r in result.refused} == {"Large Swap By Dex"}
     # A person who reviewed the script's logic publishes the event flow: it compiles as imported.
-    version = actions.publish_version(Flow.objects.get(code=flows["Large Transfer of USDC Token: Transfer"].code), alice)
+    version = actions.do_publish_version(Flow.objects.get(code=flows["Large Transfer of USDC Token: Transfer"].code), alice)
     assert version.dag["trigger"]["condition"] == "trigger.args.value > 10000000000"
 
 
@@ -419,7 +419,7 @@ def test_secrets_to_fill_in_hold_the_flow_back_until_they_exist(team, alice):
     assert result.missing_networks == []
 
     do_set_secret(Membership.objects.get(user=alice), "RISE_USDC_TRANSFER_SLACK_URL", "https://example.com/slack")
-    assert actions.publish_version(Flow.objects.get(code=transfer.code), alice).status == "PUBLISHED"
+    assert actions.do_publish_version(Flow.objects.get(code=transfer.code), alice).status == "PUBLISHED"
 
 
 def test_an_editor_imports_flows_but_may_not_store_secrets(team, bob, anvil_chain):
@@ -528,7 +528,7 @@ def test_the_editors_import_page_takes_a_zip_and_lists_what_it_made(team, alice,
 
     from tests.team_fixtures import logged_in
 
-    flow = actions.create_flow(team, alice, "Existing")
+    flow = actions.do_create_flow(team, alice, "Existing")
     url = reverse("flow_import", args=[flow.code])
     page = logged_in(alice).post(url, {"oz_config": zipped("quickstart")})
     assert page.status_code == 200
@@ -598,7 +598,7 @@ def test_the_quickstart_example_fires_on_anvil_with_its_slack_message_and_email(
     event_flow = Flow.objects.get(team=team, name="Large Transfer of USDC Token: Transfer")
     call_flow = Flow.objects.get(team=team, name="Large Transfer of USDC Token: transfer()")
     for flow in (event_flow, call_flow):
-        actions.publish_version(flow, alice)
+        actions.do_publish_version(flow, alice)
 
     listening(listener)
     small = transact(w3, token.functions.transfer(RECIPIENT, 5), sender=SENDER)
@@ -646,7 +646,7 @@ def test_a_rise_monitor_fires_once_its_chain_is_configured_and_its_secret_filled
         flow = Flow.objects.get(team=team, name="RISE USDC Transfer: Transfer")
         assert actions.live_version(flow) is None
         do_set_secret(Membership.objects.get(user=alice), "RISE_USDC_TRANSFER_SLACK_URL", f"{http_sink.url}/rise")
-        actions.publish_version(flow, alice)
+        actions.do_publish_version(flow, alice)
 
         listening(listener)
         receipt = transact(w3, token.functions.transfer(RECIPIENT, 3 * 10**10), sender=SENDER)

@@ -102,7 +102,7 @@ def test_a_secret_and_a_signer_key_used_by_real_runs_reach_only_their_destinatio
     import time
 
     from executor.models import Chain, RpcEndpoint, Run
-    from flows.actions import create_flow, publish_version
+    from flows.actions import do_create_flow, do_publish_version
     from kwala_site.dev.devchain import load_artifact
     from tests.conftest import Service, start_worker
     from tests.site.test_services import open_socket
@@ -130,8 +130,8 @@ def test_a_secret_and_a_signer_key_used_by_real_runs_reach_only_their_destinatio
         "edges": [{"source": "t", "source_port": "out", "target": "h"},
                   {"source": "h", "source_port": "out", "target": "w"}],
     }
-    flow = create_flow(team, alice, "Canary", graph=graph)
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Canary", graph=graph)
+    do_publish_version(flow, alice)
     env = child_env
     worker = start_worker(env, service_logs, "canary-worker")
     listener = Service("canary-listener", [sys.executable, "manage.py", "listen_chains", "--poll", "0.2"], env,

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from flows import audit
-from flows.actions import create_flow, current_graph
+from flows.actions import current_graph, do_create_flow
 from flows.models import ApiToken, AuditEvent, Flow, Invitation, Membership, Team
 from flows.permissions import SESSION_TEAM_KEY
 from flows.teams import (
@@ -276,8 +276,8 @@ def test_a_member_leaves_a_team(bob, alice, team):
 def test_a_user_switches_between_their_teams_and_queries_follow(alice, team):
     other = Team.objects.create(name="Second DAO")
     Membership.objects.create(team=other, user=alice, role=Role.VIEWER)
-    create_flow(team, alice, "In Acme")
-    create_flow(other, alice, "In Second")
+    do_create_flow(team, alice, "In Acme")
+    do_create_flow(other, alice, "In Second")
     client = logged_in(alice)
     assert b"In Acme" in client.get(reverse("home")).content
     client.post(reverse("switch_team"), {"team": other.code})
@@ -342,7 +342,7 @@ SHARED_GRAPH = {
 
 
 def test_a_flow_shared_with_another_team_is_readable_there_without_credentials(alice, charlie, team):
-    flow = create_flow(team, alice, "Shared alert", graph=SHARED_GRAPH)
+    flow = do_create_flow(team, alice, "Shared alert", graph=SHARED_GRAPH)
     other = Membership.objects.get(user=charlie).team
     logged_in(alice).post(reverse("flow_sharing", args=[flow.code]), {"team_code": other.code})
     page = logged_in(charlie).get(reverse("shared_flow", args=[flow.code]))
@@ -360,7 +360,7 @@ def test_duplicating_a_shared_flow_into_another_team_copies_no_credentials(alice
          "config": {"url": "https://api.example.com/hook?apikey=QUERYKEY", "headers": {"Authorization": "Bearer HDRTOKEN"},
                     "body": {"token": "BODYTOKEN"}}}
     )
-    flow = create_flow(team, alice, "Shared alert", graph=graph)
+    flow = do_create_flow(team, alice, "Shared alert", graph=graph)
     other = Membership.objects.get(user=charlie).team
     logged_in(alice).post(reverse("flow_sharing", args=[flow.code]), {"team_code": other.code})
     response = logged_in(charlie).post(reverse("duplicate_flow", args=[flow.code]), {"team": other.code})
@@ -374,13 +374,13 @@ def test_duplicating_a_shared_flow_into_another_team_copies_no_credentials(alice
 
 
 def test_an_unshared_flow_is_404_for_an_outsider_guessing_its_code(alice, charlie, team):
-    flow = create_flow(team, alice, "Private", graph=SHARED_GRAPH)
+    flow = do_create_flow(team, alice, "Private", graph=SHARED_GRAPH)
     assert logged_in(charlie).get(reverse("shared_flow", args=[flow.code])).status_code == 404
     assert logged_in(charlie).post(reverse("duplicate_flow", args=[flow.code]), {"team": "x"}).status_code == 404
 
 
 def test_a_public_link_shows_the_flow_until_revoked(alice, team, client):
-    flow = create_flow(team, alice, "Public flow", graph=SHARED_GRAPH)
+    flow = do_create_flow(team, alice, "Public flow", graph=SHARED_GRAPH)
     logged_in(alice).post(reverse("create_public_link", args=[flow.code]))
     link = flow.public_links.get()
     page = client.get(reverse("public_flow", args=[link.token]))
@@ -392,14 +392,14 @@ def test_a_public_link_shows_the_flow_until_revoked(alice, team, client):
 
 
 def test_a_viewer_cannot_share_or_make_public_links(alice, team, make_member):
-    flow = create_flow(team, alice, "Flow", graph=SHARED_GRAPH)
+    flow = do_create_flow(team, alice, "Flow", graph=SHARED_GRAPH)
     viewer = logged_in(make_member("VIEWER"))
     assert viewer.post(reverse("create_public_link", args=[flow.code])).status_code == 404
     assert not flow.public_links.exists()
 
 
 def test_duplicating_a_flow_into_another_of_my_teams_makes_a_draft_there(alice, team):
-    flow = create_flow(team, alice, "Original", graph=SHARED_GRAPH)
+    flow = do_create_flow(team, alice, "Original", graph=SHARED_GRAPH)
     other = Team.objects.create(name="Lab")
     Membership.objects.create(team=other, user=alice, role=Role.EDITOR)
     response = logged_in(alice).post(reverse("duplicate_flow", args=[flow.code]), {"team": other.code})
@@ -410,7 +410,7 @@ def test_duplicating_a_flow_into_another_of_my_teams_makes_a_draft_there(alice, 
 
 
 def test_duplicating_into_a_team_where_i_am_a_viewer_is_refused(alice, team):
-    flow = create_flow(team, alice, "Original", graph=SHARED_GRAPH)
+    flow = do_create_flow(team, alice, "Original", graph=SHARED_GRAPH)
     other = Team.objects.create(name="Lab")
     Membership.objects.create(team=other, user=alice, role=Role.VIEWER)
     logged_in(alice).post(reverse("duplicate_flow", args=[flow.code]), {"team": other.code})

@@ -7,6 +7,7 @@ from html import unescape
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.test import Client
 
 from executor.models import Run, StepRun
 from flows import actions, audit
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def flow(team, alice):
     local_chain()
-    return actions.create_flow(team, alice, "Payments", graph=sample_graph())
+    return actions.do_create_flow(team, alice, "Payments", graph=sample_graph())
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def viewer(team):
 
 @pytest.fixture
 def run(flow, alice):
-    version = actions.publish_version(flow, alice)
+    version = actions.do_publish_version(flow, alice)
     run = Run.objects.create(team=flow.team, flow=flow, version=version, trigger_key="manual:1",
                              trigger={"payload": {}}, status=Run.Status.FAILED, error="boom")
     StepRun.objects.create(run=run, step_id="condition_1", status=StepRun.Status.SUCCEEDED,
@@ -49,6 +50,23 @@ def post_json(client, url, data, **headers):
     return client.post(url, json.dumps(data), content_type="application/json", **headers)
 
 
+def editor_session(user) -> Client:
+    """A browser logged in as `user` that has opened a page, so it holds a CSRF token as the editor does."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    browser.get("/")
+    return browser
+
+
+def editor_api(browser: Client, method: str, url: str, data=None, *, csrf: bool = True, team: str | None = None):
+    """What editor.js sends: JSON to the API, with the session's CSRF token and the flow's team."""
+    headers = {"X-CSRFToken": browser.cookies["csrftoken"].value} if csrf else {}
+    if team:
+        headers["X-Kwala-Team"] = team
+    return getattr(browser, method)(f"/api/v1{url}", json.dumps(data or {}), content_type="application/json",
+                                    headers=headers)
+
+
 def test_the_inspector_renders_a_form_for_each_node_type(client, alice, flow):
     as_user(client, alice)
     for node_id in ("manual_1", "condition_1", "http_request_1"):
@@ -60,7 +78,6 @@ def test_the_inspector_renders_a_form_for_each_node_type(client, alice, flow):
 def read_urls(flow, run) -> list[str]:
     return [
         f"/flows/{flow.code}/",
-        f"/flows/{flow.code}/graph/",
         f"/flows/{flow.code}/nodes/condition_1/",
         f"/flows/{flow.code}/versions/",
         f"/flows/{flow.code}/export.yaml",
@@ -92,14 +109,10 @@ def test_an_outsider_gets_404_for_every_flow_and_run_url(client, charlie, flow, 
 
 def write_urls(flow, run) -> list[str]:
     return [
-        f"/flows/{flow.code}/graph/",
         f"/flows/{flow.code}/nodes/condition_1/",
         f"/flows/{flow.code}/abi/",
-        f"/flows/{flow.code}/publish/",
-        f"/flows/{flow.code}/unpublish/",
         f"/flows/{flow.code}/versions/1/rollback/",
         f"/flows/{flow.code}/import/",
-        f"/flows/{flow.code}/test-run/",
         f"/runs/{run.code}/retry/",
         f"/runs/{run.code}/rerun/",
     ]
@@ -120,34 +133,75 @@ def test_a_viewer_cannot_change_anything(client, viewer, flow, run):
 
 
 @pytest.mark.parametrize("who", ["alice", "bob"])
-def test_owners_and_editors_save_the_draft_with_the_revision(client, who, alice, bob, flow):
-    as_user(client, {"alice": alice, "bob": bob}[who])
+def test_owners_and_editors_save_the_draft_with_the_revision(who, alice, bob, flow):
+    browser = editor_session({"alice": alice, "bob": bob}[who])
     graph = sample_graph()
     graph["nodes"][1]["config"] = {}
-    response = post_json(client, f"/flows/{flow.code}/graph/", {"graph": graph, "revision": flow.revision})
+    response = editor_api(browser, "put", f"/flows/{flow.code}/draft", {"graph": graph, "revision": flow.revision})
     assert response.status_code == 200
     body = response.json()
     assert body["revision"] == flow.revision + 1
     assert [p["node_id"] for p in body["problems"]] == ["condition_1"]
+    assert body["live_version"] is None and body["differs_from_live"] is True
     assert actions.current_graph(flow)[1] == graph
 
 
-def test_a_stale_revision_is_refused_and_nothing_is_written(client, alice, flow):
-    as_user(client, alice)
-    url = f"/flows/{flow.code}/graph/"
-    assert post_json(client, url, {"graph": sample_graph(), "revision": flow.revision}).status_code == 200
+def test_a_stale_revision_is_refused_and_nothing_is_written(alice, flow):
+    browser = editor_session(alice)
+    url = f"/flows/{flow.code}/draft"
+    assert editor_api(browser, "put", url, {"graph": sample_graph(), "revision": flow.revision}).status_code == 200
     stale = {"nodes": [], "edges": []}
-    response = post_json(client, url, {"graph": stale, "revision": flow.revision})
+    response = editor_api(browser, "put", url, {"graph": stale, "revision": flow.revision})
     assert response.status_code == 409
-    assert response.json()["conflict"] is True
+    assert response.json()["error"]["code"] == "conflict"
     assert actions.current_graph(flow)[1] == sample_graph()
 
 
-def test_a_malformed_graph_is_a_clear_400(client, alice, flow):
-    as_user(client, alice)
-    url = f"/flows/{flow.code}/graph/"
-    assert post_json(client, url, {"graph": {"nodes": "x"}, "revision": flow.revision}).status_code == 400
-    assert client.post(url, "not json", content_type="application/json").status_code == 400
+def test_a_malformed_graph_is_refused_with_the_apis_error(alice, flow):
+    browser = editor_session(alice)
+    url = f"/flows/{flow.code}/draft"
+    assert editor_api(browser, "put", url, {"graph": {"nodes": "x"}, "revision": flow.revision}).status_code == 422
+    bad_id = {"nodes": [{"id": "1 bad", "type": "manual", "config": {}}], "edges": []}
+    response = editor_api(browser, "put", url, {"graph": bad_id, "revision": flow.revision})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_graph"
+    assert actions.current_graph(flow)[1] == sample_graph()
+
+
+def test_a_session_write_without_the_csrf_token_is_refused(alice, flow):
+    browser = editor_session(alice)
+    response = editor_api(browser, "post", f"/flows/{flow.code}/publish", csrf=False)
+    assert response.status_code == 403
+    assert actions.live_version(flow) is None
+    assert editor_api(browser, "post", f"/flows/{flow.code}/publish").status_code == 200
+
+
+def test_the_editor_acts_in_its_flows_team_whatever_team_the_session_chose(alice, charlie, flow):
+    from flows.teams import do_create_team
+
+    other = do_create_team(alice, "Side project")
+    browser = editor_session(alice)
+    session = browser.session
+    session["team"] = other.code
+    session.save()
+    draft = {"graph": sample_graph(), "revision": flow.revision}
+    assert editor_api(browser, "put", f"/flows/{flow.code}/draft", draft).status_code == 404
+    response = editor_api(browser, "put", f"/flows/{flow.code}/draft", draft, team=flow.team.code)
+    assert response.status_code == 200
+    outsider = editor_session(charlie)
+    response = editor_api(outsider, "put", f"/flows/{flow.code}/draft", draft, team=flow.team.code)
+    assert response.status_code == 401
+
+
+def test_a_viewer_cannot_save_publish_or_test_through_the_session_api(viewer, flow):
+    browser = editor_session(viewer)
+    revision = Flow.objects.get(pk=flow.pk).revision
+    for method, url, data in [("put", "draft", {"graph": sample_graph(), "revision": revision}),
+                              ("post", "publish", None), ("post", "unpublish", None),
+                              ("post", "runs", {"draft": True, "dry_run": True})]:
+        response = editor_api(browser, method, f"/flows/{flow.code}/{url}", data, team=flow.team.code)
+        assert response.status_code == 403, url
+    assert Flow.objects.get(pk=flow.pk).revision == revision
+    assert not Run.objects.filter(flow=flow).exists()
 
 
 def test_the_inspector_saves_parsed_settings_and_shows_the_node_types_own_problems(client, alice, flow):
@@ -194,31 +248,32 @@ def test_the_abi_helper_lists_a_demo_contracts_events(client, alice, flow):
     assert "not valid JSON" in response.content.decode()
 
 
-def test_publish_reports_problems_then_publishes_and_unpublishes(client, alice, flow):
-    as_user(client, alice)
+def test_publish_reports_problems_then_publishes_and_unpublishes(alice, flow):
+    browser = editor_session(alice)
     broken = sample_graph()
     broken["nodes"][2]["config"] = {}
-    post_json(client, f"/flows/{flow.code}/graph/", {"graph": broken, "revision": flow.revision})
+    editor_api(browser, "put", f"/flows/{flow.code}/draft", {"graph": broken, "revision": flow.revision})
     flow.refresh_from_db()
-    response = post_json(client, f"/flows/{flow.code}/publish/", {"revision": flow.revision})
+    response = editor_api(browser, "post", f"/flows/{flow.code}/publish?revision={flow.revision}")
     assert response.status_code == 422
-    assert response.json()["problems"][0]["node_id"] == "http_request_1"
-    post_json(client, f"/flows/{flow.code}/graph/", {"graph": sample_graph(), "revision": flow.revision})
+    assert response.json()["error"]["code"] == "compile_error"
+    assert response.json()["error"]["details"][0]["node_id"] == "http_request_1"
+    editor_api(browser, "put", f"/flows/{flow.code}/draft", {"graph": sample_graph(), "revision": flow.revision})
     flow.refresh_from_db()
-    response = post_json(client, f"/flows/{flow.code}/publish/", {"revision": flow.revision})
+    response = editor_api(browser, "post", f"/flows/{flow.code}/publish?revision={flow.revision}")
     assert response.status_code == 200
-    assert response.json()["live"] == 1
+    assert response.json()["number"] == 1 and response.json()["revision"] == flow.revision + 1
     assert actions.live_version(flow).number == 1
-    assert post_json(client, f"/flows/{flow.code}/unpublish/", {}).json()["live"] is None
+    assert editor_api(browser, "post", f"/flows/{flow.code}/unpublish").json()["live_version"] is None
     assert actions.live_version(flow) is None
 
 
 def test_versions_show_a_diff_and_roll_back_into_the_draft(client, alice, flow):
     as_user(client, alice)
-    actions.publish_version(flow, alice)
+    actions.do_publish_version(flow, alice)
     changed = sample_graph()
     changed["nodes"][1]["config"] = {"expression": "false"}
-    actions.save_draft(flow, alice, changed, revision=Flow.objects.get(pk=flow.pk).revision)
+    actions.do_save_draft(flow, alice, changed, revision=Flow.objects.get(pk=flow.pk).revision)
     page = client.get(f"/flows/{flow.code}/versions/?old=1&new=2").content.decode()
     assert "config.expression" in page and 'data-node="condition_1"' in page
     response = client.post(f"/flows/{flow.code}/versions/1/rollback/")
@@ -229,7 +284,7 @@ def test_versions_show_a_diff_and_roll_back_into_the_draft(client, alice, flow):
 def test_export_then_import_round_trips_the_graph(client, alice, flow):
     as_user(client, alice)
     text = client.get(f"/flows/{flow.code}/export.yaml").content.decode()
-    actions.save_draft(flow, alice, {"nodes": [], "edges": []}, revision=Flow.objects.get(pk=flow.pk).revision)
+    actions.do_save_draft(flow, alice, {"nodes": [], "edges": []}, revision=Flow.objects.get(pk=flow.pk).revision)
     revision = Flow.objects.get(pk=flow.pk).revision
     response = client.post(f"/flows/{flow.code}/import/", {"format": "yaml", "text": text, "revision": revision})
     assert response.status_code == 302
@@ -296,7 +351,7 @@ def rows_flow(team, alice):
         ],
         "edges": [{"id": "e1", "source": "on_transfer", "source_port": "out", "target": "route"}],
     }
-    return actions.create_flow(team, alice, "Rows", graph=graph)
+    return actions.do_create_flow(team, alice, "Rows", graph=graph)
 
 
 def cell(html: str, field: str) -> str:
@@ -417,15 +472,17 @@ def test_a_viewer_sees_no_secret_names_in_the_side_panel_or_the_template_form(cl
     assert any("PROD_PAGERDUTY_KEY" in page for page in pages)
 
 
-def test_publishing_and_unpublishing_from_the_editor_are_audited_like_the_api(client, alice, flow):
+def test_publishing_and_unpublishing_from_the_editor_are_audited_like_the_api(alice, flow):
     from flows.models import AuditEvent
 
-    as_user(client, alice)
-    assert post_json(client, f"/flows/{flow.code}/publish/", {"revision": flow.revision}).status_code == 200
-    assert post_json(client, f"/flows/{flow.code}/unpublish/", {}).status_code == 200
-    entries = list(AuditEvent.objects.filter(target=flow.name).order_by("id").values_list("action", "data"))
-    assert [(action, data["via"], data["flow"]) for action, data in entries] == [
-        ("flow.published", "editor", flow.code), ("flow.unpublished", "editor", flow.code)]
+    browser = editor_session(alice)
+    team = flow.team.code
+    assert editor_api(browser, "post", f"/flows/{flow.code}/publish?revision={flow.revision}", team=team).status_code == 200
+    assert editor_api(browser, "post", f"/flows/{flow.code}/unpublish", team=team).status_code == 200
+    entries = list(AuditEvent.objects.filter(target=flow.name).order_by("id").values_list("action", "actor_name", "data"))
+    assert [(action, actor, data) for action, actor, data in entries] == [
+        ("flow.published", "alice", {"flow": flow.code, "version": 1, "via": "api"}),
+        ("flow.unpublished", "alice", {"flow": flow.code, "version": 1, "via": "api"})]
 
 
 def test_deleting_a_flow_through_the_api_is_audited(alice, flow):
@@ -438,7 +495,7 @@ def test_deleting_a_flow_through_the_api_is_audited(alice, flow):
 
 def test_the_flows_list_sorts_names_regardless_of_case(client, alice, team):
     for name in ("Zeta watcher", "whale alert", "Alpha feed", "beta digest"):
-        actions.create_flow(team, alice, name)
+        actions.do_create_flow(team, alice, name)
     as_user(client, alice)
     page = client.get("/").content.decode()
     positions = [page.index(name) for name in ("Alpha feed", "beta digest", "whale alert", "Zeta watcher")]
@@ -450,7 +507,7 @@ def test_the_editor_and_the_gallery_name_a_chain_the_same_way(client, alice, flo
 
     Chain.objects.update_or_create(chain_id=31337, defaults={"slug": "anvil-a", "name": "Anvil A (local)"})
     as_user(client, alice)
-    watcher = actions.create_flow(flow.team, alice, "Watcher", graph={"nodes": [
+    watcher = actions.do_create_flow(flow.team, alice, "Watcher", graph={"nodes": [
         {"id": "t", "type": "chain.event", "config": {"chain": 31337}, "position": {"x": 0, "y": 0}}], "edges": []})
     inspector = client.get(f"/flows/{watcher.code}/nodes/t/").content.decode()
     template = client.get("/templates/erc20-whale-slack/").content.decode()
@@ -460,7 +517,7 @@ def test_the_editor_and_the_gallery_name_a_chain_the_same_way(client, alice, flo
 def test_a_test_run_of_the_draft_is_labelled_draft_not_with_a_version_number(client, alice, flow, run):
     _, graph = actions.current_graph(flow)
     flow.refresh_from_db()
-    draft = actions.save_draft(flow, alice, graph, revision=flow.revision)
+    draft = actions.do_save_draft(flow, alice, graph, revision=flow.revision)
     draft_run = Run.objects.create(team=flow.team, flow=flow, version=draft, trigger_key="test:draft", dry_run=True)
     assert draft.status == FlowVersion.Status.DRAFT and draft.number == 2
     as_user(client, alice)

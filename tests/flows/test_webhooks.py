@@ -10,7 +10,7 @@ import pytest
 from django.test import Client
 
 from executor.models import Run
-from flows.actions import create_flow, publish_version, rotate_webhook_token, webhook_path
+from flows.actions import do_create_flow, do_publish_version, do_rotate_webhook_token, webhook_path
 from flows.models import AuditEvent, Secret
 from tests.team_fixtures import api_client
 
@@ -35,8 +35,8 @@ def hooked(alice, team):
     secret = Secret(team=team, name="HOOK")
     secret.set_value(SECRET)
     secret.save()
-    flow = create_flow(team, alice, "Hooked", graph=hook_graph())
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Hooked", graph=hook_graph())
+    do_publish_version(flow, alice)
     return flow
 
 
@@ -73,7 +73,7 @@ def test_a_repeated_delivery_with_the_same_id_is_one_run(hooked):
 
 
 def test_paused_unpublished_and_unknown_flows_do_not_listen(hooked, alice, team):
-    other = create_flow(team, alice, "Manual", graph={"nodes": [{"id": "t", "type": "manual", "config": {}}],
+    other = do_create_flow(team, alice, "Manual", graph={"nodes": [{"id": "t", "type": "manual", "config": {}}],
                                                       "edges": []})
     assert post(other, {}).status_code == 404
     hooked.paused = True
@@ -85,8 +85,8 @@ def test_paused_unpublished_and_unknown_flows_do_not_listen(hooked, alice, team)
 
 
 def test_an_unverified_webhook_accepts_anyone_with_the_url(alice, team):
-    flow = create_flow(team, alice, "Open", graph=hook_graph("none"))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Open", graph=hook_graph("none"))
+    do_publish_version(flow, alice)
     response = Client().post(webhook_path(flow, alice), "plain text", content_type="text/plain")
     assert response.status_code == 202 and Run.objects.get().trigger["body"] == "plain text"
 
@@ -96,8 +96,8 @@ def test_an_unverified_webhook_accepts_anyone_with_the_url(alice, team):
 
 @pytest.fixture
 def open_hook(alice, team):
-    flow = create_flow(team, alice, "Open", graph=hook_graph("none"))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Open", graph=hook_graph("none"))
+    do_publish_version(flow, alice)
     return flow
 
 
@@ -129,7 +129,7 @@ def test_only_editors_can_read_the_webhook_url(open_hook, alice, make_member):
 def test_rotating_the_token_kills_the_old_url_at_once_and_is_audited(open_hook, alice):
     old = webhook_path(open_hook, alice)
     assert Client().post(old, b"{}", content_type="application/json").status_code == 202
-    rotate_webhook_token(open_hook, alice)
+    do_rotate_webhook_token(open_hook, alice)
     open_hook.refresh_from_db()
     assert Client().post(old, b"{}", content_type="application/json").status_code == 404
     assert Client().post(webhook_path(open_hook, alice), b"{}", content_type="application/json").status_code == 202
@@ -153,8 +153,8 @@ def test_hmac_with_a_signed_timestamp_refuses_stale_or_unsigned_times(alice, tea
     secret.save()
     graph = hook_graph()
     graph["nodes"][0]["config"]["timestamp_header"] = "X-Timestamp"
-    flow = create_flow(team, alice, "Stamped", graph=graph)
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Stamped", graph=graph)
+    do_publish_version(flow, alice)
     raw = b'{"n": 1}'
 
     def send(stamp: int, signed_stamp: int | None = None):

@@ -21,7 +21,7 @@ import pytest
 from django.db import connection
 
 from executor.models import Run
-from flows.actions import create_flow, publish_version, webhook_path
+from flows.actions import do_create_flow, do_publish_version, webhook_path
 from tests.conftest import Service, free_port
 from tests.flows.test_webhooks import hook_graph
 from tests.team_fixtures import token_for
@@ -91,8 +91,8 @@ def delivering_graph(sink_url: str) -> dict:
 def test_many_webhook_callers_at_once_get_a_run_or_a_503_never_a_500_and_every_run_is_delivered_once(
     asgi_server, dramatiq_worker, http_sink, alice, team,
 ):
-    flow = create_flow(team, alice, "Busy hook", graph=delivering_graph(http_sink.url))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Busy hook", graph=delivering_graph(http_sink.url))
+    do_publish_version(flow, alice)
     with connections_peak() as peak:
         statuses, answers = hammer(asgi_server.url + webhook_path(flow, alice), "POST", 4,
                                    body=lambda caller, n: {"id": f"{caller}-{n}"})
@@ -125,8 +125,8 @@ def webhook_server(child_env, service_logs, name: str, **env) -> Service:
 
 
 def test_a_webhook_answers_503_with_retry_after_while_postgresql_is_down(child_env, service_logs, alice, team):
-    flow = create_flow(team, alice, "Hook", graph=hook_graph("none"))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Hook", graph=hook_graph("none"))
+    do_publish_version(flow, alice)
     closed = free_port()  # nothing listens there: PostgreSQL is down, as far as this server can tell
     server = webhook_server(child_env, service_logs, "uvicorn-no-db",
                             DATABASE_URL=f"postgres://kwala:x@127.0.0.1:{closed}/kwala")
@@ -142,8 +142,8 @@ def test_a_webhook_answers_503_with_retry_after_while_postgresql_is_down(child_e
 def test_a_webhook_accepted_while_redis_is_down_is_stored_and_sent_once_redis_is_back(
     child_env, service_logs, alice, team, http_sink,
 ):
-    flow = create_flow(team, alice, "Hook", graph=delivering_graph(http_sink.url))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Hook", graph=delivering_graph(http_sink.url))
+    do_publish_version(flow, alice)
     closed = free_port()
     server = webhook_server(child_env, service_logs, "uvicorn-no-redis", REDIS_URL=f"redis://127.0.0.1:{closed}/0")
     try:

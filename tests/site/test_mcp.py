@@ -22,8 +22,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from flows import api as rest
-from flows.actions import create_flow, publish_version
+from executor import api as rest
+from flows.actions import do_create_flow, do_publish_version
 from flows.mcp import tools
 from flows.models import ApiToken, Flow, FlowVersion, Membership
 from flows.nodes import NODE_TYPES
@@ -247,7 +247,7 @@ def test_the_tools_answer_with_the_apis_error_bodies(asgi_server, team, alice):
 @pytest.fixture
 def alices_flow(team, alice) -> Flow:
     manual = {"nodes": [{"id": "start", "type": "manual", "config": {}}], "edges": []}
-    return create_flow(team, alice, "Alice's flow", graph=manual)
+    return do_create_flow(team, alice, "Alice's flow", graph=manual)
 
 
 def test_a_token_of_another_team_cannot_see_or_change_this_teams_flows(asgi_server, alice, charlie, alices_flow):
@@ -376,7 +376,7 @@ def test_tool_calls_count_against_the_tokens_api_rate_limit(team, alice, setting
 
 
 def test_a_published_flow_is_live_for_the_assistant(asgi_server, team, alice, alices_flow):
-    publish_version(alices_flow, alice)
+    do_publish_version(alices_flow, alice)
     with over_http(asgi_server, token_for(alice)) as assistant:
         versions = assistant.call("list_versions", flow=alices_flow.code)
         assert [(v["number"], v["status"]) for v in versions["items"]] == [(1, "PUBLISHED")]

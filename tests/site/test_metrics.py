@@ -10,7 +10,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from executor.models import Chain, ChainCursor, RpcEndpoint, Run
-from flows.actions import create_flow, publish_version, webhook_path
+from flows.actions import do_create_flow, do_publish_version, webhook_path
 from tests.site.test_load import delivering_graph
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,8 +27,8 @@ def value(found: dict, name: str, **labels) -> float:
 
 
 def test_webhook_runs_move_the_counters_by_what_happened(asgi_server, dramatiq_worker, http_sink, alice, team):
-    flow = create_flow(team, alice, "Counted", graph=delivering_graph(http_sink.url))
-    publish_version(flow, alice)
+    flow = do_create_flow(team, alice, "Counted", graph=delivering_graph(http_sink.url))
+    do_publish_version(flow, alice)
     before = samples(httpx.get(f"{asgi_server.url}/metrics", timeout=30).text)
 
     url = asgi_server.url + webhook_path(flow, alice)

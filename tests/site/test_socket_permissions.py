@@ -10,7 +10,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from executor.models import Run
 from executor.runs.store import record_run_event
-from flows.actions import create_flow
+from flows.actions import do_create_flow
 from flows.models import Membership
 from tests.site.test_services import open_socket
 
@@ -19,7 +19,7 @@ ROLES = ["OWNER", "ADMIN", "EDITOR", "VIEWER"]
 
 
 def make_run(team, user, name: str = "Watched") -> Run:
-    flow = create_flow(team, user, name)
+    flow = do_create_flow(team, user, name)
     run = Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key=f"manual:{uuid.uuid4()}")
     record_run_event(run, "run.status", {"status": "QUEUED"})
     return run

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from executor.models import Chain
+from executor.interface import chain_slugs
 from flows import actions, ozmonitor
 from flows.flowyaml import DEFAULT_SIGNER, FlowYamlError, export_yaml, import_yaml, translate_kwala_yaml
 from flows.models import Flow, Team
@@ -75,7 +75,7 @@ class Command(BaseCommand):
             raise CommandError(f"Cannot read {options['file']}: {exc.strerror}.") from None
         try:
             if options["kwala"]:
-                chains = dict(Chain.objects.values_list("chain_id", "slug"))
+                chains = chain_slugs()
                 kwala = translate_kwala_yaml(text, chains=chains, signer=options["signer"])
                 meta, graph = kwala.meta, kwala.graph
                 # What does not map is imported without it: say so before anything is saved.
@@ -93,7 +93,7 @@ class Command(BaseCommand):
             if flow is None:
                 raise CommandError(f"No flow with code {options['flow']!r}.")
             try:
-                actions.save_draft(flow, None, graph, revision=flow.revision)
+                actions.do_save_draft(flow, None, graph, revision=flow.revision)
             except actions.InvalidGraph as exc:
                 raise CommandError(_problems_text("The graph is malformed", exc)) from None
         else:
@@ -103,7 +103,7 @@ class Command(BaseCommand):
             if team is None:
                 raise CommandError(f"No team with code {options['team']!r}.")
             try:
-                flow = actions.create_flow(
+                flow = actions.do_create_flow(
                     team, None, meta.get("name") or "Imported flow", meta.get("description") or "", graph
                 )
             except actions.InvalidGraph as exc:
@@ -111,7 +111,7 @@ class Command(BaseCommand):
         self.stdout.write(f"flow {flow.code}: draft saved")
         if options["publish"]:
             try:
-                version = actions.publish_version(flow, None, via="cli")
+                version = actions.do_publish_version(flow, None, via="cli")
             except actions.CompileError as exc:
                 raise CommandError(_problems_text("The draft was saved but does not compile", exc)) from None
             self.stdout.write(f"flow {flow.code}: version {version.number} published")

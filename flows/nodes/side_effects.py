@@ -1,4 +1,4 @@
-"""Action node types: everything that reaches outside Kwala."""
+"""Node types with side effects (the "action" category): everything that reaches outside Kwala."""
 
 from __future__ import annotations
 
