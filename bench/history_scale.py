@@ -188,8 +188,8 @@ def bench_objects() -> dict:
                 "edges": [{"source": "start", "source_port": "out", "target": "condition_1"},
                           {"source": "condition_1", "source_port": "true", "target": "http_request_1"}],
             }
-            flow = actions.create_flow(team, member, f"history {n:02d}", graph=graph)
-            actions.publish_version(flow, member)
+            flow = actions.do_create_flow(team, member, f"history {n:02d}", graph=graph)
+            actions.do_publish_version(flow, member)
             flows.append(flow)
         objects[key] = team
         objects[f"{key}_flows"] = [
@@ -539,7 +539,7 @@ def chain_path(args, anvil, children, var_dir) -> dict:
         ],
         "edges": [{"source": "t", "source_port": "out", "target": "s"}],
     }
-    version = actions.publish_version(actions.create_flow(objects["team"], objects["user"], "history latency",
+    version = actions.do_publish_version(actions.do_create_flow(objects["team"], objects["user"], "history latency",
                                                           graph=graph), objects["user"])
     harness.spawn_workers_and_listener(children)
     deadline = time.monotonic() + 60

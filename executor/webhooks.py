@@ -1,7 +1,7 @@
 """Inbound webhooks: POST /hooks/<flow code>/<token>/ starts a run of the flow's live version.
 
 The URL's token is random per flow, shown to the flow's editors only and
-rotatable (flows.actions.rotate_webhook_token): the flow code alone, which
+rotatable (flows.actions.do_rotate_webhook_token): the flow code alone, which
 viewers, teams the flow is shared with and former members know, opens nothing.
 On top of it the trigger's verification decides who may call: ``none`` (anyone
 with the URL), ``hmac-sha256`` (hex HMAC of the raw body with a team secret, in

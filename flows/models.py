@@ -83,7 +83,7 @@ class Flow(models.Model):
     # Per-flow secret that signs outgoing webhooks (Standard Webhooks, whsec_...).
     signing_secret = models.CharField(max_length=64, default="", blank=True, editable=False)
     # The random token in the inbound webhook's URL (/hooks/<code>/<token>/), encrypted;
-    # shown to editors only and rotated with flows.actions.rotate_webhook_token.
+    # shown to editors only and rotated with flows.actions.do_rotate_webhook_token.
     webhook_token_encrypted = models.TextField(blank=True, editable=False)
     # The editor's concurrency token: bumped by every change to the flow's graph
     # or versions; a save that names an older revision is refused, never merged.
