@@ -32,7 +32,7 @@ from flows.actions import (
     live_version,
     webhook_path,
 )
-from flows.diff import diff_graphs, is_empty
+from flows.editor.diff import diff_graphs, is_empty
 from flows.flowyaml import export_yaml, import_yaml
 from flows.models import Flow, FlowVersion, Membership
 from flows.permissions import has_role, team_flow_or_none

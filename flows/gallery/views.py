@@ -9,7 +9,7 @@ from django.shortcuts import redirect, render
 
 from flows import gallery
 from flows.actions import chain_names, do_create_flow
-from flows.graph_svg import graph_svg
+from flows.editor.graph_svg import graph_svg
 from flows.models import Membership, Secret, SignerKey
 from flows.permissions import require_membership
 from flows.teams.views import flow_page_url

@@ -45,7 +45,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 Problems = list[tuple[str, str]]
 
 # How a node is drawn: the editor and run page (static/js/canvas.js, from each catalogue entry's
-# "look") and the server previews (flows/graph_svg.py) read these, so they cannot drift apart.
+# "look") and the server previews (flows/editor/graph_svg.py) read these, so they cannot drift apart.
 NODE_WIDTH = 210
 NODE_HEADER = 44  # a node with one output port is this tall
 PORT_ROW = 20  # each further output port adds this

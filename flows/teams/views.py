@@ -19,7 +19,7 @@ from django.views.decorators.http import require_POST
 from executor.interface import limit_summary, spending_today
 from flows import audit
 from flows.actions import current_graph
-from flows.graph_svg import graph_svg
+from flows.editor.graph_svg import graph_svg
 from flows.models import Flow, FlowShare, Invitation, Membership, PublicLink, Secret, SignerKey
 from flows.permissions import SESSION_TEAM_KEY, get_flow_for_user, has_role, require_membership, safe_next
 from flows.teams import (

@@ -3,7 +3,7 @@ from __future__ import annotations
 import copy
 import json
 
-from flows.diff import diff_graphs, is_empty
+from flows.editor.diff import diff_graphs, is_empty
 
 OLD = {
     "nodes": [

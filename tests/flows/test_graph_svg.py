@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flows.graph_svg import HEADER, NODE_W, graph_svg
+from flows.editor.graph_svg import HEADER, NODE_W, graph_svg
 from flows.nodes.base import PORT_ROW
 
 # Laid out top to bottom, as flows from templates, the API and YAML often are.
