@@ -542,7 +542,8 @@ KWALA_RUN_RETENTION_DAYS = env_int("KWALA_RUN_RETENTION_DAYS", 30, minimum=1)
 KWALA_FAILED_RUN_RETENTION_DAYS = env_int("KWALA_FAILED_RUN_RETENTION_DAYS", 90, minimum=1)
 KWALA_RETENTION_INTERVAL_SECONDS = env_int("KWALA_RETENTION_INTERVAL_SECONDS", 600, minimum=10)
 # While runs are due, the sweeper deletes them for this long between two of its sweeps (every
-# 2 s): about 10% of a core, ~800 runs/s here, 8 times what 100 runs/s need (bench/history_scale.py).
+# 2 s): about a tenth of the time, ~450 runs/s with 10M runs kept, 4 times what 100 runs/s need
+# (bench/history_scale.py).
 KWALA_RETENTION_SLICE_MS = env_int("KWALA_RETENTION_SLICE_MS", 200, minimum=10)
 # How long the per-hour run counts the flows page reads are kept (executor.rollups); at least
 # the page's 7 days.
