@@ -1,9 +1,15 @@
 """How long a flow takes to open in the editor and become interactive, and how a large one responds.
 
-Run from the repo root: ``python bench/editor_load.py [--nodes 200 1000] [--runs 15] [--large-runs 5]``.
-It starts what it needs: embedded PostgreSQL and Redis under var/bench (through settings), a
-uvicorn child process serving the app, a user with a flow of N nodes per size, and headless
-Debian Chromium through Playwright. Each sample loads the editor page in a fresh browser
+Run from the repo root: ``python bench/editor_load.py [--nodes 200 1000] [--runs 15] [--large-runs 5]
+[--static production|debug]``. It starts what it needs: embedded PostgreSQL and Redis under
+var/bench (through settings), a uvicorn child process serving the app, a user with a flow of N
+nodes per size, and headless Debian Chromium through Playwright.
+
+The app is served as a deployment serves it (``--static production``, the default): DEBUG=0,
+``collectstatic`` into a temporary STATIC_ROOT with whitenoise's
+CompressedManifestStaticFilesStorage (hashed names, gzip/brotli files, far-future caching).
+``--static debug`` serves it the way figures before this option were taken: DEBUG=1, whitenoise
+reading the source directories through the finders on every request, uncompressed. Each sample loads the editor page in a fresh browser
 context (cold: no cache) and measures, from navigation start, until the canvas has drawn every
 node in view ("rendered": the editor draws only the cells in the visible area, and opens a
 large flow at a readable scale rather than shrinking all of it into the window), and until a
@@ -30,6 +36,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -253,6 +260,8 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--runs", type=int, default=15, help="samples for each flow but the largest")
     parser.add_argument("--large-runs", type=int, default=5, help="samples for the largest flow")
+    parser.add_argument("--static", choices=["production", "debug"], default="production",
+                        help="serve the app as a deployment does (default) or as `make run` does")
     args = parser.parse_args()
     sizes = sorted(args.nodes)
 
@@ -267,6 +276,14 @@ def main() -> None:
 
     # The child finds the same embedded PostgreSQL and Redis through KWALA_VAR_DIR.
     env = dict(os.environ)
+    static_root = tempfile.TemporaryDirectory(prefix="kwala-bench-static-")
+    if args.static == "production":
+        # Plain HTTP on 127.0.0.1: the session cookie must not be marked Secure.
+        env.update(DEBUG="0", SECURE_COOKIES="0", STATIC_ROOT=static_root.name)
+        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+                       cwd=ROOT, env=env, check=True)
+    else:
+        env["DEBUG"] = "1"
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "kwala_site.asgi:application", "--host", "127.0.0.1", "--port",
@@ -345,8 +362,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
-    print(json.dumps({"benchmark": "editor_load", "interactive_target_s": 0.5, "interaction_target_ms": 100,
-                      "flows": results}))
+        static_root.cleanup()
+    print(json.dumps({"benchmark": "editor_load", "static": args.static, "interactive_target_s": 0.5,
+                      "interaction_target_ms": 100, "flows": results}))
 
 
 if __name__ == "__main__":
