@@ -409,7 +409,7 @@ STORAGES = {
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
         if DEBUG or TESTING
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        else "kwala_site.storage.StaticFilesStorage"
     },
 }
 # Serve straight from the app and static dirs when no collectstatic has run (dev, tests).
