@@ -27,8 +27,9 @@ __all__ = ["DAG_FORMAT", "CompileError", "Problem", "compile_graph", "graph_vali
 DAG_FORMAT = 1
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "graph.schema.json"
 _ALWAYS_AVAILABLE = frozenset({"trigger", "flow", "now"})
-# The schema's nodeId pattern, used with fullmatch.
-_NODE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# The one rule for node ids, the schema's: the compiler checks it, the editor numbers new nodes by it.
+NODE_ID_PATTERN: str = json.loads(SCHEMA_PATH.read_text())["$defs"]["nodeId"]["pattern"]
+_NODE_ID = re.compile(NODE_ID_PATTERN)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,12 @@ from typing import Any
 from django.conf import settings
 
 from flows import abi as abi_lib
+from flows.graph import NODE_ID_PATTERN
 from flows.nodes import NODE_TYPES, TriggerType
 
-CATEGORY_ORDER = ("trigger", "logic", "action")
+# The palette's sections, in order, with their headings.
+CATEGORIES = (("trigger", "Triggers"), ("logic", "Logic"), ("action", "Actions"))
+CATEGORY_ORDER = tuple(key for key, _ in CATEGORIES)
 ARTIFACTS_DIR = Path(settings.BASE_DIR) / "contracts" / "artifacts"
 
 
@@ -35,6 +38,13 @@ def palette() -> list[dict[str, Any]]:
         entry = node_type.describe()
         entries.append(entry)
     return sorted(entries, key=lambda e: CATEGORY_ORDER.index(e["category"]))
+
+
+def rules() -> dict[str, Any]:
+    """What the browser must know besides the node types, so that it derives nothing itself:
+    the node-id rule (flows/schemas/graph.schema.json) and the palette's sections."""
+    return {"node_id_pattern": NODE_ID_PATTERN,
+            "categories": [{"key": key, "label": label} for key, label in CATEGORIES]}
 
 
 def output_ports(node: Mapping[str, Any]) -> list[str]:

@@ -80,6 +80,7 @@ def flow_editor(request, code):
             "can_edit": has_role(membership, Role.EDITOR),
             "state": state,
             "catalogue": editor.palette(),
+            "rules": editor.rules(),
             "urls": {
                 # Saving, publishing and test runs go through the API, with the session, in the flow's team.
                 "team": flow.team.code,

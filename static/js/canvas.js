@@ -12,7 +12,7 @@ let registered = false;
 // the nodes' positions: with X6's "smooth" connector an edge to a node below or to the left
 // curved back under its source, so two branches of a condition looked alike. A forward edge
 // is one curve; an edge to a node further left goes out, down (or up) between the two nodes,
-// across and in, so it never crosses its own source. flows/graph_svg.py draws the same.
+// across and in, so it never crosses its own source. flows/editor/graph_svg.py draws the same.
 const STUB = 24;
 
 export function portPath(source, target) {
@@ -169,15 +169,19 @@ export function edgeCell(edge) {
   };
 }
 
-// The server's rule for node ids (flows/graph.py); edge ids are at most 100 characters.
-export const NODE_ID = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+// The server's rule for node ids (flows/schemas/graph.schema.json, sent with the editor's
+// rules); edge ids are at most 100 characters.
+let NODE_ID = null;
+export function useNodeIdRule(pattern) {
+  NODE_ID = new RegExp(pattern);
+}
 
 // `wanted` itself when it is a valid id that is free, else `<wanted>_<n>` for the
 // first free n (always numbered when `numbered`): valid under NODE_ID either way.
 export function uniqueNodeId(wanted, isTaken, { numbered = false } = {}) {
   let base = String(wanted || "node").replace(/[^A-Za-z0-9_]/g, "_");
   if (!/^[A-Za-z_]/.test(base)) base = `n_${base}`;
-  if (!numbered && NODE_ID.test(base) && !isTaken(base)) return base;
+  if (!numbered && NODE_ID !== null && NODE_ID.test(base) && !isTaken(base)) return base;
   if (!numbered) base = base.replace(/_\d+$/, "") || "node"; // "notify_1" pasted again becomes "notify_2"
   base = base.slice(0, 56);
   for (let n = 1; ; n += 1) {

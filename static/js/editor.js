@@ -4,12 +4,14 @@
 /* global X6, htmx */
 import {
   createGraph, edgeCell, freshEdgeId, liveSocket, loadGraph, nodeCell, openView, prepareClipboard, problemsByNode,
-  refreshNode, serialize, setProblems, setStatus, uniqueNodeId,
+  refreshNode, serialize, setProblems, setStatus, uniqueNodeId, useNodeIdRule,
 } from "./canvas.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const state = JSON.parse($("#flow-state").textContent);
 const catalogueList = JSON.parse($("#flow-catalogue").textContent);
+const rules = JSON.parse($("#flow-rules").textContent); // node-id rule, palette sections (flows.editor.rules)
+useNodeIdRule(rules.node_id_pattern);
 const urls = JSON.parse($("#flow-urls").textContent);
 const catalogue = Object.fromEntries(catalogueList.map((e) => [e.key, e]));
 const canEdit = $("#editor").dataset.canEdit === "1";
@@ -430,15 +432,14 @@ document.addEventListener("click", (e) => {
 
 // -- palette and drop -----------------------------------------------------------------------
 
-const CATEGORY_LABELS = { trigger: "Triggers", logic: "Logic", action: "Actions" };
-
 function buildPalette() {
   const list = $("#palette-list");
   if (!list) return;
-  for (const category of ["trigger", "logic", "action"]) {
+  for (const { key: category, label } of rules.categories) {
     const section = document.createElement("section");
     section.className = "palette-group";
-    section.innerHTML = `<h2>${CATEGORY_LABELS[category]}</h2>`;
+    section.innerHTML = "<h2></h2>";
+    section.querySelector("h2").textContent = label;
     const ul = document.createElement("ul");
     for (const entry of catalogueList.filter((e) => e.category === category)) {
       const li = document.createElement("li");

@@ -552,3 +552,24 @@ def test_a_kwala_import_in_the_editor_shows_what_does_not_map(client, alice, flo
     content = bad.content.decode()
     assert bad.status_code == 422 and 'class="form-error"' in content and 'class="form-note"' in content
     assert "problems:<br>  Line 4:" in content  # one problem a line
+
+
+def test_the_editor_gets_the_node_id_rule_and_palette_sections_from_the_server(client, alice, flow):
+    import re
+
+    from flows.graph import NODE_ID_PATTERN, schema_problems
+
+    page = as_user(client, alice).get(f"/flows/{flow.code}/")
+
+    rules = json.loads(unescape(re.search(r'id="flow-rules" type="application/json">(.*?)</script>',
+                                          page.content.decode()).group(1)))
+    assert rules["node_id_pattern"] == NODE_ID_PATTERN
+    # The rule the browser numbers new nodes by is the one the schema checks a saved graph with.
+    browser_rule = re.compile(rules["node_id_pattern"])
+    for candidate in ("http_request_1", "_x", "1abc", "a-b", "a" * 64, "a" * 65, "ok\n"):
+        node = {"id": candidate, "type": "manual", "config": {}}
+        accepted = not schema_problems({"nodes": [node], "edges": []})
+        assert bool(browser_rule.search(candidate)) == accepted, candidate
+    palette_order = list(dict.fromkeys(e["category"] for e in page.context["catalogue"]))
+    assert [c["key"] for c in rules["categories"]] == palette_order
+    assert [c["label"] for c in rules["categories"]] == ["Triggers", "Logic", "Actions"]
