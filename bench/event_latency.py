@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import time
 
-from harness import clean_slate, percentile, product_env, spawn_workers_and_listener, stop
+from harness import clean_slate, event_to_run, percentile, product_env, spawn_workers_and_listener, stop
 
 BIG = "Big(uint256 indexed id, uint256 value)"
 
@@ -95,29 +95,14 @@ def measure(args, anvil, children, var_dir) -> dict:
     connection.close()
 
     conn = psycopg.connect(**connection.get_connection_params(), autocommit=True)
-    query = ("SELECT started_at IS NOT NULL FROM executor_run "
-             "WHERE version_id = %s AND (trigger->'args'->>'id')::numeric = %s")
     sender = DEV_ACCOUNTS[0].address
     run_ms: list[float] = []
     started_ms: list[float] = []
     for i in range(args.events + 5):
-        tx = zoo.functions.emitBig(i, 1).build_transaction({"from": sender, "gas": 100_000})
-        sent = time.perf_counter()
-        w3.eth.send_transaction(tx)  # automine: the block exists when this returns
-        row_at = None
-        while True:
-            row = conn.execute(query, [version.pk, i]).fetchone()
-            now = time.perf_counter()
-            if row is not None and row_at is None:
-                row_at = now
-            if row is not None and row[0]:
-                break
-            if now - sent > 10:
-                raise SystemExit(f"no started run for event {i} after 10 s")
-            time.sleep(0.0005)
+        row_ms, start_ms = event_to_run(conn, w3, zoo, sender, version.pk, i)
         if i >= 5:  # the first few warm the workers up
-            run_ms.append((row_at - sent) * 1000)
-            started_ms.append((now - sent) * 1000)
+            run_ms.append(row_ms)
+            started_ms.append(start_ms)
         time.sleep(0.02)
     conn.close()
     drops = sum(1 for line in listener_log.read_text().splitlines() if "websocket" in line and "failed" in line)

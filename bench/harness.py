@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,3 +127,27 @@ def cpu_snapshot(roots: dict[str, int]) -> dict[str, float]:
         except psutil.Error:
             continue
     return totals
+
+
+# The run of a transaction's `emitBig(i, 1)` log, looked up by its `id` argument.
+_RUN_OF_EVENT = ("SELECT started_at IS NOT NULL FROM executor_run "
+                 "WHERE version_id = %s AND (trigger->'args'->>'id')::numeric = %s")
+
+
+def event_to_run(conn, w3, zoo, sender: str, version_id: int, i: int) -> tuple[float, float]:
+    """Send one transaction emitting EventZoo's Big(i, 1) and poll PostgreSQL (`conn`, autocommit)
+    until its run row exists and then has started: (ms to the row, ms to the start)."""
+    tx = zoo.functions.emitBig(i, 1).build_transaction({"from": sender, "gas": 100_000})
+    sent = time.perf_counter()
+    w3.eth.send_transaction(tx)  # automine: the block exists when this returns
+    row_at = None
+    while True:
+        row = conn.execute(_RUN_OF_EVENT, [version_id, i]).fetchone()
+        now = time.perf_counter()
+        if row is not None and row_at is None:
+            row_at = now
+        if row is not None and row[0]:
+            return (row_at - sent) * 1000, (now - sent) * 1000
+        if now - sent > 10:
+            raise SystemExit(f"no started run for event {i} after 10 s")
+        time.sleep(0.0005)

@@ -550,30 +550,15 @@ def chain_path(args, anvil, children, var_dir) -> dict:
     connection.close()
 
     conn = psycopg.connect(**connection.get_connection_params(), autocommit=True)
-    query = ("SELECT started_at IS NOT NULL FROM executor_run "
-             "WHERE version_id = %s AND (trigger->'args'->>'id')::numeric = %s")
     sender = DEV_ACCOUNTS[0].address
     counter = [0]
 
     def sample() -> tuple[float, float]:
         i = counter[0]
         counter[0] += 1
-        tx = zoo.functions.emitBig(i, 1).build_transaction({"from": sender, "gas": 100_000})
-        sent = time.perf_counter()
-        w3.eth.send_transaction(tx)  # automine: the block exists when this returns
-        row_at = None
-        while True:
-            row = conn.execute(query, [version.pk, i]).fetchone()
-            now = time.perf_counter()
-            if row is not None and row_at is None:
-                row_at = now
-            if row is not None and row[0]:
-                break
-            if now - sent > 10:
-                raise SystemExit(f"no started run for event {i} after 10 s")
-            time.sleep(0.0005)
+        measured = harness.event_to_run(conn, w3, zoo, sender, version.pk, i)
         time.sleep(0.02)
-        return (row_at - sent) * 1000, (now - sent) * 1000
+        return measured
 
     def phase(name: str, until=None, minimum: int | None = None) -> dict:
         """Samples until `until()` is false (and at least `minimum`), or --events of them."""

@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import F, Max
 from django.utils import timezone
 
+from flows import audit
 from flows.graph import CompileError, Problem, compile_graph, schema_problems
 from flows.models import Flow, FlowVersion, Secret, SignerKey, Team
 
@@ -126,6 +127,7 @@ def do_create_flow(team: Team, user, name: str, description: str = "", graph: di
             signing_secret=new_signing_secret(),
         )
         FlowVersion.objects.create(flow=flow, number=1, graph=graph or EMPTY_GRAPH, created_by=user)
+        audit.record(team, user, "flow.created", flow.name, flow=flow.code)
     return flow
 
 
@@ -140,7 +142,8 @@ def current_graph(flow: Flow) -> tuple[FlowVersion | None, dict]:
 
 
 def do_save_draft(flow: Flow, user, graph: dict, *, revision: int) -> FlowVersion:
-    """Save the editor's graph as the flow's draft.
+    """Save the editor's graph as the flow's draft (no audit entry: the editor saves as you
+    type; publishing, which makes a draft act, is audited).
 
     `revision` is the flow revision the editor started from; if anything changed
     the flow since, ConflictError is raised and nothing is written. The graph is
@@ -166,7 +169,6 @@ def do_publish_version(flow: Flow, user, *, revision: int | None = None, via: st
     problem when the draft does not compile, ConflictError on a stale revision.
     `via` says where it was done (editor, api, cli, ...) in the audit entry.
     """
-    from flows import audit
 
     with transaction.atomic():
         Flow.objects.select_for_update().get(pk=flow.pk)
@@ -189,7 +191,6 @@ def do_publish_version(flow: Flow, user, *, revision: int | None = None, via: st
 
 def do_unpublish_flow(flow: Flow, user, *, via: str = "app") -> FlowVersion | None:
     """Stop the flow's trigger: its live version is archived (audited). Returns it, or None if none was live."""
-    from flows import audit
 
     with transaction.atomic():
         Flow.objects.select_for_update().get(pk=flow.pk)
@@ -220,7 +221,6 @@ def do_resume_flow(flow: Flow, user) -> bool:
 
 
 def _set_paused(flow: Flow, user, *, paused: bool) -> bool:
-    from flows import audit
 
     with transaction.atomic():
         changed = Flow.objects.filter(pk=flow.pk, paused=not paused).update(paused=paused, updated_at=timezone.now())
@@ -240,11 +240,14 @@ def do_rollback_to(flow: Flow, user, version: FlowVersion, *, revision: int | No
         _bump_revision(flow, revision)
         draft = FlowVersion.objects.select_for_update().filter(flow=flow, status=FlowVersion.Status.DRAFT).first()
         if draft is None:
-            return FlowVersion.objects.create(
+            draft = FlowVersion.objects.create(
                 flow=flow, number=_next_number(flow), graph=version.graph, created_by=user
             )
-        draft.graph = version.graph
-        draft.save(update_fields=["graph", "updated_at"])
+        else:
+            draft.graph = version.graph
+            draft.save(update_fields=["graph", "updated_at"])
+        audit.record(flow.team, user, "flow.rolled_back", flow.name, flow=flow.code, version=version.number,
+                     draft=draft.number)
         return draft
 
 
@@ -297,7 +300,6 @@ def webhook_path(flow: Flow, user) -> str:
 
 def do_delete_flow(flow: Flow, user) -> None:
     """Delete a flow with its versions and runs; audited (the entry outlives the flow)."""
-    from flows import audit
 
     with transaction.atomic():
         audit.record(flow.team, user, "flow.deleted", flow.name, flow=flow.code)

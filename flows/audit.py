@@ -15,6 +15,8 @@ from flows.models import AuditEvent, Team
 
 # Every action the log knows, with the words the audit page shows.
 ACTIONS = {
+    "flow.created": "created a flow",
+    "flow.rolled_back": "rolled a flow's draft back to a version",
     "flow.published": "published a flow",
     "flow.unpublished": "unpublished a flow",
     "flow.paused": "paused a flow",

@@ -150,6 +150,20 @@ def test_rollback_makes_a_draft_of_an_old_version(flow, alice):
     assert actions.do_publish_version(flow, alice).number == 3
 
 
+def test_creating_a_flow_and_rolling_it_back_are_in_the_audit_log(team, alice, chain):
+    flow = actions.do_create_flow(team, alice, "Audited", graph=transfer_graph())
+    first = actions.do_publish_version(flow, alice)
+    actions.do_save_draft(flow, alice, transfer_graph(77), revision=flow.revision)
+    actions.do_publish_version(flow, alice)
+    actions.do_rollback_to(flow, alice, first)
+
+    entries = list(AuditEvent.objects.filter(team=team).order_by("pk").values_list("action", "data"))
+    assert [action for action, _ in entries] == ["flow.created", "flow.published", "flow.published",
+                                                 "flow.rolled_back"]
+    assert entries[0][1] == {"flow": flow.code}
+    assert entries[-1][1] == {"flow": flow.code, "version": 1, "draft": 3}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_publish_is_announced_to_listeners_only_when_it_commits(team, alice, chain):
     flow = actions.do_create_flow(team, alice, "Announced", graph=transfer_graph())
@@ -195,7 +209,7 @@ def test_pausing_and_resuming_are_announced_to_listeners_when_they_commit(team, 
     flow.refresh_from_db()
     assert not flow.paused
     actions_logged = [e.action for e in AuditEvent.objects.filter(team=team).order_by("id")]
-    assert actions_logged == ["flow.published", "flow.paused", "flow.resumed"]
+    assert actions_logged == ["flow.created", "flow.published", "flow.paused", "flow.resumed"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -213,7 +227,7 @@ def test_pausing_through_the_api_is_the_same_write_as_in_the_admin(team, alice, 
         assert response.json()["paused"] is False
         assert next_notices() == [flow.code]
     actions_logged = [e.action for e in AuditEvent.objects.filter(team=team, target=flow.name).order_by("id")]
-    assert actions_logged == ["flow.published", "flow.paused", "flow.resumed"]
+    assert actions_logged == ["flow.created", "flow.published", "flow.paused", "flow.resumed"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -225,7 +239,8 @@ def test_a_pause_that_rolls_back_is_never_announced(team, alice, chain):
             raise RuntimeError("something after the pause failed")
         assert next_notices(0.5) == []
     flow.refresh_from_db()
-    assert not flow.paused and not AuditEvent.objects.filter(team=team).exists()
+    assert not flow.paused
+    assert not AuditEvent.objects.filter(team=team).exclude(action="flow.created").exists()
 
 
 def test_the_trigger_index_drops_a_paused_flow_and_takes_it_back_on_resume(team, alice, chain):

@@ -82,7 +82,7 @@ def test_publish_and_unpublish_are_audited(alice, flow, team):
     assert response.status_code == 200 and body(response)["status"] == "PUBLISHED"
     assert body(client.post(f"/api/v1/flows/{flow.code}/unpublish"))["live_version"] is None
     actions = [e.action for e in audit.events_for(team, action="flow.")]
-    assert actions == ["flow.unpublished", "flow.published"]
+    assert actions == ["flow.unpublished", "flow.published", "flow.created"]
     assert_error(client.post(f"/api/v1/flows/{flow.code}/unpublish"), 409, "not_published")
 
 

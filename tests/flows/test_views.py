@@ -481,6 +481,7 @@ def test_publishing_and_unpublishing_from_the_editor_are_audited_like_the_api(al
     assert editor_api(browser, "post", f"/flows/{flow.code}/unpublish", team=team).status_code == 200
     entries = list(AuditEvent.objects.filter(target=flow.name).order_by("id").values_list("action", "actor_name", "data"))
     assert [(action, actor, data) for action, actor, data in entries] == [
+        ("flow.created", "alice", {"flow": flow.code}),
         ("flow.published", "alice", {"flow": flow.code, "version": 1, "via": "api"}),
         ("flow.unpublished", "alice", {"flow": flow.code, "version": 1, "via": "api"})]
 
