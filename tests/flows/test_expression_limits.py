@@ -226,3 +226,24 @@ def test_deeply_nested_expressions_are_refused_not_a_crash(src):
     # Before, compiling `-----...1` overflowed the stack: a segmentation fault of the whole listener.
     with pytest.raises(ExpressionError, match="nested"):
         evaluate(src, {"x": 1})
+
+
+BUSY_LOOP = "{% for i in range(10000) %}{% for j in range(9) %}{% if i * j == -1 %}x{% endif %}{% endfor %}{% endfor %}"
+
+
+def test_an_expression_that_spends_its_cpu_time_is_stopped():
+    with pytest.raises(ExpressionError, match="took too long"):
+        render_template(BUSY_LOOP, {}, timeout=0.005)
+
+
+def test_waiting_for_a_core_is_not_spending_time():
+    # The deadline is the evaluating thread's CPU time: a thread that is not running (here it
+    # sleeps; on a busy machine, the scheduler keeps it waiting) spends none of it.
+    from flows import expressions
+
+    def waits_then_checks():
+        time.sleep(0.05)
+        expressions._tick()  # what every loop turn, call and output chunk does
+        return 7
+
+    assert expressions._run(waits_then_checks, timeout=0.01) == 7
