@@ -23,9 +23,7 @@ import statistics
 import subprocess
 import time
 
-from harness import clean_slate, event_to_run, percentile, product_env, spawn_workers_and_listener, stop
-
-BIG = "Big(uint256 indexed id, uint256 value)"
+from harness import big_then_stop, clean_slate, event_to_run, percentile, product_env, spawn_workers_and_listener, stop
 
 
 def main() -> None:
@@ -75,14 +73,7 @@ def measure(args, anvil, children, var_dir) -> dict:
     zoo = w3.eth.contract(address=deploy(w3, "EventZoo"), abi=load_artifact("EventZoo")["abi"])
     user, _ = get_user_model().objects.get_or_create(username="bench")
     team, _ = Team.objects.get_or_create(name="Bench")
-    graph = {
-        "nodes": [
-            {"id": "t", "type": "chain.event", "name": "Big", "position": {"x": 0, "y": 0},
-             "config": {"chain": 31337, "addresses": [zoo.address], "event": BIG}},
-            {"id": "s", "type": "stop", "name": "Stop", "position": {"x": 250, "y": 0}, "config": {}},
-        ],
-        "edges": [{"source": "t", "source_port": "out", "target": "s"}],
-    }
+    graph = big_then_stop(zoo.address)
     version = actions.do_publish_version(actions.do_create_flow(team, user, "latency bench", graph=graph), user)
 
     listener_log = var_dir / "logs" / "listener.log"

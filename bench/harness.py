@@ -129,6 +129,22 @@ def cpu_snapshot(roots: dict[str, int]) -> dict[str, float]:
     return totals
 
 
+# EventZoo's event the latency benches emit, one per transaction (`emitBig(id, value)`).
+BIG = "Big(uint256 indexed id, uint256 value)"
+
+
+def big_then_stop(zoo_address: str) -> dict:
+    """The flow the latency benches time: EventZoo's Big on the local chain, then a stop step."""
+    return {
+        "nodes": [
+            {"id": "t", "type": "chain.event", "name": "Big", "position": {"x": 0, "y": 0},
+             "config": {"chain": 31337, "addresses": [zoo_address], "event": BIG}},
+            {"id": "s", "type": "stop", "name": "Stop", "position": {"x": 250, "y": 0}, "config": {}},
+        ],
+        "edges": [{"source": "t", "source_port": "out", "target": "s"}],
+    }
+
+
 # The run of a transaction's `emitBig(i, 1)` log, looked up by its `id` argument.
 _RUN_OF_EVENT = ("SELECT started_at IS NOT NULL FROM executor_run "
                  "WHERE version_id = %s AND (trigger->'args'->>'id')::numeric = %s")

@@ -53,7 +53,6 @@ from harness import percentile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BIG = "Big(uint256 indexed id, uint256 value)"
 HISTORY_TABLES = ("executor_runevent", "executor_steprun", "executor_notification", "executor_transaction",
                   "executor_run", "executor_event")
 BATCH = 100_000  # runs per fill statement
@@ -531,14 +530,7 @@ def chain_path(args, anvil, children, var_dir) -> dict:
     objects = bench_objects()
     FlowVersion.objects.filter(flow__name="history latency", status=FlowVersion.Status.PUBLISHED).update(
         status=FlowVersion.Status.ARCHIVED)
-    graph = {
-        "nodes": [
-            {"id": "t", "type": "chain.event", "name": "Big", "position": {"x": 0, "y": 0},
-             "config": {"chain": 31337, "addresses": [zoo.address], "event": BIG}},
-            {"id": "s", "type": "stop", "name": "Stop", "position": {"x": 250, "y": 0}, "config": {}},
-        ],
-        "edges": [{"source": "t", "source_port": "out", "target": "s"}],
-    }
+    graph = harness.big_then_stop(zoo.address)
     version = actions.do_publish_version(actions.do_create_flow(objects["team"], objects["user"], "history latency",
                                                           graph=graph), objects["user"])
     harness.spawn_workers_and_listener(children)

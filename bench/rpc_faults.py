@@ -26,9 +26,7 @@ import subprocess
 import threading
 import time
 
-from harness import clean_slate, percentile, product_env, spawn_workers_and_listener, stop
-
-BIG = "Big(uint256 indexed id, uint256 value)"
+from harness import BIG, clean_slate, percentile, product_env, spawn_workers_and_listener, stop
 
 # Each fault class as tests.rpcproxy.Faults settings, with the shares it has when it runs alone
 # (high enough that a 200-event run meets it dozens of times); all together, the shares are a

@@ -10,6 +10,7 @@ listener's claim (the caller decides what to do with them).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ from executor.matching import (
 from executor.models import Chain
 from executor.runs.start import RunClaim, claim_runs
 from flows.expressions import ExpressionError
+
+logger = logging.getLogger(__name__)
 
 MAX_REPLAY_BLOCKS = getattr(settings, "KWALA_MAX_REPLAY_BLOCKS", 100_000)
 # A transaction trigger reads every block whole (not one eth_getLogs per range): a tenth as many.
@@ -99,10 +102,7 @@ def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run
                     block = client.get_block_by_hash(log["block_hash"])
                     timestamps[log["block_hash"]] = block.timestamp if block else None
                 payload = log_payload(candidate, log, chain_id=chain.chain_id, timestamp=timestamps[log["block_hash"]])
-                try:
-                    if not condition_holds(trigger.condition, payload, flow_code=flow.code, now=now):
-                        continue
-                except ExpressionError:
+                if not _condition_holds(trigger, payload, flow.code, now, f"{log['block_hash']}#{log['log_index']}"):
                     continue
                 matched += 1
                 claims.append(RunClaim(
@@ -114,6 +114,16 @@ def replay_blocks(version, chain: Chain, from_block: int, to_block: int, dry_run
     except ChainError as exc:
         raise ReplayError(f"Could not read chain {chain.slug}: {exc}") from None
     return ReplayResult(logs_seen=len(logs), matched=matched, run_ids=_claim(claims))
+
+
+def _condition_holds(trigger, payload: dict, flow_code: str, now, what: str) -> bool:
+    """The trigger's condition on one match; a broken one is logged, as the listener logs it, and
+    matches nothing."""
+    try:
+        return condition_holds(trigger.condition, payload, flow_code=flow_code, now=now)
+    except ExpressionError as exc:
+        logger.warning("flow %s: trigger condition failed on %s during a replay: %s", flow_code, what, exc)
+        return False
 
 
 def _claim(claims: list[RunClaim]) -> list[int]:
@@ -150,12 +160,9 @@ def _replay_transactions(version, chain: Chain, trigger, from_block: int, to_blo
                 for match in reader.matches(block.hash, index, now):
                     payload = tx_payload(match.found[0], match.tx, match.receipt, chain_id=chain.chain_id,
                                          timestamp=block.timestamp)
-                    try:
-                        if not condition_holds(trigger.condition, payload, flow_code=flow.code, now=now):
-                            continue
-                    except ExpressionError:
-                        continue
                     tx = match.tx
+                    if not _condition_holds(trigger, payload, flow.code, now, f"transaction {tx['hash']}"):
+                        continue
                     claims.append(RunClaim(
                         version_id=version.pk, flow_id=flow.pk, team_id=flow.team_id,
                         trigger_key=f"{prefix}tx:{chain.chain_id}:{tx['block_hash']}:{tx['tx_index']}",

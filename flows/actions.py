@@ -56,25 +56,12 @@ def check_graph_shape(graph: Any) -> None:
         raise InvalidGraph(problems)
 
 
-def enabled_chains() -> dict[int, str]:
-    """The chains flows may use, {chain id: slug}, in chain-id order."""
-    from executor import interface
-
-    return interface.enabled_chains()
-
-
-def chain_names() -> dict[int, str]:
-    """The enabled chains as people see them, {chain id: name}, in chain-id order (every form's choices)."""
-    from executor import interface
-
-    return interface.chain_names()
-
-
 def compile_context(team: Team) -> dict:
     """What the compiler checks names against: the enabled chains, the team's secrets and signer keys."""
+    from executor import interface
 
     return {
-        "chains": enabled_chains(),
+        "chains": interface.enabled_chains(),
         "secret_names": set(Secret.objects.filter(team=team).values_list("name", flat=True)),
         "signer_names": set(SignerKey.objects.filter(team=team).values_list("name", flat=True)),
     }

@@ -1139,10 +1139,11 @@ def import_oz_monitor(team, user, config: OzConfig, *, publish: bool = False, st
     """
     from django.db import transaction
 
+    from executor import interface
     from flows import actions
     from flows.models import Flow, Secret
 
-    plan = plan_import(config, actions.enabled_chains())
+    plan = plan_import(config, interface.enabled_chains())
     result = ImportResult(
         missing_networks=[vars(m) for m in plan.missing_networks.values()],
         refused=[vars(r) for r in plan.refused],

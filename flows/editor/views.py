@@ -27,7 +27,7 @@ from flows.permissions import Role, get_flow_for_user, has_role
 
 
 def _chains() -> list[tuple[int, str]]:
-    return list(actions.chain_names().items())  # named as in the gallery's forms
+    return list(executor.chain_names().items())  # named as in the gallery's forms
 
 
 def _secret_names(flow: Flow) -> list[str]:

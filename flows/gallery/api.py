@@ -8,8 +8,9 @@ from typing import Any
 from ninja import Field, Query, Router, Schema
 from ninja.responses import Status
 
+from executor.interface import enabled_chains
 from flows import gallery
-from flows.actions import do_create_flow, enabled_chains
+from flows.actions import do_create_flow
 from flows.api import FlowDetailOut, flow_out
 from kwala_site.api_common import COMMON_ERRORS, ApiError, Role, Text, not_found, require_role
 

@@ -7,8 +7,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
 
+from executor.interface import chain_names
 from flows import gallery
-from flows.actions import chain_names, do_create_flow
+from flows.actions import do_create_flow
 from flows.editor.graph_svg import graph_svg
 from flows.models import Membership, Secret, SignerKey
 from flows.permissions import require_membership
