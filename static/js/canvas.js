@@ -346,30 +346,201 @@ function MinimapNodeView() {
 }
 
 // The view a flow opens with: all of it when it fits at a readable size, otherwise
-// its top-left part (where the trigger sits) at the smallest readable scale.
+// its top-left part (where the trigger sits) at the smallest readable scale. The same
+// as X6's zoomToFit (padding 40, at most 1:1), computed from a box so that loadGraph can
+// set it before any cell exists.
 export const READABLE_SCALE = 0.5;
+const PADDING = 40;
 
-export function openView(graph, { minScale = READABLE_SCALE } = {}) {
-  if (!graph.getNodes().length) {
+export function viewFor(box, width, height, { minScale = READABLE_SCALE } = {}) {
+  if (!box || !box.width || !box.height) return null;
+  const scale = Math.min((width - 2 * PADDING) / box.width, (height - 2 * PADDING) / box.height, 1);
+  if (scale < minScale) {
+    return { scale: minScale, tx: PADDING - box.x * minScale, ty: PADDING - box.y * minScale };
+  }
+  return { scale, tx: width / 2 - (box.x + box.width / 2) * scale, ty: height / 2 - (box.y + box.height / 2) * scale };
+}
+
+function applyView(graph, view) {
+  if (!view) {
     graph.centerContent();
     return;
   }
-  // From the cells' geometry: their SVG may not be drawn yet (or at all, out of view).
-  graph.zoomToFit({ padding: 40, maxScale: 1, useCellGeometry: true });
-  if (graph.zoom() < minScale) {
-    const box = graph.getCellsBBox(graph.getNodes());
-    graph.zoomTo(minScale);
-    graph.translate(40 - box.x * minScale, 40 - box.y * minScale);
+  graph.zoomTo(view.scale);
+  graph.translate(view.tx, view.ty);
+  // X6 moves its render area (what virtual rendering draws) on a 200 ms throttle, so a
+  // view set right after the graph was made would first be drawn for the area the graph was
+  // made with, and the nodes really in view only up to 200 ms later. Flushing the throttle
+  // (a lodash throttle: X6 3.1.8's VirtualRender.resetRenderArea) moves the area now.
+  graph.virtualRender?.resetRenderArea?.flush?.();
+}
+
+function boxOf(cells) {
+  let [x1, y1, x2, y2] = [Infinity, Infinity, -Infinity, -Infinity];
+  for (const c of cells) {
+    x1 = Math.min(x1, c.x);
+    y1 = Math.min(y1, c.y);
+    x2 = Math.max(x2, c.x + c.width);
+    y2 = Math.max(y2, c.y + c.height);
+  }
+  return cells.length ? { x: x1, y: y1, width: x2 - x1, height: y2 - y1 } : null;
+}
+
+export function openView(graph, options = {}) {
+  const nodes = graph.getNodes();
+  const box = nodes.length ? graph.getCellsBBox(nodes) : null;
+  const { width, height } = graph.container.getBoundingClientRect();
+  applyView(graph, viewFor(box, width, height, options));
+}
+
+function cellsOf(data, catalogue, problems) {
+  const byNode = problemsByNode(problems);
+  return {
+    nodes: data.nodes.map((n) => nodeCell(n, catalogue, byNode[n.id])),
+    edges: data.edges.map((e, i) => edgeCell({ ...e, id: e.id || `e_${i}_${e.source}_${e.target}` })),
+  };
+}
+
+// Loads a flow at its opening view (openView), set first, from the nodes' positions and
+// sizes, so that X6 draws the cells in that view only and only once.
+export function loadGraph(graph, data, catalogue, problems = []) {
+  const { nodes, edges } = cellsOf(data, catalogue, problems);
+  const { width, height } = graph.container.getBoundingClientRect();
+  applyView(graph, viewFor(boxOf(nodes), width, height));
+  graph.fromJSON({ cells: [...nodes, ...edges] });
+}
+
+// The same at a given view, a slice of cells at a time: between slices the page answers
+// input (a click on the first paint's nodes). X6 builds a model cell and a view for every
+// cell, ~0.5 ms each on the 2-core machine: a 1,000-node flow in one go blocked the page
+// for over half a second (bench/editor_load.py).
+const SLICE_MS = 30;
+
+// `pause` is awaited before each slice: what the person asked for meanwhile goes first.
+export async function loadGraphInSlices(graph, data, catalogue, problems, view, { pause = () => null } = {}) {
+  const { nodes, edges } = cellsOf(data, catalogue, problems);
+  applyView(graph, view);
+  // X6 re-sorts all the cells by zIndex on every add unless told not to: a no-op here (nodes
+  // get rising zIndexes as they are added, edges 0, in order), and with it the 1,000-node flow
+  // of bench/editor_load.py spent 0.26 s of its 0.63 s of slices sorting.
+  const unsorted = { sort: false };
+  for (const [add, cells] of [[(c) => graph.addNodes(c, unsorted), nodes], [(c) => graph.addEdges(c, unsorted), edges]]) {
+    let i = 0;
+    while (i < cells.length) {
+      await pause();
+      const started = performance.now();
+      while (i < cells.length && performance.now() - started < SLICE_MS) {
+        add(cells.slice(i, i + 50));
+        i += 50;
+      }
+      await nextTask();
+    }
   }
 }
 
-export function loadGraph(graph, data, catalogue, problems = []) {
+// A task of the ordinary priority, so that input, a fetch's answer and frames take their turns
+// between slices (scheduler.yield() would put the slices ahead of them).
+function nextTask() {
+  if (globalThis.scheduler?.postTask) return globalThis.scheduler.postTask(() => {}, { priority: "user-visible" });
+  return new Promise((resolve) => { setTimeout(resolve, 0); });
+}
+
+// -- the first paint ------------------------------------------------------------------------
+// What the canvas shows before X6 has loaded: the nodes and edges in the opening view, drawn
+// as plain SVG in one step from the flow's JSON, attribute for attribute as X6 draws them
+// (NODE_SHAPE, portPath, the same view), with a click that selects a node. X6 (its ~0.6 MB
+// script, a model cell and a view per cell) then builds the editable canvas underneath, in
+// slices that leave the page answering input, and the picture is removed once X6 has drawn
+// every node in view. bench/editor_load.py, 200-node flow: on screen after 0.28-0.33 s and a
+// click shows its node's settings after 0.39-0.45 s, instead of 0.75-0.91 s and 0.87-1.07 s
+// with X6 first; editable (drag, connect, pan, zoom) after ~1.0 s instead of ~0.8 s.
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function esc(text) {
+  return String(text).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+}
+
+function attrsOf(markupAttrs, extra = {}) {
+  return Object.entries({ ...markupAttrs, ...extra }).map(([k, v]) => `${k}="${esc(v)}"`).join(" ");
+}
+
+// Where X6's "left" and "right" port layouts put port i of n: spread evenly down the edge.
+function portY(i, n, height) {
+  return ((i + 0.5) / n) * height;
+}
+
+export function firstPaint(container, data, catalogue, problems = [], { minScale = READABLE_SCALE } = {}) {
   const byNode = problemsByNode(problems);
-  const cells = [
-    ...data.nodes.map((n) => nodeCell(n, catalogue, byNode[n.id])),
-    ...data.edges.map((e, i) => edgeCell({ ...e, id: e.id || `e_${i}_${e.source}_${e.target}` })),
-  ];
-  graph.fromJSON({ cells });
+  const cells = data.nodes.map((n) => nodeCell(n, catalogue, byNode[n.id]));
+  const { width, height } = container.getBoundingClientRect();
+  const view = { ...(viewFor(boxOf(cells), width, height, { minScale }) ?? { scale: 1, tx: width / 2, ty: height / 2 }), width, height };
+  const area = { x: -view.tx / view.scale, y: -view.ty / view.scale, width: width / view.scale, height: height / view.scale };
+  const inView = (c) => c.x < area.x + area.width && c.x + c.width > area.x && c.y < area.y + area.height && c.y + c.height > area.y;
+  const drawn = new Map(cells.filter(inView).map((c) => [c.id, c]));
+  const byId = new Map(cells.map((c) => [c.id, c]));
+  const [body, stripe, title, subtitle, badge, badgeText] = NODE_SHAPE.markup.map((m) => m.attrs);
+  const parts = [];
+  for (const e of data.edges) {
+    const source = byId.get(e.source);
+    const target = byId.get(e.target);
+    if (!source || !target || !(drawn.has(e.source) || drawn.has(e.target))) continue;
+    const outs = source.ports.items.filter((p) => p.group === "out");
+    const ins = target.ports.items.filter((p) => p.group === "in");
+    const i = outs.findIndex((p) => p.id === `out:${e.source_port}`);
+    if (i < 0 || !ins.length) continue;
+    const from = { x: source.x + source.width, y: source.y + portY(i, outs.length, source.height) };
+    const port = { x: target.x, y: target.y + portY(0, ins.length, target.height) };
+    // X6 ends the line 1.5 units short of the port, back along the straight line from the
+    // source (where its arrowhead begins).
+    const d = Math.hypot(port.x - from.x, port.y - from.y) || 1;
+    const to = { x: port.x - (1.5 * (port.x - from.x)) / d, y: port.y - (1.5 * (port.y - from.y)) / d };
+    parts.push(`<path data-edge-id="${esc(e.id ?? "")}" fill="none" stroke="#64748b" stroke-width="1.5" stroke-linejoin="round" d="${portPath(from, to)}" marker-end="url(#first-paint-arrow)"/>`);
+  }
+  for (const c of drawn.values()) {
+    const a = c.attrs;
+    const count = a.badgeText.text;
+    const ports = c.ports.items.map((p, _, all) => {
+      const group = all.filter((q) => q.group === p.group);
+      const x = p.group === "in" ? 0 : c.width;
+      const y = portY(group.indexOf(p), group.length, c.height);
+      const label = p.attrs?.text?.text ? `<text font-size="10" fill="#475569" y=".3em" transform="translate(-10,0)" text-anchor="end">${esc(p.attrs.text.text)}</text>` : "";
+      return `<g transform="translate(${x},${y})"><circle data-port="${esc(p.id)}" ${attrsOf(PORT_CIRCLE)}/>${label}</g>`;
+    }).join("");
+    parts.push(
+      `<g class="first-node" data-node-id="${esc(c.id)}" transform="translate(${c.x},${c.y})">`
+      + `<rect class="node-body" ${attrsOf(body, { width: c.width, height: c.height })}/>`
+      + `<rect ${attrsOf(stripe, { height: c.height, fill: a.stripe.fill })}/>`
+      + `<text ${attrsOf(title)} transform="translate(16,16)"><tspan dy="0.3em">${esc(a.title.text)}</tspan></text>`
+      + `<text ${attrsOf(subtitle)} transform="translate(16,33)"><tspan dy="0.3em">${esc(a.subtitle.text)}</tspan></text>`
+      + (count ? `<circle ${attrsOf(badge, { visibility: "visible" })} transform="translate(${c.width - 30},0)"/>`
+        + `<text ${attrsOf(badgeText, { visibility: "visible" })} transform="translate(${c.width - 30},0)"><tspan dy="0.3em">${esc(count)}</tspan></text>` : "")
+      + `<title>${esc(a.tip.text)}</title>${ports}</g>`,
+    );
+  }
+  // X6's dot grid: a dot of 1 unit every 10, scaled and moved with the view.
+  const step = 10 * view.scale;
+  const mod = (v) => ((v % step) + step) % step;
+  const svg = document.createElementNS(SVG_NS, "svg");
+  svg.setAttribute("class", "first-paint");
+  svg.innerHTML = `<defs><pattern id="first-paint-grid" patternUnits="userSpaceOnUse" x="${mod(view.tx)}" y="${mod(view.ty)}" width="${step}" height="${step}">`
+    + `<rect width="${view.scale}" height="${view.scale}" rx="${view.scale}" ry="${view.scale}" fill="#cbd5e1"/></pattern>`
+    + '<marker id="first-paint-arrow" refX="-1" overflow="visible" orient="auto" markerUnits="userSpaceOnUse"><path stroke="#64748b" fill="#64748b" transform="rotate(180)" d="M 0 0 L 8 -3 L 8 3 Z"/></marker></defs>'
+    + '<rect width="100%" height="100%" fill="#f8fafc"/><rect width="100%" height="100%" fill="url(#first-paint-grid)"/>'
+    + `<g transform="matrix(${view.scale},0,0,${view.scale},${view.tx},${view.ty})">${parts.join("")}</g>`;
+  // Beside the canvas, not in it: X6 empties its container when it makes its graph.
+  container.after(svg);
+  let selected = null;
+  return {
+    svg,
+    view,
+    select(id) {
+      selected?.classList.remove("selected");
+      selected = id ? svg.querySelector(`[data-node-id="${CSS.escape(id)}"]`) : null;
+      selected?.classList.add("selected");
+    },
+    get selected() { return selected?.dataset.nodeId ?? null; },
+    remove() { svg.remove(); },
+  };
 }
 
 export function serialize(graph) {

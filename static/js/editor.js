@@ -3,8 +3,8 @@
 // with the new revision and the compile problems, which the canvas then shows.
 /* global X6, htmx */
 import {
-  createGraph, edgeCell, freshEdgeId, liveSocket, loadGraph, nodeCell, openView, prepareClipboard, problemsByNode,
-  refreshNode, serialize, setProblems, setStatus, uniqueNodeId, useNodeIdRule,
+  createGraph, edgeCell, firstPaint, freshEdgeId, liveSocket, loadGraphInSlices, nodeCell, openView, prepareClipboard,
+  problemsByNode, refreshNode, serialize, setProblems, setStatus, uniqueNodeId, useNodeIdRule,
 } from "./canvas.js";
 
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -20,10 +20,79 @@ const CLIPBOARD_KEY = "kwala.clipboard";
 const SAVE_DELAY_MS = 500;
 const DERIVED_KEYS = new Set(["attrs", "size", "ports", "zIndex", "tools", "view"]);
 
+let revision = state.revision;
+let problems = state.problems;
+let conflict = false;
+let saveTimer = null;
+let saving = null; // the in-flight save promise
+let dirty = false;
+let loading = true;
+let activeRun = null;
+// The inspector's (see below): a node's settings can be opened on the first paint already.
+let inspectedId = null;
+let inspectorLoad = null;
+let loadToken = 0;
+let applying = null;
+
+// -- opening ------------------------------------------------------------------------------
+// The flow is drawn at once as a picture (canvas.js firstPaint) on which a click shows a
+// node's settings; X6 loads after that first frame and builds the editable canvas beneath
+// it, then takes its place. Until then the toolbar's buttons, the palette and the side panel
+// are inert: what they do needs the editable canvas (a setting applied before X6 has loaded
+// the graph would be overwritten by the graph it loads).
+
+let graph = null; // X6's, once it has loaded
+let selection = null;
+let undoStack = null;
 const container = $("#canvas");
-const graph = createGraph(container, { readonly: !canEdit, minimap: $("#minimap") });
+const notYet = [...document.querySelectorAll(".editor-bar button, .palette, .side")];
+for (const el of notYet) el.inert = true;
+const first = firstPaint(container, state.graph, catalogue, state.problems);
+first.svg.addEventListener("click", (e) => {
+  const id = e.target.closest?.("[data-node-id]")?.dataset.nodeId ?? null;
+  first.select(id);
+  if (id) openInspector({ id }, false);
+  else if ($("#inspector-form")) applyPendingEdits(null).then((ok) => { if (ok) clearInspector(); });
+});
+document.documentElement.dataset.canvasDrawn = "1";
+buildPalette();
+showStatus(state);
+showProblems({ canvas: false }); // the first paint drew the badges
+
+// The settings being loaded for a click on the first paint: X6's loading waits until they
+// are on screen.
+async function settingsLoad() {
+  if (!inspectorLoad) return;
+  await inspectorLoad.catch(() => {});
+  await new Promise((resolve) => { requestAnimationFrame(() => setTimeout(resolve, 0)); });
+}
+
+try {
+  await loadX6(container.dataset.x6);
+} catch {
+  $("#notice").textContent = "The canvas could not be loaded: reload the page to edit this flow.";
+  $("#notice").hidden = false;
+  throw new Error("X6 did not load");
+}
+
+// After the first frame (the picture above is on screen) and any node's settings asked for
+// meanwhile, X6's script (~0.1 s to run).
+function loadX6(src) {
+  return new Promise((resolve, reject) => {
+    requestAnimationFrame(() => setTimeout(async () => {
+      await settingsLoad();
+      const script = document.createElement("script");
+      script.src = src;
+      script.onload = resolve;
+      script.onerror = reject;
+      document.head.append(script);
+    }));
+  });
+}
+
+graph = createGraph(container, { readonly: !canEdit, minimap: $("#minimap") });
 graph.use(new X6.Snapline({ enabled: canEdit }));
-const selection = new X6.Selection({
+selection = new X6.Selection({
     enabled: true,
     multiple: true,
     rubberband: canEdit,
@@ -33,7 +102,7 @@ const selection = new X6.Selection({
     pointerEvents: "none",
 });
 graph.use(selection);
-const undoStack = new X6.History({
+undoStack = new X6.History({
     enabled: canEdit,
     beforeAddCommand(event, args) {
       if (args?.options?.ignoreHistory) return false;
@@ -42,30 +111,32 @@ const undoStack = new X6.History({
     },
 });
 
-let revision = state.revision;
-let problems = state.problems;
-let conflict = false;
-let saveTimer = null;
-let saving = null; // the in-flight save promise
-let dirty = false;
-let loading = true;
-let activeRun = null;
-
-loadGraph(graph, state.graph, catalogue, state.problems);
-// Before the first frame: cells are drawn for the view the flow opens with, not for a
-// default view that is thrown away.
-openView(graph);
+// At the picture's view, a slice at a time (the page answers clicks meanwhile).
+await loadGraphInSlices(graph, state.graph, catalogue, state.problems, first.view, { pause: settingsLoad });
 // Only now: loading is not an undoable step, and recording it would cost a command per cell.
 graph.use(undoStack);
 loading = false;
-showProblems({ canvas: false }); // loadGraph drew the badges already
-showStatus(state);
-const openedAt = `${container.clientWidth}x${container.clientHeight}`;
-requestAnimationFrame(() => {
-  // The toolbar may wrap once fonts and styles settle, resizing the canvas: fit again.
-  if (`${container.clientWidth}x${container.clientHeight}` !== openedAt) openView(graph);
-  document.documentElement.dataset.editorReady = "1";
-});
+await drawnByX6();
+const picked = first.selected && graph.getCellById(first.selected);
+first.remove();
+if (picked) selection.select(picked);
+for (const el of notYet) el.inert = false;
+// The canvas may have been resized since (the toolbar wraps once fonts settle): fit again.
+if (first.view.width !== container.clientWidth || first.view.height !== container.clientHeight) openView(graph);
+document.documentElement.dataset.editorReady = "1";
+
+// Resolves once X6 has drawn every node in its view (it draws them over a few frames).
+function drawnByX6() {
+  const area = graph.getGraphArea();
+  const nodes = graph.getNodes().filter((n) => area.isIntersectWithRect(n.getBBox()));
+  return new Promise((resolve) => {
+    const check = () => {
+      if (nodes.every((n) => graph.findViewByCell(n)?.container?.isConnected)) resolve();
+      else requestAnimationFrame(check);
+    };
+    check();
+  });
+}
 
 // -- saving ---------------------------------------------------------------------------
 
@@ -244,11 +315,14 @@ function showProblems({ canvas = true } = {}) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "problem";
-    const node = p.node_id && graph.getCellById(p.node_id);
-    const where = node ? (node.getData().name || catalogue[node.getData().type]?.label || p.node_id) : "Flow";
+    // Until X6 has loaded (the list is first shown with the first paint), names come from the flow.
+    const cell = p.node_id && graph?.getCellById(p.node_id);
+    const data = cell ? cell.getData() : state.graph.nodes.find((n) => n.id === p.node_id);
+    const where = data ? (data.name || catalogue[data.type]?.label || p.node_id) : "Flow";
     button.textContent = `${where}${p.field ? ` (${p.field})` : ""}: ${p.message}`;
     button.dataset.node = p.node_id || "";
     button.addEventListener("click", () => {
+      const node = p.node_id && graph.getCellById(p.node_id);
       if (!node) return;
       selectOnly(node);
       graph.centerCell(node);
@@ -263,10 +337,6 @@ function showProblems({ canvas = true } = {}) {
 }
 
 // -- inspector ------------------------------------------------------------------------------
-
-let inspectedId = null;
-let inspectorLoad = null;
-let loadToken = 0;
 
 // Typed settings are applied when the person moves on to another node, as the canvas
 // autosaves: nothing typed is dropped without a word. Settings the server refuses stay on
@@ -286,8 +356,6 @@ function clearFieldError(e) {
 }
 document.addEventListener("input", clearFieldError);
 document.addEventListener("change", clearFieldError);
-
-let applying = null;
 
 // A click opens the inspector twice (the click and the selection change): both wait for one apply.
 function applyPendingEdits(nextId) {
@@ -324,8 +392,9 @@ async function applyForm(form) {
 async function openInspector(node, focus) {
   showTab("inspector");
   if (!(await applyPendingEdits(node.id))) {
-    const current = graph.getCellById($("#inspector-form")?.dataset.node);
-    if (current) selectOnly(current);
+    const current = $("#inspector-form")?.dataset.node;
+    if (!graph) first.select(current);
+    else if (graph.getCellById(current)) selectOnly(graph.getCellById(current));
     return;
   }
   if (activeRun) loadStep(node.id);
@@ -458,10 +527,8 @@ function buildPalette() {
         e.dataTransfer.effectAllowed = "copy";
       });
       item.addEventListener("click", () => {
-        const center = graph.graphToLocal(graph.getGraphArea().center);
         const area = graph.getGraphArea();
         addNode(entry.key, { x: area.center.x - 100, y: area.center.y - 22 }, true);
-        void center;
       });
       li.append(item);
       ul.append(li);
@@ -873,7 +940,6 @@ document.addEventListener("change", (e) => {
   if (e.target.id === "sample-pick") $("#test-payload").value = e.target.value;
 });
 
-buildPalette();
 window.addEventListener("beforeunload", (e) => {
   if (dirty && !conflict) { saveNow(); e.preventDefault(); }
 });

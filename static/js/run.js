@@ -19,7 +19,6 @@ function runPage() {
   const triggerId = graphData.nodes.find((n) => !targets.has(n.id))?.id;
   loadGraph(graph, graphData, catalogue);
   paint();
-  openView(graph);
   requestAnimationFrame(() => openView(graph)); // once the page's layout has settled
 
   function paint() {

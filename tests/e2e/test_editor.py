@@ -446,3 +446,80 @@ def test_an_empty_flow_says_how_to_begin_and_messages_float_and_go(asgi_server, 
     page.keyboard.press("Control+z")  # the second trigger goes, and the message with it (before its 5 s are up)
     notice.wait_for(state="hidden", timeout=2_000)
     assert page.console_errors == []
+
+
+# Where each node, port and edge end is on screen: on the first paint (drawn before X6 has
+# loaded) or on X6's canvas.
+GEOMETRY = """(firstPaint) => {
+  const box = (el) => { const r = el.getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; };
+  const centre = (el) => { const r = el.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; };
+  const nodes = {};
+  for (const g of document.querySelectorAll(firstPaint ? '.first-paint [data-node-id]' : '#canvas .x6-node')) {
+    const ports = {};
+    for (const c of g.querySelectorAll(firstPaint ? '[data-port]' : '[port]')) {
+      ports[c.getAttribute(firstPaint ? 'data-port' : 'port')] = centre(c);
+    }
+    const texts = [...g.querySelectorAll('text')].filter((t) => t.getAttribute('display') !== 'none'
+      && t.getAttribute('visibility') !== 'hidden').map((t) => t.textContent.replace(/\\u00a0/g, ' '));
+    nodes[firstPaint ? g.dataset.nodeId : g.dataset.cellId] = {body: box(g.querySelector('.node-body')), ports, texts};
+  }
+  const edges = {};
+  for (const path of document.querySelectorAll(firstPaint ? '.first-paint [data-edge-id]' : '#canvas .x6-edge path[stroke]:not([stroke=transparent])')) {
+    const m = path.getScreenCTM();
+    const at = (len) => { const p = path.getPointAtLength(len).matrixTransform(m); return [p.x, p.y]; };
+    edges[firstPaint ? path.dataset.edgeId : path.closest('.x6-edge').dataset.cellId] = [at(0), at(path.getTotalLength())];
+  }
+  return {nodes, edges};
+}"""
+
+
+def test_the_flow_shows_and_answers_a_click_before_x6_has_loaded_and_x6_draws_it_the_same(
+        asgi_server, page, team, alice):
+    graph = {
+        "nodes": [*VERTICAL["nodes"], {"id": "route", "type": "switch", "position": {"x": 700, "y": 40}, "config": {
+            "cases": [{"name": "big", "expression": "true"}, {"name": "small", "expression": "false"}]}},
+            {"id": "post", "type": "http.request", "config": {"method": "POST"}, "position": {"x": 40, "y": 480}}],
+        "edges": [*VERTICAL["edges"], {"id": "e4", "source": "manual_1", "source_port": "out", "target": "route"},
+                  {"id": "e5", "source": "route", "source_port": "small", "target": "post"}],
+    }
+    flow = make_flow(team, alice, graph=graph)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    held = []  # X6's script is held back until the first paint has been looked at
+    page.route("**/x6-*.js", lambda route: held.append(route))
+    page.goto(f"{asgi_server.url}/flows/{flow.code}/")
+    page.wait_for_selector("html[data-canvas-drawn='1']", state="attached")
+    page.wait_for_function("document.querySelector('.first-paint') !== null")
+    before = page.evaluate(GEOMETRY, True)
+    assert sorted(before["nodes"]) == sorted(n["id"] for n in graph["nodes"])
+    for edge in graph["edges"]:
+        start, end = before["edges"][edge["id"]]
+        source = before["nodes"][edge["source"]]["ports"][f"out:{edge['source_port']}"]
+        target = before["nodes"][edge["target"]]["ports"]["in"]
+        assert abs(start[0] - source[0]) < 2 and abs(start[1] - source[1]) < 2, edge
+        assert abs(end[0] - target[0]) < 3 and abs(end[1] - target[1]) < 2, edge
+    assert any(t.isdigit() for t in before["nodes"]["post"]["texts"])  # its problem badge (no URL)
+
+    # A click shows the node's settings; what needs the editable canvas waits for it.
+    page.locator(".first-paint [data-node-id='condition_1']").click()
+    page.wait_for_selector("#inspector-form[data-node='condition_1']")
+    assert page.evaluate("document.querySelector('.side').inert && !document.documentElement.dataset.editorReady")
+    assert len(held) == 1
+
+    held[0].continue_()
+    page.wait_for_selector("html[data-editor-ready='1']", state="attached")
+    assert page.locator(".first-paint").count() == 0
+    assert page.evaluate("document.querySelector('.side').inert") is False
+    assert page.evaluate("window.kwalaEditor.graph.getPlugin('selection').getSelectedCells().map((c) => c.id)") == ["condition_1"]
+    after = page.evaluate(GEOMETRY, False)
+    # X6 takes over where the picture was: the same boxes, ports, texts and edges, to the pixel.
+    for node_id, seen in before["nodes"].items():
+        drawn = after["nodes"][node_id]
+        assert all(abs(a - b) < 1 for a, b in zip(seen["body"], drawn["body"], strict=True)), node_id
+        assert seen["ports"].keys() == drawn["ports"].keys(), node_id
+        for port, (x, y) in seen["ports"].items():
+            assert abs(x - drawn["ports"][port][0]) < 1 and abs(y - drawn["ports"][port][1]) < 1, (node_id, port)
+        assert seen["texts"] == drawn["texts"], node_id
+    for edge_id, ends in before["edges"].items():
+        for (x, y), (x2, y2) in zip(ends, after["edges"][edge_id], strict=True):
+            assert abs(x - x2) < 1 and abs(y - y2) < 1, edge_id
+    assert page.console_errors == []
