@@ -420,9 +420,9 @@ const SLICE_MS = 30;
 export async function loadGraphInSlices(graph, data, catalogue, problems, view, { pause = () => null } = {}) {
   const { nodes, edges } = cellsOf(data, catalogue, problems);
   applyView(graph, view);
-  // X6 re-sorts all the cells by zIndex on every add unless told not to: a no-op here (nodes
-  // get rising zIndexes as they are added, edges 0, in order), and with it the 1,000-node flow
-  // of bench/editor_load.py spent 0.26 s of its 0.63 s of slices sorting.
+  // X6 re-sorts all the cells by zIndex on every add unless told not to: once at the end is
+  // enough (nodes get rising zIndexes as they are added, edges 0). Sorting on every add, the
+  // 1,000-node flow of bench/editor_load.py spent 0.26 s of its 0.63 s of slices sorting.
   const unsorted = { sort: false };
   for (const [add, cells] of [[(c) => graph.addNodes(c, unsorted), nodes], [(c) => graph.addEdges(c, unsorted), edges]]) {
     let i = 0;
@@ -436,6 +436,9 @@ export async function loadGraphInSlices(graph, data, catalogue, problems, view, 
       await nextTask();
     }
   }
+  // Once, in the end: X6 gives a cell added later the last cell's zIndex + 1, and unsorted the
+  // last cells are the edges (0), so a node dropped next would be drawn under the others.
+  graph.model.collection.sort({ silent: true });
 }
 
 // A task of the ordinary priority, so that input, a fetch's answer and frames take their turns

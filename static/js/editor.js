@@ -59,12 +59,20 @@ buildPalette();
 showStatus(state);
 showProblems({ canvas: false }); // the first paint drew the badges
 
-// The settings being loaded for a click on the first paint: X6's loading waits until they
-// are on screen.
+// The settings being loaded for a click on the first paint: X6's loading waits until they are
+// on screen, or 0.3 s at most (a slow answer does not hold the editor back).
 async function settingsLoad() {
   if (!inspectorLoad) return;
-  await inspectorLoad.catch(() => {});
-  await new Promise((resolve) => { requestAnimationFrame(() => setTimeout(resolve, 0)); });
+  await Promise.race([inspectorLoad.catch(() => {}), new Promise((resolve) => { setTimeout(resolve, 300); })]);
+  await afterFrame();
+}
+
+// After the next frame; in a background tab (no frames) after 0.1 s.
+function afterFrame() {
+  return new Promise((resolve) => {
+    requestAnimationFrame(() => setTimeout(resolve, 0));
+    setTimeout(resolve, 100);
+  });
 }
 
 try {
@@ -77,16 +85,15 @@ try {
 
 // After the first frame (the picture above is on screen) and any node's settings asked for
 // meanwhile, X6's script (~0.1 s to run).
-function loadX6(src) {
+async function loadX6(src) {
+  await afterFrame();
+  await settingsLoad();
   return new Promise((resolve, reject) => {
-    requestAnimationFrame(() => setTimeout(async () => {
-      await settingsLoad();
-      const script = document.createElement("script");
-      script.src = src;
-      script.onload = resolve;
-      script.onerror = reject;
-      document.head.append(script);
-    }));
+    const script = document.createElement("script");
+    script.src = src;
+    script.onload = resolve;
+    script.onerror = reject;
+    document.head.append(script);
   });
 }
 
@@ -116,13 +123,15 @@ await loadGraphInSlices(graph, state.graph, catalogue, state.problems, first.vie
 // Only now: loading is not an undoable step, and recording it would cost a command per cell.
 graph.use(undoStack);
 loading = false;
+// The canvas may have been resized since the first paint (the toolbar wraps once fonts
+// settle): fit again, before X6's drawing replaces the picture.
+const { width, height } = container.getBoundingClientRect();
+if (first.view.width !== width || first.view.height !== height) openView(graph);
 await drawnByX6();
 const picked = first.selected && graph.getCellById(first.selected);
 first.remove();
 if (picked) selection.select(picked);
 for (const el of notYet) el.inert = false;
-// The canvas may have been resized since (the toolbar wraps once fonts settle): fit again.
-if (first.view.width !== container.clientWidth || first.view.height !== container.clientHeight) openView(graph);
 document.documentElement.dataset.editorReady = "1";
 
 // Resolves once X6 has drawn every node in its view (it draws them over a few frames).

@@ -523,3 +523,16 @@ def test_the_flow_shows_and_answers_a_click_before_x6_has_loaded_and_x6_draws_it
         for (x, y), (x2, y2) in zip(ends, after["edges"][edge_id], strict=True):
             assert abs(x - x2) < 1 and abs(y - y2) < 1, edge_id
     assert page.console_errors == []
+
+
+def test_a_node_added_after_opening_is_drawn_above_the_others(asgi_server, page, team, alice):
+    """The flow loads in slices without X6's re-sort on every add: a node dropped afterwards got
+    the last cell's zIndex + 1, and the last cells were the edges (0), so it went under."""
+    flow = make_flow(team, alice)
+    login(page, asgi_server.url, "alice", "alice-password-1")
+    open_editor(page, asgi_server.url, flow)
+    drag_from_palette(page, "Stop", 420, 180)
+    page.wait_for_function("window.kwalaEditor.graph.getCellById('stop_1') !== null")
+    z = page.evaluate("Object.fromEntries(window.kwalaEditor.graph.getNodes().map((n) => [n.id, n.getZIndex()]))")
+    assert z["stop_1"] > max(v for k, v in z.items() if k != "stop_1"), z
+    assert page.console_errors == []
