@@ -454,8 +454,8 @@ function nextTask() {
 // (NODE_SHAPE, portPath, the same view), with a click that selects a node. X6 (its ~0.6 MB
 // script, a model cell and a view per cell) then builds the editable canvas underneath, in
 // slices that leave the page answering input, and the picture is removed once X6 has drawn
-// every node in view. bench/editor_load.py, 200-node flow: on screen after 0.28-0.33 s and a
-// click shows its node's settings after 0.39-0.45 s, instead of 0.75-0.91 s and 0.87-1.07 s
+// every node in view. bench/editor_load.py, 200-node flow: on screen after 0.28-0.35 s and a
+// click shows its node's settings after 0.39-0.48 s, instead of 0.75-0.91 s and 0.87-1.07 s
 // with X6 first; editable (drag, connect, pan, zoom) after ~1.0 s instead of ~0.8 s.
 const SVG_NS = "http://www.w3.org/2000/svg";
 

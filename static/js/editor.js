@@ -67,11 +67,13 @@ async function settingsLoad() {
   await afterFrame();
 }
 
-// After the next frame; in a background tab (no frames) after 0.1 s.
+// After the next frame has been painted; in a background tab, which paints no frames, at once.
+// (Not "whichever comes first" with a timer: on a busy machine the timer could win, and X6's
+// script would then run before the first paint was on screen.)
 function afterFrame() {
   return new Promise((resolve) => {
-    requestAnimationFrame(() => setTimeout(resolve, 0));
-    setTimeout(resolve, 100);
+    if (document.hidden) setTimeout(resolve, 0);
+    else requestAnimationFrame(() => setTimeout(resolve, 0));
   });
 }
 
