@@ -35,7 +35,9 @@ def _height(outputs: list[str]) -> float:
 
 
 def _port_y(outputs: list[str], port: str, height: float) -> float:
-    """Where X6 puts an output port: spread evenly down the right edge."""
+    """The preview's output ports: spread evenly down the right edge, at (i + 1) / (n + 1) of its
+    height (the editor's X6 layout puts them at (i + 0.5) / n; a preview's edges meet its own
+    circles either way)."""
     index = outputs.index(port) if port in outputs else 0
     return height * (index + 1) / (len(outputs) + 1)
 

@@ -467,9 +467,13 @@ function attrsOf(markupAttrs, extra = {}) {
   return Object.entries({ ...markupAttrs, ...extra }).map(([k, v]) => `${k}="${esc(v)}"`).join(" ");
 }
 
-// Where X6's "left" and "right" port layouts put port i of n: spread evenly down the edge.
-function portY(i, n, height) {
-  return ((i + 0.5) / n) * height;
+// Where X6's "left" and "right" port layouts put a port on its cell (port i of n of its group
+// spread evenly down the edge); undefined for a port the cell does not have.
+function portAt(cell, id) {
+  const port = cell.ports.items.find((p) => p.id === id);
+  if (!port) return undefined;
+  const group = cell.ports.items.filter((p) => p.group === port.group);
+  return { x: port.group === "in" ? 0 : cell.width, y: ((group.indexOf(port) + 0.5) / group.length) * cell.height };
 }
 
 export function firstPaint(container, data, catalogue, problems = [], { minScale = READABLE_SCALE } = {}) {
@@ -487,12 +491,11 @@ export function firstPaint(container, data, catalogue, problems = [], { minScale
     const source = byId.get(e.source);
     const target = byId.get(e.target);
     if (!source || !target || !(drawn.has(e.source) || drawn.has(e.target))) continue;
-    const outs = source.ports.items.filter((p) => p.group === "out");
-    const ins = target.ports.items.filter((p) => p.group === "in");
-    const i = outs.findIndex((p) => p.id === `out:${e.source_port}`);
-    if (i < 0 || !ins.length) continue;
-    const from = { x: source.x + source.width, y: source.y + portY(i, outs.length, source.height) };
-    const port = { x: target.x, y: target.y + portY(0, ins.length, target.height) };
+    const out = portAt(source, `out:${e.source_port}`);
+    const into = portAt(target, "in");
+    if (!out || !into) continue;
+    const from = { x: source.x + out.x, y: source.y + out.y };
+    const port = { x: target.x + into.x, y: target.y + into.y };
     // X6 ends the line 1.5 units short of the port, back along the straight line from the
     // source (where its arrowhead begins).
     const d = Math.hypot(port.x - from.x, port.y - from.y) || 1;
@@ -502,10 +505,8 @@ export function firstPaint(container, data, catalogue, problems = [], { minScale
   for (const c of drawn.values()) {
     const a = c.attrs;
     const count = a.badgeText.text;
-    const ports = c.ports.items.map((p, _, all) => {
-      const group = all.filter((q) => q.group === p.group);
-      const x = p.group === "in" ? 0 : c.width;
-      const y = portY(group.indexOf(p), group.length, c.height);
+    const ports = c.ports.items.map((p) => {
+      const { x, y } = portAt(c, p.id);
       const label = p.attrs?.text?.text ? `<text font-size="10" fill="#475569" y=".3em" transform="translate(-10,0)" text-anchor="end">${esc(p.attrs.text.text)}</text>` : "";
       return `<g transform="translate(${x},${y})"><circle data-port="${esc(p.id)}" ${attrsOf(PORT_CIRCLE)}/>${label}</g>`;
     }).join("");

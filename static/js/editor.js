@@ -52,7 +52,7 @@ first.svg.addEventListener("click", (e) => {
   const id = e.target.closest?.("[data-node-id]")?.dataset.nodeId ?? null;
   first.select(id);
   if (id) openInspector({ id }, false);
-  else if ($("#inspector-form")) applyPendingEdits(null).then((ok) => { if (ok) clearInspector(); });
+  else deselectInspector();
 });
 document.documentElement.dataset.canvasDrawn = "1";
 buildPalette();
@@ -286,11 +286,15 @@ function updateHistoryButtons() {
 updateHistoryButtons();
 
 graph.on("node:click", ({ node }) => { container.focus({ preventScroll: true }); selectOnly(node); openInspector(node, false); });
-graph.on("blank:click", async () => {
+graph.on("blank:click", () => {
   container.focus({ preventScroll: true });
-  // Deselecting shows no node's settings (typed ones are applied first, as on a switch).
-  if ($("#inspector-form") && await applyPendingEdits(null)) clearInspector();
+  deselectInspector();
 });
+
+// Deselecting shows no node's settings (typed ones are applied first, as on a switch).
+async function deselectInspector() {
+  if ($("#inspector-form") && await applyPendingEdits(null)) clearInspector();
+}
 // Undo, redo or a delete can take away the node the side panel shows: the panel follows.
 graph.on("node:removed", ({ node }) => {
   if ($("#inspector-form")?.dataset.node === node.id) clearInspector();
