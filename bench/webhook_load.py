@@ -265,7 +265,7 @@ def main() -> None:
 
 
 def run(args, children: list[subprocess.Popen]) -> dict:
-    from executor.management.commands.dev import WEB_PROCESSES, WORKER_PROCESSES, WORKER_THREADS
+    from kwala_site.dev.management.commands.dev import WEB_PROCESSES, WORKER_PROCESSES, WORKER_THREADS
 
     clean_slate()
     python = sys.executable
