@@ -109,7 +109,10 @@ def cpu_snapshot(roots: dict[str, int]) -> dict[str, float]:
             times = proc.cpu_times()
         except psutil.Error:
             return
-        totals[name] = totals.get(name, 0.0) + times.user + times.system
+        # With the times of its children that have exited: PostgreSQL's backends end with their
+        # connections, and their CPU is then only in the postmaster's children_* times.
+        used = times.user + times.system + times.children_user + times.children_system
+        totals[name] = totals.get(name, 0.0) + used
 
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
