@@ -1,4 +1,5 @@
 import sys
+import weakref
 
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
@@ -11,9 +12,18 @@ def use_generic_plans(sender, connection, **kwargs) -> None:
     own cursors never are, so nothing else changes. A SET rather than a startup
     option, which connection poolers such as PgBouncer refuse.
     """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET plan_cache_mode = force_generic_plan")
+    if connection.vendor != "postgresql" or connection.connection in _generic_plans:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+    _generic_plans.add(connection.connection)
+
+
+# The connections already SET. A pooled connection is handed out again and again, and
+# connection_created is sent each time: the SET was a round trip per webhook
+# (6% of the web process's CPU samples in bench/webhook_load.py). The setting is the
+# session's, and a pool returns a connection as it left it (rolled back, not reset).
+_generic_plans: weakref.WeakSet = weakref.WeakSet()
 
 
 class ExecutorConfig(AppConfig):
