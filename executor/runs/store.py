@@ -28,7 +28,7 @@ import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
@@ -257,11 +257,9 @@ _RUN_SELECT = (
     f"{', '.join('r.' + c for c in _RUN_COLUMNS)}, {', '.join('f.' + c for c in _FLOW_COLUMNS)}, "
     f"{', '.join('v.' + c for c in _VERSION_COLUMNS)}"
 )
-_RUN_SQL = (
-    f"SELECT {_RUN_SELECT} "  # noqa: S608
-    "FROM executor_run r JOIN flows_flow f ON f.id = r.flow_id JOIN flows_flowversion v ON v.id = r.version_id "
-    "WHERE r.id = %s"
-)
+_RUN_FROM = "FROM executor_run r JOIN flows_flow f ON f.id = r.flow_id JOIN flows_flowversion v ON v.id = r.version_id"
+_RUN_SQL = f"SELECT {_RUN_SELECT} {_RUN_FROM} WHERE r.id = %s"  # noqa: S608
+_RUN_OF_STEP = "(SELECT run_id FROM executor_steprun WHERE id = %s)"
 _STEP_COLUMNS = tuple(f.attname for f in StepRun._meta.concrete_fields)
 _STEP_JSON = frozenset({"input", "output", "logs", "state"})
 # What a transition may change, written as a whole from the row in memory.
@@ -272,6 +270,23 @@ _STEP_TYPES = {"status": "varchar", "attempt": "int", "input": "jsonb", "output"
                "lease_expires_at": "timestamptz", "next_attempt_at": "timestamptz", "queued_at": "timestamptz",
                "started_at": "timestamptz", "finished_at": "timestamptz"}
 _STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
+# A step's run and the run's steps, found by the step's id (load_for_step).
+_RUN_AND_STEPS_OF_STEP = (
+    f"SELECT {_RUN_SELECT} {_RUN_FROM} WHERE r.id = {_RUN_OF_STEP}; "  # noqa: S608
+    f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = {_RUN_OF_STEP}"
+)
+# Take a step for a worker: QUEUED and due, or RUNNING with its lease run out (its worker
+# died), of a RUNNING run. The row count decides; the row comes back as it now is.
+_CLAIM_STEP = (
+    "UPDATE executor_steprun AS s"  # noqa: S608
+    "   SET status = 'RUNNING', attempt = s.attempt + 1, lease_expires_at = %(lease)s, started_at = %(now)s,"
+    "       next_attempt_at = NULL"
+    "  FROM executor_run AS r"
+    " WHERE s.id = %(id)s AND r.id = s.run_id AND r.status = 'RUNNING'"
+    "   AND ((s.status = 'QUEUED' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s))"
+    "        OR (s.status = 'RUNNING' AND s.lease_expires_at < %(now)s))"
+    f" RETURNING {', '.join('s.' + c for c in _STEP_COLUMNS)}"
+)
 # Rows go in as one JSON document (rows_json), unpacked by jsonb_to_recordset: the text
 # of each statement is the same whatever the number of rows, so psycopg converts it once per
 # process, and the one parameter is encoded by json in C, not element by element as arrays are.
@@ -381,6 +396,29 @@ def load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
         return None, {}
     run = run_from_row(found)
     return run, _step_rows(run, steps)
+
+
+def load_for_step(step_run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
+    """The step's run (with its flow and version) and the run's steps, in one round trip, without locks."""
+    with connection.cursor() as cursor:
+        cursor.execute(_RUN_AND_STEPS_OF_STEP, [step_run_id, step_run_id])
+        found = cursor.fetchone()
+        cursor.nextset()
+        steps = cursor.fetchall()
+    if found is None:
+        return None, {}
+    run = run_from_row(found)
+    return run, _step_rows(run, steps)
+
+
+def claim_step(step_run_id: int, run: Run, lease_seconds: float) -> StepRun | None:
+    """Take a step of `run` (loaded, with flow and version) for this worker, with a lease; None
+    if it is not due, taken, or finished (see _CLAIM_STEP). One statement."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_STEP, {"id": step_run_id, "now": now, "lease": now + timedelta(seconds=lease_seconds)})
+        found = cursor.fetchall()
+    return next(iter(_step_rows(run, found).values()), None)
 
 
 def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
