@@ -10,13 +10,17 @@ and writes what changed here, in as few round trips as the guarantees allow:
 - `StepChanges` and `RunLog` gather changes made under the run's lock, and
   `write` sends them as one query.
 
-Two workarounds of Django's internals live here and nowhere else, each for a
+Three workarounds of Django's internals live here and nowhere else, each for a
 figure measured when it landed:
 
 - `prepared_cursor` (a server-binding cursor, so psycopg prepares the statement):
   the pushed claim planned in ~0.6 ms and ran in ~0.25; claim to webhook went
   from ~2.0 to ~1.3 ms on the worker (commit 340e0ff).
-- `execute_together(commit=True)` ends the last write of a start with `; COMMIT`,
+- `execute_together` sends its statements in psycopg's pipeline mode, each
+  prepared, beside Django's cursors: one round trip, and PostgreSQL plans each
+  text once per connection. PostgreSQL's CPU per run on the worker's side of
+  bench/webhook_load.py's flow went from ~3.1 to ~1.7 ms.
+- `execute_together(commit=True)` ends the last write of a start with COMMIT,
   behind Django's back: one round trip fewer before a run's first side effect
   (commit a6d2878).
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,12 +81,20 @@ class Statement:
 
 
 def execute_together(statements: list[Statement], *, commit: bool = False) -> None:
-    """Send the statements as one query (one round trip), in order; hand each its own result rows.
+    """Send the statements in one round trip, in order, each prepared; hand each its own result rows.
 
-    Call inside a transaction. They succeed or fail together: an error in any
-    fails the query, and the caller's transaction with it.
+    psycopg's pipeline mode sends them all before reading any result, and each
+    goes through a server-binding cursor (prepared_cursor), so PostgreSQL plans
+    each statement text once per connection. Sent as one multi-statement query
+    instead (which cannot be prepared), PostgreSQL planned them on every call:
+    the worker's two reads of a run and its steps cost 434 us of PostgreSQL CPU
+    that way against 86 us pipelined, and their wall time 733 against 330 us
+    (/proc/<backend>/schedstat around 500 calls, the commit that made this).
 
-    With `commit`, the same query ends with COMMIT, which saves the commit's own
+    Call inside a transaction, except for reads. They succeed or fail together: an
+    error in any fails the pipeline, and the caller's transaction with it.
+
+    With `commit`, the pipeline ends with COMMIT, which saves the commit's own
     round trip. Only for the last statements of the outermost atomic block, and
     only when no `done` can raise: it runs after the commit. Django's commit at
     the block's end then finds no transaction open and sends nothing, and runs
@@ -89,20 +102,25 @@ def execute_together(statements: list[Statement], *, commit: bool = False) -> No
     """
     if not statements:
         return
-    sql = "; ".join(s.sql for s in statements)
-    if commit:
-        if not connection.in_atomic_block or len(connection.atomic_blocks) != 1:
-            raise RuntimeError("execute_together(commit=True) must end the outermost atomic block")
-        sql += "; COMMIT"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [p for s in statements for p in s.params])
-        for index, statement in enumerate(statements):
-            if index:
-                cursor.nextset()
-            statement.done(cursor.fetchall() if statement.returns_rows else None)
+    if commit and (not connection.in_atomic_block or len(connection.atomic_blocks) != 1):
+        raise RuntimeError("execute_together(commit=True) must end the outermost atomic block")
+    cursors = [prepared_cursor(logged=False) for _ in statements]
+    started = time.monotonic()
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        for statement, cursor in zip(statements, cursors, strict=True):
+            cursor.execute(statement.sql, statement.params)
+        if commit:
+            connection.connection.execute("COMMIT", prepare=False)
+        for statement, cursor in zip(statements, cursors, strict=True):
+            with cursor:
+                statement.done(cursor.fetchall() if statement.returns_rows else None)
+    if connection.queries_logged:
+        # One entry for the round trip (Django's debug cursor cannot read a pipelined query's text).
+        sql = "; ".join([s.sql for s in statements] + (["COMMIT"] if commit else []))
+        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
 
 
-def prepared_cursor():
+def prepared_cursor(*, logged: bool = True):
     """A cursor on this thread's connection that binds parameters server-side, so its statements are prepared.
 
     For the hot statements whose planning costs more than running them (the
@@ -111,7 +129,7 @@ def prepared_cursor():
     it at first use on each connection (prepare_threshold in DATABASES) and
     PostgreSQL keeps one generic plan for it (executor.apps.use_generic_plans).
     Django's own cursors bind client-side and never prepare. Errors come out as
-    Django's, and the queries are logged as Django's are.
+    Django's, and the queries are logged as Django's are (unless not `logged`).
     """
     from django.db.backends.postgresql.base import ServerBindingCursor
 
@@ -120,7 +138,9 @@ def prepared_cursor():
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
         cursor = ServerBindingCursor(connection.connection)
-    return connection.make_debug_cursor(cursor) if connection.queries_logged else connection.make_cursor(cursor)
+    if logged and connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 # -- a run's event log ------------------------------------------------------------------------
@@ -271,20 +291,18 @@ _STEP_TYPES = {"status": "varchar", "attempt": "int", "input": "jsonb", "output"
                "started_at": "timestamptz", "finished_at": "timestamptz"}
 _STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
 # A step's run and the run's steps, found by the step's id (load_for_step).
-_RUN_AND_STEPS_OF_STEP = (
-    f"SELECT {_RUN_SELECT} {_RUN_FROM} WHERE r.id = {_RUN_OF_STEP}; "  # noqa: S608
-    f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = {_RUN_OF_STEP}"
-)
+_RUN_OF_STEP_SQL = f"SELECT {_RUN_SELECT} {_RUN_FROM} WHERE r.id = {_RUN_OF_STEP}"  # noqa: S608
+_STEPS_OF_STEP_SQL = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = {_RUN_OF_STEP}"  # noqa: S608
 # Take a step for a worker: QUEUED and due, or RUNNING with its lease run out (its worker
 # died), of a RUNNING run. The row count decides; the row comes back as it now is.
 _CLAIM_STEP = (
     "UPDATE executor_steprun AS s"  # noqa: S608
-    "   SET status = 'RUNNING', attempt = s.attempt + 1, lease_expires_at = %(lease)s, started_at = %(now)s,"
+    "   SET status = 'RUNNING', attempt = s.attempt + 1, lease_expires_at = %s, started_at = %s,"
     "       next_attempt_at = NULL"
     "  FROM executor_run AS r"
-    " WHERE s.id = %(id)s AND r.id = s.run_id AND r.status = 'RUNNING'"
-    "   AND ((s.status = 'QUEUED' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s))"
-    "        OR (s.status = 'RUNNING' AND s.lease_expires_at < %(now)s))"
+    " WHERE s.id = %s AND r.id = s.run_id AND r.status = 'RUNNING'"
+    "   AND ((s.status = 'QUEUED' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %s))"
+    "        OR (s.status = 'RUNNING' AND s.lease_expires_at < %s))"
     f" RETURNING {', '.join('s.' + c for c in _STEP_COLUMNS)}"
 )
 # Rows go in as one JSON document (rows_json), unpacked by jsonb_to_recordset: the text
@@ -387,38 +405,32 @@ def load_steps(run: Run) -> dict[str, StepRun]:
 
 def load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
     """load_run(lock=True) and then load_steps, in one round trip."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"{_RUN_SQL} FOR UPDATE OF r; {_STEP_SELECT}", [run_id, run_id])
-        found = cursor.fetchone()
-        cursor.nextset()
-        steps = cursor.fetchall()
-    if found is None:
-        return None, {}
-    run = run_from_row(found)
-    return run, _step_rows(run, steps)
+    return _run_and_steps(f"{_RUN_SQL} FOR UPDATE OF r", _STEP_SELECT, run_id)
 
 
 def load_for_step(step_run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
     """The step's run (with its flow and version) and the run's steps, in one round trip, without locks."""
-    with connection.cursor() as cursor:
-        cursor.execute(_RUN_AND_STEPS_OF_STEP, [step_run_id, step_run_id])
-        found = cursor.fetchone()
-        cursor.nextset()
-        steps = cursor.fetchall()
-    if found is None:
+    return _run_and_steps(_RUN_OF_STEP_SQL, _STEPS_OF_STEP_SQL, step_run_id)
+
+
+def _run_and_steps(run_sql: str, steps_sql: str, key: int) -> tuple[Run | None, dict[str, StepRun]]:
+    found: dict[str, list[tuple]] = {}
+    execute_together([Statement(run_sql, [key], functools.partial(found.__setitem__, "run")),
+                      Statement(steps_sql, [key], functools.partial(found.__setitem__, "steps"))])
+    if not found["run"]:
         return None, {}
-    run = run_from_row(found)
-    return run, _step_rows(run, steps)
+    run = run_from_row(found["run"][0])
+    return run, _step_rows(run, found["steps"])
 
 
 def claim_step(step_run_id: int, run: Run, lease_seconds: float) -> StepRun | None:
     """Take a step of `run` (loaded, with flow and version) for this worker, with a lease; None
     if it is not due, taken, or finished (see _CLAIM_STEP). One statement."""
     now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_STEP, {"id": step_run_id, "now": now, "lease": now + timedelta(seconds=lease_seconds)})
-        found = cursor.fetchall()
-    return next(iter(_step_rows(run, found).values()), None)
+    found: list[list[tuple]] = []
+    execute_together([Statement(_CLAIM_STEP, [now + timedelta(seconds=lease_seconds), now, step_run_id, now, now],
+                                found.append)])
+    return next(iter(_step_rows(run, found[0]).values()), None)
 
 
 def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
