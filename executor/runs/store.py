@@ -16,11 +16,10 @@ figure measured when it landed:
 - `prepared_cursor` (a server-binding cursor, so psycopg prepares the statement):
   the pushed claim planned in ~0.6 ms and ran in ~0.25; claim to webhook went
   from ~2.0 to ~1.3 ms on the worker (commit 340e0ff).
-- `execute_together` sends its statements in psycopg's pipeline mode, each
-  prepared, beside Django's cursors: one round trip, and PostgreSQL plans each
-  text once per connection. PostgreSQL's CPU per run on the worker's side of
-  bench/webhook_load.py's flow went from ~3.1 to ~1.7 ms.
-- `execute_together(commit=True)` ends the last write of a start with COMMIT,
+- `read_together` reads a run and its steps in psycopg's pipeline mode, each
+  query prepared, beside Django's cursors: one round trip, and PostgreSQL plans
+  them once per connection (357 -> 79 us of PostgreSQL CPU for the pair).
+- `execute_together(commit=True)` ends the last write of a start with `; COMMIT`,
   behind Django's back: one round trip fewer before a run's first side effect
   (commit a6d2878).
 """
@@ -81,43 +80,62 @@ class Statement:
 
 
 def execute_together(statements: list[Statement], *, commit: bool = False) -> None:
-    """Send the statements in one round trip, in order, each prepared; hand each its own result rows.
+    """Send the statements as one query (one round trip), in order; hand each its own result rows.
 
-    psycopg's pipeline mode sends them all before reading any result, and each
-    goes through a server-binding cursor (prepared_cursor), so PostgreSQL plans
-    each statement text once per connection. Sent as one multi-statement query
-    instead (which cannot be prepared), PostgreSQL planned them on every call:
-    the worker's two reads of a run and its steps cost 434 us of PostgreSQL CPU
-    that way against 86 us pipelined, and their wall time 733 against 330 us
-    (/proc/<backend>/schedstat around 500 calls, the commit that made this).
+    Call inside a transaction. They succeed or fail together: an error in any
+    fails the query, and the caller's transaction with it.
 
-    Call inside a transaction, except for reads. They succeed or fail together: an
-    error in any fails the pipeline, and the caller's transaction with it.
-
-    With `commit`, the pipeline ends with COMMIT, which saves the commit's own
+    With `commit`, the same query ends with COMMIT, which saves the commit's own
     round trip. Only for the last statements of the outermost atomic block, and
     only when no `done` can raise: it runs after the commit. Django's commit at
     the block's end then finds no transaction open and sends nothing, and runs
     the on_commit callbacks as usual.
+
+    The writes go this way, bound client-side and planned each time: prepared
+    (one by one, or pipelined as read_together does) the run's events statement
+    cost more, both here and in PostgreSQL (client CPU ~280 against ~420-500 us,
+    PostgreSQL ~260-320 against ~350-440 us, 400 calls each way).
     """
     if not statements:
         return
-    if commit and (not connection.in_atomic_block or len(connection.atomic_blocks) != 1):
-        raise RuntimeError("execute_together(commit=True) must end the outermost atomic block")
-    cursors = [prepared_cursor(logged=False) for _ in statements]
+    sql = "; ".join(s.sql for s in statements)
+    if commit:
+        if not connection.in_atomic_block or len(connection.atomic_blocks) != 1:
+            raise RuntimeError("execute_together(commit=True) must end the outermost atomic block")
+        sql += "; COMMIT"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [p for s in statements for p in s.params])
+        for index, statement in enumerate(statements):
+            if index:
+                cursor.nextset()
+            statement.done(cursor.fetchall() if statement.returns_rows else None)
+
+
+def read_together(queries: list[tuple[str, list]]) -> list[list[tuple]]:
+    """Run the queries in one round trip, each prepared; return each one's rows, in order.
+
+    psycopg's pipeline mode sends them all before reading any result, and each
+    goes through a server-binding cursor (prepared_cursor), so PostgreSQL plans
+    each text once per connection. For the reads of a run (with its flow and
+    version) and its steps, whose planning costs more than running them: sent as
+    one multi-statement query (which cannot be prepared) they cost 357 us of
+    PostgreSQL CPU against 79 us pipelined, for the same client CPU (~240 us),
+    and 630 against 290 us of wall time (500 calls each way).
+    """
+    cursors = [prepared_cursor(logged=False) for _ in queries]
     started = time.monotonic()
     with connection.wrap_database_errors, connection.connection.pipeline():
-        for statement, cursor in zip(statements, cursors, strict=True):
-            cursor.execute(statement.sql, statement.params)
-        if commit:
-            connection.connection.execute("COMMIT", prepare=False)
-        for statement, cursor in zip(statements, cursors, strict=True):
+        for (sql, params), cursor in zip(queries, cursors, strict=True):
+            cursor.execute(sql, params)
+        found = []
+        for cursor in cursors:
             with cursor:
-                statement.done(cursor.fetchall() if statement.returns_rows else None)
+                found.append(cursor.fetchall())
     if connection.queries_logged:
         # One entry for the round trip (Django's debug cursor cannot read a pipelined query's text).
-        sql = "; ".join([s.sql for s in statements] + (["COMMIT"] if commit else []))
-        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
+        connection.queries_log.append({"sql": "; ".join(sql for sql, _ in queries),
+                                       "time": f"{time.monotonic() - started:.3f}"})
+    return found
 
 
 def prepared_cursor(*, logged: bool = True):
@@ -414,23 +432,22 @@ def load_for_step(step_run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
 
 
 def _run_and_steps(run_sql: str, steps_sql: str, key: int) -> tuple[Run | None, dict[str, StepRun]]:
-    found: dict[str, list[tuple]] = {}
-    execute_together([Statement(run_sql, [key], functools.partial(found.__setitem__, "run")),
-                      Statement(steps_sql, [key], functools.partial(found.__setitem__, "steps"))])
-    if not found["run"]:
+    found_run, found_steps = read_together([(run_sql, [key]), (steps_sql, [key])])
+    if not found_run:
         return None, {}
-    run = run_from_row(found["run"][0])
-    return run, _step_rows(run, found["steps"])
+    run = run_from_row(found_run[0])
+    return run, _step_rows(run, found_steps)
 
 
 def claim_step(step_run_id: int, run: Run, lease_seconds: float) -> StepRun | None:
     """Take a step of `run` (loaded, with flow and version) for this worker, with a lease; None
     if it is not due, taken, or finished (see _CLAIM_STEP). One statement."""
     now = timezone.now()
-    found: list[list[tuple]] = []
-    execute_together([Statement(_CLAIM_STEP, [now + timedelta(seconds=lease_seconds), now, step_run_id, now, now],
-                                found.append)])
-    return next(iter(_step_rows(run, found[0]).values()), None)
+    # Prepared: PostgreSQL CPU ~55 us a claim against ~280-400 us planned each time (500 calls each way).
+    with prepared_cursor() as cursor:
+        cursor.execute(_CLAIM_STEP, [now + timedelta(seconds=lease_seconds), now, step_run_id, now, now])
+        found = cursor.fetchall()
+    return next(iter(_step_rows(run, found).values()), None)
 
 
 def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
