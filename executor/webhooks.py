@@ -133,6 +133,8 @@ def _live_webhook(code: str, token: str) -> tuple[LiveHook, dict] | None:
     One query. The same None for a wrong code or token, a paused flow, no live
     version and a flow with another trigger: the answer tells a caller nothing.
     """
+    if "\x00" in code:
+        return None  # no flow has it, and PostgreSQL text cannot hold it (the query would fail: a 500)
     with prepared_cursor() as cursor:  # at most one row: one live version per flow (a constraint)
         cursor.execute(_LIVE_SQL, [code])
         found = cursor.fetchone()

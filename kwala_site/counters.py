@@ -23,6 +23,7 @@ NAMES = {
     "overloaded": "requests answered 503: no database connection to be had",
     "run_starts_deferred": "run starts put off because the flow or team was over its runs per minute",
     "queue_send_failed": "messages the broker did not take (the sweeper sent them again)",
+    "nul_bytes_refused": "requests answered 400: a NUL byte in the URL (kwala_site.nulbytes)",
 }
 
 

@@ -329,6 +329,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "kwala_site.nulbytes.RefuseNulBytes",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

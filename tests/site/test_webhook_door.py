@@ -51,3 +51,14 @@ def test_no_log_line_shows_a_webhook_token(asgi_server, hooked):  # noqa: F811
     logged = asgi_server.output()
     assert f"/hooks/{hooked.code}/…" in logged
     assert token not in logged
+
+
+def test_a_url_with_bytes_postgresql_cannot_hold_is_a_404_not_a_500(asgi_server, hooked):  # noqa: F811
+    # A NUL in the flow code or token (%00 in the path) cannot be sent to PostgreSQL as text.
+    path = webhook_path(hooked, hooked.created_by)
+    code, token = path.strip("/").split("/")[1:3]
+    with httpx.Client(timeout=30) as client:
+        for bad in (f"/hooks/{code}%00/{token}/", f"/hooks/%00/{token}/", f"/hooks/{code}/{token}%00/"):
+            answer = client.post(asgi_server.url + bad, json={"n": 1})
+            assert (answer.status_code, answer.json()["error"]["code"]) == (404, "not_found"), (bad, answer.text)
+    assert Run.objects.count() == 0
