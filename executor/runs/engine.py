@@ -271,7 +271,7 @@ _NOTHING = (None, None, None)
 
 
 def _run_step_once(step_run_id: int, *, keep_one: bool,
-                   held: tuple[Run, StepRun, dict[str, StepRun] | None] | None = None,
+                   held: tuple[Run, StepRun, dict[str, StepRun]] | None = None,
                    ) -> tuple[StepRun | None, Run | None, dict[str, StepRun] | None]:
     """One step: claim, run, record. Returns the step this thread claimed to run next (if any), its run and rows.
 
@@ -344,15 +344,10 @@ def _dag_step(run: Run, step_id: str) -> dict:
     raise LookupError(f"step {step_id} is not in the DAG of run {run.code}")
 
 
-def _context(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun] | None = None) -> StepContext:
-    """The step's expression context; `rows` (the run's steps, current) saves reading them again."""
-    if rows is None:
-        finished = StepRun.objects.filter(run=run, status__in=[S.SUCCEEDED, S.FAILED]).values_list(
-            "step_id", "status", "output", "error"
-        )
-    else:
-        finished = [(r.step_id, r.status, r.output, r.error) for r in rows.values() if r.status in (S.SUCCEEDED, S.FAILED)]
-    steps = {sid: {"output": output, "status": status, "error": error} for sid, status, output, error in finished}
+def _context(run: Run, row: StepRun, step: dict, rows: dict[str, StepRun]) -> StepContext:
+    """The step's expression context, from `rows` (the run's steps, as read with the run)."""
+    steps = {r.step_id: {"output": r.output, "status": r.status, "error": r.error}
+             for r in rows.values() if r.status in (S.SUCCEEDED, S.FAILED)}
     names = set(_secret_names(step["type"], step["config"]))
     secrets = {}
     if names:
