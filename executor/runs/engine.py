@@ -285,15 +285,9 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
         if row is None or row.status not in (S.QUEUED, S.RUNNING):
             return _NOTHING
         step = _dag_step(run, row.step_id)
-        outermost = _committed_on_return()
-        with transaction.atomic():
-            row = claim_step(step_run_id, run, _lease_seconds(step))
-            if row is None:
-                return _NOTHING
-            log = RunLog(run)
-            log.add("step.status", {"step": row.step_id, "status": S.RUNNING, "attempt": row.attempt})
-            # With the claim's event, the commit: one round trip fewer before the step runs.
-            execute_together(log.take_statements(), commit=outermost)
+        row = claim_step(step_run_id, run, _lease_seconds(step))  # with its event; commits on its own
+        if row is None:
+            return _NOTHING
         rows[row.step_id] = row
     else:
         run, row, rows = held
