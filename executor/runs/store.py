@@ -337,11 +337,15 @@ _CLAIM_STEP = (
 # of each statement is the same whatever the number of rows, so psycopg converts it once per
 # process, and the one parameter is encoded by json in C, not element by element as arrays are.
 _STEP_RECORD = ", ".join(f"{c} {_STEP_TYPES[c]}" for c in _STEP_MUTABLE)
+# The ids come again as an array: the planner takes a JSON document for 100 rows, and joined
+# by id alone it hashed them against a scan of the whole step table until that table held
+# ~15,000 rows (a bench's worth; a step's result cost ~1 ms more of PostgreSQL by then).
 _STEP_UPDATE = (
     "UPDATE executor_steprun AS s SET " + ", ".join(f"{c} = v.{c}" for c in _STEP_MUTABLE)  # noqa: S608
     + " FROM jsonb_to_recordset(%s::jsonb)"
     f" AS v(id bigint, expected_status varchar, expected_attempt int, {_STEP_RECORD})"
-    " WHERE s.id = v.id AND s.status = v.expected_status AND s.attempt = v.expected_attempt RETURNING s.id"
+    " WHERE s.id = ANY(%s::bigint[]) AND s.id = v.id AND s.status = v.expected_status"
+    " AND s.attempt = v.expected_attempt RETURNING s.id"
 )
 _STEP_INSERT = (
     "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
@@ -537,7 +541,7 @@ class StepChanges:
 
             records = [{"id": row.pk, "expected_status": status, "expected_attempt": attempt, **self._values(row)}
                        for row, status, attempt, _ in changed]
-            statements.append(Statement(_STEP_UPDATE, [rows_json(records)], updated))
+            statements.append(Statement(_STEP_UPDATE, [rows_json(records), [r["id"] for r in records]], updated))
         return statements
 
     def after_write(self) -> None:
@@ -692,15 +696,18 @@ def _claim_sql(pushed: bool) -> str:
         "CASE WHEN s.ok THEN r.started_at END, CASE WHEN s.ok THEN r.finished_at END "
         f"FROM jsonb_to_recordset(%(runs)s::jsonb) AS r({_CLAIM_RECORD}) "
         f"{'JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index ' if pushed else ''}"
-        f"JOIN flows_flow f ON f.id = r.flow_id {'AND NOT f.paused ' if pushed else ''}"
-        "JOIN flows_flowversion v ON v.id = r.version_id "
+        # The id lists again as arrays (in `first` too): the planner takes the JSON for 100 rows,
+        # and joined by id alone it hashed them against scans of the whole flow and version tables.
+        f"JOIN flows_flow f ON f.id = r.flow_id AND f.id = ANY(%(flows)s::bigint[]) {'AND NOT f.paused ' if pushed else ''}"
+        "JOIN flows_flowversion v ON v.id = r.version_id AND v.id = ANY(%(versions)s::bigint[]) "
         "CROSS JOIN LATERAL (SELECT r.status IS NOT NULL AND NOT f.paused AND v.status = %(published)s "
         "AND v.created_at = r.version_created AND f.name = r.flow_name AS ok) AS s "
         "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *), "
         "started AS (SELECT id, 0 AS base FROM new_runs WHERE status <> 'QUEUED'), "
         f"{started_rows_sql('started')}, "
         f"first AS (SELECT {_RUN_SELECT} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "
-        "JOIN flows_flowversion v ON v.id = r.version_id ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
+        "AND f.id = ANY(%(flows)s::bigint[]) "
+        "JOIN flows_flowversion v ON v.id = r.version_id AND v.id = ANY(%(versions)s::bigint[]) ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
         "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), "
         "ARRAY(SELECT id FROM new_runs WHERE status = 'QUEUED' AND NOT dry_run ORDER BY id), "
         f"{STARTED_ROWS}, {'(SELECT block_number FROM cur)' if pushed else 'NULL::bigint'}, first.* "
@@ -726,21 +733,28 @@ def claim(claims: Sequence[RunClaim], *, start: RunStart | None = None,
 
     Outside a transaction the statement commits on its own: one round trip.
     """
+    if not claims and pushed is None:
+        return Claimed([], [], None, [], [], None)  # (pushed events are stored even when no run is claimed)
+    with prepared_cursor() as cursor:
+        cursor.execute(*claim_statement(claims, start=start, pushed=pushed))
+        run_ids, queued, steps, log, cursor_block, *first = cursor.fetchone()
+    return Claimed(list(run_ids), list(queued), run_from_row(tuple(first)) if run_ids else None,
+                   from_jsonb(steps), from_jsonb(log), cursor_block)
+
+
+def claim_statement(claims: Sequence[RunClaim], *, start: RunStart | None,
+                    pushed: PushedEvents | None) -> tuple[str, dict[str, Any]]:
+    """claim()'s statement and its parameters."""
     now = start.now if start is not None else timezone.now()
     runs = [{"code": str(uuid.uuid4()), "team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
              "trigger_key": c.trigger_key, "trigger": c.trigger, "event_id": c.event_id, "chain_id": c.chain_id,
              "block_number": c.block_number, "block_hash": c.block_hash, "dry_run": c.dry_run,
              "log_index": c.trigger.get("log_index") if pushed is not None else None} for c in claims]
-    if not runs and pushed is None:
-        return Claimed([], [], None, [], [], None)  # (pushed events are stored even when no run is claimed)
     if start is not None:
         runs[0].update(start.run)
     params = {"now": now, "runs": rows_json(runs), "published": FlowVersion.Status.PUBLISHED,
-              "steps": start.steps if start is not None else "[]", "log": start.log if start is not None else "[]"}
+              "steps": start.steps if start is not None else "[]", "log": start.log if start is not None else "[]",
+              "flows": sorted({c.flow_id for c in claims}), "versions": sorted({c.version_id for c in claims})}
     if pushed is not None:
         params.update(chain=pushed.chain, events=rows_json(pushed.events))
-    with prepared_cursor() as cursor:
-        cursor.execute(_claim_sql(pushed is not None), params)
-        run_ids, queued, steps, log, cursor_block, *first = cursor.fetchone()
-    return Claimed(list(run_ids), list(queued), run_from_row(tuple(first)) if run_ids else None,
-                   from_jsonb(steps), from_jsonb(log), cursor_block)
+    return _claim_sql(pushed is not None), params

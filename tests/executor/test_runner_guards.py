@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -202,3 +204,54 @@ def test_a_worker_claims_a_queued_step_and_logs_it_running_in_one_statement(hook
     assert store.claim_step(hook.pk, loaded, 30) is None
     assert Run.objects.get(pk=run.pk).event_seq == seq_before + 1
     assert StepRun.objects.get(pk=hook.pk).attempt == 1
+
+
+@pytest.mark.django_db
+def test_a_step_write_looks_up_its_rows_by_key_however_many_rows_the_table_holds(hook_version):
+    # The rows travel as one JSON document, which the planner takes for 100 rows: joined by
+    # id alone, it hashed them against a scan of the whole step table while that table held
+    # under ~15,000 rows (a bench's worth), so each step's result cost more as runs piled up.
+    flow = hook_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:plan")
+    start.start_run(run.pk)
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO executor_steprun (run_id, step_id, status, attempt, input, output, error, logs, "
+                       "port, handled, state) SELECT %s, 'filler' || n, 'SUCCEEDED', 1, '{}', '{}', '', '[]', '', "
+                       "false, '{}' FROM generate_series(1, 5000) AS n", [run.pk])
+        cursor.execute("ANALYZE executor_steprun")
+    changes = store.StepChanges()
+    changes.change(store.load_steps(store.load_run(run.pk, lock=True))["hook"], status="CANCELLED")
+    (statement,) = changes.take_statements()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {statement.sql}", statement.params)
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+    assert "Seq Scan on executor_steprun" not in plan, plan
+
+
+@pytest.mark.django_db
+def test_a_claim_looks_up_its_flow_and_version_by_key_however_many_flows_there_are(hook_version, alice):
+    # As for step writes: the runs' JSON taken for 100 rows, hashed against whole-table scans
+    # of the flows and their versions (every published version stays a row).
+    from flows.models import Flow
+
+    team = hook_version.flow.team
+    flows = Flow.objects.bulk_create(Flow(team=team, name=f"filler {n}", code=f"fill{n:06d}") for n in range(4000))
+    FlowVersion.objects.bulk_create(FlowVersion(flow=f, number=n, status=FlowVersion.Status.ARCHIVED)
+                                    for f in flows for n in (1, 2))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE flows_flow")
+        cursor.execute("ANALYZE flows_flowversion")
+    claim = store.RunClaim(version_id=hook_version.pk, flow_id=hook_version.flow_id, team_id=team.pk,
+                           trigger_key="manual:plan", trigger={"type": "manual"})
+    sql, params = store.claim_statement([claim], start=None, pushed=None)
+    # Numbered as PostgreSQL's own placeholders: the plan a prepared claim keeps (plan_cache_mode).
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+    generic = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m[1]) + 1}", sql).replace("%%", "%")
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plans = ["\n".join(line for (line,) in cursor.fetchall())]
+        cursor.execute(f"EXPLAIN (GENERIC_PLAN) {generic}")
+        plans.append("\n".join(line for (line,) in cursor.fetchall()))
+    for plan in plans:
+        assert "Seq Scan on flows_flow " not in plan, plan
+        assert "Seq Scan on flows_flowversion" not in plan, plan
