@@ -179,21 +179,20 @@ def test_a_write_that_commits_keeps_on_commit_callbacks_and_only_ends_the_outerm
         other.close()
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 def test_a_worker_claims_a_queued_step_and_logs_it_running_in_one_statement(hook_version):
-    from django.db import transaction
-
     flow = hook_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:claim")
-    with transaction.atomic():  # inside a transaction the thread keeps no step: the hook is queued for a worker
-        start.start_run(run.pk)
+    # Inside the test's transaction the thread keeps no step and nothing is committed: the hook
+    # is queued, and no message goes out for the suite's workers to take it first.
+    start.start_run(run.pk)
     hook = StepRun.objects.get(run=run, step_id="hook")
     loaded, _ = store.load_for_step(hook.pk)
     seq_before = Run.objects.get(pk=run.pk).event_seq
 
     with CaptureQueriesContext(connection) as queries:
         claimed = store.claim_step(hook.pk, loaded, 30)
-    # Outside a transaction the claim and its event are one statement that commits on its own.
+    # The claim and its event are one statement (outside a transaction it commits on its own).
     assert len(queries.captured_queries) == 1, queries.captured_queries
     assert (claimed.status, claimed.attempt) == ("RUNNING", 1)
     assert Run.objects.get(pk=run.pk).event_seq == seq_before + 1
