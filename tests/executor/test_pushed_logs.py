@@ -7,6 +7,8 @@ goes first.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 
 import pytest
@@ -20,7 +22,9 @@ from executor.tasks import start_pushed_runs
 from flows import actions
 from flows.models import Flow
 from kwala_site.dev.devchain import mine, reorg, transact
+from tests.conftest import running_workers
 from tests.executor.chainkit import BIG, event_graph, listener_for, publish, replacing, wait_for
+from tests.executor.test_recovery import signal_tree
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -163,6 +167,19 @@ def named_graph() -> dict:
     return graph
 
 
+@contextlib.contextmanager
+def workers_paused():
+    """The workers other tests started, stopped (SIGSTOP) for the block: none takes a step meanwhile."""
+    workers = running_workers()
+    for worker in workers:
+        signal_tree(worker.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for worker in workers:
+            signal_tree(worker.process.pid, signal.SIGCONT)
+
+
 def test_the_first_pushed_run_goes_in_started_with_the_claim_in_one_statement(zoo_setup, team, alice):
     w3, zoo, chain = zoo_setup
     version = publish(team, alice, named_graph(), name="Payouts")
@@ -170,16 +187,17 @@ def test_the_first_pushed_run_goes_in_started_with_the_claim_in_one_statement(zo
     listener.step()
     claim(listener, pushed(w3, transact(w3, zoo.functions.emitBig(1, 1))))  # this process now knows the version
     block = pushed(w3, transact(w3, zoo.functions.emitBig(2, 20)))
-    with CaptureQueriesContext(connection) as queries:
-        claim(listener, block)
+    with workers_paused():
+        with CaptureQueriesContext(connection) as queries:
+            claim(listener, block)
+        run = Run.objects.get(version=version, block_hash=block.hash)
+        steps = {s.step_id: s for s in run.steps.all()}
+        log = list(run.log.order_by("seq").values_list("seq", "kind", "data"))
     statements = [q for q in queries.captured_queries if q["sql"] not in ("BEGIN", "COMMIT")]
     assert len(statements) == 1  # the claim, the start and the events: no lock, no write after it
-    run = Run.objects.get(version=version, block_hash=block.hash)
     assert run.status == Run.Status.RUNNING and run.started_at is not None and run.event_id is not None
-    steps = {s.step_id: s for s in run.steps.all()}
     assert steps["name"].status == StepRun.Status.SUCCEEDED and steps["name"].output == {"flow": "Payouts"}
-    assert steps["hook"].status == StepRun.Status.QUEUED  # sent to a worker (this test holds no worker)
-    log = list(run.log.order_by("seq").values_list("seq", "kind", "data"))
+    assert steps["hook"].status == StepRun.Status.QUEUED  # sent to a worker (every worker is paused)
     assert [seq for seq, _, _ in log] == list(range(1, len(log) + 1)) and run.event_seq == len(log)
     assert [(kind, data.get("step"), data["status"]) for _, kind, data in log] == [
         ("run.status", None, "RUNNING"), ("step.status", "name", "SUCCEEDED"), ("step.status", "hook", "QUEUED")]
