@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from executor import metrics
@@ -41,7 +41,6 @@ from executor.runs.store import (
     StepChanges,
     claim_step,
     execute_together,
-    is_claim_lost,
     load_for_step,
     load_locked,
     load_steps,
@@ -96,21 +95,15 @@ def write(changes: StepChanges, log: RunLog | None = None, *, commit: bool = Fal
     """Write the step rows and then the run's log (and run row) in one round trip.
 
     `commit` (from the end of the outermost atomic block) commits in the same
-    round trip. A guarded step update that no longer holds fails the statement
-    itself, before that COMMIT, and raises ClaimLost here: the transaction is
-    aborted, so catch it outside the atomic block. The log's own check (the run
-    row exists) cannot fail for a caller that holds the run row, as every caller
-    of write does.
+    round trip when nothing written could still be refused afterwards: a guarded
+    step update (ClaimLost) is checked from its result, so with one the commit
+    stays Django's. The log's own check (the run row exists) cannot fail for a
+    caller that holds the run row, as every caller of write does.
     """
     # A failed run's notification is written in the same transaction, after the run.
     failed = log is not None and log.fields.get("status") == Run.Status.FAILED
-    statements = changes.take_statements() + (log.take_statements() if log is not None else [])
-    try:
-        execute_together(statements, commit=commit and not failed)
-    except DatabaseError as exc:
-        if is_claim_lost(exc):
-            raise ClaimLost("a step row changed while its run was locked") from None
-        raise
+    commit = commit and not changes.changed and not failed
+    execute_together(changes.take_statements() + (log.take_statements() if log is not None else []), commit=commit)
     changes.after_write()
     if failed:
         notify_run_failed(log.run)
@@ -302,7 +295,6 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
 
     ctx = _context(run, row, step, rows)
     outcome = _execute(run, row, step, ctx)
-    outermost = _committed_on_return()
     try:
         with transaction.atomic():
             run, rows = load_locked(run.pk)
@@ -312,7 +304,7 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
             log, changes = RunLog(run), StepChanges()
             ready = _settle(run, current, step, ctx, outcome, log, changes, rows)
             kept = _hand_out(ready, keep_one, run, log, changes)
-            write(changes, log, commit=outermost)  # the result and its commit: one round trip
+            write(changes, log)
             return kept, run, rows
     except ClaimLost:
         logger.info("step %s of run %s: claim lost while recording its result", row.step_id, run.code)

@@ -340,19 +340,13 @@ _STEP_RECORD = ", ".join(f"{c} {_STEP_TYPES[c]}" for c in _STEP_MUTABLE)
 # The ids come again as an array: the planner takes a JSON document for 100 rows, and joined
 # by id alone it hashed them against a scan of the whole step table until that table held
 # ~15,000 rows (a bench's worth; a step's result cost ~1 ms more of PostgreSQL by then).
-# A strict row (the third parameter) that no longer matches fails the statement itself
-# (kwala_step_claim_lost, migration 0009): the query stops there, before a COMMIT sent with it.
-_STEP_SETS = ", ".join(f"{c} = v.{c}" for c in _STEP_MUTABLE)
 _STEP_UPDATE = (
-    f"WITH updated AS (UPDATE executor_steprun AS s SET {_STEP_SETS}"  # noqa: S608
-    " FROM jsonb_to_recordset(%s::jsonb)"
+    "UPDATE executor_steprun AS s SET " + ", ".join(f"{c} = v.{c}" for c in _STEP_MUTABLE)  # noqa: S608
+    + " FROM jsonb_to_recordset(%s::jsonb)"
     f" AS v(id bigint, expected_status varchar, expected_attempt int, {_STEP_RECORD})"
     " WHERE s.id = ANY(%s::bigint[]) AND s.id = v.id AND s.status = v.expected_status"
-    " AND s.attempt = v.expected_attempt RETURNING s.id) "
-    "SELECT id FROM updated UNION ALL "
-    "SELECT kwala_step_claim_lost() WHERE NOT %s::bigint[] <@ ARRAY(SELECT id FROM updated)"
+    " AND s.attempt = v.expected_attempt RETURNING s.id"
 )
-CLAIM_LOST_SQLSTATE = "KW001"
 _STEP_INSERT = (
     "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
     f"SELECT run_id, step_id, {', '.join(_STEP_MUTABLE)} "
@@ -498,20 +492,14 @@ class ClaimLost(Exception):
     """A step row this worker held changed under it (its lease ran out and another worker took it)."""
 
 
-def is_claim_lost(exc: Exception) -> bool:
-    """Whether a database error is a guarded step write refused by _STEP_UPDATE."""
-    return getattr(exc.__cause__, "sqlstate", None) == CLAIM_LOST_SQLSTATE
-
-
 class StepChanges:
     """Step rows changed in memory under the run's lock, written together by engine.write().
 
     New rows are inserted as they end up (a run's first steps go in already run
     or queued); existing rows are updated in one statement guarded by the status
     and attempt they had when first changed. A `strict` change that no longer
-    matches fails the statement (engine.write raises ClaimLost; the transaction
-    is aborted and rolls back); a lenient one (a cancellation racing a claim) is
-    dropped. Messages for queued rows go out
+    matches raises ClaimLost, rolling the transaction back; a lenient one (a
+    cancellation racing a claim) is dropped. Messages for queued rows go out
     after commit, once their ids are known.
     """
 
@@ -545,11 +533,15 @@ class StepChanges:
             records = [{"run_id": row.run_id, **record} for row, record in zip(new, self.records(new), strict=True)]
             statements.append(Statement(_STEP_INSERT, [rows_json(records)], functools.partial(inserted, new)))
         if changed:
+
+            def updated(result, changed=changed) -> None:
+                written = {pk for (pk,) in result}
+                if any(strict and row.pk not in written for row, _, _, strict in changed):
+                    raise ClaimLost("a step row changed while its run was locked")
+
             records = [{"id": row.pk, "expected_status": status, "expected_attempt": attempt, **self._values(row)}
                        for row, status, attempt, _ in changed]
-            strict_ids = [row.pk for row, _, _, strict in changed if strict]
-            statements.append(Statement(_STEP_UPDATE, [rows_json(records), [r["id"] for r in records], strict_ids],
-                                        lambda rows: None))
+            statements.append(Statement(_STEP_UPDATE, [rows_json(records), [r["id"] for r in records]], updated))
         return statements
 
     def after_write(self) -> None:
