@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 
-import uvloop
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -79,9 +78,7 @@ class _Outbox:
     """What the worker threads hand over, for this process's broadcast loop; wakes the loop only when it is idle."""
 
     def __init__(self) -> None:
-        # uvloop, as uvicorn serves with: asyncio's own loop, in Python, was ~10 % of a web or
-        # worker process's CPU in bench/webhook_load.py, spent only on this thread's sends.
-        self.loop = uvloop.new_event_loop()
+        self.loop = asyncio.new_event_loop()
         self.wake = asyncio.Event()
         self.lock = threading.Lock()
         self.items: list[tuple] = []
