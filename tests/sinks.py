@@ -23,6 +23,7 @@ class Reply:
     body: object = field(default_factory=lambda: {"ok": True})
     delay: float = 0.0
     headers: dict = field(default_factory=dict)
+    hang_up: bool = False  # read the request, then close the connection without an answer
 
 
 @dataclass
@@ -70,6 +71,9 @@ class HttpSink:
                     reply = queue.popleft() if queue else Reply()
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.hang_up:
+                    self.close_connection = True
+                    return
                 payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)

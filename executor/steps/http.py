@@ -102,10 +102,14 @@ def send(
     request = ssrf.build_request(target, method, headers=out_headers, content=content, timeout=timeout)
     try:
         response = ssrf.send(target, request)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise StepError(f"could not connect: {ctx.redact(str(exc)) or type(exc).__name__}") from None
     except httpx.TimeoutException:
         raise StepError(f"no answer within {timeout:g}s") from None
     except httpx.HTTPError as exc:
-        raise StepError(f"could not connect: {ctx.redact(str(exc)) or type(exc).__name__}") from None
+        # Connected: the request may have been received (and acted on) even though no answer came.
+        raise StepError(f"the connection broke before an answer (the request may have been received): "
+                        f"{ctx.redact(str(exc)) or type(exc).__name__}") from None
     try:
         raw = _read_capped(response, max_response_bytes)
     except httpx.HTTPError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -230,3 +232,31 @@ def test_notify_steps_use_each_services_request_format(executor_worker, http_sin
     (mail,) = smtp_sink.wait_for(1)
     assert mail["to"] == ["ops@example.com"] and "for ann" in mail["data"] and "Subject: Alert" in mail["data"]
     assert "bot-secret" not in str(list(StepRun.objects.filter(run=run).values()))
+
+
+def test_a_request_cut_off_after_it_was_sent_is_not_reported_as_a_failure_to_connect(
+    executor_worker, http_sink, team, alice
+):
+    http_sink.script("/cut", Reply(hang_up=True))  # then 200
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # a port nobody listens on
+    version = make_version(
+        team, alice,
+        [manual(), hook("cut", f"{http_sink.url}/cut", {}, retry={"max_attempts": 2, "backoff_seconds": 1}),
+         hook("nobody", f"http://127.0.0.1:{closed.getsockname()[1]}/", {})],
+        [edge("start", "cut"), edge("cut", "nobody")],
+    )
+    try:
+        run = wait_for_run(start_manual_run(version, {}, user=alice))
+    finally:
+        closed.close()
+
+    # The first attempt reached the server, which hung up: said so, and retried like any transient failure.
+    assert len(http_sink.to("/cut")) == 2
+    retried = RunEvent.objects.get(run=run, kind="step.status", data__step="cut", data__status="QUEUED",
+                                   data__has_key="retry_at")
+    assert retried.data["error"].startswith("the connection broke before an answer (the request may have been")
+    assert steps_of(run)["cut"].status == S.SUCCEEDED
+    # Nothing listening: the request never left.
+    assert steps_of(run)["nobody"].error.startswith("could not connect")
+    assert run.status == Run.Status.FAILED
