@@ -231,15 +231,20 @@ def run_events_statement(run: Run, events: list[tuple[str, dict]], fields: dict,
                 RunEvent(pk=pk, run=run, seq=seq, kind=kind, data=data, created_at=now)
                 for (pk, seq), (kind, data) in zip(ids, events, strict=True)
             )
-        at = now.isoformat()
-        messages = [message(run.code, seq, kind, data, at) for (_, seq), (kind, data) in zip(ids, events, strict=True)]
-        flow_code = run.flow.code
-        transaction.on_commit(lambda: broadcast_all(messages, flow_code))
+        _broadcast_on_commit(run, [(seq, kind, data) for (_, seq), (kind, data) in zip(ids, events, strict=True)], now)
         if any(kind == "run.status" for kind, _ in events):
-            team, started_at = str(run.team_id), run.started_at
+            team, started_at, flow_code = str(run.team_id), run.started_at, run.flow.code
             transaction.on_commit(lambda: metrics.observe_run_events(team, flow_code, events, started_at, now))
 
     return Statement(sql, params, done)
+
+
+def _broadcast_on_commit(run: Run, logged: list[tuple[int, str, dict]], now: datetime) -> None:
+    """Send the run's logged events ((seq, kind, data), stamped `now`) to its live views once committed."""
+    at = now.isoformat()
+    messages = [message(run.code, seq, kind, data, at) for seq, kind, data in logged]
+    flow_code = run.flow.code
+    transaction.on_commit(lambda: broadcast_all(messages, flow_code))
 
 
 class RunLog:
@@ -471,10 +476,8 @@ def claim_step(step_run_id: int, run: Run, lease_seconds: float) -> StepRun | No
         return None
     *columns, seq = found
     row = next(iter(_step_rows(run, [columns]).values()))
-    data = {"step": row.step_id, "status": row.status, "attempt": row.attempt}
-    messages = [message(run.code, seq, "step.status", data, now.isoformat())]
-    flow_code = run.flow.code
-    transaction.on_commit(lambda: broadcast_all(messages, flow_code))
+    _broadcast_on_commit(run, [(seq, "step.status", {"step": row.step_id, "status": row.status,
+                                                    "attempt": row.attempt})], now)
     return row
 
 
