@@ -41,6 +41,7 @@ class Received:
 class HttpSink:
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.connections = 0  # TCP connections accepted, to see whether callers keep theirs alive
         # The same requests by path (no query), so waiting for the n-th costs nothing per
         # arrival (recounting the whole list made a benchmark's sink quadratic).
         self._by_path: dict[str, list[Received]] = {}
@@ -57,6 +58,11 @@ class HttpSink:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with sink.lock:
+                    sink.connections += 1
 
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -117,6 +123,7 @@ class HttpSink:
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.connections = 0
             self._by_path.clear()
             self.scripts.clear()
 

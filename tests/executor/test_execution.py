@@ -19,6 +19,7 @@ from executor.runs import engine, start
 from executor.runs.manual import start_manual_run
 from executor.runs.store import RunLog, record_run_events
 from tests.executor.conftest import edge, make_version, manual, node, steps_of
+from tests.sinks import Reply
 
 S = StepRun.Status
 
@@ -192,6 +193,40 @@ def test_connection_pools_are_kept_per_name_and_address():
     assert ssrf.pooled_transport(one) is ssrf.pooled_transport(again)
     # A connection checked for one name is never reused for another name on the same address.
     assert ssrf.pooled_transport(one) is not ssrf.pooled_transport(other_name)
+
+
+def test_threads_calling_one_host_keep_their_connections_alive(http_sink):
+    """More threads than httpcore keeps idle connections for, on one host: with the pool's
+    keep-alive limit below its connection limit, every pass of httpcore's pool closed all idle
+    connections once there were more than that many (httpcore 1.0.9's surplus check counts every
+    connection, encode/httpcore#1110), even one just handed to a waiting request, which then
+    failed ("[Errno 9] Bad file descriptor", or a reset). 16 threads × 40 requests opened ~500
+    connections; the session's pool keeps one per concurrent caller."""
+    callers, each = 16, 40
+    http_sink.script("/pooled", *[Reply(delay=0.001 * (n % 6)) for n in range(callers * each)])
+    failures = []
+
+    def call():
+        for _ in range(each):
+            target = ssrf.resolve(f"{http_sink.url}/pooled")
+            request = ssrf.build_request(target, "POST", headers={}, content=b"{}", timeout=10)
+            try:
+                response = ssrf.send(target, request)
+                response.read()
+                response.close()
+            except Exception as exc:  # noqa: BLE001 (every failure is the finding)
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert failures == []
+    assert len(http_sink.to("/pooled")) == callers * each
+    # One connection per caller, and a few more when two waiting requests were offered the same one.
+    assert http_sink.connections <= 2 * callers
 
 
 @pytest.mark.django_db
