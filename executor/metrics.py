@@ -54,6 +54,9 @@ STEP_SECONDS = Histogram("kwala_step_seconds", "How long one attempt of a step t
                          buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 STEP_RETRIES = Counter("kwala_step_retries", "Step attempts that failed and were scheduled again", ["type"])
 WEBHOOKS = Counter("kwala_webhooks", "Inbound webhook requests by outcome", ["outcome"])
+CLAIMS_PER_STATEMENT = Histogram("kwala_webhook_claims_per_statement",
+                                 "Inbound webhook claims written together in one statement (runs.batching)",
+                                 buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64))
 RPC_REQUESTS = Counter("kwala_rpc_requests", "JSON-RPC requests (or batches) by chain, endpoint and outcome",
                        ["chain", "endpoint", "outcome"])
 RPC_SECONDS = Histogram("kwala_rpc_request_seconds", "JSON-RPC round trips by chain and endpoint", ["chain", "endpoint"],

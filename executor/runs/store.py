@@ -5,7 +5,9 @@ and writes what changed here, in as few round trips as the guarantees allow:
 
 - `claim` inserts runs exactly once (the unique (version, trigger_key)), and can
   insert the first one already started, with its step rows and first events, in
-  the same statement (`Claimed` says what it wrote);
+  the same statement (`Claimed` says what it wrote); `claim_each` does the same
+  for claims made separately, each with its own start (a group commit of webhook
+  claims, runs.batching);
 - `load_run` / `load_locked` read a run with its flow and version, and its steps;
 - `StepChanges` and `RunLog` gather changes made under the run's lock, and
   `write` sends them as one query.
@@ -572,26 +574,26 @@ def inserted(new: list[StepRun], result: list) -> None:
 
 
 def started_rows_sql(source: str) -> str:
-    """The CTEs (new_steps, new_log) that insert a started run's step rows and first events.
+    """The CTEs (new_steps, new_log) that insert started runs' step rows and first events.
 
-    `source` names a CTE with the run's (id, base): its events get seqs base + 1 ....
-    The rows come as %(steps)s and %(log)s (RunStart.steps and .log), the events'
-    time as %(now)s. STARTED_ROWS reads back what they inserted.
+    `source` names a CTE with each started run's (id, base, steps, log, now): its
+    step rows and events come as JSON (RunStart.steps and .log), its events get
+    seqs base + 1 ... and time `now`. STARTED_ROWS reads back what they inserted.
     """
     # Only fixed names and placeholders are joined in; every value is a parameter.
     return (
         f"new_steps AS (INSERT INTO executor_steprun (run_id, step_id, {', '.join(_STEP_MUTABLE)}) "  # noqa: S608
         f"SELECT {source}.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM {source}, "
-        f"jsonb_to_recordset(%(steps)s::jsonb) AS s(step_id varchar, {_STEP_RECORD}) RETURNING id, step_id), "
+        f"jsonb_to_recordset({source}.steps) AS s(step_id varchar, {_STEP_RECORD}) RETURNING run_id, id, step_id), "
         "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
-        f"SELECT {source}.id, {source}.base + e.ord, e.e->>'kind', e.e->'data', %(now)s FROM {source}, "
-        "jsonb_array_elements(%(log)s::jsonb) WITH ORDINALITY AS e(e, ord) RETURNING id, seq)"
+        f"SELECT {source}.id, {source}.base + e.ord, e.e->>'kind', e.e->'data', {source}.now FROM {source}, "
+        f"jsonb_array_elements({source}.log) WITH ORDINALITY AS e(e, ord) RETURNING run_id, id, seq)"
     )
 
 
-# [id, step_id] of each new step row and [id, seq] of each event, for Begun.landed.
-STARTED_ROWS = ("(SELECT coalesce(jsonb_agg(jsonb_build_array(id, step_id)), '[]') FROM new_steps), "
-                "(SELECT coalesce(jsonb_agg(jsonb_build_array(id, seq)), '[]') FROM new_log)")
+# [run id, id, step_id] of each new step row and [run id, id, seq] of each event, for Begun.landed.
+STARTED_ROWS = ("(SELECT coalesce(jsonb_agg(jsonb_build_array(run_id, id, step_id)), '[]') FROM new_steps), "
+                "(SELECT coalesce(jsonb_agg(jsonb_build_array(run_id, id, seq)), '[]') FROM new_log)")
 
 
 # -- claiming runs -------------------------------------------------------------------------------
@@ -619,13 +621,13 @@ class RunStart:
 
     `run` holds the run row's values as its start leaves them (code, status,
     error, event_seq, started_at, finished_at) and what they were worked out
-    from (flow_name, version_created); `steps` the new step rows and `log` the
-    run's first events ({kind, data}), both as JSON text (rows_json).
+    from (flow_name, version_created); `steps` the new step rows
+    (StepChanges.records) and `log` the run's first events ({kind, data}).
     """
 
     run: dict[str, Any]
-    steps: str
-    log: str
+    steps: list[dict[str, Any]]
+    log: list[dict[str, Any]]
     now: datetime  # the events' created_at (and the run's)
 
 
@@ -654,12 +656,22 @@ class Claimed:
                 and self.first.status != Run.Status.QUEUED)
 
 
-# What each claimed run carries (a RunClaim, plus a start for the first).
+@dataclass
+class ClaimedRun:
+    """What claim_each() wrote for one claim that inserted its run."""
+
+    run_id: int
+    started: bool  # it went in started, as its RunStart had it (else QUEUED)
+    steps: list[list]  # [id, step_id] of its step rows, when started
+    log: list[list]  # [id, seq] of its events, when started
+
+
+# What each claimed run carries (a RunClaim, and for a run started in memory its RunStart).
 _CLAIM_RECORD = (
     "code uuid, team_id bigint, flow_id bigint, version_id bigint, trigger_key varchar, trigger jsonb, "
     "event_id bigint, chain_id bigint, block_number bigint, block_hash varchar, log_index int, dry_run boolean, "
     "status varchar, error text, event_seq int, started_at timestamptz, finished_at timestamptz, "
-    "flow_name varchar, version_created timestamptz"
+    "flow_name varchar, version_created timestamptz, steps jsonb, log jsonb, now timestamptz"
 )
 # Pushed logs: share-lock the cursor, store the events above it, and find the ids of those stored before.
 _PUSHED_EVENTS = (
@@ -688,6 +700,7 @@ def _claim_sql(pushed: bool) -> str:
     # Only fixed names and placeholders are joined in; every value is a parameter.
     return (
         f"WITH {_PUSHED_EVENTS if pushed else ''}"  # noqa: S608
+        f"claims AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(%(runs)s::jsonb) AS r({_CLAIM_RECORD})), "
         "new_runs AS (INSERT INTO executor_run (code, team_id, flow_id, version_id, trigger_key, trigger, event_id, "
         "chain_id, block_number, block_hash, dry_run, status, error, event_seq, created_at, started_at, finished_at) "
         f"SELECT r.code, r.team_id, r.flow_id, r.version_id, r.trigger_key, r.trigger, "
@@ -695,9 +708,9 @@ def _claim_sql(pushed: bool) -> str:
         # A run with a start (status and the rest set) goes in started only if what its start was
         # worked out from still holds: the flow not paused, the version published, the same flow name.
         "CASE WHEN s.ok THEN r.status ELSE 'QUEUED' END, CASE WHEN s.ok THEN r.error ELSE '' END, "
-        "CASE WHEN s.ok THEN r.event_seq ELSE 0 END, %(now)s, "
+        "CASE WHEN s.ok THEN r.event_seq ELSE 0 END, r.now, "
         "CASE WHEN s.ok THEN r.started_at END, CASE WHEN s.ok THEN r.finished_at END "
-        f"FROM jsonb_to_recordset(%(runs)s::jsonb) AS r({_CLAIM_RECORD}) "
+        "FROM claims r "
         f"{'JOIN ids ON ids.block_hash = r.block_hash AND ids.log_index = r.log_index ' if pushed else ''}"
         # The id lists again as arrays (in `first` too): the planner takes the JSON for 100 rows,
         # and joined by id alone it hashed them against scans of the whole flow and version tables.
@@ -706,13 +719,15 @@ def _claim_sql(pushed: bool) -> str:
         "CROSS JOIN LATERAL (SELECT r.status IS NOT NULL AND NOT f.paused AND v.status = %(published)s "
         "AND v.created_at = r.version_created AND f.name = r.flow_name AS ok) AS s "
         "ON CONFLICT (version_id, trigger_key) DO NOTHING RETURNING *), "
-        "started AS (SELECT id, 0 AS base FROM new_runs WHERE status <> 'QUEUED'), "
+        "started AS (SELECT n.id, 0 AS base, c.steps, c.log, c.now FROM new_runs n JOIN claims c ON c.code = n.code "
+        "WHERE n.status <> 'QUEUED'), "
         f"{started_rows_sql('started')}, "
         f"first AS (SELECT {_RUN_SELECT} FROM new_runs r JOIN flows_flow f ON f.id = r.flow_id "
         "AND f.id = ANY(%(flows)s::bigint[]) "
         "JOIN flows_flowversion v ON v.id = r.version_id AND v.id = ANY(%(versions)s::bigint[]) ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
         "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), "
         "ARRAY(SELECT id FROM new_runs WHERE status = 'QUEUED' AND NOT dry_run ORDER BY id), "
+        "(SELECT coalesce(jsonb_object_agg(code, jsonb_build_array(id, status <> 'QUEUED')), '{}') FROM new_runs), "
         f"{STARTED_ROWS}, {'(SELECT block_number FROM cur)' if pushed else 'NULL::bigint'}, first.* "
         "FROM (SELECT 1) AS one LEFT JOIN first ON true"
     )
@@ -738,25 +753,60 @@ def claim(claims: Sequence[RunClaim], *, start: RunStart | None = None,
     """
     if not claims and pushed is None:
         return Claimed([], [], None, [], [], None)  # (pushed events are stored even when no run is claimed)
+    starts = [start, *[None] * (len(claims) - 1)] if claims else []
     with prepared_cursor() as cursor:
-        cursor.execute(*claim_statement(claims, start=start, pushed=pushed))
-        run_ids, queued, steps, log, cursor_block, *first = cursor.fetchone()
-    return Claimed(list(run_ids), list(queued), run_from_row(tuple(first)) if run_ids else None,
-                   from_jsonb(steps), from_jsonb(log), cursor_block)
+        cursor.execute(*claim_statement(claims, starts=starts, pushed=pushed))
+        run_ids, queued, _, steps, log, cursor_block, *first = cursor.fetchone()
+    run = run_from_row(tuple(first)) if run_ids else None
+    return Claimed(list(run_ids), list(queued), run, _rows_of(run.pk, from_jsonb(steps)) if run else [],
+                   _rows_of(run.pk, from_jsonb(log)) if run else [], cursor_block)
 
 
-def claim_statement(claims: Sequence[RunClaim], *, start: RunStart | None,
-                    pushed: PushedEvents | None) -> tuple[str, dict[str, Any]]:
-    """claim()'s statement and its parameters."""
-    now = start.now if start is not None else timezone.now()
-    runs = [{"code": str(uuid.uuid4()), "team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
+def claim_each(claims: Sequence[tuple[RunClaim, RunStart | None]]) -> list[ClaimedRun | None]:
+    """claim() for claims that came separately, each with its own start, in one statement.
+
+    For each claim, in order: what was written for its run, or None when the run
+    existed already (two claims of the same run here insert it once: the first).
+    Every start is checked against the rows, as claim() checks its one.
+    """
+    codes = [start.run["code"] if start is not None else str(uuid.uuid4()) for _, start in claims]
+    with prepared_cursor() as cursor:
+        cursor.execute(*claim_statement([c for c, _ in claims], starts=[s for _, s in claims], pushed=None,
+                                        codes=codes))
+        _, _, ids, steps, log, *_ = cursor.fetchone()
+    ids, steps, log = from_jsonb(ids), from_jsonb(steps), from_jsonb(log)
+    found: list[ClaimedRun | None] = []
+    for code in codes:
+        run_id, started = ids.pop(code, (None, False))
+        if run_id is None:
+            found.append(None)
+            continue
+        found.append(ClaimedRun(run_id, started, _rows_of(run_id, steps), _rows_of(run_id, log)))
+    return found
+
+
+def _rows_of(run_id: int, rows: list[list]) -> list[list]:
+    """The [id, x] pairs of one run among STARTED_ROWS' [run id, id, x] rows."""
+    return [[pk, value] for owner, pk, value in rows if owner == run_id]
+
+
+def claim_statement(claims: Sequence[RunClaim], *, starts: Sequence[RunStart | None],
+                    pushed: PushedEvents | None, codes: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """claim()'s statement and its parameters; `starts` go with the claims, in order (None: no start).
+
+    Each new run's code is its start's, else the one `codes` gives it, else a new one.
+    """
+    now = timezone.now()
+    codes = codes or [str(uuid.uuid4()) for _ in claims]
+    runs = [{"code": code, "team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
              "trigger_key": c.trigger_key, "trigger": c.trigger, "event_id": c.event_id, "chain_id": c.chain_id,
              "block_number": c.block_number, "block_hash": c.block_hash, "dry_run": c.dry_run,
-             "log_index": c.trigger.get("log_index") if pushed is not None else None} for c in claims]
-    if start is not None:
-        runs[0].update(start.run)
+             "log_index": c.trigger.get("log_index") if pushed is not None else None, "now": now}
+            for c, code in zip(claims, codes, strict=True)]
+    for run, start in zip(runs, starts, strict=True):
+        if start is not None:
+            run.update(start.run, steps=start.steps, log=start.log, now=start.now)
     params = {"now": now, "runs": rows_json(runs), "published": FlowVersion.Status.PUBLISHED,
-              "steps": start.steps if start is not None else "[]", "log": start.log if start is not None else "[]",
               "flows": sorted({c.flow_id for c in claims}), "versions": sorted({c.version_id for c in claims})}
     if pushed is not None:
         params.update(chain=pushed.chain, events=rows_json(pushed.events))

@@ -242,7 +242,7 @@ def test_a_claim_looks_up_its_flow_and_version_by_key_however_many_flows_there_a
         cursor.execute("ANALYZE flows_flowversion")
     claim = store.RunClaim(version_id=hook_version.pk, flow_id=hook_version.flow_id, team_id=team.pk,
                            trigger_key="manual:plan", trigger={"type": "manual"})
-    sql, params = store.claim_statement([claim], start=None, pushed=None)
+    sql, params = store.claim_statement([claim], starts=[None], pushed=None)
     # Numbered as PostgreSQL's own placeholders: the plan a prepared claim keeps (plan_cache_mode).
     names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
     generic = re.sub(r"%\((\w+)\)s", lambda m: f"${names.index(m[1]) + 1}", sql).replace("%%", "%")

@@ -91,11 +91,15 @@ def delivering_graph(sink_url: str) -> dict:
 def test_many_webhook_callers_at_once_get_a_run_or_a_503_never_a_500_and_every_run_is_delivered_once(
     asgi_server, dramatiq_worker, http_sink, alice, team,
 ):
+    from tests.site.test_metrics import samples, value
+
     flow = do_create_flow(team, alice, "Busy hook", graph=delivering_graph(http_sink.url))
     do_publish_version(flow, alice)
+    before = samples(httpx.get(f"{asgi_server.url}/metrics", timeout=30).text)
     with connections_peak() as peak:
         statuses, answers = hammer(asgi_server.url + webhook_path(flow, alice), "POST", 4,
                                    body=lambda caller, n: {"id": f"{caller}-{n}"})
+    after = samples(httpx.get(f"{asgi_server.url}/metrics", timeout=30).text)
 
     # The web server never takes every connection PostgreSQL has (workers and listeners need theirs).
     assert peak["seen"] < peak["max"] // 2, peak
@@ -113,6 +117,10 @@ def test_many_webhook_callers_at_once_get_a_run_or_a_503_never_a_500_and_every_r
     delivered = http_sink.wait_for("/delivered", len(accepted), timeout=120)
     ids = [r.json()["id"] for r in delivered]
     assert len(ids) == len(set(ids)) == len(sent)
+    # Claims that met at the door went into one statement (runs.batching), and each still got its run.
+    claims, statements = (value(after, f"kwala_webhook_claims_per_statement_{part}")
+                          - value(before, f"kwala_webhook_claims_per_statement_{part}") for part in ("sum", "count"))
+    assert claims >= statuses[202] and statements < claims, (claims, statements)
 
 
 def webhook_server(child_env, service_logs, name: str, **env) -> Service:
