@@ -98,8 +98,10 @@ def test_concurrent_webhook_claims_start_one_run_each_and_a_repeat_none(hook_ver
     assert sorted(stored.values_list("trigger_key", flat=True)) == sorted(f"webhook:k{n}" for n in range(24))
     assert {str(run.code) for run in new} == {str(code) for code in stored.values_list("code", flat=True)}
     for run in stored:
-        assert run.status == Run.Status.RUNNING
-        assert sorted(run.steps.values_list("step_id", "status")) == [("check", "SUCCEEDED"), ("hook", "QUEUED")]
+        # Started by its claim (the session's workers may have taken its hook step since).
+        assert run.started_at is not None and run.status != Run.Status.QUEUED
+        assert sorted(run.steps.values_list("step_id", flat=True)) == ["check", "hook"]
+        assert run.steps.get(step_id="check").status == "SUCCEEDED"
 
 
 # -- the group commit itself -------------------------------------------------------------------
