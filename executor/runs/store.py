@@ -690,12 +690,17 @@ _PUSHED_EVENTS = (
 )
 
 
+_BY_CODE = "(SELECT coalesce(jsonb_object_agg(code, jsonb_build_array(id, status <> 'QUEUED')), '{}') FROM new_runs)"
+
+
 @functools.cache
-def _claim_sql(pushed: bool) -> str:
+def _claim_sql(pushed: bool, by_code: bool) -> str:
     """claim()'s statement: one fixed text whatever the number of rows, so it is prepared once.
 
     With `pushed`, the runs' events are stored first (_PUSHED_EVENTS), each run
-    takes its event's id, and runs of paused flows are left out.
+    takes its event's id, and runs of paused flows are left out. With `by_code`, it
+    returns each new run's [id, started] by its code (_BY_CODE, for claim_each); the
+    bulk claims (hundreds of runs) do not build that map for nothing.
     """
     # Only fixed names and placeholders are joined in; every value is a parameter.
     return (
@@ -727,7 +732,7 @@ def _claim_sql(pushed: bool) -> str:
         "JOIN flows_flowversion v ON v.id = r.version_id AND v.id = ANY(%(versions)s::bigint[]) ORDER BY r.status <> 'QUEUED' DESC, r.id LIMIT 1) "
         "SELECT ARRAY(SELECT id FROM new_runs ORDER BY id), "
         "ARRAY(SELECT id FROM new_runs WHERE status = 'QUEUED' AND NOT dry_run ORDER BY id), "
-        "(SELECT coalesce(jsonb_object_agg(code, jsonb_build_array(id, status <> 'QUEUED')), '{}') FROM new_runs), "
+        f"{_BY_CODE if by_code else 'NULL::jsonb'}, "
         f"{STARTED_ROWS}, {'(SELECT block_number FROM cur)' if pushed else 'NULL::bigint'}, first.* "
         "FROM (SELECT 1) AS one LEFT JOIN first ON true"
     )
@@ -794,10 +799,12 @@ def claim_statement(claims: Sequence[RunClaim], *, starts: Sequence[RunStart | N
                     pushed: PushedEvents | None, codes: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
     """claim()'s statement and its parameters; `starts` go with the claims, in order (None: no start).
 
-    Each new run's code is its start's, else the one `codes` gives it, else a new one.
+    Each new run's code is its start's, else the one `codes` gives it, else a new one. With
+    `codes`, the statement also returns each new run's [id, started] by code (claim_each).
     """
     now = timezone.now()
-    codes = codes or [str(uuid.uuid4()) for _ in claims]
+    by_code = codes is not None
+    codes = codes if by_code else [str(uuid.uuid4()) for _ in claims]
     runs = [{"code": code, "team_id": c.team_id, "flow_id": c.flow_id, "version_id": c.version_id,
              "trigger_key": c.trigger_key, "trigger": c.trigger, "event_id": c.event_id, "chain_id": c.chain_id,
              "block_number": c.block_number, "block_hash": c.block_hash, "dry_run": c.dry_run,
@@ -810,4 +817,4 @@ def claim_statement(claims: Sequence[RunClaim], *, starts: Sequence[RunStart | N
               "flows": sorted({c.flow_id for c in claims}), "versions": sorted({c.version_id for c in claims})}
     if pushed is not None:
         params.update(chain=pushed.chain, events=rows_json(pushed.events))
-    return _claim_sql(pushed is not None), params
+    return _claim_sql(pushed is not None, by_code=by_code), params
