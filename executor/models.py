@@ -253,6 +253,9 @@ class StepRun(models.Model):
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # What the step's node type adds to the base lease (KWALA_STEP_LEASE_SECONDS) for its config,
+    # set when the row is made: a worker claims the step in the statement that reads its run.
+    lease_extra_seconds = models.FloatField(default=0, db_default=0)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["run", "step_id"], name="steprun_unique_step")]

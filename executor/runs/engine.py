@@ -41,7 +41,6 @@ from executor.runs.store import (
     StepChanges,
     claim_step,
     execute_together,
-    load_for_step,
     load_locked,
     load_steps,
 )
@@ -250,11 +249,15 @@ def _step_event(log: RunLog, row: StepRun, **extra: Any) -> None:
 # -- running one step -----------------------------------------------------------------
 
 
-def _lease_seconds(step: dict) -> float:
-    """The base lease, and what the step's node type adds for its config (flows.nodes)."""
+def lease_extra_seconds(step: dict) -> float:
+    """What the step's node type adds to the base lease for its config (flows.nodes); kept on its row."""
     node_type = NODE_TYPES.get(step["type"])
-    extra = node_type.lease_seconds_extra(step["config"]) if node_type is not None else 0
-    return settings.KWALA_STEP_LEASE_SECONDS + extra
+    return node_type.lease_seconds_extra(step["config"]) if node_type is not None else 0
+
+
+def _lease_seconds(step: dict) -> float:
+    """The base lease, and what the step's node type adds for its config."""
+    return settings.KWALA_STEP_LEASE_SECONDS + lease_extra_seconds(step)
 
 
 def run_step(step_run_id: int) -> None:
@@ -279,16 +282,12 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
     claimed in the transaction that made it ready; otherwise the step is claimed here.
     """
     if held is None:
-        # The run and its steps as they are (the finished ones are the step's context), one round trip.
-        run, rows = load_for_step(step_run_id)
-        row = next((r for r in rows.values() if r.pk == step_run_id), None)
-        if row is None or row.status not in (S.QUEUED, S.RUNNING):
+        # With its event, its run and the run's steps (the finished ones are its context); commits on its own.
+        claimed = claim_step(step_run_id, settings.KWALA_STEP_LEASE_SECONDS)
+        if claimed is None:
             return _NOTHING
+        run, row, rows = claimed
         step = _dag_step(run, row.step_id)
-        row = claim_step(step_run_id, run, _lease_seconds(step))  # with its event; commits on its own
-        if row is None:
-            return _NOTHING
-        rows[row.step_id] = row
     else:
         run, row, rows = held
         step = _dag_step(run, row.step_id)

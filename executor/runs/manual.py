@@ -135,7 +135,7 @@ def rerun_from(run: Run, step_id: str, *, user=None) -> Run:
         for step in dag["steps"]:
             sid = step["id"]
             if sid in again:
-                rows.append(StepRun(run=new, step_id=sid))
+                rows.append(StepRun(run=new, step_id=sid, lease_extra_seconds=engine.lease_extra_seconds(step)))
             else:
                 prev = old[sid]
                 status = prev.status if prev.status != S.CANCELLED else S.SKIPPED

@@ -43,6 +43,7 @@ from executor.runs.engine import (
     _continue_with,
     _finish_run,
     _hand_out,
+    lease_extra_seconds,
     write,
 )
 from executor.runs.store import (
@@ -260,7 +261,8 @@ def _ends_unstarted(run: Run) -> tuple[str, str] | None:
 
 def _begin(run: Run, log: RunLog, changes: StepChanges) -> tuple[dict[str, StepRun], list[StepRun]]:
     """A QUEUED run's start in memory: its step rows, RUNNING, its ready logic run; returns (rows, ready steps)."""
-    rows = {step["id"]: StepRun(run=run, step_id=step["id"], logs=[], state={}) for step in run.version.dag["steps"]}
+    rows = {step["id"]: StepRun(run=run, step_id=step["id"], logs=[], state={},
+                                lease_extra_seconds=lease_extra_seconds(step)) for step in run.version.dag["steps"]}
     changes.new = list(rows.values())
     log.set_run(status=Run.Status.RUNNING, started_at=timezone.now())
     log.add("run.status", {"status": run.status})

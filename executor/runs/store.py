@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
@@ -302,9 +302,9 @@ _RUN_SELECT = (
     f"{', '.join('r.' + c for c in _RUN_COLUMNS)}, {', '.join('f.' + c for c in _FLOW_COLUMNS)}, "
     f"{', '.join('v.' + c for c in _VERSION_COLUMNS)}"
 )
+_RUN_WIDTH = len(_RUN_COLUMNS) + len(_FLOW_COLUMNS) + len(_VERSION_COLUMNS)  # columns of _RUN_SELECT
 _RUN_FROM = "FROM executor_run r JOIN flows_flow f ON f.id = r.flow_id JOIN flows_flowversion v ON v.id = r.version_id"
 _RUN_SQL = f"SELECT {_RUN_SELECT} {_RUN_FROM} WHERE r.id = %s"  # noqa: S608
-_RUN_OF_STEP = "(SELECT run_id FROM executor_steprun WHERE id = %s)"
 _STEP_COLUMNS = tuple(f.attname for f in StepRun._meta.concrete_fields)
 _STEP_JSON = frozenset({"input", "output", "logs", "state"})
 # What a transition may change, written as a whole from the row in memory.
@@ -313,19 +313,22 @@ _STEP_MUTABLE = ("status", "attempt", "input", "output", "error", "logs", "port"
 _STEP_TYPES = {"status": "varchar", "attempt": "int", "input": "jsonb", "output": "jsonb", "error": "text",
                "logs": "jsonb", "port": "varchar", "handled": "boolean", "state": "jsonb",
                "lease_expires_at": "timestamptz", "next_attempt_at": "timestamptz", "queued_at": "timestamptz",
-               "started_at": "timestamptz", "finished_at": "timestamptz"}
+               "started_at": "timestamptz", "finished_at": "timestamptz", "lease_extra_seconds": "float8"}
+# What a new row also carries: set once, never changed.
+_STEP_NEW = (*_STEP_MUTABLE, "lease_extra_seconds")
+_STEP_TIMES = frozenset(c for c in _STEP_COLUMNS if _STEP_TYPES.get(c) == "timestamptz")
 _STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
-# A step's run and the run's steps, found by the step's id (load_for_step).
-_RUN_OF_STEP_SQL = f"SELECT {_RUN_SELECT} {_RUN_FROM} WHERE r.id = {_RUN_OF_STEP}"  # noqa: S608
-_STEPS_OF_STEP_SQL = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = {_RUN_OF_STEP}"  # noqa: S608
 # Take a step for a worker: QUEUED and due, or RUNNING with its lease run out (its worker
-# died), of a RUNNING run. The row count decides; the row comes back as it now is, with the
-# seq of the "step.status" event the same statement appends to the run's log (the run row's
-# lock, taken by its seq bump, orders it among the run's other writers, as in
-# run_events_statement).
+# died), of a RUNNING run, with a lease of the base (a parameter) and the row's own extra.
+# The row count decides. The same statement appends the "step.status" event to the run's log
+# (the run row's lock, taken by its seq bump, orders it among the run's other writers, as in
+# run_events_statement) and reads what the step runs with: its run (with flow and version),
+# the event's seq, and the run's steps as one JSON array, the claimed one as it now is and the
+# others as they were when the statement began (_step_rows_json).
 _CLAIM_STEP = (
     "WITH claimed AS (UPDATE executor_steprun AS s"  # noqa: S608
-    "   SET status = 'RUNNING', attempt = s.attempt + 1, lease_expires_at = %(lease)s, started_at = %(now)s,"
+    "   SET status = 'RUNNING', attempt = s.attempt + 1, started_at = %(now)s,"
+    "       lease_expires_at = %(now)s + make_interval(secs => %(lease)s + s.lease_extra_seconds),"
     "       next_attempt_at = NULL"
     "  FROM executor_run AS r"
     " WHERE s.id = %(step)s AND r.id = s.run_id AND r.status = 'RUNNING'"
@@ -338,12 +341,18 @@ _CLAIM_STEP = (
     "  SELECT b.id, b.event_seq, 'step.status', "
     "         jsonb_build_object('step', c.step_id, 'status', c.status, 'attempt', c.attempt), %(now)s "
     "  FROM claimed c, bumped b RETURNING seq) "
-    f"SELECT {', '.join('c.' + c for c in _STEP_COLUMNS)}, (SELECT seq FROM logged) FROM claimed c"
+    f"SELECT {_RUN_SELECT}, (SELECT seq FROM logged), "
+    f"(SELECT jsonb_agg(jsonb_build_array({', '.join('x.' + c for c in _STEP_COLUMNS)})) FROM ("
+    "   SELECT * FROM claimed UNION ALL"
+    "   SELECT * FROM executor_steprun o WHERE o.run_id = c.run_id AND o.id <> c.id) AS x) "
+    "FROM claimed c JOIN executor_run r ON r.id = c.run_id JOIN flows_flow f ON f.id = r.flow_id "
+    "JOIN flows_flowversion v ON v.id = r.version_id"
 )
 # Rows go in as one JSON document (rows_json), unpacked by jsonb_to_recordset: the text
 # of each statement is the same whatever the number of rows, so psycopg converts it once per
 # process, and the one parameter is encoded by json in C, not element by element as arrays are.
 _STEP_RECORD = ", ".join(f"{c} {_STEP_TYPES[c]}" for c in _STEP_MUTABLE)
+_STEP_NEW_RECORD = ", ".join(f"{c} {_STEP_TYPES[c]}" for c in _STEP_NEW)
 # The ids come again as an array: the planner takes a JSON document for 100 rows, and joined
 # by id alone it hashed them against a scan of the whole step table until that table held
 # ~15,000 rows (a bench's worth; a step's result cost ~1 ms more of PostgreSQL by then).
@@ -355,9 +364,9 @@ _STEP_UPDATE = (
     " AND s.attempt = v.expected_attempt RETURNING s.id"
 )
 _STEP_INSERT = (
-    "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_MUTABLE) + ") "  # noqa: S608
-    f"SELECT run_id, step_id, {', '.join(_STEP_MUTABLE)} "
-    f"FROM jsonb_to_recordset(%s::jsonb) AS r(run_id bigint, step_id varchar, {_STEP_RECORD}) RETURNING id, step_id"
+    "INSERT INTO executor_steprun (run_id, step_id, " + ", ".join(_STEP_NEW) + ") "  # noqa: S608
+    f"SELECT run_id, step_id, {', '.join(_STEP_NEW)} "
+    f"FROM jsonb_to_recordset(%s::jsonb) AS r(run_id bigint, step_id varchar, {_STEP_NEW_RECORD}) RETURNING id, step_id"
 )
 
 
@@ -447,11 +456,6 @@ def load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
     return _run_and_steps(f"{_RUN_SQL} FOR UPDATE OF r", _STEP_SELECT, run_id)
 
 
-def load_for_step(step_run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
-    """The step's run (with its flow and version) and the run's steps, in one round trip, without locks."""
-    return _run_and_steps(_RUN_OF_STEP_SQL, _STEPS_OF_STEP_SQL, step_run_id)
-
-
 def _run_and_steps(run_sql: str, steps_sql: str, key: int) -> tuple[Run | None, dict[str, StepRun]]:
     found_run, found_steps = read_together([(run_sql, [key]), (steps_sql, [key])])
     if not found_run:
@@ -460,27 +464,50 @@ def _run_and_steps(run_sql: str, steps_sql: str, key: int) -> tuple[Run | None, 
     return run, _step_rows(run, found_steps)
 
 
-def claim_step(step_run_id: int, run: Run, lease_seconds: float) -> StepRun | None:
-    """Take a step of `run` (loaded, with flow and version) for this worker, with a lease, and
-    log its RUNNING event; None if it is not due, taken, or finished (see _CLAIM_STEP).
+class ClaimedStep(NamedTuple):
+    run: Run  # with .flow and .version (DAG included)
+    row: StepRun  # RUNNING, with this worker's lease
+    rows: dict[str, StepRun]  # the run's steps by step id, `row` among them
+
+
+def claim_step(step_run_id: int, base_lease_seconds: float) -> ClaimedStep | None:
+    """Take a step for this worker, with a lease of `base_lease_seconds` and the row's own extra,
+    log its RUNNING event, and read its run and the run's steps; None if it is not due, taken, or
+    finished (see _CLAIM_STEP).
 
     One statement: outside a transaction it commits on its own, in one round trip
     (no BEGIN or COMMIT of its own, which cost two more before every step). The
-    event is broadcast once it is committed.
+    event is broadcast once it is committed. The other steps are read without a
+    lock: the finished ones are the step's context; its result is decided on rows
+    read again under the run's lock.
     """
     now = timezone.now()
     # Prepared: PostgreSQL CPU ~55 us for the claim alone against ~280-400 us planned each time (500 calls each way).
     with prepared_cursor() as cursor:
-        cursor.execute(_CLAIM_STEP, {"lease": now + timedelta(seconds=lease_seconds), "now": now,
-                                     "step": step_run_id})
+        cursor.execute(_CLAIM_STEP, {"lease": float(base_lease_seconds), "now": now, "step": step_run_id})
         found = cursor.fetchone()
     if found is None:
         return None
-    *columns, seq = found
-    row = next(iter(_step_rows(run, [columns]).values()))
+    run = run_from_row(found[:_RUN_WIDTH])
+    seq, steps = found[_RUN_WIDTH:]
+    rows = _step_rows_json(run, from_jsonb(steps))
+    row = next(r for r in rows.values() if r.pk == step_run_id)
     _broadcast_on_commit(run, [(seq, "step.status", {"step": row.step_id, "status": row.status,
                                                     "attempt": row.attempt})], now)
-    return row
+    return ClaimedStep(run, row, rows)
+
+
+def _step_rows_json(run: Run, found_rows: list[list]) -> dict[str, StepRun]:
+    """_step_rows for rows read as JSON arrays (jsonb_build_array of _STEP_COLUMNS): the JSON
+    columns come parsed already, the timestamps as ISO 8601 text."""
+    rows = {}
+    for found in found_rows:
+        values = [datetime.fromisoformat(v) if c in _STEP_TIMES and v is not None else v
+                  for c, v in zip(_STEP_COLUMNS, found, strict=True)]
+        row = StepRun.from_db("default", _STEP_COLUMNS, values)
+        row.run = run
+        rows[row.step_id] = row
+    return rows
 
 
 def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
@@ -558,7 +585,8 @@ class StepChanges:
     @classmethod
     def records(cls, rows: list[StepRun]) -> list[dict]:
         """New rows as _STEP_INSERT takes them (but for run_id)."""
-        return [{"step_id": row.step_id, **cls._values(row)} for row in rows]
+        return [{"step_id": row.step_id, "lease_extra_seconds": row.lease_extra_seconds, **cls._values(row)}
+                for row in rows]
 
     @staticmethod
     def _values(row: StepRun) -> dict:
@@ -582,9 +610,9 @@ def started_rows_sql(source: str) -> str:
     """
     # Only fixed names and placeholders are joined in; every value is a parameter.
     return (
-        f"new_steps AS (INSERT INTO executor_steprun (run_id, step_id, {', '.join(_STEP_MUTABLE)}) "  # noqa: S608
-        f"SELECT {source}.id, s.step_id, {', '.join('s.' + c for c in _STEP_MUTABLE)} FROM {source}, "
-        f"jsonb_to_recordset({source}.steps) AS s(step_id varchar, {_STEP_RECORD}) RETURNING run_id, id, step_id), "
+        f"new_steps AS (INSERT INTO executor_steprun (run_id, step_id, {', '.join(_STEP_NEW)}) "  # noqa: S608
+        f"SELECT {source}.id, s.step_id, {', '.join('s.' + c for c in _STEP_NEW)} FROM {source}, "
+        f"jsonb_to_recordset({source}.steps) AS s(step_id varchar, {_STEP_NEW_RECORD}) RETURNING run_id, id, step_id), "
         "new_log AS (INSERT INTO executor_runevent (run_id, seq, kind, data, created_at) "
         f"SELECT {source}.id, {source}.base + e.ord, e.e->>'kind', e.e->'data', {source}.now FROM {source}, "
         f"jsonb_array_elements({source}.log) WITH ORDINALITY AS e(e, ord) RETURNING run_id, id, seq)"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+from datetime import datetime, timedelta
 
 import pytest
+from django.apps import apps as django_apps
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -180,29 +183,62 @@ def test_a_write_that_commits_keeps_on_commit_callbacks_and_only_ends_the_outerm
 
 
 @pytest.mark.django_db
-def test_a_worker_claims_a_queued_step_and_logs_it_running_in_one_statement(hook_version):
+def test_a_worker_claims_a_queued_step_logs_it_running_and_reads_its_run_in_one_statement(hook_version):
     flow = hook_version.flow
     run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:claim")
     # Inside the test's transaction the thread keeps no step and nothing is committed: the hook
     # is queued, and no message goes out for the suite's workers to take it first.
     start.start_run(run.pk)
     hook = StepRun.objects.get(run=run, step_id="hook")
-    loaded, _ = store.load_for_step(hook.pk)
+    # The hook's own timeout, kept on its row when the run started, is added to the base lease.
+    hook_step = next(step for step in hook_version.dag["steps"] if step["id"] == "hook")
+    assert hook.lease_extra_seconds == engine.lease_extra_seconds(hook_step) == hook_step["config"]["timeout"] > 0
+    before = {r.step_id: (r.status, r.output) for r in StepRun.objects.filter(run=run)}
     seq_before = Run.objects.get(pk=run.pk).event_seq
 
     with CaptureQueriesContext(connection) as queries:
-        claimed = store.claim_step(hook.pk, loaded, 30)
-    # The claim and its event are one statement (outside a transaction it commits on its own).
+        claimed = store.claim_step(hook.pk, 30)
+    # The claim, its event and the reads are one statement (outside a transaction it commits on its own).
     assert len(queries.captured_queries) == 1, queries.captured_queries
-    assert (claimed.status, claimed.attempt) == ("RUNNING", 1)
+    assert (claimed.row.pk, claimed.row.status, claimed.row.attempt) == (hook.pk, "RUNNING", 1)
+    held = StepRun.objects.get(pk=hook.pk)
+    assert claimed.row.lease_expires_at == held.lease_expires_at
+    assert held.lease_expires_at - held.started_at == timedelta(seconds=30 + hook.lease_extra_seconds)
+    # The run with its flow and version, and every step as it is, the claimed one as claimed.
+    assert (claimed.run.pk, claimed.run.flow.code, claimed.run.version.dag) == (run.pk, flow.code, hook_version.dag)
+    assert claimed.rows["hook"] is claimed.row
+    assert {sid: (r.status, r.output) for sid, r in claimed.rows.items() if sid != "hook"} == {
+        sid: value for sid, value in before.items() if sid != "hook"}
+    assert all(isinstance(r.queued_at, datetime) for r in claimed.rows.values() if r.status == "SUCCEEDED")
     assert Run.objects.get(pk=run.pk).event_seq == seq_before + 1
     event = run.log.get(seq=seq_before + 1)
     assert (event.kind, event.data) == ("step.status", {"step": "hook", "status": "RUNNING", "attempt": 1})
 
     # Held under its lease: a second claim (a message delivered twice) takes nothing and logs nothing.
-    assert store.claim_step(hook.pk, loaded, 30) is None
+    assert store.claim_step(hook.pk, 30) is None
     assert Run.objects.get(pk=run.pk).event_seq == seq_before + 1
     assert StepRun.objects.get(pk=hook.pk).attempt == 1
+
+
+@pytest.mark.django_db
+def test_the_migration_gives_unfinished_steps_of_runs_in_flight_their_lease_extra(hook_version):
+    flow = hook_version.flow
+    in_flight = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:mig")
+    start.start_run(in_flight.pk)
+    done = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:mig-done")
+    start.start_run(done.pk)
+    StepRun.objects.filter(run=done, step_id="hook").update(status="SUCCEEDED")
+    StepRun.objects.update(lease_extra_seconds=0)  # as the column's default leaves rows written before it
+
+    migration = importlib.import_module("executor.migrations.0009_steprun_lease_extra")
+    migration.fill_unfinished(django_apps, None)
+
+    hook_step = next(step for step in hook_version.dag["steps"] if step["id"] == "hook")
+    extras = dict(StepRun.objects.filter(step_id="hook").values_list("run_id", "lease_extra_seconds"))
+    assert extras == {in_flight.pk: engine.lease_extra_seconds(hook_step), done.pk: 0}
+    assert extras[in_flight.pk] > 0
+    # Logic steps need no extra.
+    assert set(StepRun.objects.exclude(step_id="hook").values_list("lease_extra_seconds", flat=True)) == {0}
 
 
 @pytest.mark.django_db
