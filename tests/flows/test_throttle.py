@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import redis
 from django.conf import settings
 from django.test import Client
+
+from kwala_site import ratelimit
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +54,20 @@ def test_sign_ups_and_reset_requests_are_limited_per_address(db):
     assert statuses[:10] == [302] * 10 and statuses[10:] == [429, 429]
     statuses = [client.post("/signup/", {"username": ""}).status_code for _ in range(12)]
     assert 429 in statuses and 500 not in statuses
+
+
+def test_a_counter_counts_each_hit_and_its_key_ends_with_its_window(db):
+    name = f"test:{uuid.uuid4()}"
+    assert [ratelimit.hit(name, 60).count for _ in range(3)] == [1, 2, 3]
+    other = f"test:{uuid.uuid4()}"
+    assert [w.count for w in ratelimit.hit_each([name, other], 60)] == [4, 1]
+    key, _ = ratelimit._key(name, 60)
+    assert 0 < ratelimit.client().ttl(key) <= 61
+    assert ratelimit.peek(name, 60).count == 4
+
+
+def test_a_counter_goes_on_when_redis_has_forgotten_its_script(db):
+    name = f"test:{uuid.uuid4()}"
+    assert ratelimit.hit(name, 60).count == 1
+    ratelimit.client().script_flush()  # as a restarted Redis has
+    assert ratelimit.hit(name, 60).count == 2
