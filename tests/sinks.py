@@ -38,6 +38,13 @@ class Received:
         return json.loads(self.body)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver listens with a backlog of 5: more callers connecting at once than that
+    # (a test's threads let go together) would be reset by the kernel, as no real server is.
+    request_queue_size = 128
+
+
 class HttpSink:
     def __init__(self) -> None:
         self.requests: list[Received] = []
@@ -94,8 +101,7 @@ class HttpSink:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
