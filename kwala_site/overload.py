@@ -34,6 +34,18 @@ def is_overload(exc: BaseException | None) -> bool:
     return False
 
 
+def rolled_back(exc: BaseException | None) -> bool:
+    """Whether PostgreSQL rolled the transaction back to break a deadlock or a serialization
+    conflict (SQLSTATE class 40): the same work may well succeed when tried again."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
 BODY = {"error": {"code": "overloaded", "message": "The server is busy; try again in a moment.", "details": []}}
 
 

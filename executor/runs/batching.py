@@ -3,28 +3,35 @@
 A thread that finds no write in flight writes its item at once, alone, so a
 quiet process waits for nothing. Threads that arrive while a write is in flight
 queue their items; when it ends, the first of them writes all that queued (up to
-`limit`) in one statement, on its own thread and database connection, and hands
+`limit`) together, on its own thread and database connection, and hands
 each thread its own result. The busier the database, the longer a write takes
 and the more items the next one carries.
 
 Used for the claims of inbound webhooks (runs.start.start_claimed): in one web
 process a few requests are at the claim at any moment under load (2-3, up to 6,
 at 32 clients in bench/webhook_load.py), and a claim's statement costs little
-more for several runs than for one (the figures are where it is used).
+more for several runs than for one (the figures are where it is used). And for
+the results of steps (runs.engine._record): in one worker process 3-5 of its 8
+threads are recording a result at once at 32 clients.
 
 If a write of several items fails with anything but an overload (a database or
 Redis that cannot take it, which would fail each alone too), each item is
 written again alone, so one item the database refuses fails only its own
-caller. Items must be safe to write twice, as claims are.
+caller; so is a write of any size that PostgreSQL rolled back to break a
+deadlock or a serialization conflict. Items must be safe to write twice, as claims are (a failed write wrote
+nothing: a step's result written again alone finds its rows as they were).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from kwala_site import overload
+
+logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -88,11 +95,19 @@ class GroupCommit(Generic[Item, Result]):
             self._observe(len(batch))
             results = self._write([t.item for t in batch])
         except BaseException as exc:
-            if len(batch) == 1 or overload.is_overload(exc) or not isinstance(exc, Exception):
+            # Rolled back by PostgreSQL (a deadlock, a serialization conflict): try again. Refused:
+            # one item may be what failed it, so each alone, and only its caller fails. Overloaded:
+            # each alone would fail too.
+            again = isinstance(exc, Exception) and (
+                overload.rolled_back(exc) or (len(batch) > 1 and not overload.is_overload(exc)))
+            if not again:
                 for ticket in batch:
                     ticket.error = exc
                 return
-            for ticket in batch:  # one item may be what failed it: each alone, so only its caller fails
+            if overload.rolled_back(exc):
+                logger.info("a write of %s item(s) was rolled back (%s); each is written again alone", len(batch),
+                            str(exc).splitlines()[0])
+            for ticket in batch:
                 try:
                     (ticket.result,) = self._write([ticket.item])
                 except Exception as alone:

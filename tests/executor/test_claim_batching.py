@@ -8,7 +8,7 @@ import time
 
 import psycopg
 import pytest
-from django.db import DataError
+from django.db import DataError, OperationalError
 from django.utils import timezone
 
 from executor.models import Run
@@ -223,3 +223,59 @@ def test_an_overload_fails_every_caller_of_the_write_at_once():
 
     assert results == {"x": overloaded, "y": overloaded}
     assert len(write.batches) == 2  # not tried again one by one: each alone would fail too
+
+
+def deadlock() -> Exception:
+    """A write PostgreSQL rolled back to break a deadlock, as Django raises it."""
+    try:
+        raise psycopg.errors.DeadlockDetected("deadlock detected")
+    except psycopg.Error as cause:
+        try:
+            raise OperationalError("deadlock detected") from cause
+        except OperationalError as exc:
+            return exc
+
+
+class DeadlockedOnce(Recorder):
+    """A write that PostgreSQL rolls back the first time it is tried."""
+
+    def __call__(self, items):
+        with self.lock:
+            self.batches.append(list(items))
+            first = len(self.batches) == 1
+        if first:
+            raise deadlock()
+        return [f"done {item}" for item in items]
+
+
+def test_a_lone_write_rolled_back_for_a_deadlock_is_written_again():
+    write = DeadlockedOnce()
+    group = GroupCommit(write, limit=8)
+    assert group.submit("alone") == "done alone"
+    assert write.batches == [["alone"], ["alone"]]
+
+
+def test_a_write_rolled_back_for_a_deadlock_is_written_again_each_alone():
+    class DeadlockedTogether(Recorder):
+        def __call__(self, items):
+            if len(items) > 1:
+                with self.lock:
+                    self.batches.append(list(items))
+                raise deadlock()
+            return super().__call__(items)
+
+    gate = threading.Event()
+    write = DeadlockedTogether(gate)
+    group = GroupCommit(write, limit=8)
+    _, first_threads = submit_in_threads(group, ["first"])
+    while not write.batches:
+        time.sleep(0.001)
+    results, threads = submit_in_threads(group, ["x", "y"])
+    wait_until_waiting(group, 2)
+    gate.set()
+    for thread in first_threads + threads:
+        thread.join()
+
+    assert results == {"x": "done x", "y": "done y"}
+    assert sorted(write.batches[1]) == ["x", "y"]
+    assert sorted(map(tuple, write.batches[2:])) == [("x",), ("y",)]
