@@ -140,10 +140,24 @@ def fetch_arrivals(sink_url: str, path: str) -> list:
     return httpx.get(f"{sink_url}/stats", params={"path": path}, timeout=30).json()
 
 
+def group_commits() -> dict[str, float]:
+    """The group commits' histograms (runs.batching) so far, summed over the product's processes."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return {sample.name: sample.value for family in registry.collect() for sample in family.samples
+            if sample.name.startswith(GROUP_COMMITS) and sample.name.endswith(("_sum", "_count"))}
+
+
+GROUP_COMMITS = ("kwala_webhook_claims_per_statement", "kwala_step_results_per_commit")
+
+
 def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int, prefix: str,
                  roots: dict[str, int]) -> dict:
     before = len(fetch_arrivals(sink_url, path))
     cpu_before = cpu_snapshot(roots)
+    batches_before = group_commits()
     load = asyncio.run(send_load(url, clients, requests, prefix))
     accepted = set(load["accepted"])
     deadline = time.monotonic() + DELIVERY_TIMEOUT
@@ -153,6 +167,7 @@ def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int
             break
         time.sleep(0.2)
     cpu_after = cpu_snapshot(roots)
+    batches_after = group_commits()
     time.sleep(0.5)  # a duplicate would come right behind
     arrivals = [a for a in fetch_arrivals(sink_url, path)[before:] if a[0].startswith(prefix + "-")]
     first: dict[str, float] = {}
@@ -179,7 +194,15 @@ def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int
         # CPU per delivered request, by part (the load generator is "bench").
         "cpu_ms": {name: round((cpu_after[name] - cpu_before.get(name, 0)) * 1000 / max(delivered, 1), 2)
                    for name in sorted(cpu_after)},
+        # How many claims went into a statement, and step results into a commit, on average.
+        "together": {name.removeprefix("kwala_"): _mean(batches_before, batches_after, name)
+                     for name in GROUP_COMMITS},
     }
+
+
+def _mean(before: dict[str, float], after: dict[str, float], name: str) -> float | None:
+    count = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    return round((after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / count, 2) if count else None
 
 
 # -- the product ---------------------------------------------------------------------------
@@ -323,7 +346,8 @@ def run(args, children: list[subprocess.Popen]) -> dict:
         "accepted_without_run": warm["kwala"]["accepted"] + sum(f["accepted"] for f in kwala) - durable["runs"],
         **{f"durable_{k}": v for k, v in durable.items()},
         "loads": {k: {m: f[m] for m in ("accepted_per_s", "delivered_per_s", "p50_ms", "p99_ms", "server_errors",
-                                        "overloaded_503", "lost", "duplicates", "cpu_ms")} for k, f in figures.items()},
+                                        "overloaded_503", "lost", "duplicates", "cpu_ms", "together")}
+                  for k, f in figures.items()},
     }
 
 
