@@ -152,6 +152,21 @@ def wait_until_waiting(group: GroupCommit, count: int) -> None:
         time.sleep(0.001)
 
 
+def behind_a_first_write(write: Recorder, items: list, limit: int = 8) -> tuple[dict, dict]:
+    """Submit `items` while a first caller's write waits on `write.gate`, so they queue and are
+    written together next; then let it all go. The answers: (the first's, the items')."""
+    group = GroupCommit(write, limit=limit)
+    first, first_threads = submit_in_threads(group, ["first"])
+    while not write.batches:
+        time.sleep(0.001)  # the first caller is writing, alone
+    results, threads = submit_in_threads(group, items)
+    wait_until_waiting(group, len(items))
+    write.gate.set()
+    for thread in first_threads + threads:
+        thread.join()
+    return first, results
+
+
 def test_a_lone_caller_writes_at_once_and_alone():
     write = Recorder()
     sizes = []
@@ -162,38 +177,20 @@ def test_a_lone_caller_writes_at_once_and_alone():
 
 
 def test_callers_that_arrive_during_a_write_are_written_together_next_each_with_its_answer():
-    gate = threading.Event()
-    write = Recorder(gate)
-    group = GroupCommit(write, limit=3)
-    first, first_threads = submit_in_threads(group, [0])
-    while not write.batches:
-        time.sleep(0.001)  # the first caller is writing, alone
-    rest, threads = submit_in_threads(group, [1, 2, 3, 4])
-    wait_until_waiting(group, 4)
-    gate.set()
-    for thread in first_threads + threads:
-        thread.join()
+    write = Recorder(threading.Event())
+    first, rest = behind_a_first_write(write, [1, 2, 3, 4], limit=3)
 
-    assert first == {0: "done 0"}
+    assert first == {"first": "done first"}
     assert rest == {n: f"done {n}" for n in (1, 2, 3, 4)}
     # The limit splits what waited; nobody is left behind.
-    assert write.batches[0] == [0]
+    assert write.batches[0] == ["first"]
     assert sorted(n for batch in write.batches[1:] for n in batch) == [1, 2, 3, 4]
     assert [len(batch) for batch in write.batches[1:]] == [3, 1]
 
 
 def test_an_item_the_database_refuses_fails_only_its_own_caller():
-    gate = threading.Event()
-    write = Recorder(gate, refuse={"bad"})
-    group = GroupCommit(write, limit=8)
-    _, first_threads = submit_in_threads(group, ["first"])
-    while not write.batches:
-        time.sleep(0.001)
-    results, threads = submit_in_threads(group, ["good", "bad", "fine"])
-    wait_until_waiting(group, 3)
-    gate.set()
-    for thread in first_threads + threads:
-        thread.join()
+    write = Recorder(threading.Event(), refuse={"bad"})
+    _, results = behind_a_first_write(write, ["good", "bad", "fine"])
 
     assert results["good"] == "done good" and results["fine"] == "done fine"
     assert isinstance(results["bad"], DataError)
@@ -203,23 +200,14 @@ def test_an_item_the_database_refuses_fails_only_its_own_caller():
 
 
 def test_an_overload_fails_every_caller_of_the_write_at_once():
-    gate = threading.Event()
     overloaded = psycopg.OperationalError("connection failed: sorry, too many clients already")
 
     class Overloaded(Recorder):
         def refuse_error(self):
             return overloaded
 
-    write = Overloaded(gate, refuse={"x"})
-    group = GroupCommit(write, limit=8)
-    _, first_threads = submit_in_threads(group, ["first"])
-    while not write.batches:
-        time.sleep(0.001)
-    results, threads = submit_in_threads(group, ["x", "y"])
-    wait_until_waiting(group, 2)
-    gate.set()
-    for thread in first_threads + threads:
-        thread.join()
+    write = Overloaded(threading.Event(), refuse={"x"})
+    _, results = behind_a_first_write(write, ["x", "y"])
 
     assert results == {"x": overloaded, "y": overloaded}
     assert len(write.batches) == 2  # not tried again one by one: each alone would fail too
@@ -264,17 +252,8 @@ def test_a_write_rolled_back_for_a_deadlock_is_written_again_each_alone():
                 raise deadlock()
             return super().__call__(items)
 
-    gate = threading.Event()
-    write = DeadlockedTogether(gate)
-    group = GroupCommit(write, limit=8)
-    _, first_threads = submit_in_threads(group, ["first"])
-    while not write.batches:
-        time.sleep(0.001)
-    results, threads = submit_in_threads(group, ["x", "y"])
-    wait_until_waiting(group, 2)
-    gate.set()
-    for thread in first_threads + threads:
-        thread.join()
+    write = DeadlockedTogether(threading.Event())
+    _, results = behind_a_first_write(write, ["x", "y"])
 
     assert results == {"x": "done x", "y": "done y"}
     assert sorted(write.batches[1]) == ["x", "y"]
