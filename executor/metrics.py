@@ -57,9 +57,6 @@ WEBHOOKS = Counter("kwala_webhooks", "Inbound webhook requests by outcome", ["ou
 CLAIMS_PER_STATEMENT = Histogram("kwala_webhook_claims_per_statement",
                                  "Inbound webhook claims written together in one statement (runs.batching)",
                                  buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64))
-RESULTS_PER_COMMIT = Histogram("kwala_step_results_per_commit",
-                               "Step results a worker process recorded together in one transaction (runs.batching)",
-                               buckets=(1, 2, 3, 4, 6, 8, 16))
 RPC_REQUESTS = Counter("kwala_rpc_requests", "JSON-RPC requests (or batches) by chain, endpoint and outcome",
                        ["chain", "endpoint", "outcome"])
 RPC_SECONDS = Histogram("kwala_rpc_request_seconds", "JSON-RPC round trips by chain and endpoint", ["chain", "endpoint"],

@@ -29,16 +29,6 @@ def hour_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def row_of(run: Run) -> tuple[int, datetime, int]:
-    """The key of the rollup row the trigger counts the run in when it finishes: (flow, hour, shard).
-
-    A transaction that finishes several runs takes those rows' locks in the order it writes
-    the runs; written in the order of this key, two such transactions cannot deadlock on them
-    (runs.engine._record).
-    """
-    return run.flow_id, hour_of(run.created_at), run.pk % RunRollup.SHARDS
-
-
 @dataclass(frozen=True)
 class Figures:
     """A flow's finished runs in a window, by final status."""

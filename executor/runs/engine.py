@@ -26,8 +26,6 @@ import random
 import re
 import time
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -37,12 +35,9 @@ from django.utils import timezone
 
 from executor import metrics
 from executor.models import Notification, Run, StepRun
-from executor.rollups import row_of
-from executor.runs.batching import GroupCommit
 from executor.runs.store import (
     ClaimLost,
     RunLog,
-    Statement,
     StepChanges,
     claim_step,
     execute_together,
@@ -104,25 +99,10 @@ def write(changes: StepChanges, log: RunLog | None = None, *, commit: bool = Fal
     stays Django's. The log's own check (the run row exists) cannot fail for a
     caller that holds the run row, as every caller of write does.
     """
-    failed = _fails_run(log)
+    # A failed run's notification is written in the same transaction, after the run.
+    failed = log is not None and log.fields.get("status") == Run.Status.FAILED
     commit = commit and not changes.changed and not failed
-    execute_together(_statements(changes, log), commit=commit)
-    _written(changes, log, failed)
-
-
-def _fails_run(log: RunLog | None) -> bool:
-    """Whether the log fails its run (ask before its statements are taken: that empties it)."""
-    return log is not None and log.fields.get("status") == Run.Status.FAILED
-
-
-def _statements(changes: StepChanges, log: RunLog | None) -> list[Statement]:
-    """What write() sends for these changes, with the rows' values as they are now."""
-    return changes.take_statements() + (log.take_statements() if log is not None else [])
-
-
-def _written(changes: StepChanges, log: RunLog | None, failed: bool) -> None:
-    """After the statements ran: the messages wait for the commit; a failed run's notification
-    is written in the same transaction, after the run."""
+    execute_together(changes.take_statements() + (log.take_statements() if log is not None else []), commit=commit)
     changes.after_write()
     if failed:
         notify_run_failed(log.run)
@@ -313,72 +293,21 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
         step = _dag_step(run, row.step_id)
 
     ctx = _context(run, row, step, rows)
-    done = _Done(run.pk, row, step, ctx, _execute(run, row, step, ctx), keep_one)
+    outcome = _execute(run, row, step, ctx)
     try:
-        if _committed_on_return():
-            return _results.submit(done)
-        (recorded,) = _record([done])  # inside the caller's transaction
-        return recorded
+        with transaction.atomic():
+            run, rows = load_locked(run.pk)
+            current = rows.get(row.step_id)
+            if current is None or current.status != S.RUNNING or current.attempt != row.attempt:
+                return _NOTHING  # our claim was taken over; the new holder records the result
+            log, changes = RunLog(run), StepChanges()
+            ready = _settle(run, current, step, ctx, outcome, log, changes, rows)
+            kept = _hand_out(ready, keep_one, run, log, changes)
+            write(changes, log)
+            return kept, run, rows
     except ClaimLost:
         logger.info("step %s of run %s: claim lost while recording its result", row.step_id, run.code)
         return _NOTHING
-
-
-@dataclass
-class _Done:
-    """A step this thread ran, and its outcome, to be recorded under its run's lock (_record)."""
-
-    run_id: int
-    row: StepRun  # as this thread claimed it
-    step: dict
-    ctx: StepContext
-    outcome: StepResult | Reschedule | StepError
-    keep_one: bool
-
-
-def _record(done: Sequence[_Done]) -> list[tuple[StepRun | None, Run | None, dict[str, StepRun] | None]]:
-    """Record the outcomes in one transaction; for each, what _run_step_once returns.
-
-    Their runs are locked in id order and read with their steps in one round
-    trip; each outcome is settled in turn on those rows (two steps of one run see
-    each other's changes, as two transactions one after the other would), and
-    everything is written in one query. A claim taken over (ClaimLost) rolls it
-    all back: the group commit then records each alone.
-    """
-    results: list[tuple] = [_NOTHING] * len(done)
-    with transaction.atomic():
-        locked = load_locked([d.run_id for d in done])
-        # Settled and written in the order of the rollup rows their runs count in when they finish
-        # (a run finishing locks its row): two such transactions then cannot deadlock on those rows.
-        # Written as they came, they did: 150 deadlocks, each a second's wait before PostgreSQL broke
-        # it, in one run of bench/webhook_load.py at 16 threads a worker. Two outcomes of one run
-        # keep their order.
-        order = sorted((index for index, d in enumerate(done) if d.run_id in locked),
-                       key=lambda index: (*row_of(locked[done[index].run_id][0]), done[index].run_id, index))
-        statements, written = [], []
-        for index in order:
-            d = done[index]
-            run, rows = locked[d.run_id]
-            current = rows.get(d.row.step_id)
-            if current is None or current.status != S.RUNNING or current.attempt != d.row.attempt:
-                continue  # our claim was taken over; the new holder records the result
-            log, changes = RunLog(run), StepChanges()
-            ready = _settle(run, current, d.step, d.ctx, d.outcome, log, changes, rows)
-            kept = _hand_out(ready, d.keep_one, run, log, changes)
-            # Taken now: a later outcome of the same run changes the same rows in memory.
-            written.append((changes, log, _fails_run(log)))
-            statements += _statements(changes, log)
-            results[index] = (kept, run, rows)
-        execute_together(statements)
-        for changes, log, failed in written:
-            _written(changes, log, failed)
-    return results
-
-
-# Step results that worker threads of one process record at the same moment share a
-# transaction (a group commit, runs.batching): under bench/webhook_load.py at 32 clients a
-# worker process has 3-5 of its 8 threads recording at once.
-_results: GroupCommit[_Done, tuple] = GroupCommit(_record, limit=16, observe=metrics.RESULTS_PER_COMMIT.observe)
 
 
 def _execute(run: Run, row: StepRun, step: dict, ctx: StepContext) -> StepResult | Reschedule | StepError:

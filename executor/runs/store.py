@@ -451,23 +451,17 @@ def load_steps(run: Run) -> dict[str, StepRun]:
         return _step_rows(run, cursor.fetchall())
 
 
-# Runs locked in id order (two transactions that lock several runs cannot deadlock on them).
-_RUNS_LOCKED_SQL = (f"SELECT {_RUN_SELECT} {_RUN_FROM} WHERE r.id = ANY(%s::bigint[]) "  # noqa: S608
-                    "ORDER BY r.id FOR UPDATE OF r")
-_STEPS_OF_RUNS_SQL = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = ANY(%s::bigint[])"  # noqa: S608
-_RUN_ID = _STEP_COLUMNS.index("run_id")
+def load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
+    """load_run(lock=True) and then load_steps, in one round trip."""
+    return _run_and_steps(f"{_RUN_SQL} FOR UPDATE OF r", _STEP_SELECT, run_id)
 
 
-def load_locked(run_ids: Sequence[int]) -> dict[int, tuple[Run, dict[str, StepRun]]]:
-    """The runs, locked (FOR UPDATE, in id order), each with its steps by step id, in one round
-    trip; a run that does not exist is left out. Call inside a transaction."""
-    ids = sorted(set(run_ids))
-    found_runs, found_steps = read_together([(_RUNS_LOCKED_SQL, [ids]), (_STEPS_OF_RUNS_SQL, [ids])])
-    steps: dict[int, list[tuple]] = {}
-    for found in found_steps:
-        steps.setdefault(found[_RUN_ID], []).append(found)
-    runs = (run_from_row(found) for found in found_runs)
-    return {run.pk: (run, _step_rows(run, steps.get(run.pk, []))) for run in runs}
+def _run_and_steps(run_sql: str, steps_sql: str, key: int) -> tuple[Run | None, dict[str, StepRun]]:
+    found_run, found_steps = read_together([(run_sql, [key]), (steps_sql, [key])])
+    if not found_run:
+        return None, {}
+    run = run_from_row(found_run[0])
+    return run, _step_rows(run, found_steps)
 
 
 class ClaimedStep(NamedTuple):
