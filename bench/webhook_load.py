@@ -141,7 +141,7 @@ def fetch_arrivals(sink_url: str, path: str) -> list:
 
 
 def group_commits() -> dict[str, float]:
-    """The group commits' histograms (runs.batching) so far, summed over the product's processes."""
+    """The group commit's histogram (runs.batching) so far, summed over the product's processes."""
     from prometheus_client import CollectorRegistry, multiprocess
 
     registry = CollectorRegistry()
@@ -150,7 +150,7 @@ def group_commits() -> dict[str, float]:
             if sample.name.startswith(GROUP_COMMITS) and sample.name.endswith(("_sum", "_count"))}
 
 
-GROUP_COMMITS = ("kwala_webhook_claims_per_statement", "kwala_step_results_per_commit")
+GROUP_COMMITS = ("kwala_webhook_claims_per_statement",)
 
 
 def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int, prefix: str,
@@ -194,7 +194,7 @@ def measure_load(url: str, sink_url: str, path: str, clients: int, requests: int
         # CPU per delivered request, by part (the load generator is "bench").
         "cpu_ms": {name: round((cpu_after[name] - cpu_before.get(name, 0)) * 1000 / max(delivered, 1), 2)
                    for name in sorted(cpu_after)},
-        # How many claims went into a statement, and step results into a commit, on average.
+        # How many claims went into a statement, on average.
         "together": {name.removeprefix("kwala_"): _mean(batches_before, batches_after, name)
                      for name in GROUP_COMMITS},
     }

@@ -10,16 +10,16 @@ and the more items the next one carries.
 Used for the claims of inbound webhooks (runs.start.start_claimed): in one web
 process a few requests are at the claim at any moment under load (2-3, up to 6,
 at 32 clients in bench/webhook_load.py), and a claim's statement costs little
-more for several runs than for one (the figures are where it is used). And for
-the results of steps (runs.engine._record): in one worker process 3-5 of its 8
-threads are recording a result at once at 32 clients.
+more for several runs than for one (the figures are where it is used). (Step
+results in the workers were written this way too, and taken out: README,
+"Benchmarks".)
 
 If a write of several items fails with anything but an overload (a database or
 Redis that cannot take it, which would fail each alone too), each item is
 written again alone, so one item the database refuses fails only its own
 caller; so is a write of any size that PostgreSQL rolled back to break a
-deadlock or a serialization conflict. Items must be safe to write twice, as claims are (a failed write wrote
-nothing: a step's result written again alone finds its rows as they were).
+deadlock or a serialization conflict. Items must be safe to write twice, as
+claims are.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class GroupCommit(Generic[Item, Result]):
                 return
             if overload.rolled_back(exc):
                 logger.info("a write of %s item(s) was rolled back (%s); each is written again alone", len(batch),
-                            str(exc).splitlines()[0])
+                            type(exc).__name__)
             for ticket in batch:
                 try:
                     (ticket.result,) = self._write([ticket.item])
