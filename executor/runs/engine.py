@@ -36,11 +36,13 @@ from django.utils import timezone
 from executor import metrics
 from executor.models import Notification, Run, StepRun
 from executor.runs.store import (
+    ClaimedStep,
     ClaimLost,
     RunLog,
     StepChanges,
     claim_step,
     execute_together,
+    extend_lease,
     load_locked,
     load_steps,
 )
@@ -48,6 +50,7 @@ from executor.steps import STEP_KINDS, Reschedule, StepContext, StepError, StepR
 from executor.steps.base import to_jsonable
 from flows.models import Secret
 from flows.nodes import NODE_TYPES
+from kwala_site import counters
 from kwala_site.logfilters import bound
 
 logger = logging.getLogger(__name__)
@@ -207,7 +210,8 @@ def _finish_run(run: Run, status: str, error: str, log: RunLog, changes: StepCha
     now = timezone.now()
     for row in rows.values():
         if row.status in (S.PENDING, S.QUEUED):
-            # A queued step may be claimed meanwhile (it does not take the run's lock): then it stays.
+            # A claim takes the run's lock first, so none is under way; one made before ours took it
+            # has left the step RUNNING (not changed here). Lenient all the same.
             changes.change(row, strict=False, status=S.CANCELLED, finished_at=now)
     log.set_run(status=status, error=error, finished_at=now)
     log.add("run.status", {"status": status, "error": error})  # a failure's notification: see write()
@@ -235,8 +239,9 @@ def _post_failure(url: str, message: str, run_code: str) -> None:
 
     try:
         httpx.post(url, json={"text": message, "run": run_code}, timeout=10).raise_for_status()
-    except httpx.HTTPError as exc:
+    except Exception as exc:  # noqa: BLE001 (a hook after commit: raised, it would drop the hooks after it)
         logger.warning("could not post the failure of run %s: %s", run_code, exc)
+        counters.incr("failure_webhook_failed")
 
 
 def _step_event(log: RunLog, row: StepRun, **extra: Any) -> None:
@@ -282,8 +287,7 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
     claimed in the transaction that made it ready; otherwise the step is claimed here.
     """
     if held is None:
-        # With its event, its run and the run's steps (the finished ones are its context); commits on its own.
-        claimed = claim_step(step_run_id, settings.KWALA_STEP_LEASE_SECONDS)
+        claimed = _claim(step_run_id)
         if claimed is None:
             return _NOTHING
         run, row, rows = claimed
@@ -308,6 +312,24 @@ def _run_step_once(step_run_id: int, *, keep_one: bool,
     except ClaimLost:
         logger.info("step %s of run %s: claim lost while recording its result", row.step_id, run.code)
         return _NOTHING
+
+
+def _claim(step_run_id: int) -> ClaimedStep | None:
+    """Take a queued step for this thread, with its run and the run's steps (the finished ones are
+    its context), and the lease its node type needs; None if it is not this thread's to run.
+
+    The claim's statement gives the lease the extra its row keeps. A row that keeps less than
+    its DAG step needs (written before the column existed, by an older process during a
+    deploy, or reset by a retry) has its lease extended at once, in a second statement.
+    """
+    claimed = claim_step(step_run_id, settings.KWALA_STEP_LEASE_SECONDS)
+    if claimed is None:
+        return None
+    extra = lease_extra_seconds(_dag_step(claimed.run, claimed.row.step_id))
+    if extra > claimed.row.lease_extra_seconds and not extend_lease(claimed.row, settings.KWALA_STEP_LEASE_SECONDS,
+                                                                    extra):
+        return None  # taken over meanwhile
+    return claimed
 
 
 def _execute(run: Run, row: StepRun, step: dict, ctx: StepContext) -> StepResult | Reschedule | StepError:

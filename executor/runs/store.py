@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
@@ -320,18 +320,23 @@ _STEP_TIMES = frozenset(c for c in _STEP_COLUMNS if _STEP_TYPES.get(c) == "times
 _STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE run_id = %s"  # noqa: S608
 # Take a step for a worker: QUEUED and due, or RUNNING with its lease run out (its worker
 # died), of a RUNNING run, with a lease of the base (a parameter) and the row's own extra.
-# The row count decides. The same statement appends the "step.status" event to the run's log
-# (the run row's lock, taken by its seq bump, orders it among the run's other writers, as in
-# run_events_statement) and reads what the step runs with: its run (with flow and version),
-# the event's seq, and the run's steps as one JSON array, the claimed one as it now is and the
-# others as they were when the statement began (_step_rows_json).
+# The row count decides. The run row is locked first, as every other writer of a run's steps
+# locks it (a claim that took the step row first and then waited for the run's lock, held by a
+# transaction cancelling that step as its run ended, was a deadlock). The same statement
+# appends the "step.status" event to the run's log (its seq bump, under that lock, orders it
+# among the run's other writers, as in run_events_statement) and reads what the step runs
+# with: its run (with flow and version), the event's seq, and the run's steps as one JSON
+# array, the claimed one as it now is and the others as they were when the statement began
+# (_step_rows_json).
 _CLAIM_STEP = (
-    "WITH claimed AS (UPDATE executor_steprun AS s"  # noqa: S608
+    "WITH locked AS MATERIALIZED (SELECT id FROM executor_run"  # noqa: S608
+    "   WHERE id = (SELECT run_id FROM executor_steprun WHERE id = %(step)s) AND status = 'RUNNING' FOR UPDATE), "
+    "claimed AS (UPDATE executor_steprun AS s"
     "   SET status = 'RUNNING', attempt = s.attempt + 1, started_at = %(now)s,"
     "       lease_expires_at = %(now)s + make_interval(secs => %(lease)s + s.lease_extra_seconds),"
     "       next_attempt_at = NULL"
-    "  FROM executor_run AS r"
-    " WHERE s.id = %(step)s AND r.id = s.run_id AND r.status = 'RUNNING'"
+    "  FROM locked AS r"
+    " WHERE s.id = %(step)s AND r.id = s.run_id"
     "   AND ((s.status = 'QUEUED' AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= %(now)s))"
     "        OR (s.status = 'RUNNING' AND s.lease_expires_at < %(now)s))"
     "  RETURNING s.*), "
@@ -495,6 +500,18 @@ def claim_step(step_run_id: int, base_lease_seconds: float) -> ClaimedStep | Non
     _broadcast_on_commit(run, [(seq, "step.status", {"step": row.step_id, "status": row.status,
                                                     "attempt": row.attempt})], now)
     return ClaimedStep(run, row, rows)
+
+
+def extend_lease(row: StepRun, base_lease_seconds: float, extra_seconds: float) -> bool:
+    """Give a step this worker holds (RUNNING, its attempt) a lease of the base and `extra_seconds`
+    from when it was claimed, and keep the extra on its row; False if the claim is no longer
+    this worker's. Commits on its own outside a transaction."""
+    lease = row.started_at + timedelta(seconds=base_lease_seconds + extra_seconds)
+    updated = StepRun.objects.filter(pk=row.pk, status=S.RUNNING, attempt=row.attempt).update(
+        lease_expires_at=lease, lease_extra_seconds=extra_seconds)
+    if updated:
+        row.lease_expires_at, row.lease_extra_seconds = lease, extra_seconds
+    return bool(updated)
 
 
 def _step_rows_json(run: Run, found_rows: list[list]) -> dict[str, StepRun]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import re
+import threading
+import time
 from datetime import datetime, timedelta
 
 import pytest
-from django.apps import apps as django_apps
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from executor.models import Run, StepRun
 from executor.runs import engine, start, store
@@ -221,24 +223,25 @@ def test_a_worker_claims_a_queued_step_logs_it_running_and_reads_its_run_in_one_
 
 
 @pytest.mark.django_db
-def test_the_migration_gives_unfinished_steps_of_runs_in_flight_their_lease_extra(hook_version):
+def test_a_step_whose_row_keeps_no_lease_extra_gets_its_full_lease_when_claimed(hook_version):
+    # A row written before the column existed, by an older process during a deploy, or reset by a
+    # retry keeps 0: claimed with the base lease alone, a slow endpoint would outlive it and the
+    # step would be taken over and run twice.
     flow = hook_version.flow
-    in_flight = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:mig")
-    start.start_run(in_flight.pk)
-    done = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:mig-done")
-    start.start_run(done.pk)
-    StepRun.objects.filter(run=done, step_id="hook").update(status="SUCCEEDED")
-    StepRun.objects.update(lease_extra_seconds=0)  # as the column's default leaves rows written before it
-
-    migration = importlib.import_module("executor.migrations.0009_steprun_lease_extra")
-    migration.fill_unfinished(django_apps, None)
-
+    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:old-row")
+    start.start_run(run.pk)
+    hook = StepRun.objects.get(run=run, step_id="hook")
+    StepRun.objects.filter(pk=hook.pk).update(lease_extra_seconds=0)
     hook_step = next(step for step in hook_version.dag["steps"] if step["id"] == "hook")
-    extras = dict(StepRun.objects.filter(step_id="hook").values_list("run_id", "lease_extra_seconds"))
-    assert extras == {in_flight.pk: engine.lease_extra_seconds(hook_step), done.pk: 0}
-    assert extras[in_flight.pk] > 0
-    # Logic steps need no extra.
-    assert set(StepRun.objects.exclude(step_id="hook").values_list("lease_extra_seconds", flat=True)) == {0}
+    needed = settings.KWALA_STEP_LEASE_SECONDS + engine.lease_extra_seconds(hook_step)
+
+    claimed = engine._claim(hook.pk)
+
+    held = StepRun.objects.get(pk=hook.pk)
+    assert (held.status, held.attempt) == ("RUNNING", 1)
+    assert held.lease_expires_at - held.started_at == timedelta(seconds=needed)
+    assert held.lease_extra_seconds == engine.lease_extra_seconds(hook_step) > 0
+    assert claimed.row.lease_expires_at == held.lease_expires_at
 
 
 @pytest.mark.django_db
@@ -290,3 +293,61 @@ def test_a_claim_looks_up_its_flow_and_version_by_key_however_many_flows_there_a
     for plan in plans:
         assert "Seq Scan on flows_flow " not in plan, plan
         assert "Seq Scan on flows_flowversion" not in plan, plan
+
+
+def waiting_on_locks() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                       "AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_waits_for_its_run_before_it_holds_the_step_so_ending_the_run_cannot_deadlock(hook_version):
+    # A transaction that ends a run holds the run row and cancels its queued steps. A claim of
+    # one of those steps that took the step row first, then waited for the run, was a deadlock.
+    flow = hook_version.flow
+    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:race",
+                             status=Run.Status.RUNNING, started_at=timezone.now())
+    hook = StepRun.objects.create(run=run, step_id="hook", status="QUEUED")  # no message: only this test claims it
+    seq_before = run.event_seq
+    holding, cancel, errors, claims = threading.Event(), threading.Event(), [], []
+
+    def end_the_run() -> None:
+        try:
+            with transaction.atomic():
+                Run.objects.select_for_update().get(pk=run.pk)
+                holding.set()
+                assert cancel.wait(10)
+                StepRun.objects.filter(pk=hook.pk, status="QUEUED").update(status="CANCELLED")
+                Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED)
+        except Exception as exc:  # noqa: BLE001 (checked below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def claim() -> None:
+        try:
+            claims.append(store.claim_step(hook.pk, 30))
+        except Exception as exc:  # noqa: BLE001 (checked below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    ender = threading.Thread(target=end_the_run)
+    ender.start()
+    assert holding.wait(10)
+    claimer = threading.Thread(target=claim)
+    claimer.start()
+    deadline = time.monotonic() + 10
+    while waiting_on_locks() < 1:  # the claim waits for the run
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    cancel.set()
+    ender.join()
+    claimer.join()
+
+    assert errors == []
+    assert claims == [None]  # the run ended first: nothing to claim
+    assert StepRun.objects.get(pk=hook.pk).status == "CANCELLED"
+    assert Run.objects.get(pk=run.pk).event_seq == seq_before
