@@ -41,6 +41,9 @@ def sweep(grace_seconds: float | None = None) -> dict[str, int]:
     )
     for row in expired:
         with transaction.atomic():
+            # The run first, as every writer of a run's steps locks it (the step row first, then the
+            # run for the event, waited on a result transaction that waited on this step: a deadlock).
+            Run.objects.select_for_update().filter(pk=row.run_id).exists()
             if StepRun.objects.filter(pk=row.pk, status=S.RUNNING, attempt=row.attempt, lease_expires_at__lt=now).update(
                 status=S.QUEUED, lease_expires_at=None, queued_at=now
             ):

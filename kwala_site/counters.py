@@ -24,6 +24,7 @@ NAMES = {
     "run_starts_deferred": "run starts put off because the flow or team was over its runs per minute",
     "queue_send_failed": "messages the broker did not take (the sweeper sent them again)",
     "nul_bytes_refused": "requests answered 400: a NUL byte in the URL (kwala_site.nulbytes)",
+    "failure_webhook_failed": "failed runs the operators' failure webhook (KWALA_FAILURE_WEBHOOK_URL) was not told of",
 }
 
 

@@ -126,6 +126,30 @@ def test_a_failed_run_alerts_the_team_once_but_a_failed_dry_run_does_not(team, a
     assert Notification.objects.filter(run=run).count() == (0 if dry_run else 1)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_failure_webhook_is_told_of_a_failed_run_and_one_it_cannot_reach_is_counted(team, alice, http_sink,
+                                                                                       settings):
+    from executor.models import Notification
+    from kwala_site import counters
+
+    version = make_version(team, alice, [manual(), node("halt", "stop", {"fail": True, "message": "no more"})],
+                           [edge("start", "halt")])
+    settings.KWALA_FAILURE_WEBHOOK_URL = f"{http_sink.url}/failed"
+    told = start_manual_run(version, {}, user=alice)
+    start.start_run(told.pk)  # outside a transaction: the webhook is told once the failure is committed
+    (posted,) = http_sink.to("/failed")
+    assert posted.json()["run"] == str(told.code) and "no more" in posted.json()["text"]
+
+    settings.KWALA_FAILURE_WEBHOOK_URL = "http://127.0.0.1:9/failed"  # nothing listens there
+    before = counters.read().get("failure_webhook_failed", 0)
+    untold = start_manual_run(version, {}, user=alice)
+    start.start_run(untold.pk)
+    untold.refresh_from_db()
+    assert untold.status == Run.Status.FAILED
+    assert Notification.objects.filter(run=untold).count() == 1  # the team still sees it
+    assert counters.read()["failure_webhook_failed"] == before + 1
+
+
 @pytest.mark.django_db
 def test_a_broken_inline_expression_fails_the_step_and_the_run(team, alice):
     version = make_version(
