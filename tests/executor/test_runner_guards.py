@@ -184,16 +184,23 @@ def test_a_write_that_commits_keeps_on_commit_callbacks_and_only_ends_the_outerm
         other.close()
 
 
+def queued_hook(version: FlowVersion, key: str) -> tuple[Run, StepRun, dict]:
+    """A run of `version` started, its hook step queued: (run, hook row, hook's DAG step).
+
+    Inside the test's transaction the thread keeps no step and nothing is committed: no
+    message goes out for the suite's workers to take the hook first.
+    """
+    run = Run.objects.create(team=version.flow.team, flow=version.flow, version=version, trigger_key=key)
+    start.start_run(run.pk)
+    hook_step = next(step for step in version.dag["steps"] if step["id"] == "hook")
+    return run, StepRun.objects.get(run=run, step_id="hook"), hook_step
+
+
 @pytest.mark.django_db
 def test_a_worker_claims_a_queued_step_logs_it_running_and_reads_its_run_in_one_statement(hook_version):
     flow = hook_version.flow
-    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:claim")
-    # Inside the test's transaction the thread keeps no step and nothing is committed: the hook
-    # is queued, and no message goes out for the suite's workers to take it first.
-    start.start_run(run.pk)
-    hook = StepRun.objects.get(run=run, step_id="hook")
+    run, hook, hook_step = queued_hook(hook_version, "manual:claim")
     # The hook's own timeout, kept on its row when the run started, is added to the base lease.
-    hook_step = next(step for step in hook_version.dag["steps"] if step["id"] == "hook")
     assert hook.lease_extra_seconds == engine.lease_extra_seconds(hook_step) == hook_step["config"]["timeout"] > 0
     before = {r.step_id: (r.status, r.output) for r in StepRun.objects.filter(run=run)}
     seq_before = Run.objects.get(pk=run.pk).event_seq
@@ -227,12 +234,8 @@ def test_a_step_whose_row_keeps_no_lease_extra_gets_its_full_lease_when_claimed(
     # A row written before the column existed, by an older process during a deploy, or reset by a
     # retry keeps 0: claimed with the base lease alone, a slow endpoint would outlive it and the
     # step would be taken over and run twice.
-    flow = hook_version.flow
-    run = Run.objects.create(team=flow.team, flow=flow, version=hook_version, trigger_key="manual:old-row")
-    start.start_run(run.pk)
-    hook = StepRun.objects.get(run=run, step_id="hook")
+    _, hook, hook_step = queued_hook(hook_version, "manual:old-row")
     StepRun.objects.filter(pk=hook.pk).update(lease_extra_seconds=0)
-    hook_step = next(step for step in hook_version.dag["steps"] if step["id"] == "hook")
     needed = settings.KWALA_STEP_LEASE_SECONDS + engine.lease_extra_seconds(hook_step)
 
     claimed = engine._claim(hook.pk)
