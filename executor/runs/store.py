@@ -327,7 +327,7 @@ _STEP_SELECT = f"SELECT {', '.join(_STEP_COLUMNS)} FROM executor_steprun WHERE r
 # among the run's other writers, as in run_events_statement) and reads what the step runs
 # with: its run (with flow and version), the event's seq, and the run's steps as one JSON
 # array, the claimed one as it now is and the others as they were when the statement began
-# (_step_rows_json).
+# (_step_rows).
 _CLAIM_STEP = (
     "WITH locked AS MATERIALIZED (SELECT id FROM executor_run"  # noqa: S608
     "   WHERE id = (SELECT run_id FROM executor_steprun WHERE id = %(step)s) AND status = 'RUNNING' FOR UPDATE), "
@@ -458,11 +458,7 @@ def load_steps(run: Run) -> dict[str, StepRun]:
 
 def load_locked(run_id: int) -> tuple[Run | None, dict[str, StepRun]]:
     """load_run(lock=True) and then load_steps, in one round trip."""
-    return _run_and_steps(f"{_RUN_SQL} FOR UPDATE OF r", _STEP_SELECT, run_id)
-
-
-def _run_and_steps(run_sql: str, steps_sql: str, key: int) -> tuple[Run | None, dict[str, StepRun]]:
-    found_run, found_steps = read_together([(run_sql, [key]), (steps_sql, [key])])
+    found_run, found_steps = read_together([(f"{_RUN_SQL} FOR UPDATE OF r", [run_id]), (_STEP_SELECT, [run_id])])
     if not found_run:
         return None, {}
     run = run_from_row(found_run[0])
@@ -495,7 +491,7 @@ def claim_step(step_run_id: int, base_lease_seconds: float) -> ClaimedStep | Non
         return None
     run = run_from_row(found[:_RUN_WIDTH])
     seq, steps = found[_RUN_WIDTH:]
-    rows = _step_rows_json(run, from_jsonb(steps))
+    rows = _step_rows(run, from_jsonb(steps), as_json=True)
     row = next(r for r in rows.values() if r.pk == step_run_id)
     _broadcast_on_commit(run, [(seq, "step.status", {"step": row.step_id, "status": row.status,
                                                     "attempt": row.attempt})], now)
@@ -514,23 +510,17 @@ def extend_lease(row: StepRun, base_lease_seconds: float, extra_seconds: float) 
     return bool(updated)
 
 
-def _step_rows_json(run: Run, found_rows: list[list]) -> dict[str, StepRun]:
-    """_step_rows for rows read as JSON arrays (jsonb_build_array of _STEP_COLUMNS): the JSON
-    columns come parsed already, the timestamps as ISO 8601 text."""
+def _step_rows(run: Run, found_rows: Sequence[Sequence], *, as_json: bool = False) -> dict[str, StepRun]:
+    """StepRuns of `run` by step id, from rows of _STEP_COLUMNS: as psycopg reads them (the jsonb
+    columns as text), or `as_json`, read as JSON arrays (jsonb_build_array: the jsonb columns
+    come parsed, the timestamps as ISO 8601 text)."""
     rows = {}
     for found in found_rows:
-        values = [datetime.fromisoformat(v) if c in _STEP_TIMES and v is not None else v
-                  for c, v in zip(_STEP_COLUMNS, found, strict=True)]
-        row = StepRun.from_db("default", _STEP_COLUMNS, values)
-        row.run = run
-        rows[row.step_id] = row
-    return rows
-
-
-def _step_rows(run: Run, found_rows: list[tuple]) -> dict[str, StepRun]:
-    rows = {}
-    for found in found_rows:
-        values = [from_jsonb(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
+        if as_json:
+            values = [datetime.fromisoformat(v) if c in _STEP_TIMES and v is not None else v
+                      for c, v in zip(_STEP_COLUMNS, found, strict=True)]
+        else:
+            values = [from_jsonb(v) if c in _STEP_JSON else v for c, v in zip(_STEP_COLUMNS, found, strict=True)]
         row = StepRun.from_db("default", _STEP_COLUMNS, values)
         row.run = run
         rows[row.step_id] = row
