@@ -17,13 +17,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from executor.routing import websocket_urlpatterns  # noqa: E402
 from executor.webhook_door import WebhookDoor  # noqa: E402
 from flows.mcp.door import McpDoor  # noqa: E402
+from kwala_site.overload import SocketGuard  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Inbound webhooks and MCP (/mcp, streamable HTTP) are answered straight from ASGI;
         # everything else goes to Django.
         "http": WebhookDoor(McpDoor(django_asgi_app)),
-        # Browsers send Origin on websockets; refuse pages from other sites.
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Browsers send Origin on websockets; refuse pages from other sites. A socket that
+        # PostgreSQL or Redis cannot serve is answered 503 or closed 1013 (SocketGuard).
+        "websocket": SocketGuard(AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )

@@ -21,6 +21,7 @@ KEY = "kwala:counters"
 NAMES = {
     "webhook_rate_limited": "inbound webhook requests answered 429 (the flow's requests per minute)",
     "overloaded": "requests answered 503: no database connection to be had",
+    "sockets_refused": "websockets answered 503 or closed 1013 (Try Again Later): PostgreSQL or Redis could not serve them",
     "run_starts_deferred": "run starts put off because the flow or team was over its runs per minute",
     "queue_send_failed": "messages the broker did not take (the sweeper sent them again)",
     "nul_bytes_refused": "requests answered 400: a NUL byte in the URL (kwala_site.nulbytes)",

@@ -5,14 +5,17 @@ wait for a free connection; one that waits past the pool's timeout, that Postgre
 turns away (too many clients) or cannot reach (down, restarting, a dropped
 connection: psycopg's OperationalError) is answered 503 with Retry-After by the
 one place that sees every uncaught error (``handler500``, and the API's catch-all
-handler), logged as overload rather than as a bug.
+handler), logged as overload rather than as a bug. Websockets get the same answer to
+their handshake (SocketGuard below).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 import psycopg
+import redis
 from django.http import JsonResponse
 from psycopg_pool import PoolTimeout
 
@@ -60,3 +63,85 @@ def overloaded(request) -> JsonResponse:
     response = JsonResponse(BODY, status=503)
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
+
+
+# RFC 6455's registered close code "Try Again Later": the server cannot serve the socket now.
+TRY_AGAIN_LATER = 1013
+
+
+def unavailable(exc: BaseException | None) -> str | None:
+    """The service that could not serve, when an error (or one it was raised from) says so: "PostgreSQL"
+    (is_overload) or "Redis" (a connection refused, dropped or timed out); else None."""
+    if is_overload(exc):
+        return "PostgreSQL"
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return "Redis"
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+class SocketGuard:
+    """ASGI middleware for websockets: a socket PostgreSQL or Redis cannot serve is refused, not crashed.
+
+    A websocket's handshake needs the database (the session, the permission
+    check, the log it replays) and Redis (the channel layer's groups). When either
+    fails, the error used to escape the consumer, and the server answered the
+    handshake 500 with a traceback in the log. Here the handshake is answered as an
+    HTTP request would be, 503 with Retry-After and the API's error body (ASGI's
+    websocket.http.response extension, which uvicorn offers); a socket already
+    open is closed with 1013, Try Again Later, and the browser's live view
+    reconnects and replays what it missed from the log. Each is logged and counted
+    (`sockets_refused`). Any other error is left to the server, as before.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        state = {"accepted": False, "answered": False, "left": False}
+
+        async def tracked_receive():
+            message = await receive()
+            state["left"] |= message["type"] == "websocket.disconnect"
+            return message
+
+        async def tracked_send(message) -> None:
+            kind = message["type"]
+            state["accepted"] |= kind == "websocket.accept"
+            state["answered"] |= kind in ("websocket.close", "websocket.http.response.start")
+            await send(message)
+
+        try:
+            await self.app(scope, tracked_receive, tracked_send)
+        except Exception as exc:
+            service = unavailable(exc)
+            if service is None or state["answered"]:
+                raise
+            if state["left"]:  # the browser went first; leaving the groups failed with it
+                logger.info("websocket %s closed by its browser; %s could not be told: %s", scope["path"], service, exc)
+                return
+            await self._refuse(scope, send, service, accepted=state["accepted"])
+
+    @staticmethod
+    async def _refuse(scope, send, service: str, *, accepted: bool) -> None:
+        logger.warning("overloaded: %s could not serve websocket %s; %s", service, scope["path"],
+                       "closed it with 1013" if accepted else "answered its handshake 503")
+        counters.incr("sockets_refused")
+        if accepted or "websocket.http.response" not in scope.get("extensions", {}):
+            message = {"type": "websocket.close", "code": TRY_AGAIN_LATER}  # before accept: the server says 403
+            replies = [message]
+        else:
+            replies = [
+                {"type": "websocket.http.response.start", "status": 503,
+                 "headers": [(b"content-type", b"application/json"),
+                             (b"retry-after", str(RETRY_AFTER_SECONDS).encode())]},
+                {"type": "websocket.http.response.body", "body": json.dumps(BODY).encode()},
+            ]
+        try:
+            for reply in replies:
+                await send(reply)
+        except (OSError, RuntimeError) as exc:  # the browser is gone meanwhile
+            logger.info("websocket %s: the refusal could not be sent: %s", scope["path"], exc)

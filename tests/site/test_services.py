@@ -62,18 +62,27 @@ def run(alice, team):
     return Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:1")
 
 
-def open_socket(server, path: str, user=None, origin: str = "http://127.0.0.1"):
-    """A real websocket to the uvicorn server, logged in as `user` through a session cookie."""
+def session_cookie(user) -> str:
+    """A Cookie header that logs `user` in."""
     from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}"
+
+
+def open_socket(server, path: str, user=None, origin: str = "http://127.0.0.1", open_timeout: float = 5,
+                cookie: str | None = None):
+    """A real websocket to the uvicorn server, logged in as `user` through a session cookie (or with `cookie`)."""
     from websockets.sync.client import connect
 
     headers = {"Origin": origin}
-    if user is not None:
-        client = Client()
-        client.force_login(user)
-        headers["Cookie"] = f"sessionid={client.cookies['sessionid'].value}"
+    if cookie is None and user is not None:
+        cookie = session_cookie(user)
+    if cookie is not None:
+        headers["Cookie"] = cookie
     ws_url = server.url.replace("http://", "ws://") + path
-    return connect(ws_url, additional_headers=headers, open_timeout=5)
+    return connect(ws_url, additional_headers=headers, open_timeout=open_timeout)
 
 
 @pytest.mark.django_db(transaction=True)
