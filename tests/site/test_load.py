@@ -187,3 +187,25 @@ def test_many_api_callers_at_once_get_an_answer_or_a_503_never_a_500(asgi_server
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[200] > 0
     assert all(r.headers.get("Retry-After") for r in answers if r.status_code == 503)
+
+
+def test_many_assistants_at_once_get_an_answer_or_a_503_never_a_500(asgi_server, alice):
+    """The MCP door (/mcp, stateless JSON over streamable HTTP): the token check and the tool
+    both need the database, from the same pool as every other request."""
+    headers = {"Authorization": f"Bearer {token_for(alice)}", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2025-06-18"}
+    with connections_peak() as peak:
+        statuses, answers = hammer(asgi_server.url + "/mcp", "POST", 2, headers=headers,
+                                   body=lambda caller, n: {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                                                           "params": {"name": "list_flows", "arguments": {}}})
+
+    assert peak["seen"] < peak["max"] // 2, peak
+    assert set(statuses) <= {200, 503}, statuses
+    answered = [r.json() for r in answers if r.status_code == 200]
+    assert answered and all("result" in body for body in answered), answered[:3]
+    # A call the server could not serve says so, with when to come back, whichever layer refused it.
+    for response in answers:
+        if response.status_code == 503:
+            assert int(response.headers["Retry-After"]) >= 1
+    refused_inside = [body["result"] for body in answered if body["result"].get("isError")]
+    assert all(result["structuredContent"]["status"] == 503 for result in refused_inside), refused_inside[:3]

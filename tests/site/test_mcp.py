@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import httpx2
-import psycopg
 import pytest
 from anyio.from_thread import start_blocking_portal
 from django.core.management import CommandError, call_command
@@ -354,13 +353,23 @@ def test_the_graph_tools_teach_every_node_type_and_its_required_fields_from_the_
         assert '"key": "http.request"' in assistant.read("kwala://node-types")
 
 
-def test_an_unreachable_database_is_a_tool_error_that_says_to_retry(monkeypatch):
-    def refused(token):
-        raise psycopg.OperationalError("connection refused")
+def test_a_database_gone_mid_session_is_a_tool_error_that_says_to_retry(child_env, service_logs, alice):
+    from django.db import connection
 
-    monkeypatch.setattr(tools, "membership_for_token", refused)
-    with _session(Client(tools.build_server("kwl_any"))) as assistant:
-        answer = assistant.refused("list_flows")
+    from tests.conftest import database_url_for
+    from tests.tcpproxy import TcpProxy
+
+    db = connection.settings_dict
+    host, port = db.get("HOST") or "", db.get("PORT") or 5432
+    proxy = TcpProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, int(port)))
+    env = {**child_env, "DATABASE_URL": database_url_for({**db, "HOST": "127.0.0.1", "PORT": proxy.port})}
+    try:
+        with over_stdio(env, token_for(alice), service_logs) as assistant:
+            assistant.call("list_flows")  # through the proxy
+            proxy.cut()  # PostgreSQL is gone, as far as the server can tell
+            answer = assistant.refused("list_flows")
+    finally:
+        proxy.close()
     assert answer == {"status": 503, "retry_after": 2, "error": {
         "code": "overloaded", "details": [], "message": "The server is busy; try again in a moment."}}
 
