@@ -94,8 +94,9 @@ def percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))] if values else 0.0
 
 
-def cpu_snapshot(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds used so far by each part: PostgreSQL, Redis and the named process trees."""
+def cpu_snapshot(roots: dict[str, int | list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each part: PostgreSQL, Redis and the named process trees (a part
+    may be several trees)."""
     import psutil
 
     totals: dict[str, float] = {}
@@ -121,14 +122,15 @@ def cpu_snapshot(roots: dict[str, int]) -> dict[str, float]:
             add("postgresql", proc)
         elif "redis-server" in name or "redis-server" in cmdline:
             add("redis", proc)
-    for name, pid in roots.items():
-        try:
-            root = psutil.Process(pid)
-            # This process holds the sink; its other children are the parts named above.
-            for proc in [root] if pid == os.getpid() else [root, *root.children(recursive=True)]:
-                add(name, proc)
-        except psutil.Error:
-            continue
+    for name, pids in roots.items():
+        for pid in pids if isinstance(pids, list) else [pids]:
+            try:
+                root = psutil.Process(pid)
+                # This process holds the sink; its other children are the parts named above.
+                for proc in [root] if pid == os.getpid() else [root, *root.children(recursive=True)]:
+                    add(name, proc)
+            except psutil.Error:
+                continue
     return totals
 
 

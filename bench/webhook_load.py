@@ -6,13 +6,18 @@ workers and the sweeper, a loopback HTTP sink, and the floor: a minimal
 hand-written non-durable forwarder (aiohttp) that parses the JSON, checks the
 same condition and POSTs to the sink over a keep-alive client.
 
-Each load is sent to the floor and then to Kwala: 1 client (latency), 32 and
+With --durable-floor, a second floor too: the same forwarder in two processes, storing
+each request in PostgreSQL (one committed INSERT) before its 202 and recording its
+delivery (one committed UPDATE) after the POST; no queue, no retries, no recovery:
+what durability alone costs on this machine, beside what Kwala's path costs.
+
+Each load is sent to the floor(s) and then to Kwala: 1 client (latency), 32 and
 256 concurrent clients (saturation), each client on its own keep-alive
 connection. Printed per load and target: accepted/s, delivered/s, p50/p99 from
 the request being sent to the sink receiving the POST, 5xx answers, requests
 accepted but never delivered, duplicate deliveries. Last line: one JSON object.
 
-    python bench/webhook_load.py [--requests 3000] [--latency-requests 200]
+    python bench/webhook_load.py [--requests 3000] [--latency-requests 200] [--durable-floor]
 """
 
 from __future__ import annotations
@@ -92,6 +97,65 @@ def floor_main(port: int, sink_url: str) -> None:
     app.router.add_post("/hook", hook)
     web.run_app(app, host="127.0.0.1", port=port, print=lambda *_: print("ready", flush=True),
                 access_log=None)
+
+
+DURABLE_TABLE = "bench_durable_floor"
+
+
+def durable_floor_main(port: int, sink_url: str, params: str) -> None:
+    """The durable floor (one of two processes on the port): the floor, with a committed INSERT
+    before the 202 and a committed UPDATE once the sink has the POST."""
+    import aiohttp
+    from aiohttp import web
+    from psycopg.types.json import Jsonb
+    from psycopg_pool import AsyncConnectionPool
+
+    state: dict = {}
+    pending: set = set()
+
+    async def forward(run_id: int, body: dict) -> None:
+        async with state["client"].post(f"{sink_url}/durable_floor", json={"id": body["id"]}) as answer:
+            await answer.read()
+        async with state["pool"].connection() as conn:
+            await conn.execute(f"UPDATE {DURABLE_TABLE} SET status = 'SUCCEEDED', finished_at = now() "  # noqa: S608
+                               "WHERE id = %s", [run_id])
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        async with state["pool"].connection() as conn:
+            found = await conn.execute(f"INSERT INTO {DURABLE_TABLE} (body, status) VALUES (%s, 'QUEUED') "  # noqa: S608
+                                       "RETURNING id", [Jsonb(body)])
+            (run_id,) = await found.fetchone()
+        if body.get("amount", 0) > 0:
+            task = asyncio.create_task(forward(run_id, body))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        return web.json_response({"run": run_id}, status=202)
+
+    async def start(app) -> None:
+        state["client"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        state["pool"] = AsyncConnectionPool(kwargs={**json.loads(params), "autocommit": True}, min_size=4,
+                                            max_size=16, open=False)
+        await state["pool"].open(wait=True)
+
+    app = web.Application()
+    app.on_startup.append(start)
+    app.router.add_post("/hook", hook)
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=lambda *_: print("ready", flush=True),
+                access_log=None)
+
+
+def durable_floor_table() -> str:
+    """Create (empty) the durable floor's table; return the connection parameters for its processes."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE IF NOT EXISTS {DURABLE_TABLE} (id bigserial PRIMARY KEY, body jsonb NOT NULL, "
+                       "status text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz)")
+        cursor.execute(f"TRUNCATE {DURABLE_TABLE}")
+    params = {k: v for k, v in connection.get_connection_params().items()
+              if k in ("host", "port", "dbname", "user", "password")}
+    return json.dumps(params)
 
 
 # -- the load ------------------------------------------------------------------------------
@@ -264,13 +328,20 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=200, help="requests sent one at a time")
     parser.add_argument("--loads", default="1,32,256", help="client counts, comma-separated")
     parser.add_argument("--sink-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--durable-floor", action="store_true",
+                        help="also measure the durable floor (a committed INSERT per request, an UPDATE per delivery)")
     parser.add_argument("--floor-child", nargs=2, metavar=("PORT", "SINK_URL"), help=argparse.SUPPRESS)
+    parser.add_argument("--durable-floor-child", nargs=3, metavar=("PORT", "SINK_URL", "PARAMS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sink_child:
         sink_main(args.sink_child)
         return
     if args.floor_child:
         floor_main(int(args.floor_child[0]), args.floor_child[1])
+        return
+    if args.durable_floor_child:
+        durable_floor_main(int(args.durable_floor_child[0]), *args.durable_floor_child[1:])
         return
 
     product_env()
@@ -306,12 +377,19 @@ def run(args, children: list[subprocess.Popen]) -> dict:
     worker = spawn(children, "worker", [python, "manage.py", "rundramatiq", "--processes", str(WORKER_PROCESSES),
                                "--threads", str(WORKER_THREADS)])
     spawn(children, "sweeper", [python, "manage.py", "sweep"])
+    targets = {"floor": (f"http://127.0.0.1:{floor_port}/hook", "/floor")}
+    roots = {"web": web.pid, "worker": worker.pid, "sink": sink.pid, "floor": floor.pid, "bench": os.getpid()}
+    if args.durable_floor:
+        durable_port, params = free_port(), durable_floor_table()
+        command = [python, __file__, "--durable-floor-child", str(durable_port), sink_url, params]
+        roots["durable_floor"] = [spawn(children, f"durable_floor_{n}", command).pid for n in (1, 2)]
+        targets["durable_floor"] = (f"http://127.0.0.1:{durable_port}/hook", "/durable_floor")
+        wait_port(durable_port)
+        connection.close()
     for port in (sink_port, floor_port, web_port):
         wait_port(port)
 
-    roots = {"web": web.pid, "worker": worker.pid, "sink": sink.pid, "floor": floor.pid, "bench": os.getpid()}
-    targets = {"floor": (f"http://127.0.0.1:{floor_port}/hook", "/floor"),
-               "kwala": (f"http://127.0.0.1:{web_port}{path}", "/product")}
+    targets["kwala"] = (f"http://127.0.0.1:{web_port}{path}", "/product")
     # Warm up both (imports, pools, prepared statements), then forget it.
     warm = {name: measure_load(url, sink_url, sink_path, 8, 200, f"warm-{name}", roots)
             for name, (url, sink_path) in targets.items()}
@@ -326,6 +404,7 @@ def run(args, children: list[subprocess.Popen]) -> dict:
 
     kwala = [f for k, f in figures.items() if k.startswith("kwala_")]
     floor = [f for k, f in figures.items() if k.startswith("floor_")]
+    durable_floor = [f for k, f in figures.items() if k.startswith("durable_floor_")]
     busiest = max(int(c) for c in args.loads.split(","))
     durable = durable_counts(path)
     return {
@@ -342,6 +421,10 @@ def run(args, children: list[subprocess.Popen]) -> dict:
         "lost": sum(f["lost"] for f in kwala),
         "duplicates": sum(f["duplicates"] for f in kwala),
         "floor_server_errors": sum(f["server_errors"] for f in floor),
+        **({"durable_floor_delivered_per_s": max(f["delivered_per_s"] for f in durable_floor),
+            "durable_floor_p50_ms": figures["durable_floor_1"]["p50_ms"] if "durable_floor_1" in figures else None,
+            "durable_floor_server_errors": sum(f["server_errors"] for f in durable_floor),
+            "durable_floor_lost": sum(f["lost"] for f in durable_floor)} if durable_floor else {}),
         # Every accepted request is a run in PostgreSQL, with its steps, and it succeeded.
         "accepted_without_run": warm["kwala"]["accepted"] + sum(f["accepted"] for f in kwala) - durable["runs"],
         **{f"durable_{k}": v for k, v in durable.items()},
