@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
@@ -10,6 +12,9 @@ from executor.models import RunEvent
 from executor.permissions import run_for_user_or_none
 from flows.models import Membership
 from flows.permissions import flow_for_user_or_none
+from kwala_site.overload import unavailable
+
+logger = logging.getLogger(__name__)
 
 REPLAY_LIMIT = 1000
 
@@ -34,6 +39,25 @@ class TeamScopedConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         for name in self.groups_joined:
             await self.channel_layer.group_discard(name, self.channel_name)
+
+    async def dispatch(self, message):
+        """A handler that PostgreSQL or Redis failed ends the socket (kwala_site.overload.SocketGuard
+        answers it, 503 or 1013); it leaves its groups first, or every broadcast to them would go on
+        queueing messages for a channel nobody reads until the group expires (a day)."""
+        try:
+            await super().dispatch(message)
+        except Exception as exc:
+            if unavailable(exc) is not None:
+                await self._leave_quietly()
+            raise
+
+    async def _leave_quietly(self) -> None:
+        for name in self.groups_joined:
+            try:
+                await self.channel_layer.group_discard(name, self.channel_name)
+            except Exception as exc:  # Redis is what failed: its groups expire on their own
+                logger.info("websocket %s could not leave %s: %s", self.channel_name, name, exc)
+        self.groups_joined = ()
 
     async def membership_revoked(self, message: dict):
         if message.get("team") == self.team_id:

@@ -130,3 +130,45 @@ def test_an_open_socket_whose_redis_goes_away_is_closed_with_try_again_later(chi
     assert closed.value.rcvd.code == 1013  # Try Again Later: the page reconnects and replays
     log = server.log_path.read_text()
     assert "overloaded: Redis could not serve websocket" in log and "Traceback" not in log
+
+
+def test_a_socket_whose_database_goes_away_leaves_its_groups_and_is_closed_with_try_again_later(
+    child_env, service_logs, run, alice,
+):
+    import redis
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+    from django.conf import settings
+    from django.db import connection
+    from websockets.exceptions import ConnectionClosed
+
+    from executor.live import run_group
+    from tests.conftest import database_url_for
+    from tests.tcpproxy import TcpProxy
+
+    db = connection.settings_dict
+    host, port = db.get("HOST") or "", db.get("PORT") or 5432
+    proxy = TcpProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, int(port)))
+    server = webhook_server(child_env, service_logs, "uvicorn-socket-db-cut", KWALA_DB_POOL_TIMEOUT="2",
+                            DATABASE_URL=database_url_for({**db, "HOST": "127.0.0.1", "PORT": proxy.port}))
+    record_run_event(run, "run.queued", {"status": "QUEUED"})
+    layer = get_channel_layer()
+    members = redis.Redis.from_url(settings.REDIS_URL)
+    group_key = layer._group_key(run_group(run.code))  # channels_redis' own key for the group's channels
+    try:
+        with open_socket(server, f"/ws/runs/{run.code}/", alice) as socket:
+            assert json.loads(socket.recv(timeout=5))["seq"] == 1
+            assert members.zcard(group_key) == 1
+            proxy.cut()
+            # An event the socket missed part of: it reads the gap from the log, which it cannot reach.
+            async_to_sync(layer.group_send)(run_group(run.code), {"type": "run.event", "seq": 5, "kind": "x",
+                                                                  "data": {}, "run": str(run.code)})
+            with pytest.raises(ConnectionClosed) as closed:
+                socket.recv(timeout=30)
+    finally:
+        server.stop()
+        proxy.close()
+    assert closed.value.rcvd.code == 1013
+    assert members.zcard(group_key) == 0  # left: broadcasts no longer queue for it
+    log = server.log_path.read_text()
+    assert "overloaded: PostgreSQL could not serve websocket" in log and "Traceback" not in log
