@@ -122,12 +122,16 @@ def test_an_open_socket_whose_redis_goes_away_is_closed_with_try_again_later(chi
         with open_socket(server, f"/ws/runs/{run.code}/", alice) as socket:
             assert json.loads(socket.recv(timeout=5))["seq"] == 1
             proxy.cut()
+            after_cut = []
             with pytest.raises(ConnectionClosed) as closed:
-                socket.recv(timeout=30)
+                while len(after_cut) < 10:
+                    after_cut.append(json.loads(socket.recv(timeout=30)))
     finally:
         server.stop()
         proxy.close()
     assert closed.value.rcvd.code == 1013  # Try Again Later: the page reconnects and replays
+    # Seen once in CI, not reproduced: one more message before the close. Only this run's event may be it.
+    assert all((m["run"], m["seq"]) == (str(run.code), 1) for m in after_cut), after_cut
     log = server.log_path.read_text()
     assert "overloaded: Redis could not serve websocket" in log and "Traceback" not in log
 
