@@ -10,6 +10,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.utils import timezone
 
 from executor.models import Run
 from executor.runs.store import record_run_event
@@ -23,9 +24,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def run(alice, team):
+    """A finished run, whose events only its test writes: a sweeper and a worker an earlier test left
+    running would start a queued one (its version has no DAG) and log events of their own in it."""
     flow = Flow.objects.create(team=team, name="Watched", created_by=alice)
     version = FlowVersion.objects.create(flow=flow, number=1, graph={}, status=FlowVersion.Status.PUBLISHED)
-    return Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:1")
+    return Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:1",
+                              status=Run.Status.SUCCEEDED, finished_at=timezone.now())
 
 
 def refused_handshake(server, path: str, user):
@@ -130,8 +134,7 @@ def test_an_open_socket_whose_redis_goes_away_is_closed_with_try_again_later(chi
         server.stop()
         proxy.close()
     assert closed.value.rcvd.code == 1013  # Try Again Later: the page reconnects and replays
-    # Seen once in CI, not reproduced: one more message before the close. Only this run's event may be it.
-    assert all((m["run"], m["seq"]) == (str(run.code), 1) for m in after_cut), after_cut
+    assert after_cut == []
     log = server.log_path.read_text()
     assert "overloaded: Redis could not serve websocket" in log and "Traceback" not in log
 
