@@ -209,3 +209,17 @@ def test_many_assistants_at_once_get_an_answer_or_a_503_never_a_500(asgi_server,
             assert int(response.headers["Retry-After"]) >= 1
     refused_inside = [body["result"] for body in answered if body["result"].get("isError")]
     assert all(result["structuredContent"]["status"] == 503 for result in refused_inside), refused_inside[:3]
+
+
+def test_many_browsers_at_once_on_the_flows_page_get_it_or_a_503_never_a_500(asgi_server, alice, team):
+    from tests.site.test_services import session_cookie
+
+    for n in range(3):
+        do_create_flow(team, alice, f"Flow {n}", graph=hook_graph("none"))
+    with connections_peak() as peak:
+        statuses, answers = hammer(asgi_server.url + "/", "GET", 2, headers={"Cookie": session_cookie(alice)})
+
+    assert peak["seen"] < peak["max"] // 2, peak
+    assert set(statuses) <= {200, 503}, statuses
+    assert all("Flow 2" in r.text for r in answers if r.status_code == 200) and statuses[200] > 0
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in answers if r.status_code == 503)
