@@ -11,6 +11,7 @@ their handshake (SocketGuard below).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -129,10 +130,8 @@ class SocketGuard:
     async def _refuse(scope, send, service: str, *, accepted: bool) -> None:
         logger.warning("overloaded: %s could not serve websocket %s; %s", service, scope["path"],
                        "closed it with 1013" if accepted else "answered its handshake 503")
-        counters.incr("sockets_refused")
         if accepted or "websocket.http.response" not in scope.get("extensions", {}):
-            message = {"type": "websocket.close", "code": TRY_AGAIN_LATER}  # before accept: the server says 403
-            replies = [message]
+            replies = [{"type": "websocket.close", "code": TRY_AGAIN_LATER}]  # before accept: the server says 403
         else:
             replies = [
                 {"type": "websocket.http.response.start", "status": 503,
@@ -145,3 +144,5 @@ class SocketGuard:
                 await send(reply)
         except (OSError, RuntimeError) as exc:  # the browser is gone meanwhile
             logger.info("websocket %s: the refusal could not be sent: %s", scope["path"], exc)
+        # Off the event loop: counting is a blocking Redis call (up to its 1 s timeout when Redis is away).
+        await asyncio.to_thread(counters.incr, "sockets_refused")

@@ -15,6 +15,7 @@ from django.utils import timezone
 from executor.models import Run
 from executor.runs.store import record_run_event
 from flows.models import Flow, FlowVersion
+from kwala_site import counters
 from tests.conftest import free_port
 from tests.site.test_load import connections_peak, webhook_server
 from tests.site.test_services import open_socket, session_cookie
@@ -49,6 +50,7 @@ def test_a_websocket_is_answered_503_with_retry_after_while_a_service_is_down(
     closed = free_port()  # nothing listens there
     env = ({"DATABASE_URL": f"postgres://kwala:x@127.0.0.1:{closed}/kwala"} if down == "postgresql"
            else {"REDIS_URL": f"redis://127.0.0.1:{closed}/0"})
+    refused_before = counters.read()["sockets_refused"]
     server = webhook_server(child_env, service_logs, f"uvicorn-socket-no-{down}", **env)
     try:
         response = refused_handshake(server, f"/ws/runs/{run.code}/", alice)
@@ -59,6 +61,10 @@ def test_a_websocket_is_answered_503_with_retry_after_while_a_service_is_down(
     assert json.loads(response.body)["error"]["code"] == "overloaded"
     log = server.log_path.read_text()
     assert "overloaded" in log and "Exception inside application" not in log and "Traceback" not in log
+    # Counted where Redis could be reached (/readyz shows it); without Redis the log line is all there is.
+    refused = counters.read()["sockets_refused"] - refused_before
+    assert refused == (1 if down == "postgresql" else 0)
+    assert down == "postgresql" or "sockets_refused not counted" in log
 
 
 SOCKETS = 150
