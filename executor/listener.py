@@ -635,7 +635,12 @@ def retract_blocks(chain: Chain, orphaned: Sequence[str], reason: str) -> None:
     now = timezone.now()
     Event.objects.filter(chain=chain, block_hash__in=orphaned, retracted_at__isnull=True).update(retracted_at=now)
     runs = Run.objects.filter(chain=chain, block_hash__in=orphaned, dry_run=False).select_related("flow")
-    for run in runs.exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED]):
+    # Every run locked first, in id order, before any is changed: a change takes its run's rollup
+    # row too (the trigger), and a worker ending one of these runs holds that run and then needs
+    # the same rollup row. Changed one at a time, the reorg held the rollup row and waited for the
+    # run, a deadlock PostgreSQL broke by aborting one of them (tests/executor/test_rollups.py).
+    retracted = runs.exclude(status__in=[Run.Status.CANCELLED, Run.Status.REORGED])
+    for run in retracted.select_for_update(of=("self",)).order_by("pk"):
         cancelled = Run.objects.filter(pk=run.pk, status=Run.Status.QUEUED, started_at__isnull=True).update(
             status=Run.Status.CANCELLED, error=reason, finished_at=now
         )

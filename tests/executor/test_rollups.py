@@ -117,6 +117,70 @@ def test_a_reorg_moves_finished_runs_to_reorged_and_unstarted_ones_to_cancelled(
     assert counts(version.flow) == zero(reorged=1, cancelled=1)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_reorg_locks_its_runs_first_so_a_run_ending_meanwhile_cannot_deadlock_it(team, alice):
+    # Retracting a block updated its runs one at a time: each update took the run row and then
+    # its hour's rollup row (the trigger). A worker ending one of the later runs holds that run
+    # and then needs the same rollup row (same flow, hour and shard): each waited on the other.
+    import threading
+    import time
+
+    from django.db import transaction
+
+    from tests.executor.test_runner_guards import waiting_on_locks
+
+    version = stop_version(team, alice)
+    chain = Chain.objects.create(slug="rollup-race", name="Rollup race", chain_id=990002)
+    runs = [bare_run(version, "log:0", S.RUNNING, started_at=timezone.now())]
+    while len(runs) < 2:  # a second run in the same rollup shard (run id % 8) as the first
+        run = bare_run(version, f"log:{timezone.now().timestamp()}", S.RUNNING, started_at=timezone.now())
+        if run.pk % 8 == runs[0].pk % 8:
+            runs.append(run)
+    Run.objects.filter(pk__in=[r.pk for r in runs]).update(chain=chain, block_hash="0xbb")
+    # The worker ends the run the reorg reached last (it took them in whatever order the planner gave).
+    reached = list(Run.objects.filter(chain=chain, block_hash="0xbb").values_list("pk", flat=True))
+    ending = Run.objects.get(pk=reached[-1])
+    holding, go, errors = threading.Event(), threading.Event(), []
+
+    def end_the_run() -> None:  # a worker recording the run's last step
+        try:
+            with transaction.atomic():
+                Run.objects.select_for_update().get(pk=ending.pk)
+                holding.set()
+                assert go.wait(10)
+                Run.objects.filter(pk=ending.pk).update(status=S.SUCCEEDED, finished_at=timezone.now())
+        except Exception as exc:  # noqa: BLE001 (checked below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def retract() -> None:  # the listener's reorg
+        try:
+            with transaction.atomic():
+                retract_blocks(chain, ["0xbb"], "reorged away")
+        except Exception as exc:  # noqa: BLE001 (checked below)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=end_the_run)
+    worker.start()
+    assert holding.wait(10)
+    listener = threading.Thread(target=retract)
+    listener.start()
+    deadline = time.monotonic() + 10
+    while waiting_on_locks() < 1:  # the reorg waits for the ending run
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    go.set()
+    worker.join()
+    listener.join()
+
+    assert errors == []
+    assert set(Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)) == {S.REORGED}
+    assert counts(version.flow) == zero(reorged=2)
+
+
 def test_unfinished_and_deleted_runs_leave_the_counts_as_they_are(team, alice):
     version = stop_version(team, alice)
     bare_run(version, "manual:queued")
