@@ -13,6 +13,7 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.core.management import call_command
+from django.utils import timezone
 
 from executor.models import Run, WorkerProbe
 from executor.runs.store import record_run_event
@@ -59,7 +60,9 @@ def test_a_real_worker_runs_an_actor_through_redis_and_writes_to_postgres(dramat
 def run(alice, team):
     flow = Flow.objects.create(team=team, name="Whale alert", created_by=alice)
     version = FlowVersion.objects.create(flow=flow, number=1, graph={}, status=FlowVersion.Status.PUBLISHED)
-    return Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:1")
+    # Finished: a sweeper and a worker an earlier test left running would start a queued run and log in it.
+    return Run.objects.create(team=team, flow=flow, version=version, trigger_key="manual:1",
+                              status=Run.Status.SUCCEEDED, finished_at=timezone.now())
 
 
 def session_cookie(user) -> str:

@@ -6,6 +6,7 @@ import json
 import uuid
 
 import pytest
+from django.utils import timezone
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from executor.models import Run
@@ -20,7 +21,9 @@ ROLES = ["OWNER", "ADMIN", "EDITOR", "VIEWER"]
 
 def make_run(team, user, name: str = "Watched") -> Run:
     flow = do_create_flow(team, user, name)
-    run = Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key=f"manual:{uuid.uuid4()}")
+    # Finished: a sweeper and a worker an earlier test left running would start a queued run and log in it.
+    run = Run.objects.create(team=team, flow=flow, version=flow.versions.get(), trigger_key=f"manual:{uuid.uuid4()}",
+                             status=Run.Status.SUCCEEDED, finished_at=timezone.now())
     record_run_event(run, "run.status", {"status": "QUEUED"})
     return run
 
