@@ -122,12 +122,9 @@ def test_a_reorg_locks_its_runs_first_so_a_run_ending_meanwhile_cannot_deadlock_
     # Retracting a block updated its runs one at a time: each update took the run row and then
     # its hour's rollup row (the trigger). A worker ending one of the later runs holds that run
     # and then needs the same rollup row (same flow, hour and shard): each waited on the other.
-    import threading
-    import time
-
     from django.db import transaction
 
-    from tests.executor.test_runner_guards import waiting_on_locks
+    from tests.executor.test_runner_guards import behind_a_lock
 
     version = stop_version(team, alice)
     chain = Chain.objects.create(slug="rollup-race", name="Rollup race", chain_id=990002)
@@ -140,41 +137,18 @@ def test_a_reorg_locks_its_runs_first_so_a_run_ending_meanwhile_cannot_deadlock_
     # The worker ends the run the reorg reached last (it took them in whatever order the planner gave).
     reached = list(Run.objects.filter(chain=chain, block_hash="0xbb").values_list("pk", flat=True))
     ending = Run.objects.get(pk=reached[-1])
-    holding, go, errors = threading.Event(), threading.Event(), []
 
-    def end_the_run() -> None:  # a worker recording the run's last step
-        try:
-            with transaction.atomic():
-                Run.objects.select_for_update().get(pk=ending.pk)
-                holding.set()
-                assert go.wait(10)
-                Run.objects.filter(pk=ending.pk).update(status=S.SUCCEEDED, finished_at=timezone.now())
-        except Exception as exc:  # noqa: BLE001 (checked below)
-            errors.append(exc)
-        finally:
-            connection.close()
+    def end_the_run(until_told) -> None:  # a worker recording the run's last step
+        with transaction.atomic():
+            Run.objects.select_for_update().get(pk=ending.pk)
+            until_told()
+            Run.objects.filter(pk=ending.pk).update(status=S.SUCCEEDED, finished_at=timezone.now())
 
-    def retract() -> None:  # the listener's reorg
-        try:
-            with transaction.atomic():
-                retract_blocks(chain, ["0xbb"], "reorged away")
-        except Exception as exc:  # noqa: BLE001 (checked below)
-            errors.append(exc)
-        finally:
-            connection.close()
+    def retract() -> None:  # the listener's reorg, which waits for the ending run
+        with transaction.atomic():
+            retract_blocks(chain, ["0xbb"], "reorged away")
 
-    worker = threading.Thread(target=end_the_run)
-    worker.start()
-    assert holding.wait(10)
-    listener = threading.Thread(target=retract)
-    listener.start()
-    deadline = time.monotonic() + 10
-    while waiting_on_locks() < 1:  # the reorg waits for the ending run
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    go.set()
-    worker.join()
-    listener.join()
+    errors = behind_a_lock(end_the_run, retract)
 
     assert errors == []
     assert set(Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True)) == {S.REORGED}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
@@ -305,6 +306,39 @@ def waiting_on_locks() -> int:
         return cursor.fetchone()[0]
 
 
+def behind_a_lock(hold: Callable[[Callable[[], None]], None], wait: Callable[[], None]) -> list[Exception]:
+    """Two transactions meeting on a lock: `hold(until_told)` runs in a thread and calls
+    until_told() once it holds its locks; then `wait` runs in another thread, and once it waits
+    on a lock, `hold` goes on. Returns what either raised (a deadlock, say)."""
+    holding, go, errors = threading.Event(), threading.Event(), []
+
+    def until_told() -> None:
+        holding.set()
+        assert go.wait(10)
+
+    def guarded(func, *args) -> None:
+        try:
+            func(*args)
+        except Exception as exc:  # noqa: BLE001 (returned)
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=guarded, args=(hold, until_told))
+    holder.start()
+    assert holding.wait(10)
+    waiter = threading.Thread(target=guarded, args=(wait,))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while waiting_on_locks() < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    go.set()
+    holder.join()
+    waiter.join()
+    return errors
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_claim_waits_for_its_run_before_it_holds_the_step_so_ending_the_run_cannot_deadlock(hook_version):
     # A transaction that ends a run holds the run row and cancels its queued steps. A claim of
@@ -314,41 +348,16 @@ def test_a_claim_waits_for_its_run_before_it_holds_the_step_so_ending_the_run_ca
                              status=Run.Status.RUNNING, started_at=timezone.now())
     hook = StepRun.objects.create(run=run, step_id="hook", status="QUEUED")  # no message: only this test claims it
     seq_before = run.event_seq
-    holding, cancel, errors, claims = threading.Event(), threading.Event(), [], []
+    claims = []
 
-    def end_the_run() -> None:
-        try:
-            with transaction.atomic():
-                Run.objects.select_for_update().get(pk=run.pk)
-                holding.set()
-                assert cancel.wait(10)
-                StepRun.objects.filter(pk=hook.pk, status="QUEUED").update(status="CANCELLED")
-                Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED)
-        except Exception as exc:  # noqa: BLE001 (checked below)
-            errors.append(exc)
-        finally:
-            connection.close()
+    def end_the_run(until_told) -> None:
+        with transaction.atomic():
+            Run.objects.select_for_update().get(pk=run.pk)
+            until_told()
+            StepRun.objects.filter(pk=hook.pk, status="QUEUED").update(status="CANCELLED")
+            Run.objects.filter(pk=run.pk).update(status=Run.Status.FAILED)
 
-    def claim() -> None:
-        try:
-            claims.append(store.claim_step(hook.pk, 30))
-        except Exception as exc:  # noqa: BLE001 (checked below)
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    ender = threading.Thread(target=end_the_run)
-    ender.start()
-    assert holding.wait(10)
-    claimer = threading.Thread(target=claim)
-    claimer.start()
-    deadline = time.monotonic() + 10
-    while waiting_on_locks() < 1:  # the claim waits for the run
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    cancel.set()
-    ender.join()
-    claimer.join()
+    errors = behind_a_lock(end_the_run, lambda: claims.append(store.claim_step(hook.pk, 30)))  # the claim waits
 
     assert errors == []
     assert claims == [None]  # the run ended first: nothing to claim
