@@ -5,6 +5,7 @@ slate, its processes as children, and a percentile. Not a benchmark itself.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,23 @@ def stop(children: list[subprocess.Popen]) -> None:
     connections.close_all()
     embedded.stop_postgres(VAR_DIR / "pg")
     embedded.stop_redis(VAR_DIR / "redis")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    """Until something listens on the loopback port (a product process started by spawn)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing listens on port {port} (see var/bench/logs)")
 
 
 def percentile(values: list[float], p: float) -> float:

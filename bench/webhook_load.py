@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -34,15 +33,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import clean_slate, cpu_snapshot, percentile, product_env, spawn, stop  # noqa: E402
+from bench.harness import clean_slate, cpu_snapshot, free_port, percentile, product_env, spawn, stop, wait_port  # noqa: E402
 
 DELIVERY_TIMEOUT = 180
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- the sink and the floor (child processes) ------------------------------------------
@@ -300,14 +295,6 @@ def make_flow(sink_url: str) -> str:
     return actions.webhook_path(flow, user)
 
 
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"nothing listens on port {port} (see var/bench/logs)")
 
 
 def durable_counts(path: str) -> dict:
