@@ -27,27 +27,26 @@ logger = logging.getLogger("kwala.overload")
 RETRY_AFTER_SECONDS = 2
 
 
-def is_overload(exc: BaseException | None) -> bool:
-    """Whether an error (or one it was raised from) means no database connection could be had."""
+def _raised_from(exc: BaseException | None, matches) -> bool:
+    """Whether `exc`, or an error it was raised from (up to ten deep), `matches`."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, (PoolTimeout, psycopg.OperationalError)):
+        if matches(exc):
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+def is_overload(exc: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) means no database connection could be had."""
+    return _raised_from(exc, lambda e: isinstance(e, (PoolTimeout, psycopg.OperationalError)))
 
 
 def rolled_back(exc: BaseException | None) -> bool:
     """Whether PostgreSQL rolled the transaction back to break a deadlock or a serialization
     conflict (SQLSTATE class 40): the same work may well succeed when tried again."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40"):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+    return _raised_from(exc, lambda e: isinstance(e, psycopg.Error) and (e.sqlstate or "").startswith("40"))
 
 
 BODY = {"error": {"code": "overloaded", "message": "The server is busy; try again in a moment.", "details": []}}
@@ -75,12 +74,8 @@ def unavailable(exc: BaseException | None) -> str | None:
     (is_overload) or "Redis" (a connection refused, dropped or timed out); else None."""
     if is_overload(exc):
         return "PostgreSQL"
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            return "Redis"
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
+    if _raised_from(exc, lambda e: isinstance(e, (redis.ConnectionError, redis.TimeoutError))):
+        return "Redis"
     return None
 
 

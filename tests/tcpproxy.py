@@ -66,3 +66,15 @@ class TcpProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+def postgres_proxy() -> tuple[TcpProxy, str]:
+    """A proxy to the test database, and the DATABASE_URL that goes through it."""
+    from django.db import connection
+
+    from tests.conftest import database_url_for
+
+    db = connection.settings_dict
+    host, port = db.get("HOST") or "", db.get("PORT") or 5432
+    proxy = TcpProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, int(port)))
+    return proxy, database_url_for({**db, "HOST": "127.0.0.1", "PORT": proxy.port})

@@ -354,15 +354,10 @@ def test_the_graph_tools_teach_every_node_type_and_its_required_fields_from_the_
 
 
 def test_a_database_gone_mid_session_is_a_tool_error_that_says_to_retry(child_env, service_logs, alice):
-    from django.db import connection
+    from tests.tcpproxy import postgres_proxy
 
-    from tests.conftest import database_url_for
-    from tests.tcpproxy import TcpProxy
-
-    db = connection.settings_dict
-    host, port = db.get("HOST") or "", db.get("PORT") or 5432
-    proxy = TcpProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, int(port)))
-    env = {**child_env, "DATABASE_URL": database_url_for({**db, "HOST": "127.0.0.1", "PORT": proxy.port})}
+    proxy, url = postgres_proxy()
+    env = {**child_env, "DATABASE_URL": url}
     try:
         with over_stdio(env, token_for(alice), service_logs) as assistant:
             assistant.call("list_flows")  # through the proxy

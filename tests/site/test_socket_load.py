@@ -152,18 +152,14 @@ def test_a_socket_whose_database_goes_away_leaves_its_groups_and_is_closed_with_
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
     from django.conf import settings
-    from django.db import connection
     from websockets.exceptions import ConnectionClosed
 
     from executor.live import run_group
-    from tests.conftest import database_url_for
-    from tests.tcpproxy import TcpProxy
+    from tests.tcpproxy import postgres_proxy
 
-    db = connection.settings_dict
-    host, port = db.get("HOST") or "", db.get("PORT") or 5432
-    proxy = TcpProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, int(port)))
+    proxy, url = postgres_proxy()
     server = webhook_server(child_env, service_logs, "uvicorn-socket-db-cut", KWALA_DB_POOL_TIMEOUT="2",
-                            DATABASE_URL=database_url_for({**db, "HOST": "127.0.0.1", "PORT": proxy.port}))
+                            DATABASE_URL=url)
     record_run_event(run, "run.queued", {"status": "QUEUED"})
     layer = get_channel_layer()
     members = redis.Redis.from_url(settings.REDIS_URL)
